@@ -1,0 +1,98 @@
+"""The backend protocol: the one boundary between the measurement harness and an engine.
+
+Every engine (transformers, vLLM, TensorRT-LLM) is wrapped in a class that satisfies
+:class:`Backend`. The harness owns timing windows, energy and the result; a backend only loads
+the model and turns :class:`GenerationRequest` objects into :class:`RequestRecord` objects with
+per-token timestamps.
+
+Timeline the harness drives::
+
+    load() ──► warmup: run(batch) × n ──► [baseline] ──► begin window ─ run(all) ─ end window
+    (never measured)  (same shapes as measured)              (measured)             ──► close()
+
+Timestamps in records are ``time.perf_counter()`` seconds taken in the harness process, so the
+harness can place them on the same clock as its energy window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from llenergymeasure.config import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt to generate for. Identical across backends for the same experiment config."""
+
+    request_id: int
+    prompt_token_ids: list[int]
+    max_new_tokens: int
+    prompt_text: str | None = None  # None for synthetic token-id prompts
+
+
+@dataclass
+class RequestRecord:
+    """What happened to one request, on the harness's perf_counter clock (seconds).
+
+    ``token_times_s[i]`` is when output token ``i`` became available to the caller; the first
+    entry is the first-token time. Backends that cannot observe individual tokens leave
+    ``token_times_s`` empty and set ``first_token_s`` from the engine's own metrics, or ``None``.
+    """
+
+    request_id: int
+    input_tokens: int  # prompt tokens, padding excluded
+    output_tokens: int  # generated tokens, padding and tokens after EOS excluded
+    submit_s: float
+    end_s: float
+    first_token_s: float | None = None
+    token_times_s: list[float] = field(default_factory=list)
+    finish_reason: str | None = None  # "length", "stop", ...
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    """Facts about the loaded model that the result records."""
+
+    backend_version: str  # e.g. transformers.__version__, vllm.__version__
+    parameter_count: int | None  # None if the engine does not expose it
+    dtype: str  # the dtype actually used, e.g. "bfloat16"
+    load_duration_s: float
+    devices: Sequence[int]  # device indices the model was placed on (harness-visible indices)
+    engine_build_s: float | None = None  # TensorRT-LLM engine build, reported apart from the run
+    engine_cache_hit: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # library versions, resolved engine args
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An inference engine behind a small, fakeable interface."""
+
+    name: str
+
+    def load(self, config: ExperimentConfig) -> LoadInfo:
+        """Load the model (hub id, local path, or dummy weights) and get ready to generate."""
+        ...
+
+    @property
+    def warmup_unit(self) -> int:
+        """How many requests one warmup step sends (the batch the measured run will use)."""
+        ...
+
+    def run(self, requests: Sequence[GenerationRequest]) -> list[RequestRecord]:
+        """Generate for every request and return one record per request, in request order.
+
+        Blocks until all requests finish; the device is synchronised before returning so the
+        caller's window edges bound the work.
+        """
+        ...
+
+    def peak_memory_bytes(self) -> dict[int, int] | None:
+        """Peak device memory per device index since load, or None if not observable."""
+        ...
+
+    def close(self) -> None:
+        """Release the model and device memory. Safe to call twice."""
+        ...

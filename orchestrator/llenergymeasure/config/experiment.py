@@ -1,0 +1,346 @@
+"""The experiment configuration: one measured run of one model on one backend.
+
+:class:`ExperimentConfig` is the schema the orchestrator expands a study into and the harness
+reads back from its environment. It is frozen and rejects unknown keys; validators only
+validate (no I/O, no device probing). Cross-field rules that are known to be invalid are errors
+here, at load time, never at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llenergymeasure.architecture import builtin_name_for
+from llenergymeasure.config.backends import (
+    BackendName,
+    PyTorchConfig,
+    TensorRTConfig,
+    VLLMConfig,
+)
+
+Precision = Literal["float32", "float16", "bfloat16", "auto"]
+PRECISION_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class SyntheticDataset(_Model):
+    """Seeded random token ids: the same prompts on every backend, no tokenizer needed."""
+
+    source: Literal["synthetic"] = "synthetic"
+    input_len: int | None = Field(
+        None, ge=1, description="Prompt length in tokens; default max_input_tokens."
+    )
+    output_len: int | None = Field(
+        None, ge=1, description="Output length in tokens; default max_output_tokens."
+    )
+
+
+class JsonlDataset(_Model):
+    """Prompts from a JSONL file, one object per line."""
+
+    source: Literal["jsonl"]
+    path: str = Field(description="Path to the .jsonl file (relative to the study file).")
+    text_field: str = Field("prompt", description="Key holding the prompt text.")
+
+
+class HubDataset(_Model):
+    """Prompts from a Hugging Face hub dataset."""
+
+    source: Literal["hub"]
+    name: str = Field(description="Hub dataset id, e.g. 'tatsu-lab/alpaca'.")
+    split: str = "train"
+    subset: str | None = None
+    text_field: str = Field("text", description="Column holding the prompt text.")
+
+
+DatasetConfig = Annotated[
+    SyntheticDataset | JsonlDataset | HubDataset, Field(discriminator="source")
+]
+
+# --------------------------------------------------------------------------- decoding
+
+DECODER_PRESETS: dict[str, dict[str, float | int]] = {
+    "greedy": {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0},
+    "standard": {"temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.0},
+    "creative": {"temperature": 1.0, "top_p": 0.95, "top_k": 0, "repetition_penalty": 1.0},
+}
+
+
+class DecoderConfig(_Model):
+    """Greedy or sampling parameters. A preset fills what is not given explicitly."""
+
+    preset: Literal["greedy", "standard", "creative"] | None = None
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 means greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k.")
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    do_sample: bool = Field(False, description="Derived: true when temperature > 0.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        preset = out.get("preset")
+        if isinstance(preset, str) and preset in DECODER_PRESETS:
+            for key, value in DECODER_PRESETS[preset].items():
+                out.setdefault(key, value)
+        temperature = out.get("temperature", 0.0)
+        if isinstance(temperature, int | float):
+            derived = temperature > 0
+            given = out.get("do_sample")
+            if given is not None and bool(given) != derived:
+                raise ValueError(
+                    f"decoder.do_sample={given} contradicts decoder.temperature={temperature}; "
+                    "do_sample is derived from temperature (0 = greedy), so leave it out"
+                )
+            out["do_sample"] = derived
+        return out
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+class WarmupConfig(_Model):
+    """Warmup before measuring; never measured itself, always with the measured shapes."""
+
+    mode: Literal["fixed", "convergence"] = "fixed"
+    n_batches: int = Field(2, ge=0, description="Fixed mode: warmup steps of the measured shape.")
+    cv_threshold: float = Field(
+        0.05, gt=0.0, lt=1.0, description="Convergence mode: CV of step latency to reach."
+    )
+    window: int = Field(3, ge=2, description="Convergence mode: steps the CV is taken over.")
+    max_batches: int = Field(20, ge=1, description="Convergence mode: cap on warmup steps.")
+    min_duration_s: float = Field(
+        0.0, ge=0.0, description="Thermal floor: keep warming up at least this long."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> WarmupConfig:
+        if self.mode == "convergence" and self.max_batches < self.window:
+            raise ValueError(
+                f"warmup.max_batches ({self.max_batches}) is smaller than warmup.window "
+                f"({self.window}); convergence can never be judged"
+            )
+        return self
+
+
+class BaselineConfig(_Model):
+    """Idle power baseline, measured with the model loaded and the CUDA context open."""
+
+    enabled: bool = True
+    duration_s: float = Field(10.0, ge=1.0, le=600.0)
+    cache_ttl_s: float = Field(
+        3600.0, ge=0.0, description="Reuse a cached baseline this long (0 = always measure)."
+    )
+
+
+class EnergyConfig(_Model):
+    """Energy measurement: which sampler, and the time-series rate."""
+
+    sampler: Literal["auto", "nvml", "zeus", "codecarbon", "null"] = "auto"
+    sample_rate_hz: float = Field(10.0, gt=0.0, le=100.0)
+    timeseries: bool = Field(True, description="Record power/clock/temperature time series.")
+
+
+# --------------------------------------------------------------------------- experiment
+
+IDENTITY_EXCLUDE = frozenset({"name"})
+
+
+class ExperimentConfig(_Model):
+    """One experiment: model x backend x settings x workload. See the module docstring."""
+
+    name: str | None = Field(None, description="Free label; not part of the identity hash.")
+    model: str = Field(
+        description="Hub id, local path, or (with load_format: dummy) a built-in architecture."
+    )
+    load_format: Literal["auto", "dummy"] = Field(
+        "auto", description="dummy: random weights from the architecture config, no download."
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer hub id or path; default: model.")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    backend: BackendName = "pytorch"
+    precision: Precision = "bfloat16"
+    dataset: DatasetConfig = Field(default_factory=SyntheticDataset)
+    n_prompts: int = Field(100, ge=1, le=1_000_000)
+    max_input_tokens: int = Field(512, ge=1)
+    max_output_tokens: int = Field(128, ge=1)
+    ignore_eos: bool = Field(True, description="Fixed-length output: generate exactly the cap.")
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    gpus: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    random_seed: int = 42
+    pytorch: PyTorchConfig | None = None
+    vllm: VLLMConfig | None = None
+    tensorrt: TensorRTConfig | None = None
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_alias(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return PRECISION_ALIASES.get(value.lower(), value.lower())
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_unique(cls, value: list[int]) -> list[int]:
+        if any(g < 0 for g in value):
+            raise ValueError("GPU indices must be >= 0")
+        if len(set(value)) != len(value):
+            raise ValueError(f"GPU indices must be unique, got {value}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_section(cls, data: Any) -> Any:
+        # The section of the chosen backend is always present after validation, so a resolved
+        # config (and its hash) spells out every knob that was in effect.
+        if isinstance(data, dict):
+            backend = data.get("backend", "pytorch")
+            if isinstance(backend, str) and backend in ("pytorch", "vllm", "tensorrt"):
+                if data.get(backend) is None:
+                    data = {**data, backend: {}}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ExperimentConfig:
+        for other in ("pytorch", "vllm", "tensorrt"):
+            if other != self.backend and getattr(self, other) is not None:
+                raise ValueError(
+                    f"section '{other}:' does not match backend '{self.backend}'; "
+                    f"move those settings under '{self.backend}:' or set backend: {other}"
+                )
+        section = self.backend_section
+        tp = getattr(section, "tensor_parallel_size", 1)
+        pp = getattr(section, "pipeline_parallel_size", 1)
+        if tp * pp > len(self.gpus):
+            raise ValueError(
+                f"{self.backend}.tensor_parallel_size x pipeline_parallel_size = {tp * pp} "
+                f"needs {tp * pp} GPUs but gpus lists {len(self.gpus)} ({self.gpus}); "
+                f"list more GPUs or lower the parallel sizes"
+            )
+        if isinstance(self.dataset, SyntheticDataset):
+            if self.dataset.input_len and self.dataset.input_len > self.max_input_tokens:
+                raise ValueError(
+                    f"dataset.input_len ({self.dataset.input_len}) exceeds max_input_tokens "
+                    f"({self.max_input_tokens}); raise max_input_tokens or shorten input_len"
+                )
+            if self.dataset.output_len and self.dataset.output_len > self.max_output_tokens:
+                raise ValueError(
+                    f"dataset.output_len ({self.dataset.output_len}) exceeds max_output_tokens "
+                    f"({self.max_output_tokens}); raise max_output_tokens or shorten output_len"
+                )
+        elif (
+            self.load_format == "dummy"
+            and self.tokenizer is None
+            and builtin_name_for(self.model) is not None
+            and builtin_name_for(self.model) == self.model.strip().lower()
+        ):
+            raise ValueError(
+                f"dataset source '{self.dataset.source}' holds text, which needs a tokenizer, "
+                f"but built-in architecture '{self.model}' has none; set tokenizer: to a hub id "
+                "or local path, or use dataset: {source: synthetic}"
+            )
+        if isinstance(self.pytorch, PyTorchConfig):
+            if self.pytorch.attn_implementation.startswith("flash") and self.precision in (
+                "float32",
+                "auto",
+            ):
+                raise ValueError(
+                    f"pytorch.attn_implementation={self.pytorch.attn_implementation} runs only "
+                    f"in float16/bfloat16, not precision={self.precision}; use sdpa or set "
+                    "precision: bfloat16"
+                )
+            if self.pytorch.batch_size > self.n_prompts:
+                raise ValueError(
+                    f"pytorch.batch_size ({self.pytorch.batch_size}) exceeds n_prompts "
+                    f"({self.n_prompts}), so no batch is ever full; raise n_prompts"
+                )
+        if isinstance(self.vllm, VLLMConfig):
+            quant = (self.vllm.quantization or "").lower()
+            if quant == "fp8" and self.precision == "float32":
+                raise ValueError(
+                    "vllm.quantization=fp8 needs float16/bfloat16 activations, not "
+                    "precision=float32"
+                )
+            if self.vllm.max_model_len is not None and (
+                self.vllm.max_model_len < self.max_input_tokens + self.max_output_tokens
+            ):
+                raise ValueError(
+                    f"vllm.max_model_len ({self.vllm.max_model_len}) is shorter than "
+                    f"max_input_tokens + max_output_tokens "
+                    f"({self.max_input_tokens + self.max_output_tokens})"
+                )
+        if isinstance(self.tensorrt, TensorRTConfig):
+            if self.tensorrt.quantization is not None and self.precision == "float32":
+                raise ValueError(
+                    f"tensorrt.quantization={self.tensorrt.quantization} needs float16/bfloat16, "
+                    "not precision=float32"
+                )
+            if self.tensorrt.max_seq_len is not None and (
+                self.tensorrt.max_seq_len < self.max_input_tokens + self.max_output_tokens
+            ):
+                raise ValueError(
+                    f"tensorrt.max_seq_len ({self.tensorrt.max_seq_len}) is shorter than "
+                    f"max_input_tokens + max_output_tokens "
+                    f"({self.max_input_tokens + self.max_output_tokens})"
+                )
+        return self
+
+    # ----------------------------------------------------------------- derived values
+
+    @property
+    def backend_section(self) -> PyTorchConfig | VLLMConfig | TensorRTConfig:
+        """The section of the chosen backend (always present after validation)."""
+        section = getattr(self, self.backend)
+        assert section is not None  # guaranteed by _default_section
+        return section  # type: ignore[no-any-return]
+
+    @property
+    def config_hash(self) -> str:
+        """Stable identity: sha256 of the canonical resolved config, minus labels (16 hex)."""
+        payload = self.model_dump(mode="json", exclude=set(IDENTITY_EXCLUDE))
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def resolved_input_len(self) -> int:
+        """Prompt length in tokens for synthetic prompts (the cap for text datasets)."""
+        if isinstance(self.dataset, SyntheticDataset) and self.dataset.input_len:
+            return self.dataset.input_len
+        return self.max_input_tokens
+
+    def resolved_output_len(self) -> int:
+        """Tokens each request generates (exactly, with ignore_eos; at most, without)."""
+        if isinstance(self.dataset, SyntheticDataset) and self.dataset.output_len:
+            return self.dataset.output_len
+        return self.max_output_tokens
+
+    @property
+    def concurrency(self) -> int:
+        """Sequences in flight at once: the batch the measured run keeps busy."""
+        if isinstance(self.pytorch, PyTorchConfig):
+            return self.pytorch.batch_size
+        if isinstance(self.vllm, VLLMConfig):
+            return min(self.n_prompts, self.vllm.max_num_seqs or 256)
+        if isinstance(self.tensorrt, TensorRTConfig):
+            return min(self.n_prompts, self.tensorrt.max_batch_size)
+        return 1
+
+    def to_json(self) -> str:
+        """The JSON the harness receives in ``LLEM_CONFIG_JSON``."""
+        return self.model_dump_json()

@@ -1,0 +1,370 @@
+"""What one experiment run needs from a container or a process, built without any I/O.
+
+:class:`ContainerSpec` is the pure description of one experiment's container: image, command,
+environment, bind mounts, GPUs, IPC/shared memory, ulimits, user, labels and limits. It is built
+by :func:`build_container_spec` from a :class:`RunRequest` and :class:`DockerSettings`, and only
+the Docker runner turns it into docker-SDK calls. :class:`LocalSpec` is the same for a
+subprocess on the host (:func:`build_local_spec`).
+
+Paths the user wrote on the host (a model directory, a ``config.json`` for dummy weights, a
+tokenizer, a JSONL dataset) are mounted read-only under ``/llem/inputs`` and the experiment
+config JSON handed to the harness is rewritten to the in-container path. The identity of the
+experiment (its ``config_hash``) is the host config's; it travels in the labels and the run id.
+
+Container layout::
+
+    /llem/results          per-run results dir (rw)      LLEM_RESULTS_DIR
+    /llem/cache/hf         host Hugging Face cache (rw)  HF_HOME
+    /llem/cache/llem       study cache dir (rw)          LLEM_BASELINE_CACHE=/llem/cache/llem/baseline.json
+    /llem/cache/engines    TensorRT-LLM engine cache     LLEM_ENGINE_CACHE_DIR
+    /llem/inputs/<role>/   host paths named in the config (ro)
+    HOME=/tmp              writable for any uid
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llenergymeasure.config import ExperimentConfig
+
+CONTAINER_RESULTS_DIR = "/llem/results"
+CONTAINER_HF_CACHE = "/llem/cache/hf"
+CONTAINER_STUDY_CACHE = "/llem/cache/llem"
+CONTAINER_ENGINE_CACHE = "/llem/cache/engines"
+CONTAINER_INPUTS = "/llem/inputs"
+CONTAINER_HOME = "/tmp"
+
+LABEL_STUDY = "llem.study"
+LABEL_EXPERIMENT = "llem.experiment"
+LABEL_RUN = "llem.run"
+LABEL_CYCLE = "llem.cycle"
+LABEL_VERSION = "llem.version"
+LABEL_OWNER_PID = "llem.owner_pid"
+LABEL_OWNER_HOST = "llem.owner_host"
+
+HARNESS_COMMAND: tuple[str, ...] = ("python3", "-m", "llenergymeasure_harness")
+
+# Caches that engines write under $HOME by default; pointed at writable places because the
+# container runs as the invoking user, whose HOME inside the image does not exist.
+_WRITABLE_CACHE_ENV = {
+    "HOME": CONTAINER_HOME,
+    "XDG_CACHE_HOME": f"{CONTAINER_HOME}/.cache",
+    "TRITON_CACHE_DIR": f"{CONTAINER_HOME}/.cache/triton",
+    "TORCHINDUCTOR_CACHE_DIR": f"{CONTAINER_HOME}/.cache/torchinductor",
+    "VLLM_CACHE_ROOT": f"{CONTAINER_HOME}/.cache/vllm",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+# Engines that share tensors between processes need the host IPC namespace (vLLM and
+# TensorRT-LLM docs both run with --ipc=host); PyTorch's DataLoader-free generate only needs
+# a shared-memory size larger than Docker's 64 MB default.
+_DEFAULT_IPC: dict[str, str | None] = {"pytorch": None, "vllm": "host", "tensorrt": "host"}
+_DEFAULT_ULIMITS: dict[str, dict[str, int]] = {
+    "pytorch": {},
+    "vllm": {},
+    # TensorRT-LLM's documented run: --ulimit memlock=-1 --ulimit stack=67108864
+    "tensorrt": {"memlock": -1, "stack": 67108864},
+}
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A bind mount: host ``source`` seen at ``target`` in the container."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class DockerSettings:
+    """Host-level knobs for containers; the study and user config fill these.
+
+    ``ulimits`` and ``ipc_mode`` of ``None`` mean "the backend's default" (see module
+    docstring); an empty dict means "no ulimits". ``user`` of ``None`` means the invoking
+    user's uid:gid (filled by the caller, which may do I/O).
+    """
+
+    network_mode: str = "host"
+    shm_size: str | None = "8g"
+    ipc_mode: str | None = None
+    ulimits: Mapping[str, int] | None = None
+    mem_limit: str | None = None
+    hf_cache_dir: str | None = None
+    engine_cache_dir: str | None = None
+    user: str | None = None
+    init: bool = True
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] | None = None  # None: the harness entry point
+    entrypoint: tuple[str, ...] | None = None  # None: keep the image's (NGC needs its own)
+    stop_grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One planned run (experiment x cycle) and where its files go on the host."""
+
+    config: ExperimentConfig
+    study_id: str
+    run_id: str
+    cycle: int
+    run_dir: Path
+    log_path: Path
+    image: str | None = None
+    image_digest: str | None = None
+    image_labels: Mapping[str, str] | None = None
+    study_cache_dir: Path | None = None  # holds the baseline cache shared across runs
+    timeout_s: float | None = None
+    host_uid: int | None = None
+    host_gid: int | None = None
+    version: str = "2.0.0"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything the Docker runner passes to ``containers.create``; no docker types here."""
+
+    image: str
+    command: tuple[str, ...] | None
+    entrypoint: tuple[str, ...] | None
+    env: Mapping[str, str]
+    mounts: tuple[Mount, ...]
+    gpu_ids: tuple[int, ...]  # empty: no GPU requested, on purpose (CPU experiment)
+    shm_size: str | None
+    ipc_mode: str | None
+    ulimits: Mapping[str, int]
+    user: str | None
+    labels: Mapping[str, str]
+    network_mode: str
+    mem_limit: str | None
+    init: bool
+    timeout_s: float | None
+    stop_grace_s: float
+    name: str
+    results_dir_host: str
+    config_json: str  # the (rewritten) config the harness sees
+
+
+@dataclass(frozen=True)
+class LocalSpec:
+    """A harness subprocess on the host: same env contract, host paths."""
+
+    command: tuple[str, ...]
+    env: Mapping[str, str]
+    results_dir: str
+    timeout_s: float | None
+    stop_grace_s: float = 10.0
+
+
+def _looks_like_host_path(value: str) -> bool:
+    """True for strings the user wrote as a filesystem path rather than a hub id.
+
+    Decided by syntax only (no I/O): absolute, ``~``-relative or ``./``/``../``-relative.
+    A bare ``org/name`` is a hub id.
+    """
+    return value.startswith(("/", "~", "./", "../")) or value in {".", ".."}
+
+
+class _Mounter:
+    """Assigns container paths under /llem/inputs to host paths, one mount per source."""
+
+    def __init__(self) -> None:
+        self.mounts: dict[str, Mount] = {}
+
+    def map(self, role: str, host_path: str) -> str:
+        source = posixpath.normpath(str(Path(host_path).expanduser()))
+        if source in self.mounts:
+            return self.mounts[source].target
+        name = posixpath.basename(source) or role
+        target = f"{CONTAINER_INPUTS}/{role}/{name}"
+        taken = {m.target for m in self.mounts.values()}
+        n = 1
+        while target in taken:
+            n += 1
+            target = f"{CONTAINER_INPUTS}/{role}{n}/{name}"
+        self.mounts[source] = Mount(source=source, target=target, read_only=True)
+        return target
+
+
+def rewrite_host_paths(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[Mount, ...]]:
+    """Return the config dict with host paths replaced by container paths, and the mounts.
+
+    Handles ``model``, ``tokenizer`` and a JSONL ``dataset.path``; other fields pass through.
+    """
+    out = json.loads(json.dumps(config))  # deep copy of a JSON-shaped dict
+    mounter = _Mounter()
+    for key, role in (("model", "model"), ("tokenizer", "tokenizer")):
+        value = out.get(key)
+        if isinstance(value, str) and _looks_like_host_path(value):
+            out[key] = mounter.map(role, value)
+    dataset = out.get("dataset")
+    if isinstance(dataset, dict):
+        path = dataset.get("path")
+        if isinstance(path, str) and _looks_like_host_path(path):
+            dataset["path"] = mounter.map("dataset", path)
+    return out, tuple(mounter.mounts.values())
+
+
+def harness_env(
+    request: RunRequest,
+    *,
+    config_json: str,
+    results_dir: str,
+    baseline_cache: str | None,
+) -> dict[str, str]:
+    """The harness environment contract (``llenergymeasure.contract``) for one run."""
+    from llenergymeasure.contract import HarnessEnv
+
+    env = HarnessEnv(
+        config_json=config_json,
+        run_id=request.run_id,
+        results_dir=results_dir,
+        cycle=request.cycle,
+        study_id=request.study_id,
+        image=request.image,
+        image_digest=request.image_digest,
+        image_labels=dict(request.image_labels) if request.image_labels is not None else None,
+        baseline_cache=baseline_cache,
+        host_uid=request.host_uid,
+        host_gid=request.host_gid,
+    )
+    return dict(env.to_env())
+
+
+def container_name(request: RunRequest) -> str:
+    """A readable, unique-per-run container name (Docker allows [a-zA-Z0-9_.-])."""
+    safe = "".join(c if c.isalnum() or c in "_.-" else "-" for c in request.run_id)
+    return f"llem-{safe}"[:120]
+
+
+def build_container_spec(
+    request: RunRequest,
+    settings: DockerSettings,
+    *,
+    owner_pid: int | None = None,
+    owner_host: str | None = None,
+) -> ContainerSpec:
+    """Build the container description for ``request``. Pure: no filesystem or Docker access."""
+    if request.image is None:
+        raise ValueError(f"run {request.run_id}: no image resolved for the Docker runner")
+    config = request.config
+    backend = str(config.backend)
+    cfg_dict, input_mounts = rewrite_host_paths(config.model_dump(mode="json"))
+    config_json = json.dumps(cfg_dict, sort_keys=True)
+
+    mounts: list[Mount] = [Mount(str(request.run_dir), CONTAINER_RESULTS_DIR)]
+    baseline_cache: str | None = None
+    if request.study_cache_dir is not None:
+        mounts.append(Mount(str(request.study_cache_dir), CONTAINER_STUDY_CACHE))
+        baseline_cache = f"{CONTAINER_STUDY_CACHE}/baseline.json"
+    env: dict[str, str] = dict(_WRITABLE_CACHE_ENV)
+    if settings.hf_cache_dir:
+        mounts.append(Mount(settings.hf_cache_dir, CONTAINER_HF_CACHE))
+        env["HF_HOME"] = CONTAINER_HF_CACHE
+    if settings.engine_cache_dir and backend == "tensorrt":
+        mounts.append(Mount(settings.engine_cache_dir, CONTAINER_ENGINE_CACHE))
+        env["LLEM_ENGINE_CACHE_DIR"] = CONTAINER_ENGINE_CACHE
+    mounts.extend(input_mounts)
+    env.update(settings.extra_env)
+    env.update(
+        harness_env(
+            request,
+            config_json=config_json,
+            results_dir=CONTAINER_RESULTS_DIR,
+            baseline_cache=baseline_cache,
+        )
+    )
+
+    labels = {
+        LABEL_STUDY: request.study_id,
+        LABEL_EXPERIMENT: str(config.config_hash),
+        LABEL_RUN: request.run_id,
+        LABEL_CYCLE: str(request.cycle),
+        LABEL_VERSION: request.version,
+    }
+    if owner_pid is not None:
+        labels[LABEL_OWNER_PID] = str(owner_pid)
+    if owner_host is not None:
+        labels[LABEL_OWNER_HOST] = owner_host
+
+    ipc_mode = settings.ipc_mode if settings.ipc_mode is not None else _DEFAULT_IPC.get(backend)
+    ulimits = (
+        dict(settings.ulimits)
+        if settings.ulimits is not None
+        else dict(_DEFAULT_ULIMITS.get(backend, {}))
+    )
+    # With the host IPC namespace /dev/shm is the host's; Docker rejects a size then.
+    shm_size = None if ipc_mode == "host" else settings.shm_size
+    user = settings.user
+    if user is None and request.host_uid is not None:
+        user = f"{request.host_uid}:{request.host_gid if request.host_gid is not None else 0}"
+    return ContainerSpec(
+        image=request.image,
+        command=settings.command if settings.command is not None else HARNESS_COMMAND,
+        entrypoint=settings.entrypoint,
+        env=env,
+        mounts=tuple(mounts),
+        gpu_ids=tuple(int(g) for g in config.gpus),
+        shm_size=shm_size,
+        ipc_mode=ipc_mode,
+        ulimits=ulimits,
+        user=user,
+        labels=labels,
+        network_mode=settings.network_mode,
+        mem_limit=settings.mem_limit,
+        init=settings.init,
+        timeout_s=request.timeout_s,
+        stop_grace_s=settings.stop_grace_s,
+        name=container_name(request),
+        results_dir_host=str(request.run_dir),
+        config_json=config_json,
+    )
+
+
+def build_local_spec(
+    request: RunRequest,
+    *,
+    python: str,
+    base_env: Mapping[str, str],
+    command: tuple[str, ...] | None = None,
+    stop_grace_s: float = 10.0,
+    hf_cache_dir: str | None = None,
+    engine_cache_dir: str | None = None,
+) -> LocalSpec:
+    """Build the subprocess description for ``request``: host paths, same env contract."""
+    config_json = json.dumps(request.config.model_dump(mode="json"), sort_keys=True)
+    env = dict(base_env)
+    env["PYTHONUNBUFFERED"] = "1"
+    if hf_cache_dir:
+        env["HF_HOME"] = hf_cache_dir
+    if engine_cache_dir:
+        env["LLEM_ENGINE_CACHE_DIR"] = engine_cache_dir
+    baseline_cache = (
+        str(request.study_cache_dir / "baseline.json")
+        if request.study_cache_dir is not None
+        else None
+    )
+    env.update(
+        harness_env(
+            request,
+            config_json=config_json,
+            results_dir=str(request.run_dir),
+            baseline_cache=baseline_cache,
+        )
+    )
+    return LocalSpec(
+        command=command if command is not None else (python, "-m", "llenergymeasure_harness"),
+        env=env,
+        results_dir=str(request.run_dir),
+        timeout_s=request.timeout_s,
+        stop_grace_s=stop_grace_s,
+    )
+
