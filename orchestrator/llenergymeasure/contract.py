@@ -1,0 +1,143 @@
+"""The environment and directory contract between the orchestrator and the harness.
+
+The orchestrator (Docker or local runner) starts ``python -m llenergymeasure_harness`` with the
+variables below and a results directory; the harness writes its files there and exits.
+:class:`HarnessEnv` builds the variables (``to_env``) and reads them back (``from_env``).
+Secrets such as ``HF_TOKEN`` are passed through the environment only and never written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from llenergymeasure.config import ExperimentConfig
+from llenergymeasure.errors import ConfigError
+
+ENV_CONFIG_JSON = "LLEM_CONFIG_JSON"
+ENV_RUN_ID = "LLEM_RUN_ID"
+ENV_RESULTS_DIR = "LLEM_RESULTS_DIR"
+ENV_CYCLE = "LLEM_CYCLE"
+ENV_STUDY_ID = "LLEM_STUDY_ID"
+ENV_IMAGE = "LLEM_IMAGE"
+ENV_IMAGE_DIGEST = "LLEM_IMAGE_DIGEST"
+ENV_IMAGE_LABELS_JSON = "LLEM_IMAGE_LABELS_JSON"
+ENV_BASELINE_CACHE = "LLEM_BASELINE_CACHE"
+ENV_ENGINE_CACHE_DIR = "LLEM_ENGINE_CACHE_DIR"
+ENV_HOST_UID = "LLEM_HOST_UID"
+ENV_HOST_GID = "LLEM_HOST_GID"
+
+#: Files the harness writes into the results directory.
+RESULT_FILE = "result.json"
+ERROR_FILE = "error.json"
+TIMESERIES_FILE = "timeseries.parquet"
+REQUESTS_FILE = "requests.parquet"
+
+#: Harness exit codes (anything else non-zero is an unexpected crash).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the experiment failed; error.json says in which phase
+EXIT_CONFIG = 2  # LLEM_CONFIG_JSON missing or invalid
+
+
+class HarnessEnv(BaseModel):
+    """Everything the harness is told through its environment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: ExperimentConfig
+    run_id: str
+    results_dir: str
+    cycle: int | None = None
+    study_id: str | None = None
+    image: str | None = None
+    image_digest: str | None = None
+    image_labels: dict[str, str] = {}
+    baseline_cache: str | None = None
+    engine_cache_dir: str | None = None
+    host_uid: int | None = None
+    host_gid: int | None = None
+
+    def to_env(self) -> dict[str, str]:
+        """The variables to set for the harness process or container."""
+        env = {
+            ENV_CONFIG_JSON: self.config.to_json(),
+            ENV_RUN_ID: self.run_id,
+            ENV_RESULTS_DIR: self.results_dir,
+        }
+        optional: dict[str, Any] = {
+            ENV_CYCLE: self.cycle,
+            ENV_STUDY_ID: self.study_id,
+            ENV_IMAGE: self.image,
+            ENV_IMAGE_DIGEST: self.image_digest,
+            ENV_BASELINE_CACHE: self.baseline_cache,
+            ENV_ENGINE_CACHE_DIR: self.engine_cache_dir,
+            ENV_HOST_UID: self.host_uid,
+            ENV_HOST_GID: self.host_gid,
+        }
+        env.update({k: str(v) for k, v in optional.items() if v is not None})
+        if self.image_labels:
+            env[ENV_IMAGE_LABELS_JSON] = json.dumps(self.image_labels, sort_keys=True)
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> HarnessEnv:
+        """Read the contract from an environment mapping.
+
+        Raises:
+            ConfigError: a required variable is missing or the config JSON is invalid.
+        """
+        missing = [k for k in (ENV_CONFIG_JSON, ENV_RUN_ID, ENV_RESULTS_DIR) if not environ.get(k)]
+        if missing:
+            raise ConfigError(
+                "harness environment incomplete: missing " + ", ".join(missing),
+                hint="the orchestrator sets these; run experiments through `llem run`",
+            )
+        try:
+            config = ExperimentConfig.model_validate_json(environ[ENV_CONFIG_JSON])
+        except ValidationError as exc:
+            raise ConfigError(
+                f"{ENV_CONFIG_JSON} is not a valid experiment config",
+                problems=[
+                    f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                    for e in exc.errors()
+                ],
+            ) from exc
+        labels: dict[str, str] = {}
+        if environ.get(ENV_IMAGE_LABELS_JSON):
+            try:
+                labels = {str(k): str(v) for k, v in json.loads(environ[ENV_IMAGE_LABELS_JSON]).items()}
+            except (json.JSONDecodeError, AttributeError) as exc:
+                raise ConfigError(f"{ENV_IMAGE_LABELS_JSON} is not a JSON object") from exc
+
+        def _int(name: str) -> int | None:
+            raw = environ.get(name)
+            if raw in (None, ""):
+                return None
+            try:
+                return int(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}={raw!r} is not an integer") from exc
+
+        return cls(
+            config=config,
+            run_id=environ[ENV_RUN_ID],
+            results_dir=environ[ENV_RESULTS_DIR],
+            cycle=_int(ENV_CYCLE),
+            study_id=environ.get(ENV_STUDY_ID) or None,
+            image=environ.get(ENV_IMAGE) or None,
+            image_digest=environ.get(ENV_IMAGE_DIGEST) or None,
+            image_labels=labels,
+            baseline_cache=environ.get(ENV_BASELINE_CACHE) or None,
+            engine_cache_dir=environ.get(ENV_ENGINE_CACHE_DIR) or None,
+            host_uid=_int(ENV_HOST_UID),
+            host_gid=_int(ENV_HOST_GID),
+        )
+
+    @property
+    def results_path(self) -> Path:
+        """The results directory as a path."""
+        return Path(self.results_dir)

@@ -1,0 +1,272 @@
+"""The result schema the harness writes and the orchestrator reads.
+
+:class:`ExperimentResult` is one measured run (``result.json``); :class:`HarnessErrorRecord` is
+what a failed run leaves instead (``error.json``). Every physical quantity carries its unit in
+its name; ``None`` means "not measured", never zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llenergymeasure.config import ExperimentConfig
+
+SCHEMA_VERSION = "1.0"
+
+Phase = Literal["config", "load", "warmup", "baseline", "measure", "write"]
+
+
+def write_json_atomic(path: Path, payload: str) -> None:
+    """Write ``payload`` to ``path`` via a temp file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Stats(_Model):
+    """Summary of a distribution (seconds unless the field name says otherwise)."""
+
+    count: int
+    mean: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+class GPUInfo(_Model):
+    """One GPU as the harness saw it."""
+
+    index: int  # index inside the harness process (containers renumber from 0)
+    uuid: str | None = None  # maps energy back to the host GPU
+    name: str | None = None
+    memory_total_bytes: int | None = None
+    power_limit_w: float | None = None
+    default_power_limit_w: float | None = None
+    persistence_mode: bool | None = None
+    ecc_enabled: bool | None = None
+    sm_clock_max_mhz: int | None = None
+    mem_clock_max_mhz: int | None = None
+
+
+class EnvironmentSnapshot(_Model):
+    """Where the numbers were measured."""
+
+    hostname: str | None = None
+    os: str | None = None
+    cpu_model: str | None = None
+    cpu_count: int | None = None
+    python_version: str | None = None
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    gpus: list[GPUInfo] = Field(default_factory=list)
+    harness_version: str | None = None
+    backend: str | None = None
+    backend_version: str | None = None
+    library_versions: dict[str, str] = Field(default_factory=dict)
+    image: str | None = None
+    image_digest: str | None = None
+    image_labels: dict[str, str] = Field(default_factory=dict)
+    in_container: bool | None = None
+
+
+class WarmupOutcome(_Model):
+    """What warmup did (never measured)."""
+
+    mode: str
+    n_batches: int
+    duration_s: float
+    converged: bool | None = None  # convergence mode only
+    final_cv: float | None = None
+    step_latencies_s: list[float] = Field(default_factory=list)
+
+
+class BaselineMeasurement(_Model):
+    """Idle power, in a recorded GPU state."""
+
+    state: str  # e.g. "cuda_context_model_loaded"
+    source: Literal["measured", "cache"]
+    duration_s: float
+    power_w_per_gpu: dict[str, float]  # GPU index (str for JSON) -> mean idle power
+    total_power_w: float
+    measured_at: str  # ISO 8601 UTC
+
+
+class EnergyMeasurement(_Model):
+    """Energy over the measured window."""
+
+    sampler: str  # "nvml", "zeus", "codecarbon", "null"
+    gpu_energy_j_per_gpu: dict[str, float | None] = Field(default_factory=dict)
+    gpu_energy_j: float | None = None  # gross: sum over the experiment's GPUs
+    idle_energy_j: float | None = None  # baseline power x window duration
+    net_gpu_energy_j: float | None = None  # gross minus idle ("idle-adjusted")
+    integrated_power_energy_j: float | None = None  # trapezoid over sampled power
+    counter_vs_integrated_diff_pct: float | None = None
+    zeus_gpu_energy_j: float | None = None
+    codecarbon_energy_j: float | None = None
+    avg_power_w: float | None = None
+    peak_power_w: float | None = None
+    n_samples: int = 0
+    sample_rate_hz: float | None = None
+
+
+class ThroughputMetrics(_Model):
+    """Tokens and requests over the measured window (padding excluded)."""
+
+    n_requests: int
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    duration_s: float
+    output_tokens_per_s: float
+    total_tokens_per_s: float
+    requests_per_s: float
+
+
+class EfficiencyMetrics(_Model):
+    """Energy per unit of work; gross from the counter, net after idle subtraction."""
+
+    j_per_output_token: float | None = None
+    j_per_token: float | None = None
+    j_per_request: float | None = None
+    output_tokens_per_j: float | None = None
+    net_j_per_output_token: float | None = None
+    net_j_per_request: float | None = None
+
+
+class LatencyMetrics(_Model):
+    """Per-request latency summaries (seconds); definitions in docs/methodology.md."""
+
+    ttft_s: Stats | None = None  # submit -> first output token
+    itl_s: Stats | None = None  # gap between consecutive output tokens, all requests pooled
+    tpot_s: Stats | None = None  # per request: (end - first token) / (output_tokens - 1)
+    e2e_s: Stats | None = None  # submit -> last token
+
+
+class ComputeMetrics(_Model):
+    """Estimated work and memory."""
+
+    flops_total: float | None = None
+    flops_per_output_token: float | None = None
+    flops_method: str | None = None
+    parameter_count: int | None = None
+    peak_memory_bytes_per_gpu: dict[str, int] = Field(default_factory=dict)
+
+
+class QualityFlag(_Model):
+    """A reason to be careful with this result."""
+
+    code: str  # e.g. "short_run", "thermal_throttle", "power_throttle", "persistence_off"
+    severity: Literal["info", "warning", "error"] = "warning"
+    message: str
+
+
+class SteadyState(_Model):
+    """Continuous-batching steady-state window (vLLM), beside the whole-run figures."""
+
+    start_s: float
+    end_s: float
+    duration_s: float
+    valid: bool
+    reason: str | None = None
+    output_tokens: int | None = None
+    gpu_energy_j: float | None = None
+    j_per_output_token: float | None = None
+    output_tokens_per_s: float | None = None
+
+
+class Timings(_Model):
+    """Wall-clock phases (seconds) and UTC timestamps."""
+
+    started_at: str
+    ended_at: str
+    load_s: float | None = None
+    engine_build_s: float | None = None  # TensorRT-LLM, apart from the measured run
+    warmup_s: float | None = None
+    baseline_s: float | None = None
+    measure_s: float | None = None
+    total_s: float | None = None
+
+
+class ExperimentResult(_Model):
+    """One measured run of one experiment config. Written by the harness as ``result.json``."""
+
+    schema_version: str = SCHEMA_VERSION
+    run_id: str
+    config_hash: str
+    cycle: int | None = None
+    study_id: str | None = None
+    config: ExperimentConfig
+    timings: Timings
+    warmup: WarmupOutcome | None = None
+    baseline: BaselineMeasurement | None = None
+    energy: EnergyMeasurement
+    throughput: ThroughputMetrics
+    efficiency: EfficiencyMetrics
+    latency: LatencyMetrics
+    compute: ComputeMetrics
+    steady_state: SteadyState | None = None
+    quality_flags: list[QualityFlag] = Field(default_factory=list)
+    environment: EnvironmentSnapshot
+    artifacts: dict[str, str] = Field(default_factory=dict)  # kind -> file name in results dir
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentResult:
+        """Load a ``result.json`` (or the directory holding one)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "result.json"
+        return cls.model_validate_json(p.read_text(encoding="utf-8"))
+
+    def write(self, path: str | Path) -> None:
+        """Write atomically (temp file + rename)."""
+        write_json_atomic(Path(path), self.model_dump_json(indent=2))
+
+
+class HarnessErrorRecord(_Model):
+    """What a failed harness run writes as ``error.json``."""
+
+    schema_version: str = SCHEMA_VERSION
+    run_id: str | None = None
+    phase: Phase
+    error_class: str
+    message: str
+    traceback: str | None = None
+    occurred_at: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> HarnessErrorRecord:
+        """Load an ``error.json`` (or the directory holding one)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "error.json"
+        return cls.model_validate_json(p.read_text(encoding="utf-8"))
+
+    def write(self, path: str | Path) -> None:
+        """Write atomically (temp file + rename)."""
+        write_json_atomic(Path(path), self.model_dump_json(indent=2))
+
+
+def dump_json(obj: Any) -> str:
+    """Deterministic JSON for plain data."""
+    return json.dumps(obj, sort_keys=True, indent=2)
