@@ -211,6 +211,9 @@ class ExperimentConfig(_Model):
         # The section of the chosen backend is always present after validation, so a resolved
         # config (and its hash) spells out every knob that was in effect.
         if isinstance(data, dict):
+            dataset = data.get("dataset")
+            if isinstance(dataset, dict) and "source" not in dataset:
+                data = {**data, "dataset": {"source": "synthetic", **dataset}}
             backend = data.get("backend", "pytorch")
             if isinstance(backend, str) and backend in ("pytorch", "vllm", "tensorrt"):
                 if data.get(backend) is None:

@@ -1,0 +1,617 @@
+"""Load a study file (YAML or JSON) and expand it into validated experiments.
+
+Grammar (see ``docs/study-grammar.md``)::
+
+    name: my-study                 # study keys ...
+    base: common.yaml              # inherit from another file (relative to this one)
+    sweep:                         # grid: Cartesian product of the lists
+      backend: [pytorch, vllm]
+      precision: [bfloat16, float16]
+      pytorch.batch_size: [1, 8]   # scoped: multiplies only pytorch experiments
+      decoder.temperature: [0.0, 0.7]
+    experiments:                   # explicit list, each merged over the shared fields,
+      - {model: tiny-llama, n_prompts: 4}   # appended after the grid
+    execution: {n_cycles: 3, cycle_order: interleaved}
+    runner: docker                 # docker | local | auto
+    images: {vllm: my/vllm:dev}
+    model: meta-llama/Llama-3.1-8B # ... everything else is a shared experiment field
+
+Every problem is reported with the file and the path of the key it came from
+(``sweep.pytorch.batch_size[2]``, ``experiments[1].model``), all at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from llenergymeasure.architecture import is_local_path, resolve_architecture
+from llenergymeasure.config.backends import BACKENDS
+from llenergymeasure.config.experiment import ExperimentConfig, HubDataset, JsonlDataset
+from llenergymeasure.config.study import (
+    DuplicateExperiment,
+    ExecutionConfig,
+    RunnerSettings,
+    StudyConfig,
+)
+from llenergymeasure.config.user import UserDefaults
+from llenergymeasure.errors import ConfigError
+
+RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker")
+STUDY_KEYS = frozenset(
+    {"name", "base", "sweep", "experiments", "execution", "results_dir", *RUNNER_KEYS}
+)
+COMMAND_LINE = "<command line>"
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+            )
+        seen[key] = True
+    loader.flatten_mapping(node)
+    return dict(loader.construct_pairs(node))
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML or JSON study file into a mapping.
+
+    Raises:
+        ConfigError: missing file, syntax error (with line and column), or not a mapping.
+    """
+    if not path.exists():
+        raise ConfigError("file not found", source=str(path), hint="check the path")
+    if path.is_dir():
+        raise ConfigError("is a directory, not a study file", source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read file: {exc}", source=str(path)) from exc
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (safe subclass)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=str(path)
+        ) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"invalid YAML{where}: {problem}",
+            source=str(path),
+            hint="check indentation and that every 'key: value' has a space after the colon",
+        ) from exc
+    if data is None:
+        raise ConfigError("file is empty", source=str(path), hint="add at least 'model:'")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"top level must be a mapping of keys, got {type(data).__name__}", source=str(path)
+        )
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``over`` onto ``base``: mappings merge recursively, anything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"'base:' files form a cycle: {cycle}", source=str(chain[0]))
+    data = read_config_file(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(
+            f"base: must be a file path, got {type(base).__name__}", source=str(path)
+        )
+    base_path = (path.parent / base).expanduser()
+    if not base_path.exists():
+        raise ConfigError(
+            f"base: {base!r} not found (looked for {base_path})",
+            source=str(path),
+            hint="base: paths are relative to the file that names them",
+        )
+    parent = _read_with_bases(base_path, (*chain, path))
+    return deep_merge(parent, data)
+
+
+# --------------------------------------------------------------------------- key paths
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete types inside Optional/Union/Annotated."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        out: list[Any] = []
+        for arg in typing.get_args(annotation):
+            out.extend(_unwrap(arg))
+        return out
+    return [annotation]
+
+
+def _child_fields(annotation: Any) -> dict[str, Any] | None:
+    """Fields under a key of this type; None for a free-form mapping; {} for a leaf."""
+    fields: dict[str, Any] = {}
+    free = False
+    for t in _unwrap(annotation):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            for name, info in t.model_fields.items():
+                fields.setdefault(name, info.annotation)
+        elif t is dict or typing.get_origin(t) is dict:
+            free = True
+    if free and not fields:
+        return None
+    return fields
+
+
+def check_key_path(dotted: str) -> str | None:
+    """Return an error message if ``dotted`` names no field of ExperimentConfig."""
+    fields: dict[str, Any] | None = {k: v.annotation for k, v in ExperimentConfig.model_fields.items()}
+    walked: list[str] = []
+    for part in dotted.split("."):
+        if fields is None:  # inside a free-form passthrough dict: anything goes
+            return None
+        if part not in fields:
+            where = ".".join(walked) or "an experiment"
+            close = difflib.get_close_matches(part, list(fields), n=3, cutoff=0.6)
+            suggestion = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            return f"unknown key {part!r} in {where}{suggestion}"
+        walked.append(part)
+        fields = _child_fields(fields[part])  # {} at a leaf: any further part is unknown
+    return None
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = target
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _flatten_keys(data: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        yield path
+        if isinstance(value, Mapping):
+            yield from _flatten_keys(value, f"{path}.")
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+@dataclass
+class _Candidate:
+    """One experiment before validation, with where each of its keys came from."""
+
+    data: dict[str, Any]
+    label: str
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    def source_of(self, loc: tuple[str | int, ...]) -> str:
+        parts = [str(p) for p in loc]
+        for n in range(len(parts), 0, -1):
+            key = ".".join(parts[:n])
+            if key in self.provenance:
+                rest = parts[n:]
+                return ".".join([self.provenance[key], *rest])
+        return ".".join(parts) if parts else self.label
+
+
+_UNION_TAGS = {"synthetic", "jsonl", "hub"}
+
+
+def _clean_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        if i > 0 and loc[i - 1] == "dataset" and part in _UNION_TAGS:
+            continue
+        if isinstance(part, str) and part.startswith(("function-", "tagged-union")):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _format_validation(exc: ValidationError, cand: _Candidate) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = _clean_loc(tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        where = cand.source_of(loc) if loc else cand.label
+        if err["type"] == "extra_forbidden":
+            msg = check_key_path(".".join(str(p) for p in loc)) or "unknown key"
+        elif err["type"] not in ("value_error", "assertion_error") and not isinstance(
+            err.get("input"), dict | list
+        ):
+            msg = f"{msg} (got {err.get('input')!r})"
+        problems.append(f"{where}: {msg}")
+    return problems
+
+
+def _resolve_paths(data: dict[str, Any], base_dir: Path, origin: str, problems: list[str]) -> None:
+    """Make local model/tokenizer/dataset paths absolute and check they exist."""
+
+    def resolve(value: str, key: str, *, must_exist: bool) -> str:
+        candidate = Path(value).expanduser()
+        if not candidate.is_absolute():
+            candidate = base_dir / candidate
+        if candidate.exists():
+            return str(candidate.resolve())
+        if must_exist or is_local_path(value):
+            problems.append(
+                f"{origin}{key}: path {value!r} does not exist (looked for {candidate}); "
+                "paths are relative to the study file"
+            )
+        return value
+
+    for key in ("model", "tokenizer"):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            data[key] = resolve(value, key, must_exist=False)
+    dataset = data.get("dataset")
+    if isinstance(dataset, dict) and dataset.get("source") == "jsonl":
+        path = dataset.get("path")
+        if isinstance(path, str):
+            dataset["path"] = resolve(path, "dataset.path", must_exist=True)
+
+
+def _label_point(assignments: list[tuple[str, Any, str]], n: int) -> str:
+    desc = ", ".join(f"{k}={v}" for k, v, _ in assignments)
+    return f"sweep point {n} ({desc})" if desc else f"sweep point {n}"
+
+
+def expand_study(
+    data: Mapping[str, Any],
+    *,
+    source: str,
+    base_dir: Path,
+    user: UserDefaults | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    execution_overrides: Mapping[str, Any] | None = None,
+    runner_overrides: Mapping[str, Any] | None = None,
+    results_dir: str | None = None,
+) -> StudyConfig:
+    """Expand a parsed study mapping into a validated :class:`StudyConfig`.
+
+    Precedence, lowest first: built-in defaults, user defaults, the study file, ``overrides``
+    (command line). ``overrides`` maps dotted experiment keys to values.
+
+    Raises:
+        ConfigError: with one line per problem, each naming the key path.
+    """
+    user = user or UserDefaults()
+    overrides = dict(overrides or {})
+    problems: list[str] = []
+    raw = dict(data)
+    raw.pop("base", None)  # already merged by the file reader
+
+    shared = {k: v for k, v in raw.items() if k not in STUDY_KEYS}
+    if user.energy_sampler and not (
+        isinstance(shared.get("energy"), dict) and "sampler" in shared["energy"]
+    ):
+        shared = deep_merge({"energy": {"sampler": user.energy_sampler}}, shared)
+
+    for key in shared:
+        msg = check_key_path(key)
+        if msg:
+            problems.append(f"{key}: {msg}")
+    for key in overrides:
+        msg = check_key_path(key)
+        if msg:
+            problems.append(f"{COMMAND_LINE} {key}: {msg}")
+
+    # ---- sweep
+    sweep_raw = raw.get("sweep")
+    sweep: dict[str, list[Any]] = {}
+    if sweep_raw is not None:
+        if not isinstance(sweep_raw, dict) or not sweep_raw:
+            problems.append("sweep: must be a non-empty mapping of key -> list of values")
+        else:
+            for key, values in sweep_raw.items():
+                if not isinstance(key, str):
+                    problems.append(f"sweep.{key}: keys must be strings")
+                    continue
+                msg = check_key_path(key)
+                if msg:
+                    problems.append(f"sweep.{key}: {msg}")
+                    continue
+                if key in STUDY_KEYS:
+                    problems.append(f"sweep.{key}: study key {key!r} cannot be swept")
+                    continue
+                if not isinstance(values, list):
+                    problems.append(
+                        f"sweep.{key}: expected a list of values, got {values!r}; "
+                        f"write [{values!r}] for a single value"
+                    )
+                    continue
+                if not values:
+                    problems.append(f"sweep.{key}: empty list; give at least one value")
+                    continue
+                if key in overrides:
+                    problems.append(
+                        f"{COMMAND_LINE} {key}: is a sweep axis in the study; drop the "
+                        "override or the axis"
+                    )
+                    continue
+                sweep[key] = values
+
+    # ---- explicit experiments
+    exp_raw = raw.get("experiments")
+    entries: list[dict[str, Any]] = []
+    if exp_raw is not None:
+        if not isinstance(exp_raw, list) or not exp_raw:
+            problems.append("experiments: must be a non-empty list of experiment mappings")
+        else:
+            for i, entry in enumerate(exp_raw):
+                if not isinstance(entry, dict):
+                    problems.append(f"experiments[{i}]: must be a mapping, got {entry!r}")
+                    continue
+                bad = [k for k in entry if k in STUDY_KEYS]
+                for k in bad:
+                    problems.append(
+                        f"experiments[{i}].{k}: study key {k!r} belongs at the top level"
+                    )
+                for k in entry:
+                    msg = check_key_path(str(k)) if k not in STUDY_KEYS else None
+                    if msg:
+                        problems.append(f"experiments[{i}].{k}: {msg}")
+                entries.append(entry)
+
+    default_backend = shared.get("backend", "pytorch")
+    candidates: list[_Candidate] = []
+
+    def new_candidate(label: str, backend: Any) -> _Candidate:
+        base = {
+            k: copy.deepcopy(v)
+            for k, v in shared.items()
+            if not (k in BACKENDS and k != backend)
+        }
+        prov = {k: k for k in _flatten_keys(base)}
+        return _Candidate(data=base, label=label, provenance=prov)
+
+    if sweep:
+        unscoped = [(k, v) for k, v in sweep.items() if k.split(".")[0] not in BACKENDS]
+        scoped: dict[str, list[tuple[str, list[Any]]]] = {}
+        for k, v in sweep.items():
+            head = k.split(".")[0]
+            if head in BACKENDS:
+                scoped.setdefault(head, []).append((k, v))
+        n = 0
+        axes = [[(k, i, val) for i, val in enumerate(vals)] for k, vals in unscoped]
+        for combo in itertools.product(*axes):
+            backend = next((val for k, _, val in combo if k == "backend"), default_backend)
+            scoped_axes = [
+                [(k, i, val) for i, val in enumerate(vals)]
+                for k, vals in scoped.get(str(backend), [])
+            ]
+            for scombo in itertools.product(*scoped_axes):
+                assignments = [(k, val, f"sweep.{k}[{i}]") for k, i, val in (*combo, *scombo)]
+                n += 1
+                cand = new_candidate(_label_point(assignments, n), backend)
+                for k, val, src in assignments:
+                    _set_dotted(cand.data, k, val)
+                    cand.provenance[k] = src
+                candidates.append(cand)
+    for i, entry in enumerate(entries):
+        backend = entry.get("backend", default_backend)
+        cand = new_candidate(f"experiments[{i}]", backend)
+        cand.data = deep_merge(cand.data, entry)
+        for k in _flatten_keys(entry):
+            cand.provenance[k] = f"experiments[{i}].{k}"
+        candidates.append(cand)
+    if not sweep and exp_raw is None:
+        candidates.append(new_candidate(Path(source).name, default_backend))
+
+    # scoped keys and shared sections must be used by some experiment
+    used_backends = {str(c.data.get("backend", "pytorch")) for c in candidates}
+    for key in sweep:
+        head = key.split(".")[0]
+        if head in BACKENDS and head not in used_backends:
+            problems.append(
+                f"sweep.{key}: no experiment uses backend {head!r} "
+                f"(backends in this study: {', '.join(sorted(used_backends))}); "
+                f"add {head} to the backend sweep or remove this key"
+            )
+    for b in BACKENDS:
+        if b in shared and b not in used_backends:
+            problems.append(
+                f"{b}: section does not match any experiment's backend "
+                f"({', '.join(sorted(used_backends))}); remove it or set backend: {b}"
+            )
+
+    # command-line overrides win over everything in the file
+    for cand in candidates:
+        for k, v in overrides.items():
+            _set_dotted(cand.data, k, v)
+            cand.provenance[k] = f"{COMMAND_LINE} {k}"
+        _resolve_paths(cand.data, base_dir, f"{cand.label}: ", problems)
+
+    # ---- validate experiments
+    experiments: list[ExperimentConfig] = []
+    sources: list[str] = []
+    duplicates: list[DuplicateExperiment] = []
+    seen: dict[str, str] = {}
+    if not problems:
+        for cand in candidates:
+            try:
+                exp = ExperimentConfig.model_validate(cand.data)
+            except ValidationError as exc:
+                for p in _format_validation(exc, cand):
+                    if p not in problems:
+                        problems.append(p)
+                continue
+            if exp.load_format == "dummy":
+                try:
+                    resolve_architecture(exp.model, base_dir=base_dir)
+                except ConfigError as exc:
+                    problems.append(f"{cand.source_of(('model',))}: {exc.message}")
+                    continue
+            if isinstance(exp.dataset, JsonlDataset | HubDataset) and exp.dataset.text_field == "":
+                problems.append(f"{cand.source_of(('dataset', 'text_field'))}: must not be empty")
+            h = exp.config_hash
+            if h in seen:
+                duplicates.append(
+                    DuplicateExperiment(source=cand.label, same_as=seen[h], config_hash=h)
+                )
+                continue
+            seen[h] = cand.label
+            experiments.append(exp)
+            sources.append(cand.label)
+
+    # ---- execution and runner settings
+    execution_data = raw.get("execution") or {}
+    if not isinstance(execution_data, dict):
+        problems.append("execution: must be a mapping")
+        execution_data = {}
+    execution_data = dict(execution_data)
+    if user.config_gap_s is not None:
+        execution_data.setdefault("config_gap_s", user.config_gap_s)
+    if user.cycle_gap_s is not None:
+        execution_data.setdefault("cycle_gap_s", user.cycle_gap_s)
+    execution_data.update(execution_overrides or {})
+    execution = ExecutionConfig()
+    try:
+        execution = ExecutionConfig.model_validate(execution_data)
+    except ValidationError as exc:
+        problems.extend(_section_problems(exc, "execution"))
+
+    runner_data: dict[str, Any] = {}
+    for key, value in (
+        ("runner", user.runner),
+        ("images", user.images or None),
+        ("cuda_major", user.cuda_major),
+        ("pull_policy", user.pull_policy),
+    ):
+        if value is not None:
+            runner_data[key] = value
+    for key in RUNNER_KEYS:
+        if key in raw:
+            if key == "images" and isinstance(raw[key], dict):
+                runner_data["images"] = {**runner_data.get("images", {}), **raw[key]}
+            else:
+                runner_data[key] = raw[key]
+    runner_data.update(runner_overrides or {})
+    runner = RunnerSettings()
+    try:
+        runner = RunnerSettings.model_validate(runner_data)
+    except ValidationError as exc:
+        problems.extend(_section_problems(exc, ""))
+    for key in runner.images:
+        if key not in BACKENDS:
+            problems.append(
+                f"images.{key}: unknown backend; expected one of {', '.join(BACKENDS)}"
+            )
+
+    name = raw.get("name", Path(source).stem if source != COMMAND_LINE else "llem")
+    if not isinstance(name, str) or not name.strip():
+        problems.append(f"name: must be a non-empty string, got {name!r}")
+        name = "study"
+    results = results_dir or raw.get("results_dir") or user.results_dir or "./results"
+    if not isinstance(results, str):
+        problems.append(f"results_dir: must be a path string, got {results!r}")
+        results = "./results"
+
+    if problems:
+        raise ConfigError(
+            f"invalid study ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
+            source=source,
+            problems=problems,
+            hint="see docs/study-grammar.md, or `llem config schema` for the full schema",
+        )
+    return StudyConfig(
+        name=name,
+        source=source,
+        experiments=experiments,
+        experiment_sources=sources,
+        execution=execution,
+        runner=runner,
+        results_dir=results,
+        duplicates=duplicates,
+    )
+
+
+def _section_problems(exc: ValidationError, prefix: str) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        where = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif not isinstance(err.get("input"), dict | list):
+            msg = f"{msg} (got {err.get('input')!r})"
+        out.append(f"{where}: {msg}")
+    return out
+
+
+def load_study(
+    path: str | Path,
+    *,
+    user: UserDefaults | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    execution_overrides: Mapping[str, Any] | None = None,
+    runner_overrides: Mapping[str, Any] | None = None,
+    results_dir: str | None = None,
+) -> StudyConfig:
+    """Read, merge (``base:``), expand and validate a study file. See the module docstring."""
+    p = Path(path).expanduser()
+    data = _read_with_bases(p)
+    return expand_study(
+        data,
+        source=str(path),
+        base_dir=p.resolve().parent,
+        user=user,
+        overrides=overrides,
+        execution_overrides=execution_overrides,
+        runner_overrides=runner_overrides,
+        results_dir=results_dir,
+    )

@@ -1,0 +1,105 @@
+"""Study-level settings: execution (cycles, order, gaps), runner and images, and the study.
+
+:class:`StudyConfig` is a fully expanded study: its experiments are validated
+:class:`~llenergymeasure.config.ExperimentConfig` objects in expansion order, de-duplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llenergymeasure.config.experiment import ExperimentConfig
+
+CycleOrder = Literal["sequential", "interleaved", "shuffled"]
+RunnerName = Literal["docker", "local", "auto"]
+PullPolicy = Literal["missing", "always", "never"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExecutionConfig(_Model):
+    """How the study's runs are repeated and spaced. Not part of the study design hash."""
+
+    n_cycles: int = Field(1, ge=1, le=1000, description="Times every experiment is run.")
+    cycle_order: CycleOrder = Field(
+        "sequential",
+        description="sequential: A A B B; interleaved: A B A B; shuffled: each cycle in a "
+        "seeded random order.",
+    )
+    shuffle_seed: int = Field(0, description="Seed of the shuffled order (reproducible).")
+    config_gap_s: float = Field(60.0, ge=0.0, description="Thermal rest between experiments.")
+    cycle_gap_s: float = Field(120.0, ge=0.0, description="Thermal rest between cycles.")
+    experiment_timeout_s: float = Field(3600.0, gt=0.0, description="Stop a run after this.")
+    max_consecutive_failures: int = Field(
+        3, ge=0, description="Stop the study after this many failures in a row (0 = never)."
+    )
+
+
+class DockerSettings(_Model):
+    """Container settings applied to every experiment's container."""
+
+    shm_size: str | None = Field("8g", description="/dev/shm size when ipc_mode is not host.")
+    ipc_mode: str | None = Field("host", description="vLLM/TRT-LLM need host IPC or big shm.")
+    network_mode: Literal["host", "none", "bridge"] = Field(
+        "host", description="host lets the container reach the model hub; none for offline."
+    )
+    ulimits: dict[str, int | list[int]] = Field(
+        default_factory=lambda: {"memlock": -1, "stack": 67108864},
+        description="name -> limit, or [soft, hard]; -1 is unlimited.",
+    )
+    mem_limit: str | None = Field(None, description="Container memory limit, e.g. '64g'.")
+    hf_cache_dir: str | None = Field(
+        None, description="Host Hugging Face cache mounted into containers; default ~/.cache/huggingface."
+    )
+    engine_cache_dir: str | None = Field(
+        None, description="Host directory for built TensorRT-LLM engines."
+    )
+    run_as_host_user: bool = Field(True, description="Run as the invoking uid:gid.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment (non-secret) for the harness."
+    )
+
+
+class RunnerSettings(_Model):
+    """Which runner, which images, and how images are obtained."""
+
+    runner: RunnerName = "auto"
+    images: dict[str, str] = Field(
+        default_factory=dict, description="backend -> image reference overriding the default."
+    )
+    pull_policy: PullPolicy = "missing"
+    cuda_major: int = Field(12, ge=11, le=99, description="CUDA major of the default images.")
+    docker: DockerSettings = Field(default_factory=DockerSettings)
+
+
+class DuplicateExperiment(_Model):
+    """An experiment that expanded to the same config as an earlier one and runs once."""
+
+    source: str  # where it came from, e.g. "sweep point 3" or "experiments[1]"
+    same_as: str
+    config_hash: str
+
+
+class StudyConfig(_Model):
+    """A whole, expanded study."""
+
+    name: str
+    source: str | None = Field(None, description="The study file, if any.")
+    experiments: list[ExperimentConfig] = Field(min_length=1)
+    experiment_sources: list[str] = Field(default_factory=list)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    results_dir: str = "./results"
+    duplicates: list[DuplicateExperiment] = Field(default_factory=list)
+
+    @property
+    def study_design_hash(self) -> str:
+        """Identity of what is measured: the ordered experiment hashes (execution ignored)."""
+        payload = json.dumps([e.config_hash for e in self.experiments])
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
