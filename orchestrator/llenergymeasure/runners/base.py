@@ -129,7 +129,7 @@ def read_error_record(results_dir: Path) -> dict[str, Any] | None:
 
 
 def _error_message(record: dict[str, Any]) -> str:
-    kind = record.get("error_type") or record.get("type") or record.get("kind")
+    kind = record.get("error_class") or record.get("error_type") or record.get("type")
     message = record.get("message") or record.get("error") or ""
     phase = record.get("phase")
     text = f"{kind}: {message}" if kind else str(message)

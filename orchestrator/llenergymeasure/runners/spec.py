@@ -7,15 +7,17 @@ the Docker runner turns it into docker-SDK calls. :class:`LocalSpec` is the same
 subprocess on the host (:func:`build_local_spec`).
 
 Paths the user wrote on the host (a model directory, a ``config.json`` for dummy weights, a
-tokenizer, a JSONL dataset) are mounted read-only under ``/llem/inputs`` and the experiment
-config JSON handed to the harness is rewritten to the in-container path. The identity of the
-experiment (its ``config_hash``) is the host config's; it travels in the labels and the run id.
+tokenizer, a JSONL dataset) are bind-mounted read-only. An absolute path outside the system
+directories is mounted at the same path, so the config the harness sees is the host's and so
+is its ``config_hash``; a relative or ``~`` path becomes absolute, and a path under a system
+directory is mounted under ``/llem/inputs/<role>/``; the config JSON handed to the harness is
+rewritten accordingly. The run's identity (host ``config_hash``) travels in the labels.
 
 Container layout::
 
     /llem/results          per-run results dir (rw)      LLEM_RESULTS_DIR
     /llem/cache/hf         host Hugging Face cache (rw)  HF_HOME
-    /llem/cache/llem       study cache dir (rw)          LLEM_BASELINE_CACHE=/llem/cache/llem/baseline.json
+    /llem/cache/llem       study cache dir (rw)          LLEM_BASELINE_CACHE (baseline.json in it)
     /llem/cache/engines    TensorRT-LLM engine cache     LLEM_ENGINE_CACHE_DIR
     /llem/inputs/<role>/   host paths named in the config (ro)
     HOME=/tmp              writable for any uid
@@ -106,6 +108,9 @@ class DockerSettings:
     command: tuple[str, ...] | None = None  # None: the harness entry point
     entrypoint: tuple[str, ...] | None = None  # None: keep the image's (NGC needs its own)
     stop_grace_s: float = 10.0
+    # False only for CPU-only hosts (CI, laptops): containers then get no GPU at all. This is
+    # an explicit setting, never a silent fallback; the runner logs it for every run.
+    request_gpus: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ class RunRequest:
     host_uid: int | None = None
     host_gid: int | None = None
     version: str = "2.0.0"
+    input_base_dir: str | None = None  # resolves relative input paths; None: working dir
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ class ContainerSpec:
     stop_grace_s: float
     name: str
     results_dir_host: str
-    config_json: str  # the (rewritten) config the harness sees
+    config_json: str  # the config the harness sees (host paths mapped into the container)
 
 
 @dataclass(frozen=True)
@@ -173,34 +179,74 @@ def _looks_like_host_path(value: str) -> bool:
     return value.startswith(("/", "~", "./", "../")) or value in {".", ".."}
 
 
-class _Mounter:
-    """Assigns container paths under /llem/inputs to host paths, one mount per source."""
+# Mounting a user path over one of these would shadow the image itself.
+_RESERVED_PREFIXES = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/llem",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/app",
+    "/workspace",
+)
 
-    def __init__(self) -> None:
+
+def _reserved(path: str) -> bool:
+    return path == "/" or any(path == p or path.startswith(p + "/") for p in _RESERVED_PREFIXES)
+
+
+class _Mounter:
+    """Maps host paths to container paths, one read-only mount per source.
+
+    A host path is mounted at the same absolute path when that cannot shadow the image, so
+    the config the harness sees (and its ``config_hash``) is the host's; otherwise (and for
+    paths under system directories) under ``/llem/inputs/<role>/``.
+    """
+
+    def __init__(self, base_dir: str) -> None:
+        self.base_dir = base_dir
         self.mounts: dict[str, Mount] = {}
 
     def map(self, role: str, host_path: str) -> str:
-        source = posixpath.normpath(str(Path(host_path).expanduser()))
+        expanded = str(Path(host_path).expanduser())
+        source = posixpath.normpath(posixpath.join(self.base_dir, expanded))
         if source in self.mounts:
             return self.mounts[source].target
-        name = posixpath.basename(source) or role
-        target = f"{CONTAINER_INPUTS}/{role}/{name}"
-        taken = {m.target for m in self.mounts.values()}
-        n = 1
-        while target in taken:
-            n += 1
-            target = f"{CONTAINER_INPUTS}/{role}{n}/{name}"
+        target = source
+        if _reserved(source):
+            name = posixpath.basename(source) or role
+            target = f"{CONTAINER_INPUTS}/{role}/{name}"
+            taken = {m.target for m in self.mounts.values()}
+            n = 1
+            while target in taken:
+                n += 1
+                target = f"{CONTAINER_INPUTS}/{role}{n}/{name}"
         self.mounts[source] = Mount(source=source, target=target, read_only=True)
         return target
 
 
-def rewrite_host_paths(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[Mount, ...]]:
+def rewrite_host_paths(
+    config: dict[str, Any], base_dir: str = "/"
+) -> tuple[dict[str, Any], tuple[Mount, ...]]:
     """Return the config dict with host paths replaced by container paths, and the mounts.
 
     Handles ``model``, ``tokenizer`` and a JSONL ``dataset.path``; other fields pass through.
+    Relative paths are taken relative to ``base_dir``. Absolute paths outside system
+    directories are left unchanged (mounted at the same place).
     """
     out = json.loads(json.dumps(config))  # deep copy of a JSON-shaped dict
-    mounter = _Mounter()
+    mounter = _Mounter(base_dir)
     for key, role in (("model", "model"), ("tokenizer", "tokenizer")):
         value = out.get(key)
         if isinstance(value, str) and _looks_like_host_path(value):
@@ -208,7 +254,7 @@ def rewrite_host_paths(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[Mo
     dataset = out.get("dataset")
     if isinstance(dataset, dict):
         path = dataset.get("path")
-        if isinstance(path, str) and _looks_like_host_path(path):
+        if isinstance(path, str):  # always a file path (relative ones: to base_dir)
             dataset["path"] = mounter.map("dataset", path)
     return out, tuple(mounter.mounts.values())
 
@@ -216,27 +262,29 @@ def rewrite_host_paths(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[Mo
 def harness_env(
     request: RunRequest,
     *,
-    config_json: str,
+    config: ExperimentConfig,
     results_dir: str,
     baseline_cache: str | None,
+    engine_cache_dir: str | None = None,
 ) -> dict[str, str]:
     """The harness environment contract (``llenergymeasure.contract``) for one run."""
     from llenergymeasure.contract import HarnessEnv
 
     env = HarnessEnv(
-        config_json=config_json,
+        config=config,
         run_id=request.run_id,
         results_dir=results_dir,
         cycle=request.cycle,
         study_id=request.study_id,
         image=request.image,
         image_digest=request.image_digest,
-        image_labels=dict(request.image_labels) if request.image_labels is not None else None,
+        image_labels=dict(request.image_labels or {}),
         baseline_cache=baseline_cache,
+        engine_cache_dir=engine_cache_dir,
         host_uid=request.host_uid,
         host_gid=request.host_gid,
     )
-    return dict(env.to_env())
+    return env.to_env()
 
 
 def container_name(request: RunRequest) -> str:
@@ -249,16 +297,23 @@ def build_container_spec(
     request: RunRequest,
     settings: DockerSettings,
     *,
+    base_dir: str = "/",
     owner_pid: int | None = None,
     owner_host: str | None = None,
 ) -> ContainerSpec:
-    """Build the container description for ``request``. Pure: no filesystem or Docker access."""
+    """Build the container description for ``request``. Pure: no filesystem or Docker access.
+
+    ``base_dir`` resolves relative host paths in the config (the caller passes the study
+    file's directory or the working directory).
+    """
     if request.image is None:
         raise ValueError(f"run {request.run_id}: no image resolved for the Docker runner")
     config = request.config
     backend = str(config.backend)
-    cfg_dict, input_mounts = rewrite_host_paths(config.model_dump(mode="json"))
-    config_json = json.dumps(cfg_dict, sort_keys=True)
+    original = config.model_dump(mode="json")
+    cfg_dict, input_mounts = rewrite_host_paths(original, base_dir)
+    if cfg_dict != original:
+        config = type(config).model_validate(cfg_dict)
 
     mounts: list[Mount] = [Mount(str(request.run_dir), CONTAINER_RESULTS_DIR)]
     baseline_cache: str | None = None
@@ -269,19 +324,22 @@ def build_container_spec(
     if settings.hf_cache_dir:
         mounts.append(Mount(settings.hf_cache_dir, CONTAINER_HF_CACHE))
         env["HF_HOME"] = CONTAINER_HF_CACHE
+    engine_cache: str | None = None
     if settings.engine_cache_dir and backend == "tensorrt":
         mounts.append(Mount(settings.engine_cache_dir, CONTAINER_ENGINE_CACHE))
-        env["LLEM_ENGINE_CACHE_DIR"] = CONTAINER_ENGINE_CACHE
+        engine_cache = CONTAINER_ENGINE_CACHE
     mounts.extend(input_mounts)
     env.update(settings.extra_env)
     env.update(
         harness_env(
             request,
-            config_json=config_json,
+            config=config,
             results_dir=CONTAINER_RESULTS_DIR,
             baseline_cache=baseline_cache,
+            engine_cache_dir=engine_cache,
         )
     )
+    config_json = env["LLEM_CONFIG_JSON"]
 
     labels = {
         LABEL_STUDY: request.study_id,
@@ -312,7 +370,7 @@ def build_container_spec(
         entrypoint=settings.entrypoint,
         env=env,
         mounts=tuple(mounts),
-        gpu_ids=tuple(int(g) for g in config.gpus),
+        gpu_ids=tuple(int(g) for g in config.gpus) if settings.request_gpus else (),
         shm_size=shm_size,
         ipc_mode=ipc_mode,
         ulimits=ulimits,
@@ -340,13 +398,10 @@ def build_local_spec(
     engine_cache_dir: str | None = None,
 ) -> LocalSpec:
     """Build the subprocess description for ``request``: host paths, same env contract."""
-    config_json = json.dumps(request.config.model_dump(mode="json"), sort_keys=True)
     env = dict(base_env)
     env["PYTHONUNBUFFERED"] = "1"
     if hf_cache_dir:
         env["HF_HOME"] = hf_cache_dir
-    if engine_cache_dir:
-        env["LLEM_ENGINE_CACHE_DIR"] = engine_cache_dir
     baseline_cache = (
         str(request.study_cache_dir / "baseline.json")
         if request.study_cache_dir is not None
@@ -355,9 +410,10 @@ def build_local_spec(
     env.update(
         harness_env(
             request,
-            config_json=config_json,
+            config=request.config,
             results_dir=str(request.run_dir),
             baseline_cache=baseline_cache,
+            engine_cache_dir=engine_cache_dir if request.config.backend == "tensorrt" else None,
         )
     )
     return LocalSpec(
@@ -367,4 +423,3 @@ def build_local_spec(
         timeout_s=request.timeout_s,
         stop_grace_s=stop_grace_s,
     )
-

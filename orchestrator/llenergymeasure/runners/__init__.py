@@ -1,0 +1,32 @@
+"""Runners: run one experiment's harness in a container (:class:`DockerRunner`) or a
+subprocess (:class:`LocalRunner`), behind the :class:`Runner` protocol."""
+
+from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunStatus, classify
+from llenergymeasure.runners.docker import DockerRunner
+from llenergymeasure.runners.local import LocalRunner
+from llenergymeasure.runners.spec import (
+    ContainerSpec,
+    DockerSettings,
+    LocalSpec,
+    Mount,
+    RunRequest,
+    build_container_spec,
+    build_local_spec,
+)
+
+__all__ = [
+    "ContainerSpec",
+    "DockerRunner",
+    "DockerSettings",
+    "FailureKind",
+    "LocalRunner",
+    "LocalSpec",
+    "Mount",
+    "RunOutcome",
+    "RunRequest",
+    "RunStatus",
+    "Runner",
+    "build_container_spec",
+    "build_local_spec",
+    "classify",
+]

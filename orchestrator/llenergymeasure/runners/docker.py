@@ -1,0 +1,378 @@
+"""The Docker runner: one ephemeral container per experiment run, through the docker SDK.
+
+Per run::
+
+    create (never pulls) ─► start ─► logs → run log file (+ console)  ─► wait ≤ timeout
+          │                  │                                            │ deadline / Ctrl-C
+          │                  └─ start error → failed/start_failed         └─► stop (SIGTERM,
+          │                                                                    grace, SIGKILL)
+          └──────────────── always: inspect (OOMKilled, exit code) ─► classify ─► remove
+
+docker-py facts this relies on (measured, see docs/runner.md): ``containers.run`` pulls a
+missing image implicitly, so only ``create`` is used; ``wait(timeout=)`` raises a
+``ConnectionError`` rather than a timeout, so the wait runs unbounded in a thread and the
+deadline is kept here; without ``init`` Python as PID 1 ignores SIGTERM, so ``init=True``;
+``auto_remove`` loses the logs of failures, so the container is removed explicitly; a failed
+``start`` leaves the created container behind, so removal is in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llenergymeasure.errors import RunnerError
+from llenergymeasure.runners.base import LogSink, LogWriter, RunOutcome, classify, utc_now
+from llenergymeasure.runners.spec import (
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_STUDY,
+    ContainerSpec,
+    DockerSettings,
+    RunRequest,
+    build_container_spec,
+)
+
+logger = logging.getLogger(__name__)
+
+GPU_CAPABILITIES = [["gpu", "compute", "utility"]]
+
+
+def connect(factory: Callable[[], Any] | None = None) -> Any:
+    """A docker client that answered ``ping``; ``RunnerError`` (with a fix) otherwise."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = factory() if factory is not None else docker.from_env(timeout=60)
+        client.ping()
+    except DockerException as exc:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise RunnerError(
+            f"cannot reach the Docker daemon at {host}: {str(exc).splitlines()[0][:200]}",
+            hint="start Docker (or set DOCKER_HOST), or use --runner local on a host with the "
+            "backends installed",
+        ) from exc
+    return client
+
+
+def to_create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
+    """Translate a :class:`ContainerSpec` into ``containers.create`` keyword arguments."""
+    from docker.types import DeviceRequest, Mount, Ulimit
+
+    kwargs: dict[str, Any] = {
+        "image": spec.image,
+        "command": list(spec.command) if spec.command is not None else None,
+        "environment": dict(spec.env),
+        "mounts": [
+            Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
+            for m in spec.mounts
+        ],
+        "labels": dict(spec.labels),
+        "network_mode": spec.network_mode,
+        "init": spec.init,
+        "name": spec.name,
+        "detach": True,
+    }
+    if spec.entrypoint is not None:
+        kwargs["entrypoint"] = list(spec.entrypoint)
+    if spec.gpu_ids:
+        # By index, never count: docker-py's default count=0 means NVIDIA_VISIBLE_DEVICES=void.
+        kwargs["device_requests"] = [
+            DeviceRequest(device_ids=[str(i) for i in spec.gpu_ids], capabilities=GPU_CAPABILITIES)
+        ]
+    if spec.shm_size is not None:
+        kwargs["shm_size"] = spec.shm_size
+    if spec.ipc_mode is not None:
+        kwargs["ipc_mode"] = spec.ipc_mode
+    if spec.ulimits:
+        kwargs["ulimits"] = [Ulimit(name=k, soft=v, hard=v) for k, v in spec.ulimits.items()]
+    if spec.user is not None:
+        kwargs["user"] = spec.user
+    if spec.mem_limit is not None:
+        kwargs["mem_limit"] = spec.mem_limit
+        kwargs["memswap_limit"] = spec.mem_limit  # no swap: an OOM is an OOM, not a slowdown
+    return kwargs
+
+
+def explain_api_error(exc: Exception) -> str:
+    """One line for a docker APIError, with the known causes named."""
+    text = str(getattr(exc, "explanation", None) or exc).strip().splitlines()[0][:400]
+    lowered = text.lower()
+    if "could not select device driver" in lowered:
+        return (
+            f"{text} (the NVIDIA Container Toolkit is not installed or dockerd does not see "
+            "nvidia-container-runtime-hook)"
+        )
+    if "rlimit" in lowered:
+        return f"{text} (the host does not allow this ulimit; set runner ulimits to {{}})"
+    if "bind source path does not exist" in lowered:
+        return f"{text} (a host path named in the config does not exist)"
+    return text
+
+
+class DockerRunner:
+    """Runs each experiment in a fresh container of its backend's image."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        settings: DockerSettings | None = None,
+        *,
+        client: Any = None,
+        client_factory: Callable[[], Any] | None = None,
+        poll_s: float = 0.2,
+    ) -> None:
+        self.settings = settings or DockerSettings()
+        self._client = client
+        self._factory = client_factory
+        self._poll_s = poll_s
+
+    @property
+    def client(self) -> Any:
+        """The docker client, connected on first use."""
+        if self._client is None:
+            self._client = connect(self._factory)
+        return self._client
+
+    def spec_for(self, request: RunRequest) -> ContainerSpec:
+        """The container spec this runner would use for ``request``."""
+        return build_container_spec(
+            request,
+            self.settings,
+            base_dir=request.input_base_dir or os.getcwd(),
+            owner_pid=os.getpid(),
+            owner_host=socket.gethostname(),
+        )
+
+    def cleanup_leftovers(self) -> list[str]:
+        """Remove containers of this tool whose owning process is gone (earlier crashes)."""
+        from docker.errors import DockerException, NotFound
+
+        removed: list[str] = []
+        try:
+            containers = self.client.containers.list(all=True, filters={"label": LABEL_STUDY})
+        except DockerException as exc:
+            raise RunnerError(f"cannot list containers: {exc}") from exc
+        host = socket.gethostname()
+        for ct in containers:
+            labels = ct.labels or {}
+            pid_text = labels.get(LABEL_OWNER_PID)
+            if labels.get(LABEL_OWNER_HOST, host) == host and pid_text and pid_text.isdigit():
+                pid = int(pid_text)
+                if pid != os.getpid() and _pid_alive(pid):
+                    continue  # another live llem process owns it
+            with contextlib.suppress(NotFound):
+                ct.remove(force=True, v=True)
+                removed.append(str(ct.name))
+                logger.info("removed leftover container %s", ct.name)
+        return removed
+
+    def run(
+        self,
+        request: RunRequest,
+        *,
+        echo: LogSink | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RunOutcome:
+        """Run one experiment in a container; see the module docstring for the sequence."""
+        from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+        spec = self.spec_for(request)
+        _prepare_host_dirs(request, self.settings)
+        writer = LogWriter(request.log_path, echo)
+        started_at = utc_now()
+        t0 = time.monotonic()
+        ct: Any = None
+        try:
+            writer.note(f"run {request.run_id}: image {spec.image}, gpus {list(spec.gpu_ids)}")
+            if not self.settings.request_gpus:
+                writer.note("GPU requests are disabled for this study (CPU-only run)")
+            try:
+                ct = self.client.containers.create(**to_create_kwargs(spec))
+            except ImageNotFound:
+                return _start_failed(
+                    request,
+                    started_at,
+                    t0,
+                    writer,
+                    f"image {spec.image} is not present locally; build it "
+                    "(llem images build) or pull it (docker pull " + spec.image + ")",
+                )
+            except APIError as exc:
+                return _start_failed(
+                    request, started_at, t0, writer, f"create failed: {explain_api_error(exc)}"
+                )
+            try:
+                ct.start()
+            except APIError as exc:
+                return _start_failed(
+                    request,
+                    started_at,
+                    t0,
+                    writer,
+                    f"start failed: {explain_api_error(exc)}",
+                    container_id=str(ct.id),
+                )
+            return self._supervise(
+                ct=ct,
+                spec=spec,
+                request=request,
+                writer=writer,
+                started_at=started_at,
+                t0=t0,
+                cancel=cancel,
+            )
+        except DockerException as exc:
+            writer.note(f"docker error: {exc}")
+            raise RunnerError(
+                f"run {request.run_id}: lost contact with Docker: {str(exc).splitlines()[0]}",
+                hint="check that the Docker daemon is running, then resume the study",
+            ) from exc
+        finally:
+            if ct is not None:
+                with contextlib.suppress(NotFound, DockerException):
+                    ct.remove(force=True, v=True)
+            writer.close()
+
+    def _supervise(
+        self,
+        *,
+        ct: Any,
+        spec: ContainerSpec,
+        request: RunRequest,
+        writer: LogWriter,
+        started_at: str,
+        t0: float,
+        cancel: threading.Event | None,
+    ) -> RunOutcome:
+        done = threading.Event()
+        waited: dict[str, Any] = {}
+
+        def wait_for_exit() -> None:
+            try:
+                waited["status"] = ct.wait()
+            except Exception as exc:  # reported to the supervising thread
+                waited["error"] = exc
+            finally:
+                done.set()
+
+        def pump_logs() -> None:
+            try:
+                for chunk in ct.logs(stream=True, follow=True, stdout=True, stderr=True):
+                    writer.write(chunk)
+            except Exception as exc:  # logs are best effort; the outcome does not depend on them
+                logger.debug("log stream of %s ended: %s", spec.name, exc)
+
+        waiter = threading.Thread(target=wait_for_exit, name=f"wait-{spec.name}", daemon=True)
+        pumper = threading.Thread(target=pump_logs, name=f"logs-{spec.name}", daemon=True)
+        waiter.start()
+        pumper.start()
+        deadline = t0 + spec.timeout_s if spec.timeout_s is not None else None
+        timed_out = interrupted = False
+        try:
+            while not done.wait(self._poll_s):
+                if deadline is not None and time.monotonic() >= deadline:
+                    timed_out = True
+                    writer.note(f"timeout of {spec.timeout_s:g} s reached; stopping")
+                    break
+                if cancel is not None and cancel.is_set():
+                    interrupted = True
+                    writer.note("cancelled; stopping")
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            writer.note("interrupted (Ctrl-C); stopping the container")
+        if timed_out or interrupted:
+            self._stop(ct, spec, done, writer)
+        wait_error = waited.get("error")
+        if wait_error is not None and not (timed_out or interrupted):
+            raise wait_error  # e.g. the daemon went away mid-run
+        pumper.join(timeout=5)
+        exit_code: int | None = None
+        oom = False
+        try:
+            ct.reload()
+            state = ct.attrs.get("State", {})
+            oom = bool(state.get("OOMKilled", False))
+            exit_code = int(state.get("ExitCode")) if state.get("ExitCode") is not None else None
+        except Exception as exc:
+            status = waited.get("status") or {}
+            exit_code = status.get("StatusCode")
+            writer.note(f"inspect failed after exit: {exc}")
+        writer.note(f"container exited: exit_code={exit_code} oom_killed={oom}")
+        return classify(
+            results_dir=request.run_dir,
+            exit_code=exit_code,
+            oom_killed=oom,
+            timed_out=timed_out,
+            interrupted=interrupted,
+            timeout_s=spec.timeout_s,
+            started_at=started_at,
+            duration_s=time.monotonic() - t0,
+            container_id=str(ct.id),
+            log_path=request.log_path,
+        )
+
+    def _stop(self, ct: Any, spec: ContainerSpec, done: threading.Event, writer: LogWriter) -> None:
+        """SIGTERM, a grace period, then SIGKILL; a second Ctrl-C skips to SIGKILL."""
+        try:
+            try:
+                ct.stop(timeout=max(1, round(spec.stop_grace_s)))
+            except Exception as exc:
+                writer.note(f"stop failed ({exc}); killing")
+                with contextlib.suppress(Exception):
+                    ct.kill()
+            done.wait(spec.stop_grace_s + 10)
+        except KeyboardInterrupt:
+            writer.note("second Ctrl-C: killing the container")
+            with contextlib.suppress(Exception):
+                ct.kill()
+            done.wait(10)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prepare_host_dirs(request: RunRequest, settings: DockerSettings) -> None:
+    """Create the writable host dirs (Docker would create missing ones as root)."""
+    request.run_dir.mkdir(parents=True, exist_ok=True)
+    for d in (request.study_cache_dir, settings.hf_cache_dir, settings.engine_cache_dir):
+        if d is not None:
+            Path(d).mkdir(parents=True, exist_ok=True)
+
+
+def _start_failed(
+    request: RunRequest,
+    started_at: str,
+    t0: float,
+    writer: LogWriter,
+    message: str,
+    *,
+    container_id: str | None = None,
+) -> RunOutcome:
+    writer.note(message)
+    return RunOutcome(
+        status="failed",
+        failure_kind="start_failed",
+        message=message,
+        started_at=started_at,
+        finished_at=utc_now(),
+        duration_s=time.monotonic() - t0,
+        container_id=container_id,
+    )
