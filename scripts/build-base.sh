@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Build the local test base image llem-testbase:bookworm without any registry.
+#
+#   Debian bookworm rootfs (mmdebstrap, else debootstrap --variant=minbase) with
+#   python3, python3-venv, ca-certificates  ->  `docker import`  ->  a venv at
+#   /opt/venv on PATH (mimics vLLM's layout; keeps PEP 668 out of the way).
+#
+# Skips all work if the image exists (LLEM_REBUILD_BASE=1 forces). The rootfs
+# tarball is cached in .cache/ (gitignored) so a rebuild after `docker rmi`
+# costs seconds, not a minute.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+image="${LLEM_BASE_IMAGE:-llem-testbase:bookworm}"
+rootfs_image="llem-rootfs:bookworm"
+cache_dir="$here/.cache"
+tarball="$cache_dir/rootfs-bookworm.tar"
+mirror="${LLEM_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+packages="python3,python3-venv,ca-certificates"
+
+if [ "${LLEM_REBUILD_BASE:-0}" != "1" ] && docker image inspect "$image" >/dev/null 2>&1; then
+    echo "build-base: $image present, skipping"
+    exit 0
+fi
+
+mkdir -p "$cache_dir"
+# The cache dir ignores itself so nothing in it can be committed by accident.
+[ -f "$cache_dir/.gitignore" ] || echo '*' >"$cache_dir/.gitignore"
+
+start=$SECONDS
+if [ ! -s "$tarball" ]; then
+    if command -v mmdebstrap >/dev/null 2>&1; then
+        echo "build-base: mmdebstrap bookworm -> $tarball"
+        mmdebstrap --quiet --variant=essential --include="$packages" \
+            --dpkgopt='path-exclude=/usr/share/man/*' \
+            --dpkgopt='path-exclude=/usr/share/doc/*' \
+            --dpkgopt='path-exclude=/usr/share/locale/*' \
+            --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+            --format=tar bookworm "$tarball.tmp" "$mirror"
+    else
+        echo "build-base: debootstrap --variant=minbase bookworm -> $tarball"
+        rootfs="$(mktemp -d "$cache_dir/rootfs.XXXXXX")"
+        debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" "$mirror" \
+            >"$cache_dir/debootstrap.log" 2>&1 \
+            || { tail -n 30 "$cache_dir/debootstrap.log" >&2; exit 1; }
+        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+        tar --numeric-owner -C "$rootfs" -cf "$tarball.tmp" .
+        rm -rf "$rootfs"
+    fi
+    mv "$tarball.tmp" "$tarball"
+    echo "build-base: rootfs in $((SECONDS - start))s"
+fi
+
+docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["python3"]' "$tarball" "$rootfs_image" >/dev/null
+
+# A tiny context: only the Dockerfile text, piped on stdin.
+printf '%s\n' \
+    "FROM $rootfs_image" \
+    'RUN python3 -m venv /opt/venv' \
+    'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin VIRTUAL_ENV=/opt/venv' \
+    | docker build --quiet --network=none -t "$image" - >/dev/null
+echo "build-base: $image ready in $((SECONDS - start))s"
