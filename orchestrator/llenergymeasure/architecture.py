@@ -48,10 +48,15 @@ DTYPE_BYTES: dict[str, float] = {
 FLOPS_METHOD = "2*N_matmul + 2*n_layers*context*d_attn per token (Kaplan et al. 2020, forward only)"
 
 
+@cache
+def _builtin_names() -> tuple[str, ...]:
+    root = resources.files("llenergymeasure") / "architectures"
+    return tuple(sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json")))
+
+
 def builtin_architectures() -> list[str]:
     """Names of the architectures shipped with the package, sorted."""
-    root = resources.files("llenergymeasure") / "architectures"
-    return sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json"))
+    return list(_builtin_names())
 
 
 @cache
@@ -64,7 +69,7 @@ def _load_builtin(name: str) -> dict[str, Any]:
 def builtin_name_for(model: str) -> str | None:
     """The built-in architecture a model name refers to, or None."""
     key = model.strip().lower()
-    if key in builtin_architectures():
+    if key in _builtin_names():
         return key
     return HUB_ALIASES.get(key)
 

@@ -1,0 +1,108 @@
+"""The ``llem`` command line. :func:`main` maps every :class:`LLEMError` to its exit code.
+
+Commands live one per module (``run``, ``config_cmd``, ``images``); each parses its options,
+calls one library function and renders the outcome. Exit codes: 0 success, 1 an experiment or
+runtime failure, 2 bad config or usage, 130 interrupted. Tracebacks only with ``-v``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+import typer
+from rich.console import Console
+
+from llenergymeasure import __version__
+from llenergymeasure.cli.config_cmd import config_app
+from llenergymeasure.cli.run import run_command
+from llenergymeasure.errors import LLEMError
+
+app = typer.Typer(
+    name="llem",
+    help="Measure how LLM deployment choices change energy, throughput and latency.\n\n"
+    "Example: llem run examples/cpu-quickstart.yaml",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Measure how LLM deployment choices change energy, throughput and latency."""
+
+
+app.command(
+    "run",
+    help=run_command.__doc__,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)(run_command)
+app.add_typer(config_app, name="config")
+try:
+    from llenergymeasure.cli.images import images_app
+except ImportError:  # pragma: no cover - the images command is optional
+    images_app = None
+if images_app is not None:
+    app.add_typer(images_app, name="images")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code (see the module docstring)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in args or "--verbose" in args
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        result = app(args=args, prog_name="llem", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("[yellow]aborted[/yellow]")
+        return 130
+    except click.ClickException as exc:
+        err.print(f"[red]error:[/red] {exc.format_message()}", markup=True)
+        if exc.ctx is not None:
+            err.print(f"  see: {exc.ctx.command_path} --help")
+        return 2
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]")
+        return 130
+    except LLEMError as exc:
+        err.print(f"[red]error:[/red] {_escape(str(exc))}", markup=True)
+        if verbose:
+            err.print_exception()
+        return exc.exit_code
+    except Exception as exc:  # an internal bug: say so, traceback on -v
+        err.print(f"[red]internal error:[/red] {type(exc).__name__}: {_escape(str(exc))}")
+        if verbose:
+            err.print_exception()
+        else:
+            err.print("  run again with -v for the traceback, and please report it")
+        return 1
+    return int(result) if isinstance(result, int) else 0
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def entrypoint() -> None:
+    """Console-script entry: exit with :func:`main`'s code."""
+    sys.exit(main())
+
+
+__all__ = ["app", "entrypoint", "main"]

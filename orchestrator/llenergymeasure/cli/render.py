@@ -1,0 +1,110 @@
+"""Rendering for the CLI: the dry-run plan as a table, and sizes and durations for humans.
+
+The plan table is formatted by hand rather than with ``rich.table``: a 10,000-experiment sweep
+must print in well under a second (see ``benchmarks/bench_dry_run.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llenergymeasure.study.plan import PlannedExperiment, StudyPlan
+
+
+def fmt_bytes(n: float | None) -> str:
+    """Human-readable bytes (GiB/MiB), or '?' when unknown."""
+    if n is None:
+        return "?"
+    if n >= 1024**3:
+        return f"{n / 1024**3:.1f} GiB"
+    return f"{n / 1024**2:.0f} MiB"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """Human-readable duration, or '?' when unknown."""
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{sec:02d}s"
+    return f"{sec}s"
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+_ALWAYS = ("backend", "model", "precision", "decoder.do_sample")
+
+
+def _flat_config(e: PlannedExperiment) -> dict[str, Any]:
+    return _flatten(e.config.model_dump(mode="json", exclude={"name"}, exclude_none=True))
+
+
+def varying_keys(flats: list[dict[str, Any]]) -> list[str]:
+    """Dotted keys whose value differs between the experiments that have them."""
+    if len(flats) < 2:
+        return []
+    values: dict[str, set[str]] = {}
+    for flat in flats:
+        for k, v in flat.items():
+            values.setdefault(k, set()).add(repr(v))
+    return [k for k, vs in values.items() if len(vs) > 1 and k not in _ALWAYS]
+
+
+def plan_table(plan: StudyPlan) -> str:
+    """The plan as an aligned plain-text table plus a summary."""
+    flats = [_flat_config(e) for e in plan.experiments]
+    varying = varying_keys(flats)
+    header = ["#", "config", "backend", "model", "precision", "parameters", "image", "GPU mem",
+              "est. time"]
+    rows: list[list[str]] = []
+    for e, flat in zip(plan.experiments, flats, strict=True):
+        cfg = e.config
+        if varying:
+            params = ", ".join(f"{k}={flat[k]}" for k in varying if k in flat)
+        else:
+            params = f"concurrency={cfg.concurrency}, n_prompts={cfg.n_prompts}"
+        rows.append([
+            str(e.index),
+            e.config_hash[:10],
+            cfg.backend,
+            cfg.model if len(cfg.model) <= 32 else "…" + cfg.model[-31:],
+            cfg.precision,
+            params,
+            e.image,
+            fmt_bytes(e.estimate.gpu_memory_bytes),
+            fmt_duration(e.estimate.duration_s),
+        ])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+    ex = plan.study.execution
+    lines.append("")
+    lines.append(
+        f"study {plan.study.name!r}  design {plan.study_design_hash}  "
+        f"experiments {len(plan.experiments)}  cycles {ex.n_cycles} ({ex.cycle_order})  "
+        f"total runs {len(plan.runs)}"
+    )
+    lines.append(
+        f"gaps: {ex.config_gap_s:g} s between experiments, {ex.cycle_gap_s:g} s between cycles; "
+        f"estimated duration incl. gaps: {fmt_duration(plan.estimated_duration_s)} "
+        "(rough: decode roofline at ~2 TB/s + 20 s start-up per run)"
+    )
+    lines.append(f"runner: {plan.study.runner.runner}   results: {plan.study.results_dir}")
+    lines.extend(f"note: {n}" for n in plan.notes)
+    return "\n".join(lines)

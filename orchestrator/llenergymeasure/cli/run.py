@@ -1,0 +1,234 @@
+"""``llem run``: expand a study (or one experiment from flags), show or execute the plan."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from llenergymeasure.config.loader import COMMAND_LINE, expand_study, load_study, read_config_file
+from llenergymeasure.config.study import StudyConfig
+from llenergymeasure.config.user import load_user_defaults, user_config_path
+from llenergymeasure.errors import UsageError
+from llenergymeasure.study.plan import StudyPlan, build_plan
+
+BATCH_KEYS = {
+    "pytorch": "pytorch.batch_size",
+    "vllm": "vllm.max_num_seqs",
+    "tensorrt": "tensorrt.max_batch_size",
+}
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(
+                f"--set {item!r}: expected KEY=VALUE", hint="e.g. --set decoder.temperature=0.7"
+            )
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+    return out
+
+
+def _parse_gpus(raw: str) -> list[int]:
+    try:
+        return [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError as exc:
+        raise UsageError(f"--gpus {raw!r}: expected comma-separated indices like 0,1") from exc
+
+
+def collect_overrides(
+    *,
+    config: Path | None,
+    model: str | None,
+    backend: str | None,
+    precision: str | None,
+    load_format: str | None,
+    n_prompts: int | None,
+    max_input_tokens: int | None,
+    max_output_tokens: int | None,
+    batch_size: int | None,
+    gpus: str | None,
+    set_items: list[str],
+) -> dict[str, Any]:
+    """Experiment overrides from the command line, as dotted keys."""
+    overrides: dict[str, Any] = {}
+    for key, value in (
+        ("model", model),
+        ("backend", backend),
+        ("precision", precision),
+        ("load_format", load_format),
+        ("n_prompts", n_prompts),
+        ("max_input_tokens", max_input_tokens),
+        ("max_output_tokens", max_output_tokens),
+    ):
+        if value is not None:
+            overrides[key] = value
+    if gpus is not None:
+        overrides["gpus"] = _parse_gpus(gpus)
+    if batch_size is not None:
+        effective = backend
+        if effective is None and config is not None:
+            raw = read_config_file(config)
+            if "backend" in (raw.get("sweep") or {}):
+                raise UsageError(
+                    "--batch-size is ambiguous when the study sweeps backend",
+                    hint="use --set pytorch.batch_size=N (or vllm.max_num_seqs, "
+                    "tensorrt.max_batch_size)",
+                )
+            effective = str(raw.get("backend", "pytorch"))
+        overrides[BATCH_KEYS.get(effective or "pytorch", "pytorch.batch_size")] = batch_size
+    overrides.update(_parse_set(set_items))
+    return overrides
+
+
+def load_plan(
+    config: Path | None,
+    *,
+    overrides: dict[str, Any],
+    execution_overrides: dict[str, Any],
+    runner_overrides: dict[str, Any],
+    results_dir: str | None,
+) -> StudyPlan:
+    """Load the study (file or flags) with the user's defaults and plan it."""
+    user = load_user_defaults(user_config_path())
+    study: StudyConfig
+    if config is not None:
+        study = load_study(
+            config,
+            user=user,
+            overrides=overrides,
+            execution_overrides=execution_overrides,
+            runner_overrides=runner_overrides,
+            results_dir=results_dir,
+        )
+    else:
+        if "model" not in overrides:
+            raise UsageError(
+                "nothing to run: give a study file or --model",
+                hint="e.g. llem run examples/cpu-quickstart.yaml, or "
+                "llem run --model tiny-llama --load-format dummy --backend pytorch",
+            )
+        study = expand_study(
+            {"name": "cli"},
+            source=COMMAND_LINE,
+            base_dir=Path.cwd(),
+            user=user,
+            overrides=overrides,
+            execution_overrides=execution_overrides,
+            runner_overrides=runner_overrides,
+            results_dir=results_dir,
+        )
+    return build_plan(study)
+
+
+def run_command(
+    config: Path | None = typer.Argument(
+        None, help="study.yaml / experiment YAML or JSON. Omit to describe one experiment by flags."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Hub id, local path or built-in architecture."),
+    backend: str | None = typer.Option(None, "--backend", help="pytorch | vllm | tensorrt"),
+    precision: str | None = typer.Option(None, "--precision", help="float32 | float16 | bfloat16"),
+    load_format: str | None = typer.Option(None, "--load-format", help="auto | dummy"),
+    n_prompts: int | None = typer.Option(None, "--n-prompts", help="Number of prompts."),
+    max_input_tokens: int | None = typer.Option(None, "--max-input-tokens"),
+    max_output_tokens: int | None = typer.Option(None, "--max-output-tokens"),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="pytorch.batch_size / vllm.max_num_seqs / tensorrt.max_batch_size"
+    ),
+    gpus: str | None = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1"),
+    set_items: list[str] = typer.Option(  # noqa: B008 (typer's declaration style)
+        [], "--set", help="Any experiment key: --set decoder.temperature=0.7 (repeatable)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; run nothing."),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: the plan as JSON."),
+    cycles: int | None = typer.Option(None, "--cycles", min=1, help="Override execution.n_cycles."),
+    order: str | None = typer.Option(None, "--order", help="sequential | interleaved | shuffled"),
+    no_gaps: bool = typer.Option(False, "--no-gaps", help="Skip thermal gaps."),
+    results_dir: str | None = typer.Option(None, "--results-dir", help="Where study folders go."),
+    runner: str | None = typer.Option(None, "--runner", help="docker | local | auto"),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Resume a study directory: skip completed runs."
+    ),
+    export_csv: bool = typer.Option(True, "--export-csv/--no-export-csv", help="Write summary.csv."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Answer yes (e.g. to pulling images)."),
+    timeout_s: float | None = typer.Option(None, "--timeout", help="Per-experiment timeout (s)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the summary."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Stream container logs; tracebacks."),
+) -> int:
+    """Run a study, or one experiment described by flags.
+
+    Example: llem run examples/cpu-quickstart.yaml --dry-run
+    """
+    if as_json and not dry_run:
+        raise UsageError("--json goes with --dry-run")
+    if quiet and verbose:
+        raise UsageError("-q and -v contradict each other; pick one")
+    execution_overrides: dict[str, Any] = {}
+    if cycles is not None:
+        execution_overrides["n_cycles"] = cycles
+    if order is not None:
+        execution_overrides["cycle_order"] = order
+    if no_gaps:
+        execution_overrides.update(config_gap_s=0.0, cycle_gap_s=0.0)
+    if timeout_s is not None:
+        execution_overrides["experiment_timeout_s"] = timeout_s
+    runner_overrides: dict[str, Any] = {"runner": runner} if runner else {}
+
+    if resume is not None:
+        from llenergymeasure.cli.execute import resume_study
+
+        return resume_study(
+            resume,
+            config=config,
+            execution_overrides=execution_overrides,
+            runner_overrides=runner_overrides,
+            quiet=quiet,
+            verbose=verbose,
+            export_csv=export_csv,
+            assume_yes=yes,
+            dry_run=dry_run,
+        )
+
+    overrides = collect_overrides(
+        config=config,
+        model=model,
+        backend=backend,
+        precision=precision,
+        load_format=load_format,
+        n_prompts=n_prompts,
+        max_input_tokens=max_input_tokens,
+        max_output_tokens=max_output_tokens,
+        batch_size=batch_size,
+        gpus=gpus,
+        set_items=set_items,
+    )
+    plan = load_plan(
+        config,
+        overrides=overrides,
+        execution_overrides=execution_overrides,
+        runner_overrides=runner_overrides,
+        results_dir=results_dir,
+    )
+    if dry_run:
+        if as_json:
+            sys.stdout.write(json.dumps(plan.to_json_dict(), indent=2) + "\n")
+        else:
+            from llenergymeasure.cli.render import plan_table
+
+            sys.stdout.write(plan_table(plan) + "\n")
+        return 0
+
+    from llenergymeasure.cli.execute import execute_plan
+
+    return execute_plan(
+        plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes
+    )

@@ -1,0 +1,228 @@
+"""The study plan: which runs happen, in which order, with which image, and rough estimates.
+
+:func:`build_plan` turns a :class:`~llenergymeasure.config.StudyConfig` into a
+:class:`StudyPlan` without any I/O. ``llem run --dry-run`` prints it; the executor runs it.
+
+Cycle orders, for experiments A and B and two cycles::
+
+    sequential   A1 A2 B1 B2     (all cycles of one experiment, then the next)
+    interleaved  A1 B1 A2 B2     (one pass over all experiments per cycle)
+    shuffled     B1 A1 A2 B2     (each cycle in its own seeded random order)
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llenergymeasure.architecture import DTYPE_BYTES, resolve_architecture
+from llenergymeasure.config import ExperimentConfig
+from llenergymeasure.config.study import CycleOrder, StudyConfig
+
+#: Assumed sustained HBM bandwidth for the decode-time estimate (H100-class).
+ASSUMED_BANDWIDTH_BYTES_PER_S = 2.0e12
+#: Assumed fixed cost per run: container start, imports, model load from cache.
+ASSUMED_STARTUP_S = 20.0
+
+
+class RunKey(BaseModel):
+    """One run: an experiment (by config hash) in one cycle."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config_hash: str
+    cycle: int  # 1-based
+
+    @property
+    def run_id(self) -> str:
+        """Stable run id; also the run's folder name."""
+        return f"{self.config_hash}_c{self.cycle}"
+
+
+class ExperimentEstimate(BaseModel):
+    """Rough, clearly-labelled estimates for planning (not measurements)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    parameter_count: int | None = None
+    weights_bytes: float | None = None
+    kv_cache_bytes: float | None = None
+    gpu_memory_bytes: float | None = None
+    duration_s: float | None = None
+
+
+class PlannedExperiment(BaseModel):
+    """An experiment of the plan with the image that will run it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int  # 1-based, in expansion order
+    config_hash: str
+    source: str
+    image: str
+    config: ExperimentConfig
+    estimate: ExperimentEstimate
+
+
+class StudyPlan(BaseModel):
+    """Everything ``llem run`` will do, in order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    study: StudyConfig
+    study_design_hash: str
+    experiments: list[PlannedExperiment]
+    runs: list[RunKey]
+    estimated_duration_s: float | None = None
+    notes: list[str] = Field(default_factory=list)
+
+    def experiment(self, config_hash: str) -> PlannedExperiment:
+        """The planned experiment with this hash."""
+        for exp in self.experiments:
+            if exp.config_hash == config_hash:
+                return exp
+        raise KeyError(config_hash)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The ``--dry-run --json`` document."""
+        return {
+            "study": self.study.name,
+            "source": self.study.source,
+            "study_design_hash": self.study_design_hash,
+            "execution": self.study.execution.model_dump(mode="json"),
+            "runner": self.study.runner.model_dump(mode="json"),
+            "results_dir": self.study.results_dir,
+            "experiments": [
+                {
+                    "index": e.index,
+                    "config_hash": e.config_hash,
+                    "source": e.source,
+                    "image": e.image,
+                    "estimate": e.estimate.model_dump(mode="json"),
+                    "config": e.config.model_dump(mode="json"),
+                }
+                for e in self.experiments
+            ],
+            "runs": [{"config_hash": r.config_hash, "cycle": r.cycle} for r in self.runs],
+            "duplicates": [d.model_dump(mode="json") for d in self.study.duplicates],
+            "estimated_duration_s": self.estimated_duration_s,
+            "notes": list(self.notes),
+        }
+
+
+def order_runs(
+    hashes: list[str], n_cycles: int, order: CycleOrder, seed: int = 0
+) -> list[RunKey]:
+    """The run order for ``hashes`` over ``n_cycles`` cycles (see the module docstring)."""
+    if order == "sequential":
+        return [RunKey(config_hash=h, cycle=c) for h in hashes for c in range(1, n_cycles + 1)]
+    runs: list[RunKey] = []
+    rng = random.Random(seed)
+    for cycle in range(1, n_cycles + 1):
+        cycle_hashes = list(hashes)
+        if order == "shuffled":
+            rng.shuffle(cycle_hashes)
+        runs.extend(RunKey(config_hash=h, cycle=cycle) for h in cycle_hashes)
+    return runs
+
+
+def estimate_experiment(config: ExperimentConfig) -> ExperimentEstimate:
+    """Memory from the architecture (weights + KV cache); duration from a decode roofline."""
+    try:
+        arch = resolve_architecture(config.model)
+    except Exception:  # a bad path is reported by the loader, not here
+        arch = None
+    if arch is None:
+        return ExperimentEstimate()
+    dtype_bytes = DTYPE_BYTES.get(config.precision, 2.0)
+    weight_bytes = dtype_bytes
+    quant = getattr(config.backend_section, "quantization", None)
+    if quant:
+        q = str(quant).lower()
+        weight_bytes = 0.5 if ("4" in q or "awq" in q or "gptq" in q) else 1.0
+    kv_elem = dtype_bytes
+    kv_dtype = getattr(config.backend_section, "kv_cache_dtype", "auto")
+    if isinstance(kv_dtype, str) and kv_dtype.startswith("fp8"):
+        kv_elem = 1.0
+    seq_len = config.resolved_input_len() + config.resolved_output_len()
+    mem = arch.memory_estimate_bytes(
+        weight_bytes_per_param=weight_bytes,
+        kv_bytes_per_elem=kv_elem,
+        concurrency=config.concurrency,
+        seq_len=seq_len,
+    )
+    n_steps = -(-config.n_prompts // config.concurrency) * config.resolved_output_len()
+    step_s = mem["weights_bytes"] / ASSUMED_BANDWIDTH_BYTES_PER_S
+    warmup_steps = config.warmup.n_batches * config.resolved_output_len()
+    baseline_s = config.baseline.duration_s if config.baseline.enabled else 0.0
+    duration = ASSUMED_STARTUP_S + baseline_s + (n_steps + warmup_steps) * step_s
+    return ExperimentEstimate(
+        parameter_count=arch.parameter_count,
+        weights_bytes=mem["weights_bytes"],
+        kv_cache_bytes=mem["kv_cache_bytes"],
+        gpu_memory_bytes=mem["total_bytes"],
+        duration_s=duration,
+    )
+
+
+def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -> StudyPlan:
+    """Plan ``study``: order its runs and attach images and estimates.
+
+    Args:
+        study: The expanded study.
+        image_for: backend -> image reference; defaults come from
+            :func:`llenergymeasure.images.default_image` and the study's ``images:``.
+    """
+    images = dict(image_for or {})
+    for backend in {e.backend for e in study.experiments}:
+        if backend not in images:
+            images[backend] = resolve_image(study, backend)
+    planned = [
+        PlannedExperiment(
+            index=i,
+            config_hash=exp.config_hash,
+            source=src,
+            image=images[exp.backend],
+            config=exp,
+            estimate=estimate_experiment(exp),
+        )
+        for i, (exp, src) in enumerate(
+            zip(study.experiments, study.experiment_sources or [""] * len(study.experiments), strict=True),
+            start=1,
+        )
+    ]
+    ex = study.execution
+    runs = order_runs([p.config_hash for p in planned], ex.n_cycles, ex.cycle_order, ex.shuffle_seed)
+    durations = {p.config_hash: p.estimate.duration_s for p in planned}
+    total: float | None = 0.0
+    for i, run in enumerate(runs):
+        d = durations[run.config_hash]
+        if d is None or total is None:
+            total = None
+            break
+        total += d
+        if i + 1 < len(runs):
+            total += ex.cycle_gap_s if runs[i + 1].cycle != run.cycle else ex.config_gap_s
+    notes = [
+        f"{d.source} duplicates {d.same_as} (config {d.config_hash}); it runs once"
+        for d in study.duplicates
+    ]
+    return StudyPlan(
+        study=study,
+        study_design_hash=study.study_design_hash,
+        experiments=planned,
+        runs=runs,
+        estimated_duration_s=total,
+        notes=notes,
+    )
+
+
+def resolve_image(study: StudyConfig, backend: str) -> str:
+    """The image for ``backend``: the study's/user's override, else the default tag."""
+    if backend in study.runner.images:
+        return study.runner.images[backend]
+    from llenergymeasure.images import default_image
+
+    return default_image(backend, cuda_major=study.runner.cuda_major)
