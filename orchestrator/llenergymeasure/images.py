@@ -61,6 +61,7 @@ __all__ = [
     "cuda_version_from_tag",
     "default_cuda_major",
     "default_image",
+    "docker_client",
     "dockerfile_for",
     "find_project_root",
     "image_name",
@@ -434,7 +435,12 @@ def build_project_wheel(root: Path, python: str = sys.executable) -> Path:
     return wheels[-1]
 
 
-def _docker_client() -> Any:
+def docker_client() -> Any:
+    """A pinged ``docker.DockerClient`` (imported here, never at module import).
+
+    Raises:
+        PreflightError: if no engine answers.
+    """
     import docker
     import docker.errors
 
@@ -454,7 +460,7 @@ def inspect_base_env(image_ref: str, client: Any = None) -> list[str]:
     """
     import docker.errors
 
-    client = client or _docker_client()
+    client = client or docker_client()
     try:
         image = client.images.get(image_ref)
     except docker.errors.ImageNotFound as exc:
@@ -489,7 +495,7 @@ def build_image(
     """
     import docker.errors
 
-    client = client or _docker_client()
+    client = client or docker_client()
     variant = variant_for(backend, cuda_major)
     args = build_args(variant)
     if base_image is not None and base_image != variant.base_image:

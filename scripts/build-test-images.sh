@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Build the three backend Dockerfiles on the local base image, offline (--network=none).
+#
+#   llenergymeasure/pytorch:test-cpu      complete: CPU torch + transformers + harness
+#   llenergymeasure/vllm:test-harness     up to and including the harness layer (no vLLM:
+#   llenergymeasure/trtllm:test-harness   ENGINE_CHECK=0; the engines need their CUDA bases)
+#
+# Needs: a reachable engine (scripts/docker-up.sh), llem-testbase:bookworm
+# (scripts/build-base.sh) and a full wheelhouse (scripts/build-wheelhouse.sh).
+# Usage: scripts/build-test-images.sh [pytorch] [vllm] [trtllm]    (default: all three)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+base="${LLEM_BASE_IMAGE:-llem-testbase:bookworm}"
+torch_version="${LLEM_TEST_TORCH:-2.13.0}"
+log_dir="$here/build/logs"
+mkdir -p "$log_dir"
+
+wheel="$(ls build/wheelhouse/llenergymeasure-*.whl 2>/dev/null | head -n 1 || true)"
+if [ -z "$wheel" ]; then
+    echo "build-test-images: no wheel in build/wheelhouse; run scripts/build-wheelhouse.sh" >&2
+    exit 1
+fi
+version="$(basename "$wheel" | cut -d- -f2)"
+revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+common=(--network=none --force-rm
+    --build-arg "BASE_IMAGE=$base"
+    --build-arg "PIP_EXTRA_ARGS=--no-index --find-links=/tmp/wheels"
+    --build-arg "LLEM_VERSION=$version"
+    --build-arg "VCS_REF=$revision")
+
+build() {  # build NAME TAG [extra docker build args...]
+    local name="$1" tag="$2"
+    shift 2
+    local start=$SECONDS
+    if ! DOCKER_BUILDKIT=0 docker build "${common[@]}" "$@" -f "images/$name/Dockerfile" -t "$tag" . \
+        >"$log_dir/build-$name.log" 2>&1; then
+        echo "build-test-images: $tag FAILED; last lines of $log_dir/build-$name.log:" >&2
+        tail -n 40 "$log_dir/build-$name.log" >&2
+        return 1
+    fi
+    echo "build-test-images: $tag in $((SECONDS - start))s ($(docker image inspect "$tag" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))"
+}
+
+targets=("$@")
+[ "${#targets[@]}" -gt 0 ] || targets=(pytorch vllm trtllm)
+for t in "${targets[@]}"; do
+    case "$t" in
+        pytorch) build pytorch llenergymeasure/pytorch:test-cpu \
+                     --build-arg "ENGINE_PIP_SPEC=torch==$torch_version" \
+                     --build-arg "ENGINE_VERSION=$torch_version" ;;
+        vllm)    build vllm llenergymeasure/vllm:test-harness --build-arg ENGINE_CHECK=0 ;;
+        trtllm)  build trtllm llenergymeasure/trtllm:test-harness --build-arg ENGINE_CHECK=0 ;;
+        *) echo "build-test-images: unknown image $t" >&2; exit 2 ;;
+    esac
+done
