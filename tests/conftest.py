@@ -1,0 +1,155 @@
+"""Marker-based skips shared by the whole suite, and the Docker image fixtures.
+
+Markers (declared in pyproject.toml) and what they need:
+
+    docker    a Docker engine answering docker-py's ping
+    torch     torch and transformers importable
+    gpu       an NVIDIA GPU visible through NVML
+    vllm      vllm importable
+    tensorrt  tensorrt_llm importable
+
+A test whose need is not met is skipped with the reason. With ``LLEM_REQUIRE_DOCKER=1``
+(``.ci/run`` sets it) a ``docker`` test that would skip *fails* instead, so CI cannot go green
+by silently skipping the integration tests; a skip caused by an unmet gpu/vllm/tensorrt marker
+stays a skip (CI has none of those).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
+
+import pytest
+
+from llenergymeasure.images import TEST_PYTORCH_IMAGE
+
+REQUIRE_DOCKER_ENV = "LLEM_REQUIRE_DOCKER"
+TEST_PYTORCH_IMAGE_ENV = "LLEM_TEST_PYTORCH_IMAGE"
+
+# Markers whose unmet need is an expected skip even when Docker is required.
+_HARDWARE_MARKERS = ("gpu", "vllm", "tensorrt")
+
+
+def docker_required() -> bool:
+    """True when docker tests must fail rather than skip (LLEM_REQUIRE_DOCKER=1)."""
+    return os.environ.get(REQUIRE_DOCKER_ENV, "") not in ("", "0", "false", "no")
+
+
+@cache
+def docker_unavailable_reason() -> str | None:
+    """Why no Docker engine can be used, or None if docker-py can ping one."""
+    try:
+        import docker
+    except ImportError:
+        return "the docker Python package is not installed"
+    try:
+        client = docker.from_env(timeout=10)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:
+        return f"no reachable Docker engine ({type(exc).__name__}: {exc}); run `make docker-up`"
+    return None
+
+
+@cache
+def _missing_modules(*modules: str) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+@cache
+def gpu_unavailable_reason() -> str | None:
+    """Why no NVIDIA GPU can be used, or None if NVML reports at least one."""
+    if _missing_modules("pynvml"):
+        return "nvidia-ml-py (pynvml) is not installed"
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            count = int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:
+        return f"no NVIDIA driver/NVML ({type(exc).__name__}: {exc})"
+    return None if count > 0 else "NVML reports no GPU"
+
+
+def _unmet(marker: str) -> str | None:
+    if marker == "docker":
+        return docker_unavailable_reason()
+    if marker == "gpu":
+        return gpu_unavailable_reason()
+    modules = {"torch": ("torch", "transformers"), "vllm": ("vllm",), "tensorrt": ("tensorrt_llm",)}
+    if marker in modules and (missing := _missing_modules(*modules[marker])):
+        return f"needs {' and '.join(missing)} (not installed)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip (or, for docker under LLEM_REQUIRE_DOCKER=1, fail) tests whose marker is unmet."""
+    for item in items:
+        for marker in ("gpu", "vllm", "tensorrt", "torch", "docker"):
+            if item.get_closest_marker(marker) is None:
+                continue
+            reason = _unmet(marker)
+            if reason is None:
+                continue
+            if marker in _HARDWARE_MARKERS:
+                item.user_properties.append(("llem_expected_skip", marker))
+            item.add_marker(pytest.mark.skip(reason=f"[{marker}] {reason}"))
+            break
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under LLEM_REQUIRE_DOCKER=1, turn the skip of a docker test into a failure."""
+    outcome: Any = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not (report.skipped and docker_required() and item.get_closest_marker("docker")):
+        return
+    if any(name == "llem_expected_skip" for name, _ in item.user_properties):
+        return
+    if hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"{REQUIRE_DOCKER_ENV}=1 but this docker test would skip: {reason}"
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """A pinged docker-py client (skips, or fails under LLEM_REQUIRE_DOCKER=1, without one)."""
+    reason = docker_unavailable_reason()
+    if reason is not None:
+        _skip_or_fail(reason)
+    import docker
+
+    client = docker.from_env(timeout=120)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def pytorch_test_image(docker_client: Any) -> str:
+    """Tag of the offline-built pytorch image (``make test-images``); env overrides the tag."""
+    import docker.errors
+
+    tag = os.environ.get(TEST_PYTORCH_IMAGE_ENV) or TEST_PYTORCH_IMAGE
+    try:
+        docker_client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        _skip_or_fail(f"image {tag} is not built; run `make test-images`")
+    return tag
+
+
+def _skip_or_fail(reason: str) -> None:
+    if docker_required():
+        pytest.fail(f"{REQUIRE_DOCKER_ENV}=1: {reason}", pytrace=False)
+    pytest.skip(reason)
