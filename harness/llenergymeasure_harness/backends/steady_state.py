@@ -1,0 +1,231 @@
+"""The steady-state window of a continuous-batching run (vLLM, TensorRT-LLM).
+
+A continuous-batching engine given all requests at once ramps up (the batch fills while the
+first prompts are prefilled), runs full for a while, and drains at the end (fewer and fewer
+requests left). Energy per token is only representative of the configured batch in the middle
+part. We use the rule of the ML.ENERGY benchmark (``mlenergy/benchmark/llm/benchmark.py``,
+``RequestTracker``)::
+
+    requests in flight
+      K ┤        ┌───────────────────────────────┐
+        │       ╱│                               │╲
+        │      ╱ │                               │ ╲
+      0 ┼─────╯  │                               │  ╰──
+        submit   start_s                     end_s      last request done
+                 (K-th first token)          (N-K-1-th request finished)
+
+``start_s`` is the time the ``K``-th request (``K = max_num_seqs``) received its first token;
+``end_s`` is the time the ``(N - K - 1)``-th request finished, the ``- 1`` closing the window a
+little early so that no ramp-down is included. The window is reported beside the whole-run
+figures, never instead of them, and it is flagged invalid when:
+
+* there are too few requests for a steady state at all (``N - K - 1 < 1``), or the window
+  would close before it opens;
+* it is shorter than ``min_duration_s`` (ML.ENERGY rejects < 30 s: the energy counter updates
+  about every 100 ms, and thermal state needs time to settle);
+* the batch never really filled: the time-averaged number of running requests inside the
+  window is below ``min_fill_fraction`` x ``K`` (ML.ENERGY: 80 %), which happens when the KV
+  cache cannot hold ``K`` sequences.
+
+Everything here is a pure function of the request records, so the harness can integrate energy
+over ``[start_s, end_s]`` from its own counter readings or power time series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from llenergymeasure_harness.backends.base import RequestRecord
+
+#: ML.ENERGY's validator rejects steady states shorter than this.
+DEFAULT_MIN_DURATION_S = 30.0
+#: ML.ENERGY's validator rejects runs whose average running batch is below this fraction.
+DEFAULT_MIN_FILL_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class SteadyStateWindow:
+    """Where the steady state of a run lies on the harness clock, and whether it is usable.
+
+    Attributes:
+        start_s: Window start (perf_counter seconds), or None if there is no window at all.
+        end_s: Window end, or None if there is no window at all.
+        valid: True when the window passed every check; energy over an invalid window is still
+            computable (when ``start_s``/``end_s`` are set) but must be reported as flagged.
+        reason: Why the window is invalid (None when valid); several reasons joined by "; ".
+        target_concurrency: ``K``, the batch the engine was configured to keep full.
+        n_requests: ``N``, the number of requests in the run.
+        mean_concurrency: Time-averaged running requests (first token .. finish) in the window.
+        output_tokens: Output tokens whose timestamps fall inside the window; None when the
+            records carry no per-token timestamps.
+    """
+
+    start_s: float | None
+    end_s: float | None
+    valid: bool
+    reason: str | None
+    target_concurrency: int
+    n_requests: int
+    mean_concurrency: float | None = None
+    output_tokens: int | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        """Window length in seconds (None when there is no window)."""
+        if self.start_s is None or self.end_s is None:
+            return None
+        return max(0.0, self.end_s - self.start_s)
+
+    @property
+    def output_tokens_per_s(self) -> float | None:
+        """Output throughput inside the window."""
+        duration = self.duration_s
+        if self.output_tokens is None or not duration:
+            return None
+        return self.output_tokens / duration
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, derived values included."""
+        out = asdict(self)
+        out["duration_s"] = self.duration_s
+        out["output_tokens_per_s"] = self.output_tokens_per_s
+        return out
+
+
+def _first_token_time(record: RequestRecord) -> float | None:
+    if record.first_token_s is not None:
+        return record.first_token_s
+    if record.token_times_s:
+        return record.token_times_s[0]
+    return None
+
+
+def mean_running(records: Sequence[RequestRecord], start_s: float, end_s: float) -> float | None:
+    """Time-averaged number of requests between first token and finish within a window.
+
+    A request counts as running from its first token to its end (the decode phase, what vLLM's
+    ``num_requests_running`` mostly counts once prefill is done). Requests without a first-token
+    time are counted from submission.
+    """
+    duration = end_s - start_s
+    if duration <= 0:
+        return None
+    busy = 0.0
+    for record in records:
+        begin = _first_token_time(record)
+        if begin is None:
+            begin = record.submit_s
+        overlap = min(record.end_s, end_s) - max(begin, start_s)
+        if overlap > 0:
+            busy += overlap
+    return busy / duration
+
+
+def steady_state_window(
+    records: Sequence[RequestRecord],
+    max_concurrency: int,
+    *,
+    min_duration_s: float = DEFAULT_MIN_DURATION_S,
+    min_fill_fraction: float = DEFAULT_MIN_FILL_FRACTION,
+) -> SteadyStateWindow:
+    """Compute the steady-state window of one measured run (see the module docstring).
+
+    Args:
+        records: One record per request of the measured run, on the harness clock.
+        max_concurrency: ``K``: the engine's ``max_num_seqs`` / ``max_batch_size``. Pass the
+            configured value, not ``min(K, N)``: a run with fewer requests than ``K`` never
+            fills the batch, and the window says so.
+        min_duration_s: Shorter windows are flagged invalid.
+        min_fill_fraction: Windows whose mean running batch is below this fraction of ``K``
+            are flagged invalid.
+
+    Returns:
+        The window; ``start_s``/``end_s`` are None only when no window can be placed at all.
+
+    Raises:
+        ValueError: ``max_concurrency`` < 1.
+    """
+    if max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+    n = len(records)
+    k = max_concurrency
+    n_finished_at_end = n - k - 1
+    if n_finished_at_end < 1:
+        return SteadyStateWindow(
+            start_s=None,
+            end_s=None,
+            valid=False,
+            reason=(
+                f"too few requests for a steady state: {n} requests with a batch of {k} "
+                f"(need more than {k + 1}; use several times {k})"
+            ),
+            target_concurrency=k,
+            n_requests=n,
+        )
+    first_tokens = sorted(t for t in (_first_token_time(r) for r in records) if t is not None)
+    if len(first_tokens) < k:
+        return SteadyStateWindow(
+            start_s=None,
+            end_s=None,
+            valid=False,
+            reason=(
+                f"only {len(first_tokens)} of {n} requests report a first-token time, fewer "
+                f"than the batch of {k}; the window cannot open"
+            ),
+            target_concurrency=k,
+            n_requests=n,
+        )
+    start_s = first_tokens[k - 1]
+    end_s = sorted(r.end_s for r in records)[n_finished_at_end - 1]
+    reasons: list[str] = []
+    if end_s <= start_s:
+        reasons.append(
+            f"the batch of {k} was never full while requests were still arriving: the "
+            f"{n_finished_at_end}-th request finished before the {k}-th first token"
+        )
+        return SteadyStateWindow(
+            start_s=start_s,
+            end_s=end_s,
+            valid=False,
+            reason="; ".join(reasons),
+            target_concurrency=k,
+            n_requests=n,
+            mean_concurrency=None,
+            output_tokens=None,
+        )
+    duration = end_s - start_s
+    if duration < min_duration_s:
+        reasons.append(
+            f"steady state lasted {duration:.3f} s, under the {min_duration_s:g} s minimum "
+            "(increase n_prompts)"
+        )
+    running = mean_running(records, start_s, end_s)
+    if running is not None and running < min_fill_fraction * k:
+        reasons.append(
+            f"the batch never filled: {running:.1f} requests running on average, under "
+            f"{min_fill_fraction:.0%} of {k} (KV cache too small for the batch?)"
+        )
+    tokens: int | None = None
+    if any(r.token_times_s for r in records):
+        tokens = sum(sum(1 for t in r.token_times_s if start_s <= t <= end_s) for r in records)
+    return SteadyStateWindow(
+        start_s=start_s,
+        end_s=end_s,
+        valid=not reasons,
+        reason="; ".join(reasons) or None,
+        target_concurrency=k,
+        n_requests=n,
+        mean_concurrency=running,
+        output_tokens=tokens,
+    )
+
+
+__all__ = [
+    "DEFAULT_MIN_DURATION_S",
+    "DEFAULT_MIN_FILL_FRACTION",
+    "SteadyStateWindow",
+    "mean_running",
+    "steady_state_window",
+]

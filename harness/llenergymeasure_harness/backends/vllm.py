@@ -1,0 +1,368 @@
+"""vLLM backend: the offline engine (``vllm.LLM``) behind the harness's backend protocol.
+
+Written against **vLLM 0.33.0** (V1 engine; ``vllm/entrypoints/llm.py``,
+``vllm/engine/arg_utils.py``, ``vllm/v1/engine/llm_engine.py``, ``vllm/sampling_params.py``,
+``vllm/outputs.py``). ``vllm`` is imported inside :meth:`VLLMBackend.load` only.
+
+Why a streaming loop instead of ``LLM.generate``: ``generate`` forces
+``RequestOutputKind.FINAL_ONLY`` and the offline ``LLM`` turns per-request stats off
+(``disable_log_stats=True``, so ``RequestOutput.metrics`` is ``None``), and even when on, the
+stats carry only first/last token times on the engine core's clock. So the backend drives the
+same loop ``LLM._run_engine`` does, on the engine ``LLM`` built::
+
+    llm.llm_engine.add_request(id, TokensPrompt(prompt_token_ids=...), SamplingParams(
+        output_kind=DELTA, ...))                       x N     (submit_s = clock())
+    while llm.llm_engine.has_unfinished_requests():
+        for out in llm.llm_engine.step():              # new tokens of every request that
+            now = clock()                              # advanced in this engine step
+            timeline[out.request_id].add_tokens(len(out.outputs[0].token_ids), now)
+
+Each token is stamped when the harness process receives it (after the engine core's
+process-to-front-end hop, tens of microseconds), on the harness's own ``perf_counter`` clock,
+so the records line up with the energy window without clock translation.
+
+Output length is fixed like every backend: ``max_tokens = min_tokens = max_new_tokens`` and
+``ignore_eos=True`` when the experiment says ``ignore_eos`` (the default). Token counts come
+from the engine's outputs (``prompt_token_ids`` and the streamed ``token_ids``).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from llenergymeasure.config import ExperimentConfig, VLLMConfig
+from llenergymeasure.errors import ConfigError, ExperimentError
+from llenergymeasure_harness.backends.base import GenerationRequest, LoadInfo, RequestRecord
+from llenergymeasure_harness.backends.engine_common import (
+    ModelSource,
+    RequestTimeline,
+    jsonable,
+    prepare_model_source,
+    translate_engine_error,
+)
+from llenergymeasure_harness.backends.steady_state import SteadyStateWindow, steady_state_window
+
+logger = logging.getLogger(__name__)
+
+ENGINE = "vLLM"
+#: The vLLM release this module was written and fake-tested against.
+MIRRORED_VLLM_VERSION = "0.33.0"
+
+_DTYPES = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def _section(config: ExperimentConfig) -> VLLMConfig:
+    section = config.vllm
+    if section is None:
+        raise ConfigError(f"backend is {config.backend!r}, not 'vllm'; no vllm: section")
+    return section
+
+
+def build_engine_args(config: ExperimentConfig, source: ModelSource) -> dict[str, Any]:
+    """The keyword arguments for ``vllm.LLM`` (pure: no import of vLLM, no I/O).
+
+    Mapping (experiment → ``EngineArgs``): model/revision/trust_remote_code/tokenizer as given;
+    ``precision`` → ``dtype``; ``random_seed`` → ``seed``; ``load_format`` as is; every
+    ``vllm:`` knob to the field of the same name, except the CUDA graph knobs, which go into
+    ``compilation_config``; ``vllm.engine_args`` merged last (the config schema has already
+    refused keys that would override any of the above).
+
+    Dummy weights without a tokenizer set ``skip_tokenizer_init=True``: prompts are token ids
+    and outputs are not detokenized, so no tokenizer is needed.
+    """
+    section = _section(config)
+    args: dict[str, Any] = {
+        "model": source.model,
+        "dtype": _DTYPES[config.precision],
+        "seed": config.random_seed,
+        "trust_remote_code": config.trust_remote_code,
+        "load_format": config.load_format,
+        "tensor_parallel_size": section.tensor_parallel_size,
+        "pipeline_parallel_size": section.pipeline_parallel_size,
+        "gpu_memory_utilization": section.gpu_memory_utilization,
+        "max_num_seqs": section.max_num_seqs,
+        "kv_cache_dtype": section.kv_cache_dtype,
+        "enforce_eager": section.enforce_eager,
+        # Offline LLM's own default, stated so the resolved arguments are complete.
+        "disable_log_stats": True,
+    }
+    if config.revision is not None:
+        args["revision"] = config.revision
+    if config.tokenizer is not None:
+        args["tokenizer"] = config.tokenizer
+    elif config.load_format == "dummy":
+        args["skip_tokenizer_init"] = True
+    optional = {
+        "max_num_batched_tokens": section.max_num_batched_tokens,
+        "max_model_len": section.max_model_len,
+        "enable_chunked_prefill": section.enable_chunked_prefill,
+        "enable_prefix_caching": section.enable_prefix_caching,
+        "block_size": section.block_size,
+        "quantization": section.quantization,
+        "async_scheduling": section.async_scheduling,
+        "speculative_config": dict(section.speculative_config)
+        if section.speculative_config is not None
+        else None,
+    }
+    args.update({k: v for k, v in optional.items() if v is not None})
+    compilation: dict[str, Any] = {}
+    if section.cudagraph_mode is not None:
+        compilation["cudagraph_mode"] = section.cudagraph_mode
+    if section.cudagraph_capture_sizes is not None:
+        compilation["cudagraph_capture_sizes"] = sorted(set(section.cudagraph_capture_sizes))
+    if section.max_cudagraph_capture_size is not None:
+        compilation["max_cudagraph_capture_size"] = section.max_cudagraph_capture_size
+    if compilation:
+        args["compilation_config"] = compilation
+    args.update(section.engine_args)
+    return args
+
+
+def build_sampling_kwargs(
+    config: ExperimentConfig, max_new_tokens: int, request_id: int
+) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.SamplingParams`` for one request (pure).
+
+    Fixed output length: ``ignore_eos`` plus ``min_tokens = max_tokens``. Greedy decoding is
+    ``temperature=0``; when sampling, each request gets seed ``random_seed + request_id`` so the
+    run is reproducible without every request drawing the same random stream. Outputs are not
+    detokenized (``detokenize=False``): we count tokens, and the PyTorch backend does not
+    decode during generation either.
+    """
+    decoder = config.decoder
+    kwargs: dict[str, Any] = {
+        "max_tokens": max_new_tokens,
+        "min_tokens": max_new_tokens if config.ignore_eos else 0,
+        "ignore_eos": config.ignore_eos,
+        "temperature": decoder.temperature,
+        "top_p": decoder.top_p,
+        "top_k": decoder.top_k,
+        "repetition_penalty": decoder.repetition_penalty,
+        "detokenize": False,
+    }
+    if decoder.do_sample:
+        kwargs["seed"] = config.random_seed + request_id
+    return kwargs
+
+
+def _dtype_name(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text.removeprefix("torch.")
+
+
+class VLLMBackend:
+    """vLLM's offline engine as a :class:`~llenergymeasure_harness.backends.base.Backend`.
+
+    Args:
+        clock: Timestamp source; ``time.perf_counter`` (the harness clock) unless a test
+            passes a fake clock.
+        workdir: Where a dummy-weights config directory is written; a temporary directory
+            (removed by :meth:`close`) when None.
+
+    Attributes:
+        steady_state_target: ``K`` for :func:`steady_state_window` (``vllm.max_num_seqs``).
+        last_steady_state: The steady-state window of the most recent :meth:`run`.
+        engine_args: The resolved ``vllm.LLM`` keyword arguments (after :meth:`load`).
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.perf_counter, workdir: Path | None = None
+    ) -> None:
+        self._clock = clock
+        self._workdir = workdir
+        self._own_workdir: Path | None = None
+        self._config: ExperimentConfig | None = None
+        self._llm: Any = None
+        self._vllm: Any = None
+        self._runs = 0
+        self.engine_args: dict[str, Any] = {}
+        self.steady_state_target: int | None = None
+        self.last_steady_state: SteadyStateWindow | None = None
+
+    # ----------------------------------------------------------------- protocol
+
+    def load(self, config: ExperimentConfig) -> LoadInfo:
+        """Build the engine (weights, KV cache, CUDA graphs); its time is ``load_duration_s``.
+
+        Raises:
+            ConfigError: no vllm section; an unsupported architecture
+                (``UnsupportedModelError``); engine arguments vLLM rejects.
+            ExperimentError: vLLM not installed; CUDA OOM (``EngineOutOfMemoryError``);
+                engine start-up failure.
+        """
+        section = _section(config)
+        try:
+            import vllm
+        except ImportError as exc:
+            raise ExperimentError(
+                "vLLM is not installed in this environment",
+                hint="run vLLM experiments in the vllm image (or pip install "
+                "'llenergymeasure[vllm]' for the local runner)",
+            ) from exc
+        self._vllm = vllm
+        self._config = config
+        workdir = self._workdir
+        if workdir is None:
+            workdir = self._own_workdir = Path(tempfile.mkdtemp(prefix="llem-vllm-"))
+        source = prepare_model_source(config, workdir)
+        self.engine_args = build_engine_args(config, source)
+        self.steady_state_target = section.max_num_seqs
+        logger.info("vLLM %s: building engine for %s", vllm.__version__, source.model)
+        start = self._clock()
+        try:
+            self._llm = vllm.LLM(**self.engine_args)
+        except Exception as exc:
+            raise translate_engine_error(exc, engine=ENGINE, phase="load", config=config) from exc
+        load_s = self._clock() - start
+        model_config = getattr(self._llm, "model_config", None)
+        dtype = _dtype_name(getattr(model_config, "dtype", None)) or self.engine_args["dtype"]
+        world = section.tensor_parallel_size * section.pipeline_parallel_size
+        extra: dict[str, Any] = {
+            "engine_args": jsonable(self.engine_args),
+            "vllm_version": vllm.__version__,
+            "mirrored_vllm_version": MIRRORED_VLLM_VERSION,
+            "steady_state_target": section.max_num_seqs,
+            "max_model_len": getattr(model_config, "max_model_len", None),
+            "timestamps": "harness perf_counter at receipt of each engine step's outputs",
+        }
+        return LoadInfo(
+            backend_version=str(vllm.__version__),
+            parameter_count=source.parameter_count,
+            dtype=dtype,
+            load_duration_s=load_s,
+            devices=list(range(world)),
+            extra=extra,
+        )
+
+    @property
+    def warmup_unit(self) -> int:
+        """One full continuous batch: ``min(n_prompts, vllm.max_num_seqs)`` requests."""
+        if self._config is None:
+            return 1
+        return max(1, self._config.concurrency)
+
+    def run(self, requests: Sequence[GenerationRequest]) -> list[RequestRecord]:
+        """Submit every request at once and stream tokens until all finish (see module doc).
+
+        Raises:
+            ExperimentError: the engine failed mid-run (OOM → ``EngineOutOfMemoryError``).
+        """
+        if self._llm is None or self._config is None:
+            raise ExperimentError("VLLMBackend.run() called before load()")
+        if not requests:
+            return []
+        vllm = self._vllm
+        config = self._config
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self._llm.llm_engine
+        self._runs += 1
+        prefix = f"llem{self._runs}-"
+        timelines: dict[str, RequestTimeline] = {}
+        order: list[str] = []
+        try:
+            for request in requests:
+                key = f"{prefix}{request.request_id}"
+                if key in timelines:
+                    raise ExperimentError(f"duplicate request_id {request.request_id} in one run")
+                params = vllm.SamplingParams(
+                    **build_sampling_kwargs(config, request.max_new_tokens, request.request_id),
+                    output_kind=RequestOutputKind.DELTA,
+                )
+                prompt = vllm.TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
+                timelines[key] = RequestTimeline(
+                    request_id=request.request_id,
+                    input_tokens=len(request.prompt_token_ids),
+                    submit_s=self._clock(),
+                )
+                order.append(key)
+                # The return value is vLLM's internal id (ours plus a random suffix); outputs
+                # carry the id we passed.
+                engine.add_request(key, prompt, params)
+            while engine.has_unfinished_requests():
+                outputs = engine.step()
+                now = self._clock()
+                for output in outputs:
+                    timeline = timelines.get(output.request_id)
+                    if timeline is None:  # not ours (cannot happen with a private engine)
+                        continue
+                    if output.prompt_token_ids is not None:
+                        timeline.input_tokens = len(output.prompt_token_ids)
+                    completion = output.outputs[0]
+                    timeline.add_tokens(len(completion.token_ids), now)
+                    if output.finished:
+                        timeline.finish(now, completion.finish_reason)
+        except ExperimentError:
+            self._abort(engine, order)
+            raise
+        except Exception as exc:
+            self._abort(engine, order)
+            raise translate_engine_error(exc, engine=ENGINE, phase="run", config=config) from exc
+        unfinished = [timelines[k].request_id for k in order if timelines[k].end_s is None]
+        if unfinished:
+            raise ExperimentError(
+                f"vLLM reported no unfinished requests but {len(unfinished)} never finished "
+                f"(first: {unfinished[:5]})"
+            )
+        records = [timelines[k].to_record() for k in order]
+        if self.steady_state_target is not None:
+            self.last_steady_state = steady_state_window(records, self.steady_state_target)
+        return records
+
+    def peak_memory_bytes(self) -> dict[int, int] | None:
+        """Not observable here: vLLM's workers run in other processes (use NVML's reading)."""
+        return None
+
+    def close(self) -> None:
+        """Shut the engine core down and free the model. Safe to call twice."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            shutdown = getattr(engine_core, "shutdown", None)
+            if callable(shutdown):
+                try:
+                    shutdown()
+                except Exception:  # closing must not mask the experiment's own error
+                    logger.warning("vLLM engine core shutdown failed", exc_info=True)
+            del llm
+            gc.collect()
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except ImportError:
+                pass
+        if self._own_workdir is not None:
+            shutil.rmtree(self._own_workdir, ignore_errors=True)
+            self._own_workdir = None
+
+    # ----------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _abort(engine: Any, request_ids: list[str]) -> None:
+        if not request_ids:
+            return
+        try:
+            engine.abort_request(list(request_ids))
+        except Exception:
+            logger.debug("abort after a failed run failed too", exc_info=True)
+
+
+__all__ = [
+    "MIRRORED_VLLM_VERSION",
+    "VLLMBackend",
+    "build_engine_args",
+    "build_sampling_kwargs",
+]
