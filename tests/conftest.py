@@ -16,9 +16,11 @@ stays a skip (CI has none of those).
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
@@ -45,6 +47,9 @@ def docker_unavailable_reason() -> str | None:
         import docker
     except ImportError:
         return "the docker Python package is not installed"
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://") and not os.path.exists(host.removeprefix("unix://")):
+        return f"no Docker socket at {host}; run `make docker-up`"
     try:
         client = docker.from_env(timeout=10)
         try:
@@ -52,6 +57,11 @@ def docker_unavailable_reason() -> str | None:
         finally:
             client.close()
     except Exception as exc:
+        # docker-py leaves the failed socket for the garbage collector; collect it here, quietly,
+        # so the ResourceWarning does not surface (as an error) in an unrelated test.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
         return f"no reachable Docker engine ({type(exc).__name__}: {exc}); run `make docker-up`"
     return None
 
@@ -137,16 +147,30 @@ def docker_client() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def pytorch_test_image(docker_client: Any) -> str:
-    """Tag of the offline-built pytorch image (``make test-images``); env overrides the tag."""
+def skip_or_fail() -> Callable[[str], None]:
+    """Skip with a reason, or fail under LLEM_REQUIRE_DOCKER=1 (for docker prerequisites)."""
+    return _skip_or_fail
+
+
+@pytest.fixture(scope="session")
+def local_image(docker_client: Any) -> Callable[[str], str]:
+    """``local_image(tag)`` returns the tag if the image is present, else skips (or fails)."""
     import docker.errors
 
-    tag = os.environ.get(TEST_PYTORCH_IMAGE_ENV) or TEST_PYTORCH_IMAGE
-    try:
-        docker_client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        _skip_or_fail(f"image {tag} is not built; run `make test-images`")
-    return tag
+    def need(tag: str) -> str:
+        try:
+            docker_client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            _skip_or_fail(f"image {tag} is not built; run `make test-images`")
+        return tag
+
+    return need
+
+
+@pytest.fixture(scope="session")
+def pytorch_test_image(local_image: Callable[[str], str]) -> str:
+    """Tag of the offline-built pytorch image (``make test-images``); env overrides the tag."""
+    return local_image(os.environ.get(TEST_PYTORCH_IMAGE_ENV) or TEST_PYTORCH_IMAGE)
 
 
 def _skip_or_fail(reason: str) -> None:
