@@ -48,12 +48,17 @@ GPU_CAPABILITIES = [["gpu", "compute", "utility"]]
 def connect(factory: Callable[[], Any] | None = None) -> Any:
     """A docker client that answered ``ping``; ``RunnerError`` (with a fix) otherwise."""
     import docker
+    import requests
     from docker.errors import DockerException
 
+    client: Any = None
     try:
         client = factory() if factory is not None else docker.from_env(timeout=60)
         client.ping()
-    except DockerException as exc:
+    except (DockerException, requests.exceptions.RequestException) as exc:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
         host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise RunnerError(
             f"cannot reach the Docker daemon at {host}: {str(exc).splitlines()[0][:200]}",
@@ -350,11 +355,24 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _prepare_host_dirs(request: RunRequest, settings: DockerSettings) -> None:
-    """Create the writable host dirs (Docker would create missing ones as root)."""
+    """Create the writable host dirs (Docker would create missing ones as root).
+
+    When the orchestrator runs as root (``sudo llem``) but the container runs as another
+    uid, the dirs the container writes are handed to that uid so it can write them.
+    """
     request.run_dir.mkdir(parents=True, exist_ok=True)
+    writable = [request.run_dir]
     for d in (request.study_cache_dir, settings.hf_cache_dir, settings.engine_cache_dir):
         if d is not None:
             Path(d).mkdir(parents=True, exist_ok=True)
+    if request.study_cache_dir is not None:
+        writable.append(request.study_cache_dir)
+    uid = request.host_uid
+    if os.geteuid() == 0 and uid not in (None, 0) and settings.user is None:
+        gid = request.host_gid if request.host_gid is not None else -1
+        for d in writable:
+            with contextlib.suppress(OSError):
+                os.chown(d, uid, gid)
 
 
 def _start_failed(

@@ -117,6 +117,7 @@ class LocalRunner:
                 _interrupt(proc, spec.stop_grace_s)
             exit_code = proc.wait()
             pumper.join(timeout=5)
+            proc.stdout.close()
             writer.note(f"harness exited: exit_code={exit_code}")
             return classify(
                 results_dir=request.run_dir,
