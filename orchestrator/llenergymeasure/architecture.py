@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,11 @@ def _load_builtin(name: str) -> dict[str, Any]:
     root = resources.files("llenergymeasure") / "architectures"
     data: dict[str, Any] = json.loads((root / f"{name}.json").read_text(encoding="utf-8"))
     return data
+
+
+@cache
+def _builtin_spec(name: str) -> ArchitectureSpec:
+    return ArchitectureSpec(name=name, source="builtin", hf_config=_load_builtin(name))
 
 
 def builtin_name_for(model: str) -> str | None:
@@ -126,7 +131,7 @@ class ArchitectureSpec:
     def tied_embeddings(self) -> bool:
         return bool(self.hf_config.get("tie_word_embeddings", False))
 
-    @property
+    @cached_property
     def matmul_parameter_count(self) -> int:
         """Parameters that take part in a matmul per token (all but the embedding lookup)."""
         h, d = self.hidden_size, self.head_dim
@@ -136,7 +141,7 @@ class ArchitectureSpec:
         per_layer = attn + mlp + norms
         return self.n_layers * per_layer + h + self.vocab_size * h  # + final norm + lm_head
 
-    @property
+    @cached_property
     def parameter_count(self) -> int:
         """Total parameters, counting tied embeddings once."""
         embed = 0 if self.tied_embeddings else self.vocab_size * self.hidden_size
@@ -183,7 +188,7 @@ def resolve_architecture(model: str, *, base_dir: Path | None = None) -> Archite
     """
     name = builtin_name_for(model)
     if name is not None:
-        return ArchitectureSpec(name=name, source="builtin", hf_config=_load_builtin(name))
+        return _builtin_spec(name)
     path = Path(model).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path

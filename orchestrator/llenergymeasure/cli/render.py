@@ -6,8 +6,6 @@ must print in well under a second (see ``benchmarks/bench_dry_run.py``).
 
 from __future__ import annotations
 
-from typing import Any
-
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan
 
 
@@ -34,48 +32,24 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{sec}s"
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{path}."))
-        else:
-            out[path] = value
-    return out
+_COLUMNS = ("backend", "model", "precision")
 
 
-_ALWAYS = ("backend", "model", "precision", "decoder.do_sample")
-
-
-def _flat_config(e: PlannedExperiment) -> dict[str, Any]:
-    return _flatten(e.config.model_dump(mode="json", exclude={"name"}, exclude_none=True))
-
-
-def varying_keys(flats: list[dict[str, Any]]) -> list[str]:
-    """Dotted keys whose value differs between the experiments that have them."""
-    if len(flats) < 2:
-        return []
-    values: dict[str, set[str]] = {}
-    for flat in flats:
-        for k, v in flat.items():
-            values.setdefault(k, set()).add(repr(v))
-    return [k for k, vs in values.items() if len(vs) > 1 and k not in _ALWAYS]
+def _params(e: PlannedExperiment) -> str:
+    shown = {k: v for k, v in e.params.items() if k not in _COLUMNS}
+    if shown:
+        return ", ".join(f"{k}={v}" for k, v in shown.items())
+    return f"concurrency={e.config.concurrency}, n_prompts={e.config.n_prompts}"
 
 
 def plan_table(plan: StudyPlan) -> str:
     """The plan as an aligned plain-text table plus a summary."""
-    flats = [_flat_config(e) for e in plan.experiments]
-    varying = varying_keys(flats)
     header = ["#", "config", "backend", "model", "precision", "parameters", "image", "GPU mem",
               "est. time"]
     rows: list[list[str]] = []
-    for e, flat in zip(plan.experiments, flats, strict=True):
+    for e in plan.experiments:
         cfg = e.config
-        if varying:
-            params = ", ".join(f"{k}={flat[k]}" for k in varying if k in flat)
-        else:
-            params = f"concurrency={cfg.concurrency}, n_prompts={cfg.n_prompts}"
+        params = _params(e)
         rows.append([
             str(e.index),
             e.config_hash[:10],

@@ -12,8 +12,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+def canonical_dict(value: Any) -> Any:
+    """Sort mapping keys recursively, so passthrough dicts hash the same in any key order."""
+    if isinstance(value, dict):
+        return {str(k): canonical_dict(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [canonical_dict(v) for v in value]
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _canonical(cls, value: Any) -> Any:
+        return canonical_dict(value) if isinstance(value, dict) else value
 
 
 class PyTorchConfig(_Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -222,15 +223,17 @@ class ExperimentConfig(_Model):
 
     @model_validator(mode="after")
     def _cross_field(self) -> ExperimentConfig:
-        for other in ("pytorch", "vllm", "tensorrt"):
-            if other != self.backend and getattr(self, other) is not None:
+        present = {"pytorch": self.pytorch, "vllm": self.vllm, "tensorrt": self.tensorrt}
+        for other, value in present.items():
+            if other != self.backend and value is not None:
                 raise ValueError(
                     f"section '{other}:' does not match backend '{self.backend}'; "
                     f"move those settings under '{self.backend}:' or set backend: {other}"
                 )
         section = self.backend_section
-        tp = getattr(section, "tensor_parallel_size", 1)
-        pp = getattr(section, "pipeline_parallel_size", 1)
+        tp = pp = 1
+        if isinstance(section, VLLMConfig | TensorRTConfig):
+            tp, pp = section.tensor_parallel_size, section.pipeline_parallel_size
         if tp * pp > len(self.gpus):
             raise ValueError(
                 f"{self.backend}.tensor_parallel_size x pipeline_parallel_size = {tp * pp} "
@@ -310,15 +313,24 @@ class ExperimentConfig(_Model):
     @property
     def backend_section(self) -> PyTorchConfig | VLLMConfig | TensorRTConfig:
         """The section of the chosen backend (always present after validation)."""
-        section = getattr(self, self.backend)
+        section = (
+            self.pytorch
+            if self.backend == "pytorch"
+            else self.vllm
+            if self.backend == "vllm"
+            else self.tensorrt
+        )
         assert section is not None  # guaranteed by _default_section
-        return section  # type: ignore[no-any-return]
+        return section
 
-    @property
+    @cached_property
     def config_hash(self) -> str:
-        """Stable identity: sha256 of the canonical resolved config, minus labels (16 hex)."""
-        payload = self.model_dump(mode="json", exclude=set(IDENTITY_EXCLUDE))
-        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        """Stable identity: sha256 of the canonical resolved config, minus labels (16 hex).
+
+        Canonical because fields serialise in declaration order and every free-form dict is
+        key-sorted on validation (:func:`canonical_dict`), so equal configs hash equal.
+        """
+        canonical = self.model_dump_json(exclude=set(IDENTITY_EXCLUDE))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def resolved_input_len(self) -> int:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from functools import cached_property
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -93,12 +94,15 @@ class StudyConfig(_Model):
     source: str | None = Field(None, description="The study file, if any.")
     experiments: list[ExperimentConfig] = Field(min_length=1)
     experiment_sources: list[str] = Field(default_factory=list)
+    experiment_params: list[dict[str, Any]] = Field(
+        default_factory=list, description="Per experiment: the sweep values or entry keys."
+    )
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     results_dir: str = "./results"
     duplicates: list[DuplicateExperiment] = Field(default_factory=list)
 
-    @property
+    @cached_property
     def study_design_hash(self) -> str:
         """Identity of what is measured: the ordered experiment hashes (execution ignored)."""
         payload = json.dumps([e.config_hash for e in self.experiments])

@@ -63,6 +63,7 @@ class PlannedExperiment(BaseModel):
     source: str
     image: str
     config: ExperimentConfig
+    params: dict[str, Any] = Field(default_factory=dict)  # what distinguishes it (display)
     estimate: ExperimentEstimate
 
 
@@ -116,16 +117,22 @@ def order_runs(
     hashes: list[str], n_cycles: int, order: CycleOrder, seed: int = 0
 ) -> list[RunKey]:
     """The run order for ``hashes`` over ``n_cycles`` cycles (see the module docstring)."""
+    # model_construct: hashes and cycles are ours, already valid; a 10k-run plan stays fast.
+    make = RunKey.model_construct
     if order == "sequential":
-        return [RunKey(config_hash=h, cycle=c) for h in hashes for c in range(1, n_cycles + 1)]
+        return [make(config_hash=h, cycle=c) for h in hashes for c in range(1, n_cycles + 1)]
     runs: list[RunKey] = []
     rng = random.Random(seed)
     for cycle in range(1, n_cycles + 1):
         cycle_hashes = list(hashes)
         if order == "shuffled":
             rng.shuffle(cycle_hashes)
-        runs.extend(RunKey(config_hash=h, cycle=cycle) for h in cycle_hashes)
+        runs.extend(make(config_hash=h, cycle=cycle) for h in cycle_hashes)
     return runs
+
+
+def _kv_dtype(config: ExperimentConfig) -> str:
+    return config.vllm.kv_cache_dtype if config.vllm is not None else "auto"
 
 
 def estimate_experiment(config: ExperimentConfig) -> ExperimentEstimate:
@@ -138,13 +145,12 @@ def estimate_experiment(config: ExperimentConfig) -> ExperimentEstimate:
         return ExperimentEstimate()
     dtype_bytes = DTYPE_BYTES.get(config.precision, 2.0)
     weight_bytes = dtype_bytes
-    quant = getattr(config.backend_section, "quantization", None)
+    quant = config.backend_section.quantization
     if quant:
         q = str(quant).lower()
         weight_bytes = 0.5 if ("4" in q or "awq" in q or "gptq" in q) else 1.0
     kv_elem = dtype_bytes
-    kv_dtype = getattr(config.backend_section, "kv_cache_dtype", "auto")
-    if isinstance(kv_dtype, str) and kv_dtype.startswith("fp8"):
+    if _kv_dtype(config).startswith("fp8"):
         kv_elem = 1.0
     seq_len = config.resolved_input_len() + config.resolved_output_len()
     mem = arch.memory_estimate_bytes(
@@ -167,6 +173,26 @@ def estimate_experiment(config: ExperimentConfig) -> ExperimentEstimate:
     )
 
 
+def _estimates(configs: list[ExperimentConfig]) -> list[ExperimentEstimate]:
+    cache: dict[str, ExperimentEstimate] = {}
+    out = []
+    for cfg in configs:
+        section = cfg.backend_section
+        key = "|".join(
+            str(x)
+            for x in (
+                cfg.model, cfg.precision, cfg.concurrency, cfg.n_prompts,
+                section.quantization, _kv_dtype(cfg),
+                cfg.resolved_input_len(), cfg.resolved_output_len(), cfg.warmup.n_batches,
+                cfg.baseline.enabled, cfg.baseline.duration_s,
+            )
+        )
+        if key not in cache:
+            cache[key] = estimate_experiment(cfg)
+        out.append(cache[key])
+    return out
+
+
 def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -> StudyPlan:
     """Plan ``study``: order its runs and attach images and estimates.
 
@@ -175,22 +201,33 @@ def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -
         image_for: backend -> image reference; defaults come from
             :func:`llenergymeasure.images.default_image` and the study's ``images:``.
     """
+    from llenergymeasure.config.loader import gc_paused
+
+    with gc_paused():
+        return _build_plan(study, image_for)
+
+
+def _build_plan(study: StudyConfig, image_for: dict[str, str] | None) -> StudyPlan:
     images = dict(image_for or {})
     for backend in {e.backend for e in study.experiments}:
         if backend not in images:
             images[backend] = resolve_image(study, backend)
+    n = len(study.experiments)
+    sources = study.experiment_sources or [""] * n
+    params = study.experiment_params or [{}] * n
+    estimates = _estimates(study.experiments)
     planned = [
-        PlannedExperiment(
+        PlannedExperiment.model_construct(
             index=i,
             config_hash=exp.config_hash,
             source=src,
             image=images[exp.backend],
             config=exp,
-            estimate=estimate_experiment(exp),
+            estimate=est,
+            params=prm,
         )
-        for i, (exp, src) in enumerate(
-            zip(study.experiments, study.experiment_sources or [""] * len(study.experiments), strict=True),
-            start=1,
+        for i, (exp, src, prm, est) in enumerate(
+            zip(study.experiments, sources, params, estimates, strict=True), start=1
         )
     ]
     ex = study.execution
@@ -209,7 +246,7 @@ def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -
         f"{d.source} duplicates {d.same_as} (config {d.config_hash}); it runs once"
         for d in study.duplicates
     ]
-    return StudyPlan(
+    return StudyPlan.model_construct(
         study=study,
         study_design_hash=study.study_design_hash,
         experiments=planned,
