@@ -17,7 +17,10 @@ torch_version="${LLEM_TEST_TORCH:-2.13.0}"
 log_dir="$here/build/logs"
 mkdir -p "$log_dir"
 
-wheel="$(ls build/wheelhouse/llenergymeasure-*.whl 2>/dev/null | head -n 1 || true)"
+shopt -s nullglob
+wheels=(build/wheelhouse/llenergymeasure-*.whl)
+shopt -u nullglob
+wheel="${wheels[0]:-}"
 if [ -z "$wheel" ]; then
     echo "build-test-images: no wheel in build/wheelhouse; run scripts/build-wheelhouse.sh" >&2
     exit 1

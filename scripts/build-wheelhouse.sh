@@ -19,10 +19,10 @@ py="${PYTHON:-python3}"
 mkdir -p "$out"
 start=$SECONDS
 rm -f "$out"/llenergymeasure-*.whl
-# Build in a scratch copy of nothing: pip wheel builds from the source tree; its
-# setuptools build/ leftovers land in build/ which is gitignored.
+# pip wheel builds from the source tree; setuptools' leftovers land in build/ (gitignored).
 "$py" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$here"
-wheel="$(ls "$out"/llenergymeasure-*.whl)"
+wheels=("$out"/llenergymeasure-*.whl)
+wheel="${wheels[0]}"
 echo "build-wheelhouse: $(basename "$wheel") in $((SECONDS - start))s"
 
 if [ "${LLEM_WHEELHOUSE_DEPS:-1}" = "1" ]; then
@@ -32,5 +32,6 @@ if [ "${LLEM_WHEELHOUSE_DEPS:-1}" = "1" ]; then
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform linux_x86_64 --platform any \
         "${wheel}[pytorch,nvml]" "$torch_spec"
-    echo "build-wheelhouse: $(ls "$out" | wc -l) wheels, $(du -sh "$out" | cut -f1) in $((SECONDS - start))s"
+    all=("$out"/*.whl)
+    echo "build-wheelhouse: ${#all[@]} wheels, $(du -sh "$out" | cut -f1) in $((SECONDS - start))s"
 fi

