@@ -27,11 +27,19 @@ mkdir -p "$cache_dir"
 # The cache dir ignores itself so nothing in it can be committed by accident.
 [ -f "$cache_dir/.gitignore" ] || echo '*' >"$cache_dir/.gitignore"
 
+# Building a rootfs needs root (GitHub's runners: passwordless sudo).
+as_root=()
+[ "$(id -u)" -eq 0 ] || as_root=(sudo -n)
+# Name the Debian keyring when present, so a non-Debian host (Ubuntu runners) verifies bookworm.
+keyring=()
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] \
+    && keyring=(--keyring=/usr/share/keyrings/debian-archive-keyring.gpg)
+
 start=$SECONDS
 if [ ! -s "$tarball" ]; then
     if command -v mmdebstrap >/dev/null 2>&1; then
         echo "build-base: mmdebstrap bookworm -> $tarball"
-        mmdebstrap --quiet --variant=essential --include="$packages" \
+        "${as_root[@]}" mmdebstrap --quiet --variant=essential "${keyring[@]}" --include="$packages" \
             --dpkgopt='path-exclude=/usr/share/man/*' \
             --dpkgopt='path-exclude=/usr/share/doc/*' \
             --dpkgopt='path-exclude=/usr/share/locale/*' \
@@ -40,12 +48,12 @@ if [ ! -s "$tarball" ]; then
     else
         echo "build-base: debootstrap --variant=minbase bookworm -> $tarball"
         rootfs="$(mktemp -d "$cache_dir/rootfs.XXXXXX")"
-        debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" "$mirror" \
+        "${as_root[@]}" debootstrap --variant=minbase "${keyring[@]}" --include="$packages" bookworm "$rootfs" "$mirror" \
             >"$cache_dir/debootstrap.log" 2>&1 \
             || { tail -n 30 "$cache_dir/debootstrap.log" >&2; exit 1; }
-        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-        tar --numeric-owner -C "$rootfs" -cf "$tarball.tmp" .
-        rm -rf "$rootfs"
+        "${as_root[@]}" rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+        "${as_root[@]}" tar --numeric-owner -C "$rootfs" -cf "$tarball.tmp" .
+        "${as_root[@]}" rm -rf "$rootfs"
     fi
     mv "$tarball.tmp" "$tarball"
     echo "build-base: rootfs in $((SECONDS - start))s"
