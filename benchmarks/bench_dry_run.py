@@ -78,9 +78,11 @@ def main() -> None:
     cli = [one_round() for _ in range(args.n_repeats)]
     gc.enable()
     cli_total = report("as `llem run --dry-run` runs them, cyclic GC off", cli)
-    print(f"dry-run (expand + plan + table), 10,000 experiments: {cli_total:.3f} s CPU as the "
-          f"CLI runs it ({lib_total:.3f} s with GC on); ratio to the {TARGET_CPU_S:.0f} s "
-          f"target: {cli_total / TARGET_CPU_S:.2f}")
+    print(
+        f"dry-run (expand + plan + table), 10,000 experiments: {cli_total:.3f} s CPU as the "
+        f"CLI runs it ({lib_total:.3f} s with GC on); ratio to the {TARGET_CPU_S:.0f} s "
+        f"target: {cli_total / TARGET_CPU_S:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ FLOPS_METHOD = "2*N_matmul + 2*n_layers*context*d_attn per token (Kaplan et al. 
 @cache
 def _builtin_names() -> tuple[str, ...]:
     root = resources.files("llenergymeasure") / "architectures"
-    return tuple(sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json")))
+    return tuple(
+        sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json"))
+    )
 
 
 def builtin_architectures() -> list[str]:
@@ -163,7 +165,11 @@ class ArchitectureSpec:
         return prefill + decode
 
     def memory_estimate_bytes(
-        self, *, weight_bytes_per_param: float, kv_bytes_per_elem: float, concurrency: int,
+        self,
+        *,
+        weight_bytes_per_param: float,
+        kv_bytes_per_elem: float,
+        concurrency: int,
         seq_len: int,
     ) -> dict[str, float]:
         """Weights plus KV cache for ``concurrency`` sequences of ``seq_len`` tokens."""

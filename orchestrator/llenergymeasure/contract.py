@@ -109,7 +109,9 @@ class HarnessEnv(BaseModel):
         labels: dict[str, str] = {}
         if environ.get(ENV_IMAGE_LABELS_JSON):
             try:
-                labels = {str(k): str(v) for k, v in json.loads(environ[ENV_IMAGE_LABELS_JSON]).items()}
+                labels = {
+                    str(k): str(v) for k, v in json.loads(environ[ENV_IMAGE_LABELS_JSON]).items()
+                }
             except (json.JSONDecodeError, AttributeError) as exc:
                 raise ConfigError(f"{ENV_IMAGE_LABELS_JSON} is not a JSON object") from exc
 

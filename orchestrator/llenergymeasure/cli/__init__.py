@@ -51,12 +51,9 @@ app.command(
     context_settings={"help_option_names": ["-h", "--help"]},
 )(run_command)
 app.add_typer(config_app, name="config")
-try:
-    from llenergymeasure.cli.images import images_app
-except ImportError:  # pragma: no cover - the images command is optional
-    images_app = None
-if images_app is not None:
-    app.add_typer(images_app, name="images")
+from llenergymeasure.cli.images import images_app  # noqa: E402 (after app is defined)
+
+app.add_typer(images_app, name="images")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,9 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print("[yellow]aborted[/yellow]")
         return 130
     except click.ClickException as exc:
-        err.print(f"[red]error:[/red] {exc.format_message()}", markup=True)
-        if exc.ctx is not None:
-            err.print(f"  see: {exc.ctx.command_path} --help")
+        err.print(f"[red]error:[/red] {_escape(exc.format_message())}", markup=True)
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            err.print(f"  see: {ctx.command_path} --help")
         return 2
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow]")

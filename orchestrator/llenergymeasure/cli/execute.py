@@ -14,12 +14,13 @@ def execute_plan(
     """Run ``plan`` and return the exit code."""
     from llenergymeasure.study.executor import run_study  # type: ignore[import-not-found]
 
-    return int(run_study(plan, quiet=quiet, verbose=verbose, export_csv=export_csv,
-                         assume_yes=assume_yes))
+    return int(
+        run_study(plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=assume_yes)
+    )
 
 
 def resume_study(study_dir: Path, **kwargs: Any) -> int:
     """Resume the study in ``study_dir``."""
-    from llenergymeasure.study.executor import resume  # type: ignore[import-not-found]
+    from llenergymeasure.study.executor import resume
 
     return int(resume(study_dir, **kwargs))

@@ -22,7 +22,7 @@ def fmt_duration(seconds: float | None) -> str:
     """Human-readable duration, or '?' when unknown."""
     if seconds is None:
         return "?"
-    s = int(round(seconds))
+    s = round(seconds)
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     if h:
@@ -44,23 +44,34 @@ def _params(e: PlannedExperiment) -> str:
 
 def plan_table(plan: StudyPlan) -> str:
     """The plan as an aligned plain-text table plus a summary."""
-    header = ["#", "config", "backend", "model", "precision", "parameters", "image", "GPU mem",
-              "est. time"]
+    header = [
+        "#",
+        "config",
+        "backend",
+        "model",
+        "precision",
+        "parameters",
+        "image",
+        "GPU mem",
+        "est. time",
+    ]
     rows: list[list[str]] = []
     for e in plan.experiments:
         cfg = e.config
         params = _params(e)
-        rows.append([
-            str(e.index),
-            e.config_hash[:10],
-            cfg.backend,
-            cfg.model if len(cfg.model) <= 32 else "…" + cfg.model[-31:],
-            cfg.precision,
-            params,
-            e.image,
-            fmt_bytes(e.estimate.gpu_memory_bytes),
-            fmt_duration(e.estimate.duration_s),
-        ])
+        rows.append(
+            [
+                str(e.index),
+                e.config_hash[:10],
+                cfg.backend,
+                cfg.model if len(cfg.model) <= 32 else "…" + cfg.model[-31:],
+                cfg.precision,
+                params,
+                e.image,
+                fmt_bytes(e.estimate.gpu_memory_bytes),
+                fmt_duration(e.estimate.duration_s),
+            ]
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))

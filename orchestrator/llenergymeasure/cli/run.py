@@ -135,7 +135,9 @@ def run_command(
     config: Path | None = typer.Argument(
         None, help="study.yaml / experiment YAML or JSON. Omit to describe one experiment by flags."
     ),
-    model: str | None = typer.Option(None, "--model", help="Hub id, local path or built-in architecture."),
+    model: str | None = typer.Option(
+        None, "--model", help="Hub id, local path or built-in architecture."
+    ),
     backend: str | None = typer.Option(None, "--backend", help="pytorch | vllm | tensorrt"),
     precision: str | None = typer.Option(None, "--precision", help="float32 | float16 | bfloat16"),
     load_format: str | None = typer.Option(None, "--load-format", help="auto | dummy"),
@@ -143,10 +145,12 @@ def run_command(
     max_input_tokens: int | None = typer.Option(None, "--max-input-tokens"),
     max_output_tokens: int | None = typer.Option(None, "--max-output-tokens"),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", help="pytorch.batch_size / vllm.max_num_seqs / tensorrt.max_batch_size"
+        None,
+        "--batch-size",
+        help="pytorch.batch_size / vllm.max_num_seqs / tensorrt.max_batch_size",
     ),
     gpus: str | None = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1"),
-    set_items: list[str] = typer.Option(  # noqa: B008 (typer's declaration style)
+    set_items: list[str] = typer.Option(
         [], "--set", help="Any experiment key: --set decoder.temperature=0.7 (repeatable)."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; run nothing."),
@@ -159,11 +163,15 @@ def run_command(
     resume: Path | None = typer.Option(
         None, "--resume", help="Resume a study directory: skip completed runs."
     ),
-    export_csv: bool = typer.Option(True, "--export-csv/--no-export-csv", help="Write summary.csv."),
+    export_csv: bool = typer.Option(
+        True, "--export-csv/--no-export-csv", help="Write summary.csv."
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Answer yes (e.g. to pulling images)."),
     timeout_s: float | None = typer.Option(None, "--timeout", help="Per-experiment timeout (s)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the summary."),
-    verbose: bool = typer.Option(False, "-v", "--verbose", help="Stream container logs; tracebacks."),
+    verbose: bool = typer.Option(
+        False, "-v", "--verbose", help="Stream container logs; tracebacks."
+    ),
 ) -> int:
     """Run a study, or one experiment described by flags.
 
@@ -234,6 +242,4 @@ def run_command(
 
     from llenergymeasure.cli.execute import execute_plan
 
-    return execute_plan(
-        plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes
-    )
+    return execute_plan(plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes)

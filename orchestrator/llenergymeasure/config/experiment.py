@@ -9,7 +9,6 @@ here, at load time, never at run time.
 from __future__ import annotations
 
 import hashlib
-import json
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
@@ -216,9 +215,12 @@ class ExperimentConfig(_Model):
             if isinstance(dataset, dict) and "source" not in dataset:
                 data = {**data, "dataset": {"source": "synthetic", **dataset}}
             backend = data.get("backend", "pytorch")
-            if isinstance(backend, str) and backend in ("pytorch", "vllm", "tensorrt"):
-                if data.get(backend) is None:
-                    data = {**data, backend: {}}
+            if (
+                isinstance(backend, str)
+                and backend in ("pytorch", "vllm", "tensorrt")
+                and data.get(backend) is None
+            ):
+                data = {**data, backend: {}}
         return data
 
     @model_validator(mode="after")

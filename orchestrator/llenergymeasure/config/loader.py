@@ -80,7 +80,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -102,7 +102,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
         else:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (safe subclass)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=str(path)
@@ -146,9 +146,7 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]
     if base is None:
         return data
     if not isinstance(base, str):
-        raise ConfigError(
-            f"base: must be a file path, got {type(base).__name__}", source=str(path)
-        )
+        raise ConfigError(f"base: must be a file path, got {type(base).__name__}", source=str(path))
     base_path = (path.parent / base).expanduser()
     if not base_path.exists():
         raise ConfigError(
@@ -193,7 +191,9 @@ def _child_fields(annotation: Any) -> dict[str, Any] | None:
 
 def check_key_path(dotted: str) -> str | None:
     """Return an error message if ``dotted`` names no field of ExperimentConfig."""
-    fields: dict[str, Any] | None = {k: v.annotation for k, v in ExperimentConfig.model_fields.items()}
+    fields: dict[str, Any] | None = {
+        k: v.annotation for k, v in ExperimentConfig.model_fields.items()
+    }
     walked: list[str] = []
     for part in dotted.split("."):
         if fields is None:  # inside a free-form passthrough dict: anything goes
@@ -628,9 +628,7 @@ def _expand_study(
         problems.extend(_section_problems(exc, ""))
     for key in runner.images:
         if key not in BACKENDS:
-            problems.append(
-                f"images.{key}: unknown backend; expected one of {', '.join(BACKENDS)}"
-            )
+            problems.append(f"images.{key}: unknown backend; expected one of {', '.join(BACKENDS)}")
 
     name = raw.get("name", Path(source).stem if source != COMMAND_LINE else "llem")
     if not isinstance(name, str) or not name.strip():

@@ -18,11 +18,9 @@ from llenergymeasure.config.study import DockerSettings, ExecutionConfig, PullPo
 def _partial_experiment_model() -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for name, info in ExperimentConfig.model_fields.items():
-        fields[name] = (
-            info.annotation | None,  # type: ignore[operator]
-            Field(None, description=info.description),
-        )
-    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        annotation: Any = info.annotation
+        fields[name] = (annotation | None, Field(None, description=info.description))
+    model: type[BaseModel] = create_model(
         "ExperimentFields",
         __config__=ConfigDict(extra="forbid"),
         **fields,
@@ -56,7 +54,7 @@ def study_json_schema() -> dict[str, Any]:
         "cuda_major": (int | None, None),
         "docker": (DockerSettings | None, None),
     }
-    study_model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    study_model: type[BaseModel] = create_model(
         "StudyFile",
         __base__=partial,
         **study_fields,

@@ -51,12 +51,14 @@ class DockerSettings(_Model):
         "host", description="host lets the container reach the model hub; none for offline."
     )
     ulimits: dict[str, int | list[int]] = Field(
-        default_factory=lambda: {"memlock": -1, "stack": 67108864},
+        default_factory=lambda: dict[str, int | list[int]](memlock=-1, stack=67108864),
         description="name -> limit, or [soft, hard]; -1 is unlimited.",
     )
     mem_limit: str | None = Field(None, description="Container memory limit, e.g. '64g'.")
     hf_cache_dir: str | None = Field(
-        None, description="Host Hugging Face cache mounted into containers; default ~/.cache/huggingface."
+        None,
+        description="Host Hugging Face cache mounted into containers "
+        "(default ~/.cache/huggingface).",
     )
     engine_cache_dir: str | None = Field(
         None, description="Host directory for built TensorRT-LLM engines."

@@ -113,9 +113,7 @@ class StudyPlan(BaseModel):
         }
 
 
-def order_runs(
-    hashes: list[str], n_cycles: int, order: CycleOrder, seed: int = 0
-) -> list[RunKey]:
+def order_runs(hashes: list[str], n_cycles: int, order: CycleOrder, seed: int = 0) -> list[RunKey]:
     """The run order for ``hashes`` over ``n_cycles`` cycles (see the module docstring)."""
     # model_construct: hashes and cycles are ours, already valid; a 10k-run plan stays fast.
     make = RunKey.model_construct
@@ -181,10 +179,17 @@ def _estimates(configs: list[ExperimentConfig]) -> list[ExperimentEstimate]:
         key = "|".join(
             str(x)
             for x in (
-                cfg.model, cfg.precision, cfg.concurrency, cfg.n_prompts,
-                section.quantization, _kv_dtype(cfg),
-                cfg.resolved_input_len(), cfg.resolved_output_len(), cfg.warmup.n_batches,
-                cfg.baseline.enabled, cfg.baseline.duration_s,
+                cfg.model,
+                cfg.precision,
+                cfg.concurrency,
+                cfg.n_prompts,
+                section.quantization,
+                _kv_dtype(cfg),
+                cfg.resolved_input_len(),
+                cfg.resolved_output_len(),
+                cfg.warmup.n_batches,
+                cfg.baseline.enabled,
+                cfg.baseline.duration_s,
             )
         )
         if key not in cache:
@@ -231,7 +236,9 @@ def _build_plan(study: StudyConfig, image_for: dict[str, str] | None) -> StudyPl
         )
     ]
     ex = study.execution
-    runs = order_runs([p.config_hash for p in planned], ex.n_cycles, ex.cycle_order, ex.shuffle_seed)
+    runs = order_runs(
+        [p.config_hash for p in planned], ex.n_cycles, ex.cycle_order, ex.shuffle_seed
+    )
     durations = {p.config_hash: p.estimate.duration_s for p in planned}
     total: float | None = 0.0
     for i, run in enumerate(runs):
