@@ -7,6 +7,10 @@ harness backends use (named in each module's docstring) and installs itself into
 """
 
 from llenergymeasure_harness.testing.engines._sim import FakeClock
+from llenergymeasure_harness.testing.engines.fake_tensorrt_llm import (
+    FakeTRTLLM,
+    FakeTRTLLMBehaviour,
+)
 from llenergymeasure_harness.testing.engines.fake_vllm import FakeVLLM, FakeVLLMBehaviour
 
-__all__ = ["FakeClock", "FakeVLLM", "FakeVLLMBehaviour"]
+__all__ = ["FakeClock", "FakeTRTLLM", "FakeTRTLLMBehaviour", "FakeVLLM", "FakeVLLMBehaviour"]

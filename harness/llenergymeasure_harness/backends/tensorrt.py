@@ -1,0 +1,695 @@
+"""TensorRT-LLM backend: the LLM API behind the harness's backend protocol, with an engine cache.
+
+Written against the **TensorRT-LLM 1.2** LLM API (``tensorrt_llm/llmapi/llm.py``,
+``tensorrt_llm/_tensorrt_engine``, ``tensorrt_llm/executor/result.py``,
+``tensorrt_llm/sampling_params.py``, ``tensorrt_llm/builder.py``). ``tensorrt_llm`` is imported
+inside :meth:`TensorRTBackend.load` only.
+
+Two flows, chosen by ``tensorrt.trtllm_backend``:
+
+* ``tensorrt`` (our default): ``tensorrt_llm._tensorrt_engine.LLM`` compiles the model into a
+  TensorRT engine with the ``BuildConfig`` limits and ``QuantConfig``. Upstream's plain
+  ``tensorrt_llm.LLM`` has been the PyTorch flow since 1.0; the engine flow is what this
+  backend exists to measure, and the only one with something to cache.
+* ``pytorch``: ``tensorrt_llm.LLM``; nothing is built (``engine_build_s`` is None).
+
+Engine cache (TensorRT flow)::
+
+    LLEM_ENGINE_CACHE_DIR/
+      <key>/                 a complete engine: config.json, rank*.engine, llem-engine.json
+      <key>.lock             flock held while one process builds <key>
+      .tmp-<key>-<uuid>/     a build in progress (renamed to <key> when complete)
+
+``<key>`` hashes everything that changes the engine (model identity and config, dtype,
+quantization, parallelism, build limits, extra build arguments, TensorRT-LLM version, GPU
+model) and nothing that does not (KV-cache memory fraction, decoding, workload). A miss builds
+under the lock, saves with ``llm.save`` into a temporary directory, writes the marker and
+renames it into place, so a reader never sees half an engine. Hit or miss, the measured engine
+is then loaded from the cache directory, so both paths measure the same thing; the build time
+is reported as ``LoadInfo.engine_build_s``, apart from ``load_duration_s``.
+
+Per-request timing streams every request (``generate_async(..., streaming=True)``) under one
+asyncio loop and stamps each response's new tokens (``outputs[0].token_ids_diff``) on the
+harness clock when it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llenergymeasure.config import ExperimentConfig, TensorRTConfig
+from llenergymeasure.config.backends import TRT_KV_QUANT_ALGOS, TRT_QUANT_ALGOS
+from llenergymeasure.contract import ENV_ENGINE_CACHE_DIR
+from llenergymeasure.errors import ConfigError, ExperimentError
+from llenergymeasure_harness.backends.base import GenerationRequest, LoadInfo, RequestRecord
+from llenergymeasure_harness.backends.engine_common import (
+    ModelSource,
+    RequestTimeline,
+    eos_token_id,
+    jsonable,
+    prepare_model_source,
+    translate_engine_error,
+)
+from llenergymeasure_harness.backends.steady_state import SteadyStateWindow, steady_state_window
+
+logger = logging.getLogger(__name__)
+
+ENGINE = "TensorRT-LLM"
+#: The TensorRT-LLM release line this module was written and fake-tested against.
+MIRRORED_TRTLLM_VERSION = "1.2.1"
+#: Bump when the cache layout or the key's meaning changes.
+CACHE_SCHEMA = 1
+MARKER_FILE = "llem-engine.json"
+
+_DTYPES = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".model", ".tiktoken")
+
+
+def _section(config: ExperimentConfig) -> TensorRTConfig:
+    section = config.tensorrt
+    if section is None:
+        raise ConfigError(f"backend is {config.backend!r}, not 'tensorrt'; no tensorrt: section")
+    return section
+
+
+# --------------------------------------------------------------------------- pure mapping
+
+
+def build_config_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The ``BuildConfig`` fields the TensorRT flow builds with (pure).
+
+    ``max_input_len`` defaults to the experiment's ``max_input_tokens`` because TensorRT-LLM's
+    own default (1024) would reject longer prompts; ``max_num_tokens``/``max_seq_len`` are left
+    to TensorRT-LLM when not set (8192; the model's context length).
+    """
+    section = _section(config)
+    build: dict[str, Any] = {
+        "max_batch_size": section.max_batch_size,
+        "max_input_len": section.max_input_len or config.max_input_tokens,
+    }
+    if section.max_num_tokens is not None:
+        build["max_num_tokens"] = section.max_num_tokens
+    if section.max_seq_len is not None:
+        build["max_seq_len"] = section.max_seq_len
+    build.update(section.build_args)
+    return build
+
+
+def quant_config_dict(config: ExperimentConfig) -> dict[str, str] | None:
+    """``QuantConfig`` fields as ``QuantAlgo`` member names, or None (pure)."""
+    section = _section(config)
+    if section.quantization is None:
+        return None
+    out = {"quant_algo": TRT_QUANT_ALGOS[section.quantization]}
+    if section.kv_cache_quantization is not None:
+        out["kv_cache_quant_algo"] = TRT_KV_QUANT_ALGOS[section.kv_cache_quantization]
+    return out
+
+
+def kv_cache_config_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """``KvCacheConfig`` fields (runtime only; not part of the engine-cache key)."""
+    section = _section(config)
+    out: dict[str, Any] = {"free_gpu_memory_fraction": section.kv_cache_free_gpu_memory_fraction}
+    if section.enable_block_reuse is not None:
+        out["enable_block_reuse"] = section.enable_block_reuse
+    return out
+
+
+def build_llm_kwargs(
+    config: ExperimentConfig, source: ModelSource, *, engine_dir: str | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for ``LLM(...)`` with config objects still as plain dicts (pure).
+
+    Args:
+        config: The experiment.
+        source: What to load (hub id, path, or dummy config directory).
+        engine_dir: For the TensorRT flow, load this built engine instead of building: the
+            build-only arguments (build_config, quant_config, load_format, dtype) are dropped.
+
+    The caller turns ``build_config``/``quant_config``/``kv_cache_config`` into TensorRT-LLM
+    objects. ``tensorrt.llm_args`` is merged last (the schema refuses keys it must not set).
+    """
+    section = _section(config)
+    kwargs: dict[str, Any] = {
+        "model": engine_dir or source.model,
+        "tensor_parallel_size": section.tensor_parallel_size,
+        "pipeline_parallel_size": section.pipeline_parallel_size,
+        "trust_remote_code": config.trust_remote_code,
+        "kv_cache_config": kv_cache_config_dict(config),
+    }
+    if config.tokenizer is not None:
+        kwargs["tokenizer"] = config.tokenizer
+    elif config.load_format == "dummy":
+        kwargs["skip_tokenizer_init"] = True
+    elif engine_dir is not None:
+        # An engine directory need not hold the tokenizer; take it from the checkpoint.
+        kwargs["tokenizer"] = source.model
+    if section.enable_chunked_prefill is not None:
+        kwargs["enable_chunked_prefill"] = section.enable_chunked_prefill
+    if section.trtllm_backend == "pytorch":
+        kwargs["dtype"] = _DTYPES[config.precision]
+        if config.revision is not None:
+            kwargs["revision"] = config.revision
+        if config.load_format == "dummy":
+            kwargs["load_format"] = "dummy"
+        kwargs["max_batch_size"] = section.max_batch_size
+        if section.max_num_tokens is not None:
+            kwargs["max_num_tokens"] = section.max_num_tokens
+        if section.max_seq_len is not None:
+            kwargs["max_seq_len"] = section.max_seq_len
+    elif engine_dir is None:
+        kwargs["dtype"] = _DTYPES[config.precision]
+        if config.revision is not None:
+            kwargs["revision"] = config.revision
+        if config.load_format == "dummy":
+            kwargs["load_format"] = "dummy"
+        kwargs["build_config"] = build_config_dict(config)
+        quant = quant_config_dict(config)
+        if quant is not None:
+            kwargs["quant_config"] = quant
+    kwargs.update(section.llm_args)
+    return kwargs
+
+
+def build_sampling_kwargs(
+    config: ExperimentConfig,
+    max_new_tokens: int,
+    request_id: int,
+    *,
+    end_id: int | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``tensorrt_llm.SamplingParams`` for one request (pure).
+
+    Fixed length as on every backend (``ignore_eos`` and ``min_tokens = max_tokens``). Greedy
+    is ``top_k=1`` (TensorRT-LLM: "Setting top_k = 1 results in greedy sampling"); sampling
+    passes temperature/top_p/top_k (0 = all logits) with seed ``random_seed + request_id``.
+    ``end_id``/``pad_id`` are set when the engine has no tokenizer (dummy weights), as
+    TensorRT-LLM then requires.
+    """
+    decoder = config.decoder
+    kwargs: dict[str, Any] = {
+        "max_tokens": max_new_tokens,
+        "ignore_eos": config.ignore_eos,
+        "detokenize": False,
+    }
+    if config.ignore_eos:
+        kwargs["min_tokens"] = max_new_tokens
+    if decoder.do_sample:
+        kwargs.update(
+            temperature=decoder.temperature,
+            top_p=decoder.top_p,
+            top_k=decoder.top_k,
+            seed=config.random_seed + request_id,
+        )
+    else:
+        kwargs["top_k"] = 1
+    if decoder.repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = decoder.repetition_penalty
+    if end_id is not None:
+        kwargs["end_id"] = end_id
+        kwargs["pad_id"] = end_id
+    return kwargs
+
+
+# --------------------------------------------------------------------------- engine cache
+
+
+def model_fingerprint(source: ModelSource) -> dict[str, Any]:
+    """What identifies the weights: the architecture config, and for a local directory the
+    name, size and mtime of its weight/config files (so replaced weights miss the cache)."""
+    out: dict[str, Any] = {
+        "hf_config": source.architecture.hf_config if source.architecture is not None else None
+    }
+    path = Path(source.model)
+    if source.dummy_dir is None and path.is_dir():
+        files = []
+        for item in sorted(path.iterdir()):
+            if item.is_file() and item.name.endswith(_WEIGHT_SUFFIXES):
+                stat = item.stat()
+                files.append([item.name, stat.st_size, stat.st_mtime_ns])
+        out["files"] = files
+    return out
+
+
+def engine_cache_key_payload(
+    config: ExperimentConfig,
+    *,
+    trtllm_version: str,
+    gpu_identity: str,
+    fingerprint: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Everything that changes a built engine, as a JSON-ready dict (pure)."""
+    section = _section(config)
+    return {
+        "schema": CACHE_SCHEMA,
+        "model": config.model,
+        "revision": config.revision,
+        "load_format": config.load_format,
+        "model_fingerprint": dict(fingerprint),
+        "dtype": config.precision,
+        "quant_config": quant_config_dict(config),
+        "tensor_parallel_size": section.tensor_parallel_size,
+        "pipeline_parallel_size": section.pipeline_parallel_size,
+        "build_config": build_config_dict(config),
+        "enable_chunked_prefill": section.enable_chunked_prefill,
+        # Passthrough LLM arguments may change the build (calib_config, fast_build,
+        # speculative_config...); keyed conservatively.
+        "llm_args": jsonable(section.llm_args),
+        "trtllm_version": trtllm_version,
+        "gpu": gpu_identity,
+    }
+
+
+def engine_cache_key(
+    config: ExperimentConfig,
+    *,
+    trtllm_version: str,
+    gpu_identity: str,
+    fingerprint: Mapping[str, Any],
+) -> str:
+    """The cache directory name: sha256 of the canonical payload (24 hex characters)."""
+    payload = engine_cache_key_payload(
+        config, trtllm_version=trtllm_version, gpu_identity=gpu_identity, fingerprint=fingerprint
+    )
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class CachedEngine:
+    """A complete entry in the engine cache."""
+
+    path: Path
+    meta: dict[str, Any]
+
+
+class EngineCache:
+    """Built engines in a directory shared by experiments (and containers) on one host."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def entry(self, key: str) -> Path:
+        return self.root / key
+
+    def lookup(self, key: str) -> CachedEngine | None:
+        """The complete engine for ``key``, or None (an entry without its marker is junk)."""
+        path = self.entry(key)
+        marker = path / MARKER_FILE
+        if not marker.is_file():
+            return None
+        try:
+            meta = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            logger.warning("engine cache entry %s has an unreadable marker; rebuilding", path)
+            return None
+        return CachedEngine(path=path, meta=meta if isinstance(meta, dict) else {})
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold an exclusive ``flock`` on ``<key>.lock`` (released if the process dies)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o664)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.info("another process is building engine %s; waiting for it", key)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def staging_dir(self, key: str) -> Path:
+        """A fresh temporary directory next to the entry (same filesystem: rename is atomic)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        return path
+
+    def publish(self, key: str, staging: Path, meta: Mapping[str, Any]) -> CachedEngine:
+        """Write the marker into ``staging`` and rename it to the entry (call under lock)."""
+        (staging / MARKER_FILE).write_text(
+            json.dumps(dict(meta), indent=2, sort_keys=True, default=str), encoding="utf-8"
+        )
+        target = self.entry(key)
+        if target.exists():  # a marker-less leftover of a crash
+            shutil.rmtree(target, ignore_errors=True)
+        os.rename(staging, target)
+        return CachedEngine(path=target, meta=dict(meta))
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def _gpu_identity() -> str:
+    """GPU model and compute capability of device 0 (engines are specific to both)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return f"{torch.cuda.get_device_name(0)} sm{major}{minor}"
+    except Exception:  # an unreadable GPU only weakens the key; the build will fail loudly
+        logger.debug("could not read the GPU identity for the engine-cache key", exc_info=True)
+    return "unknown-gpu"
+
+
+class TensorRTBackend:
+    """TensorRT-LLM's LLM API as a :class:`~llenergymeasure_harness.backends.base.Backend`.
+
+    Args:
+        clock: Timestamp source (``time.perf_counter``, the harness clock, by default).
+        engine_cache_dir: Root of the engine cache. Defaults to ``$LLEM_ENGINE_CACHE_DIR``
+            (mounted by the orchestrator) read here, in the constructor; without either,
+            engines are built into a temporary directory and not kept.
+        gpu_identity: Overrides the GPU part of the cache key (tests).
+        workdir: Where dummy configs and uncached engines go (temporary if None).
+
+    Attributes:
+        steady_state_target: ``K`` for :func:`steady_state_window` (``tensorrt.max_batch_size``).
+        last_steady_state: The steady-state window of the most recent :meth:`run`.
+        cache_key: The engine-cache key of the loaded engine (TensorRT flow).
+        llm_kwargs: The resolved ``LLM(...)`` arguments of the measured engine (JSON-safe).
+    """
+
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        engine_cache_dir: str | Path | None = None,
+        gpu_identity: str | None = None,
+        workdir: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        root = engine_cache_dir if engine_cache_dir is not None else env.get(ENV_ENGINE_CACHE_DIR)
+        self._clock = clock
+        self._cache = EngineCache(Path(root)) if root else None
+        self._gpu_identity = gpu_identity
+        self._workdir = workdir
+        self._own_workdir: Path | None = None
+        self._config: ExperimentConfig | None = None
+        self._llm: Any = None
+        self._trtllm: Any = None
+        self._end_id: int | None = None
+        self.cache_key: str | None = None
+        self.llm_kwargs: dict[str, Any] = {}
+        self.steady_state_target: int | None = None
+        self.last_steady_state: SteadyStateWindow | None = None
+
+    # ----------------------------------------------------------------- protocol
+
+    def load(self, config: ExperimentConfig) -> LoadInfo:
+        """Build (or find in the cache) the engine, then load it for measurement.
+
+        Raises:
+            ConfigError: no tensorrt section; unsupported architecture
+                (``UnsupportedModelError``); arguments TensorRT-LLM rejects.
+            ExperimentError: TensorRT-LLM not installed; CUDA OOM
+                (``EngineOutOfMemoryError``); any other build or load failure.
+        """
+        section = _section(config)
+        try:
+            import tensorrt_llm
+        except ImportError as exc:
+            raise ExperimentError(
+                "TensorRT-LLM is not installed in this environment",
+                hint="run tensorrt experiments in the trtllm image (or pip install "
+                "'llenergymeasure[trtllm]' for the local runner)",
+            ) from exc
+        self._trtllm = tensorrt_llm
+        self._config = config
+        self.steady_state_target = section.max_batch_size
+        workdir = self._workdir
+        if workdir is None:
+            workdir = self._own_workdir = Path(tempfile.mkdtemp(prefix="llem-trtllm-"))
+        source = prepare_model_source(config, workdir)
+        if config.tokenizer is None and config.load_format == "dummy":
+            self._end_id = eos_token_id(source.architecture)
+        version = str(getattr(tensorrt_llm, "__version__", "unknown"))
+        build_s: float | None = None
+        cache_hit: bool | None = None
+        extra: dict[str, Any] = {
+            "trtllm_version": version,
+            "mirrored_trtllm_version": MIRRORED_TRTLLM_VERSION,
+            "trtllm_backend": section.trtllm_backend,
+            "steady_state_target": section.max_batch_size,
+            "timestamps": "harness perf_counter at receipt of each streamed response",
+        }
+        if section.trtllm_backend == "pytorch":
+            kwargs = build_llm_kwargs(config, source)
+            start = self._clock()
+            self._llm = self._construct(tensorrt_llm.LLM, kwargs, phase="load")
+            load_s = self._clock() - start
+        else:
+            engine_dir, build_s, cache_hit = self._engine_dir_for(config, source, version, extra)
+            kwargs = build_llm_kwargs(config, source, engine_dir=str(engine_dir))
+            from tensorrt_llm._tensorrt_engine import LLM as TrtLLM
+
+            start = self._clock()
+            self._llm = self._construct(TrtLLM, kwargs, phase="load")
+            load_s = self._clock() - start
+        self.llm_kwargs = jsonable(kwargs)
+        extra["llm_args"] = self.llm_kwargs
+        world = section.tensor_parallel_size * section.pipeline_parallel_size
+        return LoadInfo(
+            backend_version=version,
+            parameter_count=source.parameter_count,
+            dtype=config.precision,
+            load_duration_s=load_s,
+            devices=list(range(world)),
+            engine_build_s=build_s,
+            engine_cache_hit=cache_hit,
+            extra=extra,
+        )
+
+    @property
+    def warmup_unit(self) -> int:
+        """One full in-flight batch: ``min(n_prompts, tensorrt.max_batch_size)`` requests."""
+        if self._config is None:
+            return 1
+        return max(1, self._config.concurrency)
+
+    def run(self, requests: Sequence[GenerationRequest]) -> list[RequestRecord]:
+        """Submit every request (streaming) and record tokens as they arrive.
+
+        Raises:
+            ExperimentError: the engine failed mid-run (OOM → ``EngineOutOfMemoryError``).
+        """
+        if self._llm is None or self._config is None:
+            raise ExperimentError("TensorRTBackend.run() called before load()")
+        if not requests:
+            return []
+        ids = [r.request_id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise ExperimentError("duplicate request_id in one run")
+        config = self._config
+        try:
+            records = asyncio.run(self._run_async(requests))
+        except ExperimentError:
+            raise
+        except Exception as exc:
+            raise translate_engine_error(exc, engine=ENGINE, phase="run", config=config) from exc
+        if self.steady_state_target is not None:
+            self.last_steady_state = steady_state_window(records, self.steady_state_target)
+        return records
+
+    def peak_memory_bytes(self) -> dict[int, int] | None:
+        """Not observable here: the executor runs in worker processes (use NVML's reading)."""
+        return None
+
+    def close(self) -> None:
+        """Shut the executor down. Safe to call twice."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            try:
+                llm.shutdown()
+            except Exception:  # closing must not mask the experiment's own error
+                logger.warning("TensorRT-LLM shutdown failed", exc_info=True)
+        if self._own_workdir is not None:
+            shutil.rmtree(self._own_workdir, ignore_errors=True)
+            self._own_workdir = None
+
+    # ----------------------------------------------------------------- engine
+
+    def _objects(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Turn the plain-dict config arguments into TensorRT-LLM objects."""
+        from tensorrt_llm.llmapi import BuildConfig, KvCacheConfig, QuantAlgo, QuantConfig
+
+        out = dict(kwargs)
+        if isinstance(out.get("build_config"), dict):
+            out["build_config"] = BuildConfig(**out["build_config"])
+        if isinstance(out.get("quant_config"), dict):
+            out["quant_config"] = QuantConfig(
+                **{k: getattr(QuantAlgo, v) for k, v in out["quant_config"].items()}
+            )
+        if isinstance(out.get("kv_cache_config"), dict):
+            out["kv_cache_config"] = KvCacheConfig(**out["kv_cache_config"])
+        return out
+
+    def _construct(self, cls: Any, kwargs: dict[str, Any], *, phase: str) -> Any:
+        assert self._config is not None
+        try:
+            return cls(**self._objects(kwargs))
+        except Exception as exc:
+            raise translate_engine_error(
+                exc, engine=ENGINE, phase=phase, config=self._config
+            ) from exc
+
+    def _build_into(self, config: ExperimentConfig, source: ModelSource, target: Path) -> float:
+        """Build the engine and ``save`` it into ``target``; returns the build seconds."""
+        from tensorrt_llm._tensorrt_engine import LLM as TrtLLM
+
+        kwargs = build_llm_kwargs(config, source)
+        start = self._clock()
+        llm = self._construct(TrtLLM, kwargs, phase="build")
+        try:
+            llm.save(str(target))
+        except Exception as exc:
+            raise translate_engine_error(exc, engine=ENGINE, phase="build", config=config) from exc
+        finally:
+            llm.shutdown()
+        return self._clock() - start
+
+    def _engine_dir_for(
+        self, config: ExperimentConfig, source: ModelSource, version: str, extra: dict[str, Any]
+    ) -> tuple[Path, float, bool | None]:
+        """A directory holding the built engine: from the cache, or built now."""
+        section = _section(config)
+        gpu = self._gpu_identity or _gpu_identity()
+        fingerprint = model_fingerprint(source)
+        key = engine_cache_key(
+            config, trtllm_version=version, gpu_identity=gpu, fingerprint=fingerprint
+        )
+        self.cache_key = key
+        extra["engine_cache_key"] = key
+        if config.revision is None and source.dummy_dir is None and source.architecture is None:
+            logger.warning(
+                "model %s has no pinned revision: a cached engine will not notice hub updates",
+                config.model,
+            )
+        if self._cache is None or not section.engine_cache:
+            workdir = self._own_workdir or self._workdir or Path(tempfile.gettempdir())
+            target = workdir / f"engine-{key}"
+            target.mkdir(parents=True, exist_ok=True)
+            build_s = self._build_into(config, source, target)
+            extra["engine_cache"] = "disabled" if not section.engine_cache else "no cache dir"
+            return target, build_s, None
+        cache = self._cache
+        extra["engine_cache_dir"] = str(cache.root)
+        hit = cache.lookup(key)
+        if hit is not None:
+            extra["engine_cache"] = "hit"
+            extra["cached_engine_build_s"] = hit.meta.get("build_s")
+            return hit.path, 0.0, True
+        with cache.lock(key):
+            hit = cache.lookup(key)  # someone may have built it while we waited
+            if hit is not None:
+                extra["engine_cache"] = "hit (built by another process while waiting)"
+                extra["cached_engine_build_s"] = hit.meta.get("build_s")
+                return hit.path, 0.0, True
+            staging = cache.staging_dir(key)
+            try:
+                build_s = self._build_into(config, source, staging)
+                meta = {
+                    "key": key,
+                    "key_payload": engine_cache_key_payload(
+                        config, trtllm_version=version, gpu_identity=gpu, fingerprint=fingerprint
+                    ),
+                    "build_s": build_s,
+                    "built_at_unix_s": time.time(),
+                    "config_hash": config.config_hash,
+                }
+                entry = cache.publish(key, staging, meta)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        extra["engine_cache"] = "miss (built and stored)"
+        return entry.path, build_s, False
+
+    # ----------------------------------------------------------------- streaming
+
+    async def _run_async(self, requests: Sequence[GenerationRequest]) -> list[RequestRecord]:
+        assert self._config is not None
+        tensorrt_llm = self._trtllm
+        config = self._config
+        timelines: list[RequestTimeline] = []
+        tasks = []
+
+        async def consume(result: Any, timeline: RequestTimeline) -> None:
+            async for output in result:
+                now = self._clock()
+                completion = output.outputs[0]
+                timeline.add_tokens(len(completion.token_ids_diff), now)
+                if output.finished:
+                    timeline.finish(now, completion.finish_reason)
+            prompt_ids = getattr(result, "prompt_token_ids", None)
+            if prompt_ids is not None:
+                timeline.input_tokens = len(prompt_ids)
+
+        for request in requests:
+            params = tensorrt_llm.SamplingParams(
+                **build_sampling_kwargs(
+                    config, request.max_new_tokens, request.request_id, end_id=self._end_id
+                )
+            )
+            timeline = RequestTimeline(
+                request_id=request.request_id,
+                input_tokens=len(request.prompt_token_ids),
+                submit_s=self._clock(),
+            )
+            timelines.append(timeline)
+            result = self._llm.generate_async(
+                {"prompt_token_ids": list(request.prompt_token_ids)},
+                sampling_params=params,
+                streaming=True,
+            )
+            tasks.append(asyncio.ensure_future(consume(result, timeline)))
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+        unfinished = [t.request_id for t in timelines if t.end_s is None]
+        if unfinished:
+            raise ExperimentError(
+                f"TensorRT-LLM stopped streaming {len(unfinished)} requests before they "
+                f"finished (first: {unfinished[:5]})"
+            )
+        return [t.to_record() for t in timelines]
+
+
+__all__ = [
+    "CACHE_SCHEMA",
+    "MIRRORED_TRTLLM_VERSION",
+    "CachedEngine",
+    "EngineCache",
+    "TensorRTBackend",
+    "build_config_dict",
+    "build_llm_kwargs",
+    "build_sampling_kwargs",
+    "engine_cache_key",
+    "engine_cache_key_payload",
+    "kv_cache_config_dict",
+    "model_fingerprint",
+    "quant_config_dict",
+]
