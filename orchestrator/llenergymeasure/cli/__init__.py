@@ -10,9 +10,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import click
 import typer
 from rich.console import Console
+
+try:  # recent typer (0.29) vendors click as typer._click and no longer depends on click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer raises the click package's exceptions
+    from click import ClickException  # type: ignore[assignment]
 
 from llenergymeasure import __version__
 from llenergymeasure.cli.config_cmd import config_app
@@ -63,12 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         result = app(args=args, prog_name="llem", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("[yellow]aborted[/yellow]")
         return 130
-    except click.ClickException as exc:
+    except ClickException as exc:
         err.print(f"[red]error:[/red] {_escape(exc.format_message())}", markup=True)
         ctx = getattr(exc, "ctx", None)
         if ctx is not None:
