@@ -213,9 +213,11 @@ def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     node = target
     for part in parts[:-1]:
         child = node.get(part)
-        if not isinstance(child, dict):
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            return  # keep the non-mapping (e.g. decoder: 5) so validation reports it
         node = child
     node[parts[-1]] = copy.deepcopy(value)
 
@@ -417,6 +419,12 @@ def _expand_study(
         shared = deep_merge({"energy": {"sampler": user.energy_sampler}}, shared)
 
     for key in shared:
+        if not isinstance(key, str):
+            problems.append(
+                f"{key!r}: keys must be strings; quote it (YAML reads unquoted "
+                "on/off/yes/no/null and numbers as non-strings)"
+            )
+            continue
         msg = check_key_path(key)
         if msg:
             problems.append(f"{key}: {msg}")
