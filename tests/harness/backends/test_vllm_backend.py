@@ -1,0 +1,428 @@
+"""Contract tests of the vLLM backend against the fake ``vllm`` package (vLLM 0.33.0 shapes)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llenergymeasure.config import ExperimentConfig
+from llenergymeasure.errors import ConfigError, ExperimentError
+from llenergymeasure_harness.backends.base import Backend, GenerationRequest
+from llenergymeasure_harness.backends.engine_common import (
+    EngineOutOfMemoryError,
+    UnsupportedModelError,
+    prepare_model_source,
+)
+from llenergymeasure_harness.backends.vllm import (
+    VLLMBackend,
+    build_engine_args,
+    build_sampling_kwargs,
+)
+from llenergymeasure_harness.testing.engines import FakeVLLM, FakeVLLMBehaviour
+from llenergymeasure_harness.testing.engines.fake_vllm import RequestOutputKind
+
+
+def _config(**overrides: Any) -> ExperimentConfig:
+    base: dict[str, Any] = {
+        "model": "tiny-llama",
+        "load_format": "dummy",
+        "backend": "vllm",
+        "n_prompts": 12,
+        "max_input_tokens": 8,
+        "max_output_tokens": 5,
+    }
+    base.update(overrides)
+    return ExperimentConfig(**base)
+
+
+def _requests(n: int, prompt_len: int = 8, max_new: int = 5) -> list[GenerationRequest]:
+    return [
+        GenerationRequest(
+            request_id=i, prompt_token_ids=[3 + i] * prompt_len, max_new_tokens=max_new
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeVLLM]:
+    controller = FakeVLLM(FakeVLLMBehaviour(step_time_s=0.01))
+    with controller.installed():
+        yield controller
+
+
+@pytest.fixture
+def backend(fake: FakeVLLM, tmp_path: Path) -> Iterator[VLLMBackend]:
+    instance = VLLMBackend(clock=fake.behaviour.clock, workdir=tmp_path)
+    yield instance
+    instance.close()
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+def test_satisfies_backend_protocol() -> None:
+    """VLLMBackend is a Backend in the runtime-checkable protocol's sense."""
+    assert isinstance(VLLMBackend(), Backend)
+    assert VLLMBackend.name == "vllm"
+
+
+def test_engine_args_map_every_knob(tmp_path: Path) -> None:
+    """Each vllm: knob lands on its EngineArgs field; CUDA graph knobs go to compilation_config."""
+    config = _config(
+        load_format="auto",
+        model="meta-llama/Llama-3.1-8B",
+        revision="abc123",
+        precision="float16",
+        random_seed=7,
+        gpus=[0, 1, 2, 3],
+        vllm={
+            "tensor_parallel_size": 2,
+            "pipeline_parallel_size": 2,
+            "gpu_memory_utilization": 0.8,
+            "max_num_seqs": 64,
+            "max_num_batched_tokens": 4096,
+            "max_model_len": 2048,
+            "enable_chunked_prefill": True,
+            "enable_prefix_caching": False,
+            "kv_cache_dtype": "fp8",
+            "block_size": 32,
+            "quantization": "fp8",
+            "cudagraph_mode": "PIECEWISE",
+            "cudagraph_capture_sizes": [8, 1, 64, 8],
+            "async_scheduling": True,
+            "speculative_config": {"method": "ngram", "num_speculative_tokens": 4},
+            "engine_args": {"swap_space": 0, "disable_custom_all_reduce": True},
+        },
+    )
+    source = prepare_model_source(config, tmp_path)
+    args = build_engine_args(config, source)
+    assert args == {
+        "model": "meta-llama/Llama-3.1-8B",
+        "revision": "abc123",
+        "dtype": "float16",
+        "seed": 7,
+        "trust_remote_code": False,
+        "load_format": "auto",
+        "tensor_parallel_size": 2,
+        "pipeline_parallel_size": 2,
+        "gpu_memory_utilization": 0.8,
+        "max_num_seqs": 64,
+        "max_num_batched_tokens": 4096,
+        "max_model_len": 2048,
+        "enable_chunked_prefill": True,
+        "enable_prefix_caching": False,
+        "kv_cache_dtype": "fp8",
+        "block_size": 32,
+        "quantization": "fp8",
+        "enforce_eager": False,
+        "async_scheduling": True,
+        "speculative_config": {"method": "ngram", "num_speculative_tokens": 4},
+        "compilation_config": {
+            "cudagraph_mode": "PIECEWISE",
+            "cudagraph_capture_sizes": [1, 8, 64],
+        },
+        "disable_log_stats": True,
+        "swap_space": 0,
+        "disable_custom_all_reduce": True,
+    }
+
+
+def test_unset_optional_knobs_are_left_to_vllm(tmp_path: Path) -> None:
+    """Knobs left at None are not passed, so vLLM's own defaults apply to them."""
+    config = _config(load_format="auto", model="meta-llama/Llama-3.1-8B")
+    args = build_engine_args(config, prepare_model_source(config, tmp_path))
+    for absent in (
+        "max_num_batched_tokens",
+        "max_model_len",
+        "enable_chunked_prefill",
+        "enable_prefix_caching",
+        "block_size",
+        "quantization",
+        "compilation_config",
+        "speculative_config",
+        "skip_tokenizer_init",
+        "tokenizer",
+        "revision",
+    ):
+        assert absent not in args
+    assert args["max_num_seqs"] == 256  # pinned: vLLM's own default depends on the GPU
+
+
+def test_dummy_builtin_writes_config_dir_and_skips_tokenizer(tmp_path: Path) -> None:
+    """Dummy weights of a built-in architecture load from a config-only directory, no tokenizer."""
+    config = _config()
+    source = prepare_model_source(config, tmp_path)
+    args = build_engine_args(config, source)
+    written = json.loads((Path(args["model"]) / "config.json").read_text())
+    assert written["architectures"] == source.architecture.hf_config["architectures"]  # type: ignore[union-attr]
+    assert args["load_format"] == "dummy"
+    assert args["skip_tokenizer_init"] is True
+
+
+def test_dummy_with_tokenizer_keeps_tokenizer(tmp_path: Path) -> None:
+    """A configured tokenizer is passed on and the tokenizer is initialised."""
+    config = _config(tokenizer="meta-llama/Llama-3.1-8B")
+    args = build_engine_args(config, prepare_model_source(config, tmp_path))
+    assert args["tokenizer"] == "meta-llama/Llama-3.1-8B"
+    assert "skip_tokenizer_init" not in args
+
+
+def test_enforce_eager_maps_and_adds_no_compilation_config(tmp_path: Path) -> None:
+    """enforce_eager is passed through and no CUDA graph settings are sent with it."""
+    config = _config(vllm={"enforce_eager": True})
+    args = build_engine_args(config, prepare_model_source(config, tmp_path))
+    assert args["enforce_eager"] is True
+    assert "compilation_config" not in args
+
+
+def test_sampling_fixed_length_greedy() -> None:
+    """ignore_eos fixes the output length: min_tokens = max_tokens; greedy means temperature 0."""
+    kwargs = build_sampling_kwargs(_config(), max_new_tokens=5, request_id=3)
+    assert kwargs == {
+        "max_tokens": 5,
+        "min_tokens": 5,
+        "ignore_eos": True,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "repetition_penalty": 1.0,
+        "detokenize": False,
+    }
+
+
+def test_sampling_with_eos_and_seeded_sampling() -> None:
+    """Without ignore_eos min_tokens is 0; sampling seeds each request with random_seed + id."""
+    config = _config(ignore_eos=False, random_seed=100, decoder={"preset": "standard"})
+    kwargs = build_sampling_kwargs(config, max_new_tokens=5, request_id=3)
+    assert kwargs["min_tokens"] == 0
+    assert kwargs["ignore_eos"] is False
+    assert kwargs["temperature"] == 0.7
+    assert kwargs["top_k"] == 50
+    assert kwargs["seed"] == 103
+
+
+# --------------------------------------------------------------------------- load / run
+
+
+def test_load_passes_engine_args_to_vllm_llm(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """load() constructs vllm.LLM once with the mapped arguments and reports LoadInfo."""
+    config = _config(vllm={"max_num_seqs": 4, "gpu_memory_utilization": 0.5})
+    info = backend.load(config)
+    assert len(fake.llm_kwargs) == 1
+    sent = fake.llm_kwargs[0]
+    assert sent["max_num_seqs"] == 4
+    assert sent["gpu_memory_utilization"] == 0.5
+    assert sent["load_format"] == "dummy"
+    assert info.backend_version == "0.33.0"
+    assert info.dtype == "bfloat16"
+    assert info.load_duration_s == pytest.approx(fake.behaviour.load_time_s)
+    assert info.parameter_count and info.parameter_count > 0
+    assert info.devices == [0]
+    assert info.engine_build_s is None
+    assert info.extra["engine_args"]["max_num_seqs"] == 4
+    assert backend.steady_state_target == 4
+    assert backend.warmup_unit == 4
+
+
+def test_run_counts_tokens_from_engine_outputs(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """Every request gets exactly max_new_tokens output tokens and its prompt length as input."""
+    backend.load(_config(vllm={"max_num_seqs": 4}))
+    records = backend.run(_requests(10, prompt_len=8, max_new=5))
+    assert [r.request_id for r in records] == list(range(10))
+    assert all(r.output_tokens == 5 for r in records)
+    assert all(r.input_tokens == 8 for r in records)
+    assert all(r.finish_reason == "length" for r in records)
+    assert all(len(r.token_times_s) == r.output_tokens for r in records)
+
+
+def test_run_streams_delta_outputs_with_fixed_length_params(
+    fake: FakeVLLM, backend: VLLMBackend
+) -> None:
+    """Requests are added as TokensPrompt with DELTA output and min_tokens = max_tokens."""
+    backend.load(_config(vllm={"max_num_seqs": 4}))
+    backend.run(_requests(3))
+    request_id, token_ids, params = fake.added_requests[0]
+    assert isinstance(request_id, str)
+    assert token_ids == [3] * 8
+    assert params.output_kind is RequestOutputKind.DELTA
+    assert params.max_tokens == params.min_tokens == 5
+    assert params.ignore_eos is True
+    assert params.detokenize is False
+
+
+def test_latency_records_follow_engine_steps(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """TTFT and inter-token gaps equal the fake engine's step times on the shared clock."""
+    backend.load(_config(vllm={"max_num_seqs": 2}))
+    clock = fake.behaviour.clock
+    t0 = clock()
+    records = backend.run(_requests(4, max_new=3))
+    first, second, third = records[0], records[1], records[2]
+    # Requests 0 and 1 are admitted in step 1; 2 and 3 wait until 0 and 1 finish (step 3).
+    assert first.submit_s == pytest.approx(t0)
+    assert first.first_token_s == pytest.approx(t0 + 0.01)
+    assert first.token_times_s == pytest.approx([t0 + 0.01, t0 + 0.02, t0 + 0.03])
+    assert first.end_s == pytest.approx(t0 + 0.03)
+    assert second.token_times_s == first.token_times_s
+    assert third.first_token_s == pytest.approx(t0 + 0.04)
+    assert third.end_s == pytest.approx(t0 + 0.06)
+
+
+def test_eos_stops_early_without_ignore_eos(fake: FakeVLLM, tmp_path: Path) -> None:
+    """With ignore_eos off, a request that hits EOS reports fewer tokens and reason 'stop'."""
+    fake.behaviour.eos_after = 2
+    backend = VLLMBackend(clock=fake.behaviour.clock, workdir=tmp_path)
+    backend.load(_config(ignore_eos=False, vllm={"max_num_seqs": 4}))
+    records = backend.run(_requests(2, max_new=5))
+    backend.close()
+    assert [r.output_tokens for r in records] == [2, 2]
+    assert {r.finish_reason for r in records} == {"stop"}
+
+
+def test_speculative_bundles_share_a_timestamp(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """Several tokens delivered in one step (speculation) are stamped with that step's time."""
+    fake.behaviour.tokens_per_step = 2
+    backend.load(_config(vllm={"max_num_seqs": 4}))
+    (record,) = backend.run(_requests(1, max_new=4))
+    assert record.output_tokens == 4
+    assert record.token_times_s[0] == record.token_times_s[1]
+    assert record.token_times_s[2] == record.token_times_s[3]
+    assert record.token_times_s[2] > record.token_times_s[1]
+
+
+def test_steady_state_computed_after_run(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """After run() the backend exposes the steady-state window of that run's records."""
+    backend.load(_config(n_prompts=40, vllm={"max_num_seqs": 4}))
+    records = backend.run(_requests(40, max_new=50))
+    window = backend.last_steady_state
+    assert window is not None
+    assert window.target_concurrency == 4
+    assert window.start_s == sorted(r.first_token_s for r in records)[3]  # type: ignore[type-var]
+    assert window.mean_concurrency is not None and window.mean_concurrency > 3.5
+    assert window.valid is False  # 40 x 50 steps of 10 ms is far below the 30 s minimum
+    assert "30 s minimum" in (window.reason or "")
+
+
+def test_batch_never_filled_is_flagged(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """A KV cache holding fewer sequences than max_num_seqs makes the window invalid."""
+    fake.behaviour.kv_capacity_seqs = 2
+    fake.behaviour.step_time_s = 1.0
+    backend.load(_config(n_prompts=40, vllm={"max_num_seqs": 8}))
+    backend.run(_requests(40, max_new=20))
+    window = backend.last_steady_state
+    assert window is not None and not window.valid
+    assert "never filled" in (window.reason or "")
+
+
+def test_run_before_load_is_an_error(backend: VLLMBackend) -> None:
+    """run() without load() fails clearly."""
+    with pytest.raises(ExperimentError, match="before load"):
+        backend.run(_requests(1))
+
+
+def test_close_is_idempotent_and_shuts_engine_core(fake: FakeVLLM, tmp_path: Path) -> None:
+    """close() shuts the engine core down once and may be called again."""
+    backend = VLLMBackend(clock=fake.behaviour.clock, workdir=tmp_path)
+    backend.load(_config())
+    core = fake.instances[0].llm_engine.engine_core
+    backend.close()
+    backend.close()
+    assert core.shutdown_calls == 1
+
+
+def test_default_workdir_is_removed_on_close(fake: FakeVLLM) -> None:
+    """Without a workdir the dummy config goes to a temporary directory removed by close()."""
+    backend = VLLMBackend(clock=fake.behaviour.clock)
+    backend.load(_config())
+    model_dir = Path(fake.llm_kwargs[0]["model"])
+    assert (model_dir / "config.json").is_file()
+    backend.close()
+    assert not model_dir.exists()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_oom_on_load_becomes_engine_oom_error(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """torch.cuda.OutOfMemoryError while loading becomes EngineOutOfMemoryError with a hint."""
+    fake.behaviour.oom_on_load = True
+    with pytest.raises(EngineOutOfMemoryError) as info:
+        backend.load(_config())
+    assert isinstance(info.value, ExperimentError)
+    assert "vLLM ran out of GPU memory during load" in str(info.value)
+    assert "max_num_seqs" in (info.value.hint or "")
+    assert type(info.value.__cause__).__name__ == "OutOfMemoryError"
+
+
+def test_kv_cache_too_small_is_oom(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """vLLM's 'No available memory for the cache blocks' is reported as out of memory."""
+    fake.behaviour.kv_cache_too_small = True
+    with pytest.raises(EngineOutOfMemoryError, match="cache blocks"):
+        backend.load(_config())
+
+
+def test_engine_core_init_failure(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """The multiprocess 'Engine core initialization failed' is an ExperimentError with a hint."""
+    fake.behaviour.engine_init_failure = True
+    with pytest.raises(ExperimentError, match="start-up failed") as info:
+        backend.load(_config())
+    assert not isinstance(info.value, ConfigError)
+    assert "root cause" in (info.value.hint or "")
+
+
+def test_oom_mid_run(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """An OOM raised by an engine step becomes EngineOutOfMemoryError naming the run phase."""
+    backend.load(_config(vllm={"max_num_seqs": 2}))
+    fake.behaviour.oom_at_step = 2
+    with pytest.raises(EngineOutOfMemoryError, match="during run"):
+        backend.run(_requests(4))
+
+
+def test_engine_dead_mid_run(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """EngineDeadError mid-run becomes a plain ExperimentError."""
+    backend.load(_config())
+    fake.behaviour.engine_dead_at_step = 1
+    with pytest.raises(ExperimentError, match="EngineDeadError"):
+        backend.run(_requests(2))
+
+
+def test_unsupported_architecture_is_config_error(fake: FakeVLLM, tmp_path: Path) -> None:
+    """vLLM's 'not supported for now' becomes UnsupportedModelError (a ConfigError)."""
+    model_dir = tmp_path / "odd-model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(
+        json.dumps({"architectures": ["FancyNewForCausalLM"], "hidden_size": 8})
+    )
+    backend = VLLMBackend(clock=fake.behaviour.clock, workdir=tmp_path)
+    with pytest.raises(UnsupportedModelError) as info:
+        backend.load(_config(model=str(model_dir), load_format="auto"))
+    assert isinstance(info.value, ConfigError)
+    assert "does not support the architecture" in str(info.value)
+    assert fake.llm_kwargs[0]["model"] == str(model_dir)
+
+
+def test_rejected_engine_argument_is_config_error(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """A passthrough argument vLLM does not know becomes a ConfigError naming the section."""
+    with pytest.raises(ConfigError, match="rejected") as info:
+        backend.load(_config(vllm={"engine_args": {"not_a_vllm_arg": 1}}))
+    assert "vllm: section" in (info.value.hint or "")
+
+
+def test_missing_vllm_is_experiment_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without vllm importable, load() says which image to use."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ExperimentError, match="not installed") as info:
+        VLLMBackend(workdir=tmp_path).load(_config())
+    assert "vllm image" in (info.value.hint or "")
+
+
+def test_wrong_section_is_config_error(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """A config for another backend is refused before anything loads."""
+    with pytest.raises(ConfigError, match="not 'vllm'"):
+        backend.load(ExperimentConfig(model="tiny-llama", load_format="dummy"))
