@@ -1,0 +1,402 @@
+"""Harness overhead on a GPU: what NVML sampling and per-step timestamps cost a launch-bound generate.
+
+Two modes:
+
+``probe``
+    Self-contained (torch, transformers, pynvml only). Times every NVML call the sampler could
+    make, idle and beside a running ``generate``, then runs batch-64 ``generate`` windows with a
+    10 Hz sampler thread that makes ONE kind of call, for each kind, alternating with windows
+    that sample nothing. This is how the sampler design was chosen (docs/gpu-results.md).
+
+``overhead`` (default)
+    The acceptance benchmark: the same batch-64 generate loop with the full harness measurement
+    on (energy-counter window edges + the harness sampler at 10 Hz + per-step token timestamps)
+    against everything off, alternating windows, medians. Prints the ratio; it must be >= 0.99.
+
+Example:
+    python benchmarks/bench_harness_overhead.py overhead --rounds 6 --json $OUT/overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+LLAMA_31_8B = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "tie_word_embeddings": False,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "hidden_act": "silu",
+    "attention_bias": False,
+    "mlp_bias": False,
+    "head_dim": 128,
+}
+
+
+# --------------------------------------------------------------------------- model + generate
+
+
+def build_model(dtype_name: str = "bfloat16") -> Any:
+    """Llama-3.1-8B with random weights built directly on the GPU (no download, about 1 s)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(**{k: v for k, v in LLAMA_31_8B.items() if k != "model_type"})
+    dtype = getattr(torch, dtype_name)
+    t0 = time.perf_counter()
+    with torch.device("cuda"):
+        try:
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        except TypeError:
+            model = AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype)
+    model.eval()
+    torch.cuda.synchronize()
+    print(f"built model in {time.perf_counter() - t0:.1f} s", flush=True)
+    return model
+
+
+def make_inputs(batch: int, input_len: int, seed: int = 0) -> Any:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 120000, (batch, input_len), generator=g).cuda()
+    return ids, torch.ones_like(ids)
+
+
+def generate_once(model: Any, ids: Any, mask: Any, out_len: int, callback: Any = None) -> float:
+    """One greedy generate of exactly ``out_len`` tokens; returns seconds (synchronised)."""
+    import torch
+
+    kwargs: dict[str, Any] = {}
+    if callback is not None:
+        kwargs["stopping_criteria"] = callback
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=out_len,
+            min_new_tokens=out_len,
+            do_sample=False,
+            pad_token_id=0,
+            **kwargs,
+        )
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- probe: NVML call costs
+
+
+def _nvml_calls(pynvml: Any, h: Any) -> dict[str, Any]:
+    fi = pynvml.NVML_FI_DEV_POWER_INSTANT
+    return {
+        "energy_counter": lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(h),
+        "energy_field83": lambda: pynvml.nvmlDeviceGetFieldValues(
+            h, [pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION]
+        ),
+        "power_usage": lambda: pynvml.nvmlDeviceGetPowerUsage(h),
+        "power_instant_fv": lambda: pynvml.nvmlDeviceGetFieldValues(h, [fi]),
+        "power_fv_batch": lambda: pynvml.nvmlDeviceGetFieldValues(
+            h, [fi, pynvml.NVML_FI_DEV_POWER_AVERAGE]
+        ),
+        "temperature": lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+        "clock_sm": lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+        "clock_mem": lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
+        "clock_reasons": lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(h),
+        "violation_fv": lambda: pynvml.nvmlDeviceGetFieldValues(
+            h,
+            [
+                pynvml.NVML_FI_DEV_PERF_POLICY_POWER,
+                pynvml.NVML_FI_DEV_PERF_POLICY_THERMAL,
+            ],
+        ),
+        "memory_info": lambda: pynvml.nvmlDeviceGetMemoryInfo(h),
+        "utilization": lambda: pynvml.nvmlDeviceGetUtilizationRates(h),
+        "processes": lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(h),
+    }
+
+
+def time_calls(calls: dict[str, Any], n: int = 20) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name, fn in calls.items():
+        ts: list[float] = []
+        err = None
+        for _ in range(n):
+            t0 = time.perf_counter()
+            try:
+                fn()
+            except Exception as exc:  # report unsupported calls rather than stop the probe
+                err = repr(exc)
+                break
+            ts.append(time.perf_counter() - t0)
+        if err:
+            out[name] = {"error": err}  # type: ignore[dict-item]
+        else:
+            out[name] = {
+                "median_us": statistics.median(ts) * 1e6,
+                "max_us": max(ts) * 1e6,
+                "mean_us": statistics.fmean(ts) * 1e6,
+            }
+    return out
+
+
+class _ProbeSampler:
+    """A 10 Hz thread (or process) making the named NVML calls; records each call's duration."""
+
+    def __init__(self, names: list[str], rate_hz: float = 10.0, counter_every: int = 1) -> None:
+        self.names = names
+        self.period = 1.0 / rate_hz
+        self.counter_every = counter_every
+        self._stop = threading.Event()
+        self.durations: dict[str, list[float]] = {n: [] for n in names}
+        self._thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        import pynvml
+
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        calls = _nvml_calls(pynvml, h)
+        tick = 0
+        nxt = time.perf_counter()
+        while not self._stop.is_set():
+            for name in self.names:
+                if name == "energy_counter" and tick % self.counter_every:
+                    continue
+                t0 = time.perf_counter()
+                calls[name]()
+                self.durations[name].append(time.perf_counter() - t0)
+            tick += 1
+            nxt += self.period
+            self._stop.wait(max(0.0, nxt - time.perf_counter()))
+
+    def __enter__(self) -> _ProbeSampler:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+
+
+def _proc_sampler_main(names: list[str], stop: Any) -> None:
+    import pynvml
+
+    pynvml.nvmlInit()
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    calls = _nvml_calls(pynvml, h)
+    nxt = time.perf_counter()
+    while not stop.is_set():
+        for name in names:
+            calls[name]()
+        nxt += 0.1
+        stop.wait(max(0.0, nxt - time.perf_counter()))
+
+
+def probe(args: argparse.Namespace) -> dict[str, Any]:
+    import pynvml
+    import torch
+
+    pynvml.nvmlInit()
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    report: dict[str, Any] = {
+        "device": pynvml.nvmlDeviceGetName(h),
+        "driver": pynvml.nvmlSystemGetDriverVersion(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "switchinterval_s": sys.getswitchinterval(),
+    }
+    report["call_cost_idle_no_context"] = time_calls(_nvml_calls(pynvml, h))
+    model = build_model()
+    ids, mask = make_inputs(args.batch, args.input_len)
+    report["call_cost_idle_model_loaded"] = time_calls(_nvml_calls(pynvml, h))
+    for _ in range(2):
+        generate_once(model, ids, mask, args.output_len)  # warmup with the measured shapes
+
+    # Call cost while generate runs (measured in a side thread).
+    box: dict[str, Any] = {}
+
+    def side() -> None:
+        time.sleep(1.0)
+        box["r"] = time_calls(_nvml_calls(pynvml, h), n=10)
+
+    th = threading.Thread(target=side)
+    th.start()
+    generate_once(model, ids, mask, args.output_len)
+    th.join()
+    report["call_cost_under_generate"] = box["r"]
+    print(json.dumps(report, indent=1), flush=True)
+
+    singles = [
+        "power_usage",
+        "power_instant_fv",
+        "temperature",
+        "clock_sm",
+        "clock_reasons",
+        "memory_info",
+        "utilization",
+        "energy_counter",
+        "energy_field83",
+        "violation_fv",
+    ]
+    cheap = [
+        "power_instant_fv",
+        "temperature",
+        "clock_sm",
+        "clock_mem",
+        "clock_reasons",
+        "memory_info",
+        "utilization",
+    ]
+    variants: dict[str, Any] = {"off": None}
+    for s in singles:
+        variants[f"thread:{s}"] = ([s], 1)
+    variants["thread:all_but_counter"] = (cheap, 1)
+    variants["thread:all+counter_10hz"] = ([*cheap, "energy_counter"], 1)
+    variants["thread:all+counter_1hz"] = ([*cheap, "energy_counter"], 10)
+    variants["process:all+counter_10hz"] = "proc"
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    durs: dict[str, dict[str, float]] = {}
+    ctx = mp.get_context("spawn")
+    for r in range(args.rounds):
+        for name, spec in variants.items():
+            if spec is None:
+                dt = generate_once(model, ids, mask, args.output_len)
+            elif spec == "proc":
+                stop = ctx.Event()
+                p = ctx.Process(target=_proc_sampler_main, args=([*cheap, "energy_counter"], stop))
+                p.start()
+                time.sleep(1.0)  # let the child import and init NVML
+                dt = generate_once(model, ids, mask, args.output_len)
+                stop.set()
+                p.join()
+            else:
+                s = _ProbeSampler(spec[0], counter_every=spec[1])
+                with s:
+                    dt = generate_once(model, ids, mask, args.output_len)
+                if r == 0:
+                    durs[name] = {
+                        k: statistics.median(v) * 1e6 for k, v in s.durations.items() if v
+                    }
+            times[name].append(args.batch * args.output_len / dt)
+        print(f"round {r}: " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in times.items()), flush=True)
+    base = statistics.median(times["off"])
+    report["throughput_tok_s"] = {k: statistics.median(v) for k, v in times.items()}
+    report["throughput_all_windows"] = times
+    report["ratio_vs_off"] = {k: statistics.median(v) / base for k, v in times.items()}
+    report["sampler_call_median_us_under_generate"] = durs
+    print(json.dumps({"ratio_vs_off": report["ratio_vs_off"]}, indent=1), flush=True)
+    return report
+
+
+# --------------------------------------------------------------------------- overhead: harness on/off
+
+
+def overhead(args: argparse.Namespace) -> dict[str, Any]:
+    """Full harness measurement on vs off, alternating windows (see module docstring)."""
+    import torch
+
+    from llenergymeasure_harness.backends.pytorch import StepTimestamper
+    from llenergymeasure_harness.energy import NvmlEnergyMeter, make_sampler
+    from llenergymeasure_harness.energy.nvml import RealNvml
+
+    nvml = RealNvml()
+    model = build_model()
+    ids, mask = make_inputs(args.batch, args.input_len)
+    for _ in range(2):
+        generate_once(model, ids, mask, args.output_len)
+    gpus = [0]
+    meter = NvmlEnergyMeter(nvml, gpus)
+    on: list[float] = []
+    off: list[float] = []
+    energy: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        order = ("off", "on") if r % 2 == 0 else ("on", "off")
+        for mode in order:
+            if mode == "off":
+                dt = generate_once(model, ids, mask, args.output_len)
+                off.append(args.batch * args.output_len / dt)
+                continue
+            sampler = make_sampler("nvml", nvml=nvml, gpus=gpus, rate_hz=args.rate_hz)
+            stamper = StepTimestamper(args.batch)
+            sampler.start()
+            try:
+                with meter.window("bench") as win:
+                    dt = generate_once(model, ids, mask, args.output_len, callback=[stamper])
+            finally:
+                sampler.stop()
+            on.append(args.batch * args.output_len / dt)
+            energy.append(
+                {
+                    "energy_j": win.result.gpu_energy_j,
+                    "samples": len(sampler.rows()),
+                    "steps": len(stamper.step_times_s),
+                }
+            )
+        print(f"round {r}: off={off[-1]:.1f} on={on[-1]:.1f} tok/s", flush=True)
+    torch.cuda.synchronize()
+    ratio = statistics.median(on) / statistics.median(off)
+    report = {
+        "device": nvml.device_name(0),
+        "batch": args.batch,
+        "input_len": args.input_len,
+        "output_len": args.output_len,
+        "rate_hz": args.rate_hz,
+        "rounds": args.rounds,
+        "on_tok_s": on,
+        "off_tok_s": off,
+        "median_on_tok_s": statistics.median(on),
+        "median_off_tok_s": statistics.median(off),
+        "ratio": ratio,
+        "windows": energy,
+        "pass": ratio >= 0.99,
+    }
+    print(json.dumps(report, indent=1), flush=True)
+    return report
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("mode", nargs="?", default="overhead", choices=["overhead", "probe"])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--input-len", type=int, default=512)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rate-hz", type=float, default=10.0)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    report = probe(args) if args.mode == "probe" else overhead(args)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0 if report.get("pass", True) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,473 @@
+"""One experiment, start to finish: load, baseline, warmup, measure, write.
+
+::
+
+    load ──► baseline (idle, model loaded) ──► warmup (measured shapes) ──► measure ──► write
+             └────────── sampler thread running, rows labelled by phase ──────────┘
+
+* The baseline is taken after load and before warmup, so its GPU state is defined
+  ("cuda_context_model_loaded", nothing running) and is not the cooling tail of warmup; the
+  measured window then starts right after warmup, warm.
+* The measured window is bounded by NVML counter reads on every GPU of the experiment
+  (:class:`~llenergymeasure_harness.energy.NvmlEnergyMeter`), the device synchronised at both
+  edges. Zeus / CodeCarbon windows, when chosen, sit just inside it.
+* Each phase that fails raises :class:`PhaseError`, which the entry point turns into
+  ``error.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from llenergymeasure.config import ExperimentConfig
+from llenergymeasure.contract import REQUESTS_FILE, RESULT_FILE, TIMESERIES_FILE, HarnessEnv
+from llenergymeasure.errors import ConfigError, MeasurementError
+from llenergymeasure.results import ExperimentResult
+from llenergymeasure_harness import metrics
+from llenergymeasure_harness.backends import get_backend
+from llenergymeasure_harness.backends.base import GenerationRequest
+from llenergymeasure_harness.energy.baseline import (
+    STATE_MODEL_LOADED,
+    BaselineCache,
+    measure_idle_power,
+)
+from llenergymeasure_harness.energy.meter import NvmlEnergyMeter, WindowResult
+from llenergymeasure_harness.energy.nvml import Nvml, map_gpus, open_nvml
+from llenergymeasure_harness.energy.optional import open_extra
+from llenergymeasure_harness.energy.sampler import integrate_power
+from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_kind
+from llenergymeasure_harness.environment import snapshot
+from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
+from llenergymeasure_harness.prompts import build_requests, vocab_size_for
+from llenergymeasure_harness.quality import quality_flags
+from llenergymeasure_harness.warmup import run_warmup
+
+logger = logging.getLogger(__name__)
+
+
+class PhaseError(Exception):
+    """A failure in one phase of the experiment (load|warmup|baseline|measure|write)."""
+
+    def __init__(self, phase: str, cause: BaseException) -> None:
+        super().__init__(f"{phase}: {type(cause).__name__}: {cause}")
+        self.phase = phase
+        self.cause = cause
+        self.traceback = "".join(
+            traceback.format_exception(type(cause), cause, cause.__traceback__)
+        )
+
+
+@dataclass
+class Deps:
+    """Side effects, injectable for tests."""
+
+    open_nvml: Callable[[], Nvml | None] = open_nvml
+    make_backend: Callable[[str], Any] = get_backend
+    clock: Callable[[], float] = time.perf_counter
+    sleep: Callable[[float], None] = time.sleep
+    epoch: Callable[[], float] = time.time
+    cuda_visible: str | None = field(default_factory=lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _resolve_nvml_index(nvml: Nvml, ref: int | str) -> int:
+    if isinstance(ref, int):
+        return ref
+    for i in range(nvml.device_count()):
+        if nvml.uuid(i) == ref or (nvml.uuid(i) or "").startswith(ref):
+            return i
+    raise MeasurementError(f"no NVML device with UUID {ref}")
+
+
+def _harness_version() -> str:
+    from llenergymeasure_harness import __version__
+
+    return __version__
+
+
+def _cuda_runtime() -> str | None:
+    try:
+        import torch
+
+        return torch.version.cuda
+    except ImportError:
+        return None
+
+
+def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResult:
+    """Run the experiment in ``env`` and write its results directory.
+
+    Raises:
+        PhaseError: any failure, with the phase it happened in.
+    """
+    d = deps or Deps()
+    cfg: ExperimentConfig = env.config
+    out_dir = env.results_path
+    started_epoch = d.epoch()
+    t_begin = d.clock()
+    timings: dict[str, float | None] = {}
+    phase = "load"
+    nvml: Nvml | None = None
+    backend: Any = None
+    sampler: Any = None
+    try:
+        # ------------------------------------------------------------------ load
+        nvml = d.open_nvml()
+        if nvml is not None:
+            pairs = map_gpus(list(cfg.gpus), nvml.device_count(), d.cuda_visible)
+            labels = [p[0] for p in pairs]
+            nvml_idx = [_resolve_nvml_index(nvml, p[1]) for p in pairs]
+        else:
+            labels = list(range(len(cfg.gpus)))
+            nvml_idx = []
+        run_cfg = cfg if labels == list(cfg.gpus) else cfg.model_copy(update={"gpus": labels})
+        requests: list[GenerationRequest] | None = None
+        if cfg.dataset.source != "synthetic" or vocab_size_for(cfg) is not None:
+            requests = build_requests(cfg)
+        backend = d.make_backend(cfg.backend)
+        t0 = d.clock()
+        info = backend.load(run_cfg)
+        timings["load_s"] = d.clock() - t0
+        if requests is None:
+            requests = build_requests(cfg, vocab_size=info.extra.get("vocab_size"))
+        kind = resolve_sampler_kind(cfg.energy.sampler, nvml)
+        meter = (
+            NvmlEnergyMeter(nvml, nvml_idx, labels, clock=d.clock)
+            if nvml is not None and kind != "null"
+            else None
+        )
+        sampler = make_sampler(
+            kind if cfg.energy.timeseries else "null",
+            nvml=nvml,
+            gpus=nvml_idx,
+            labels=labels,
+            rate_hz=cfg.energy.sample_rate_hz,
+            clock=d.clock,
+        )
+        env_snap = snapshot(
+            nvml=nvml,
+            gpus=list(zip(labels, nvml_idx, strict=True)),
+            harness_version=_harness_version(),
+            backend=cfg.backend,
+            backend_version=info.backend_version,
+            image=env.image,
+            image_digest=env.image_digest,
+            image_labels=env.image_labels,
+            cuda_runtime_version=_cuda_runtime(),
+        )
+        sync = getattr(backend, "sync", None)
+        sampler.start()
+
+        # ------------------------------------------------------------------ baseline
+        phase = "baseline"
+        baseline: dict[str, Any] | None = None
+        if cfg.baseline.enabled and meter is not None:
+            t0 = d.clock()
+            uuids = [nvml.uuid(i) for i in nvml_idx] if nvml is not None else []
+            cache = (
+                BaselineCache(env.baseline_cache, cfg.baseline.cache_ttl_s, clock=d.epoch)
+                if env.baseline_cache
+                else None
+            )
+            key = BaselineCache.key(uuids, STATE_MODEL_LOADED)
+            cached = cache.get(key) if cache is not None else None
+            if cached is not None:
+                baseline = {**cached, "source": "cache"}
+            else:
+                sampler.phase = "baseline"
+                baseline = measure_idle_power(
+                    meter, cfg.baseline.duration_s, sleep=d.sleep, sync=sync
+                )
+                if cache is not None:
+                    cache.put(key, baseline)
+            timings["baseline_s"] = d.clock() - t0
+
+        # ------------------------------------------------------------------ warmup
+        phase = "warmup"
+        sampler.phase = "warmup"
+        unit = requests[: max(1, backend.warmup_unit)]
+        warm = run_warmup(cfg.warmup, lambda: backend.run(unit), clock=d.clock)
+        timings["warmup_s"] = warm["duration_s"]
+
+        # ------------------------------------------------------------------ measure
+        phase = "measure"
+        sampler.phase = "measure"
+        extra_src = open_extra(kind, labels) if kind in ("zeus", "codecarbon") else None
+        extra_result: dict[str, Any] | None = None
+        window: WindowResult | None = None
+        if meter is not None:
+            meter.begin_window("measure", sync)
+        if extra_src is not None:
+            extra_src.begin("measure")
+        t_m0 = d.clock()
+        records = backend.run(requests)
+        t_m1 = d.clock()
+        if extra_src is not None:
+            try:
+                extra_result = extra_src.end("measure")
+            except Exception as exc:  # a second opinion must not sink the run
+                logger.warning("%s window failed: %s", kind, exc)
+        if meter is not None:
+            window = meter.end_window("measure", sync)
+            t_m0, t_m1 = window.start_s, window.end_s
+        sampler.phase = "done"
+        sampler.stop()
+        timings["measure_s"] = t_m1 - t_m0
+        if len(records) != len(requests):
+            raise MeasurementError(
+                f"backend returned {len(records)} records for {len(requests)} requests"
+            )
+        pids = (
+            {lab: nvml.compute_pids(i) for lab, i in zip(labels, nvml_idx, strict=True)}
+            if nvml
+            else {}
+        )
+        peak = backend.peak_memory_bytes()
+
+        result = _assemble(
+            env=env,
+            cfg=cfg,
+            info=info,
+            kind=kind,
+            sampler=sampler,
+            window=window,
+            duration_s=t_m1 - t_m0,
+            t_m0=t_m0,
+            t_m1=t_m1,
+            records=records,
+            baseline=baseline,
+            warm=warm,
+            env_snap=env_snap,
+            labels=labels,
+            pids=pids,
+            peak=peak,
+            extra_result=extra_result,
+            timings=timings,
+            started_epoch=started_epoch,
+            ended_epoch=d.epoch(),
+            total_s=d.clock() - t_begin,
+        )
+
+        # ------------------------------------------------------------------ write
+        phase = "write"
+        artifacts: dict[str, str] = {}
+        if sampler.rows():
+            write_parquet_atomic(out_dir / TIMESERIES_FILE, sampler.columns())
+            artifacts["timeseries"] = TIMESERIES_FILE
+        write_parquet_atomic(out_dir / REQUESTS_FILE, metrics.request_columns(records))
+        artifacts["requests"] = REQUESTS_FILE
+        result = result.model_copy(update={"artifacts": artifacts})
+        result.write(out_dir / RESULT_FILE)
+        chown_outputs(out_dir, env.host_uid, env.host_gid)
+        return result
+    except PhaseError:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit) and not isinstance(
+            exc, HarnessTerminated
+        ):
+            raise
+        if isinstance(exc, ConfigError) and phase == "load":
+            raise PhaseError("config", exc) from exc
+        raise PhaseError(phase, exc) from exc
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        if backend is not None:
+            try:
+                backend.close()
+            except Exception:  # closing must not hide the real error
+                logger.exception("backend close failed")
+        if nvml is not None:
+            nvml.shutdown()
+
+
+class HarnessTerminated(Exception):
+    """SIGTERM arrived (the orchestrator timed the run out or the user stopped it)."""
+
+
+def _assemble(
+    *,
+    env: HarnessEnv,
+    cfg: ExperimentConfig,
+    info: Any,
+    kind: str,
+    sampler: Any,
+    window: WindowResult | None,
+    duration_s: float,
+    t_m0: float,
+    t_m1: float,
+    records: list[Any],
+    baseline: dict[str, Any] | None,
+    warm: dict[str, Any],
+    env_snap: dict[str, Any],
+    labels: list[int],
+    pids: dict[int, list[int] | None],
+    peak: dict[int, int] | None,
+    extra_result: dict[str, Any] | None,
+    timings: dict[str, float | None],
+    started_epoch: float,
+    ended_epoch: float,
+    total_s: float,
+) -> ExperimentResult:
+    gross = window.gpu_energy_j if window is not None else None
+    # Integrated power over the same window, per GPU, as a cross-check of the counter.
+    integrated: float | None = None
+    measure_rows = [r for r in sampler.rows() if r["phase"] == "measure"]
+    if measure_rows:
+        parts = [
+            integrate_power(sampler.power_series(lab, t_m0, t_m1), t_m0, t_m1) for lab in labels
+        ]
+        if all(p is not None for p in parts):
+            integrated = float(sum(p for p in parts if p is not None))
+    diff_pct = (integrated - gross) / gross * 100.0 if integrated is not None and gross else None
+    idle_j = net = None
+    if baseline is not None and gross is not None:
+        idle_j = baseline["total_power_w"] * duration_s
+        net = gross - idle_j
+    powers = [r["power_w"] for r in measure_rows if r["power_w"] is not None]
+    if kind == "null":
+        logger.warning("energy not measured (no NVML/GPU): energy fields are None")
+    energy = {
+        "sampler": kind,
+        "gpu_energy_j_per_gpu": (
+            {str(k): v for k, v in window.energy_j_per_gpu.items()} if window else {}
+        ),
+        "gpu_energy_j": gross,
+        "idle_energy_j": idle_j,
+        "net_gpu_energy_j": net,
+        "integrated_power_energy_j": integrated,
+        "counter_vs_integrated_diff_pct": diff_pct,
+        "zeus_gpu_energy_j": (extra_result or {}).get("gpu_energy_j") if kind == "zeus" else None,
+        "codecarbon_energy_j": (
+            (extra_result or {}).get("gpu_energy_j") if kind == "codecarbon" else None
+        ),
+        "avg_power_w": gross / duration_s if gross is not None and duration_s > 0 else None,
+        "peak_power_w": max(powers) if powers else None,
+        "n_samples": len(measure_rows),
+        "sample_rate_hz": getattr(sampler, "rate_hz", None),
+    }
+    tp = metrics.throughput(records, duration_s)
+    from llenergymeasure.architecture import ArchitectureSpec, resolve_architecture
+
+    try:
+        arch = resolve_architecture(cfg.model)
+    except ConfigError:
+        arch = None
+    if arch is None and isinstance(info.extra.get("hf_config"), dict):
+        arch = ArchitectureSpec(name=cfg.model, source="loaded", hf_config=info.extra["hf_config"])
+    compute = {
+        **metrics.flops(arch, records),
+        "parameter_count": info.parameter_count,
+        "peak_memory_bytes_per_gpu": {str(k): v for k, v in (peak or {}).items()},
+    }
+    steady = None
+    if cfg.backend != "pytorch":
+        steady = _steady_state(
+            cfg,
+            records=records,
+            sampler=sampler,
+            labels=labels,
+            gross=gross,
+            integrated=integrated,
+        )
+    flags = quality_flags(
+        energy_measured=gross is not None,
+        duration_s=duration_s,
+        samples=measure_rows,
+        violation_ns=window.violation_ns_per_gpu if window else None,
+        persistence={g["index"]: g.get("persistence_mode") for g in env_snap["gpus"]},
+        pids=pids,
+        in_container=bool(env_snap.get("in_container")),
+        mismatch_pct=diff_pct,
+        warmup_converged=warm.get("converged"),
+        baseline_source=(baseline or {}).get("source"),
+    )
+    load_extra = {k: v for k, v in info.extra.items() if k != "hf_config"}
+    return ExperimentResult(
+        run_id=env.run_id,
+        config_hash=cfg.config_hash,
+        cycle=env.cycle,
+        study_id=env.study_id,
+        config=cfg,
+        timings={
+            "started_at": _utc(started_epoch),
+            "ended_at": _utc(ended_epoch),
+            "engine_build_s": info.engine_build_s,
+            "total_s": total_s,
+            **timings,
+        },
+        warmup=warm,
+        baseline=baseline,
+        energy=energy,
+        throughput=tp,
+        efficiency=metrics.efficiency(gross, net, tp),
+        latency=metrics.latency(records),
+        compute=compute,
+        steady_state=steady,
+        quality_flags=flags,
+        environment=env_snap,
+        extra={
+            "load": load_extra,
+            "dtype": info.dtype,
+            "devices": list(info.devices),
+            "engine_cache_hit": info.engine_cache_hit,
+            "sampler_errors": getattr(sampler, "errors", 0),
+            "extra_energy": extra_result,
+            "violation_ns_per_gpu": (
+                {str(k): v for k, v in window.violation_ns_per_gpu.items()} if window else {}
+            ),
+            "baseline_order": "after load, before warmup",
+            "energy_source": "nvml_total_energy_counter" if gross is not None else None,
+        },
+    )
+
+
+def _steady_state(
+    cfg: ExperimentConfig,
+    *,
+    records: list[Any],
+    sampler: Any,
+    labels: list[int],
+    gross: float | None,
+    integrated: float | None,
+) -> dict[str, Any] | None:
+    """Steady-state window of a continuous-batching run, energy from scaled integrated power."""
+    from llenergymeasure_harness.backends.steady_state import steady_state_window
+
+    w = steady_state_window(records, cfg.concurrency)
+    if w.start_s is None or w.end_s is None:
+        return None
+    duration = w.end_s - w.start_s
+    energy = None
+    parts = [
+        integrate_power(sampler.power_series(lab, w.start_s, w.end_s), w.start_s, w.end_s)
+        for lab in labels
+    ]
+    if labels and all(p is not None for p in parts):
+        energy = float(sum(p for p in parts if p is not None))
+        # The counter is exact over the whole window; scale the sampled power onto it.
+        if gross and integrated:
+            energy *= gross / integrated
+    out_tok = w.output_tokens
+    return {
+        "start_s": w.start_s,
+        "end_s": w.end_s,
+        "duration_s": duration,
+        "valid": w.valid,
+        "reason": w.reason,
+        "output_tokens": out_tok,
+        "gpu_energy_j": energy,
+        "j_per_output_token": energy / out_tok if energy is not None and out_tok else None,
+        "output_tokens_per_s": out_tok / duration if out_tok and duration > 0 else None,
+    }

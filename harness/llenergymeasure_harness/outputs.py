@@ -1,0 +1,60 @@
+"""Writing the results directory atomically, and handing the files to the host user.
+
+Every file is written to a temp file in the same directory and renamed into place, so the
+orchestrator never sees a half-written file. ``result.json`` is written last: its presence
+means the run succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def write_parquet_atomic(path: Path, columns: dict[str, list[Any]]) -> None:
+    """Write a column dict as a parquet file via temp file + rename."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(columns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def chown_outputs(results_dir: Path, uid: int | None, gid: int | None) -> None:
+    """chown the results directory and its files to the host user, when running as root.
+
+    Containers run as root; without this the host user could not delete their own results.
+    """
+    if uid is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    g = gid if gid is not None else uid
+    for p in [results_dir, *results_dir.iterdir()]:
+        try:
+            os.chown(p, uid, g)
+        except OSError as exc:
+            logger.warning("could not chown %s: %s", p, exc)
+
+
+def check_writable(results_dir: Path) -> None:
+    """Create the directory if needed and prove a file can be written there.
+
+    Raises:
+        OSError: the directory cannot be created or written.
+    """
+    results_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".llem-write-check.", dir=results_dir)
+    os.close(fd)
+    os.unlink(tmp)
