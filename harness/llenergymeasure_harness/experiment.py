@@ -156,7 +156,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         )
         env_snap = snapshot(
             nvml=nvml,
-            gpus=list(zip(labels, nvml_idx, strict=True)),
+            gpus=list(zip(labels, nvml_idx, strict=True)) if nvml is not None else [],
             harness_version=_harness_version(),
             backend=cfg.backend,
             backend_version=info.backend_version,
