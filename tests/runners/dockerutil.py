@@ -1,44 +1,6 @@
-"""Helpers for tests that need a real Docker engine and a small Python image."""
+"""A stand-in harness for runner tests that need a real process or container."""
 
 from __future__ import annotations
-
-import os
-from typing import Any
-
-import pytest
-
-# The images helper builds llem-testbase:bookworm; a developer's own debootstrap import works too.
-BASE_IMAGE_CANDIDATES = ("llem-testbase:bookworm", "llem-dev-base:bookworm")
-
-
-def docker_client_or_skip() -> Any:
-    """A reachable docker client, or skip the test with the reason."""
-    try:
-        import docker
-
-        client = docker.from_env(timeout=30)
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"no reachable Docker engine: {exc}")
-    return client
-
-
-def base_image_or_skip(client: Any) -> str:
-    """A local image with python3 in it (LLEM_TEST_BASE_IMAGE overrides), or skip."""
-    from docker.errors import ImageNotFound
-
-    wanted = os.environ.get("LLEM_TEST_BASE_IMAGE")
-    for name in (wanted,) if wanted else BASE_IMAGE_CANDIDATES:
-        try:
-            client.images.get(name)
-        except ImageNotFound:
-            continue
-        return name
-    pytest.skip(
-        f"no local base image with python3 ({', '.join(BASE_IMAGE_CANDIDATES)}); "
-        "build it with scripts/ (images helper) or set LLEM_TEST_BASE_IMAGE"
-    )
-
 
 # A stand-in harness for fault tests: behaves as told by LLEM_FAKE_MODE, writes files the way
 # the real harness does. It runs in any image with python3 (no llenergymeasure inside).

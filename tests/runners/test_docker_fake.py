@@ -10,7 +10,7 @@ import pytest
 
 from llenergymeasure.errors import RunnerError
 from llenergymeasure.runners.docker import DockerRunner, connect
-from llenergymeasure.runners.spec import DockerSettings, RunRequest
+from llenergymeasure.runners.spec import ContainerSettings, RunRequest
 from llenergymeasure.testing.fake_docker import (
     FakeDockerClient,
     FakeHarness,
@@ -23,7 +23,7 @@ IMAGE = "llem/pytorch:test"
 
 def runner(harness: FakeHarness, **settings: object) -> tuple[DockerRunner, FakeDockerClient]:
     client = FakeDockerClient(images={IMAGE}, harness=harness)
-    return DockerRunner(DockerSettings(**settings), client=client, poll_s=0.01), client  # type: ignore[arg-type]
+    return DockerRunner(ContainerSettings(**settings), client=client, poll_s=0.01), client  # type: ignore[arg-type]
 
 
 def test_completed_run_is_collected_and_removed(make_request: Callable[..., RunRequest]) -> None:

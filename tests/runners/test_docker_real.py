@@ -4,31 +4,30 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.runners.dockerutil import FAKE_COMMAND, base_image_or_skip, docker_client_or_skip
+from tests.runners.dockerutil import FAKE_COMMAND
 
 from llenergymeasure.errors import RunnerError
+from llenergymeasure.images import TEST_BASE_IMAGE
 from llenergymeasure.runners.docker import DockerRunner, connect
-from llenergymeasure.runners.spec import DockerSettings, RunRequest, build_local_spec
+from llenergymeasure.runners.spec import ContainerSettings, RunRequest, build_local_spec
 from llenergymeasure.testing.fake_docker import make_fake_result
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    c = docker_client_or_skip()
-    yield c
-    c.close()
+def client(docker_client: Any) -> Any:
+    return docker_client
 
 
 @pytest.fixture(scope="module")
-def image(client: Any) -> str:
-    return base_image_or_skip(client)
+def image(local_image: Callable[[str], str]) -> str:
+    return local_image(os.environ.get("LLEM_TEST_BASE_IMAGE") or TEST_BASE_IMAGE)
 
 
 def fake_result_json(req: RunRequest) -> str:
@@ -44,7 +43,7 @@ def run(
 ) -> Any:
     extra = {"LLEM_FAKE_MODE": mode, "LLEM_FAKE_RESULT": fake_result_json(req)}
     extra.update(settings.pop("extra_env", {}))
-    s = DockerSettings(
+    s = ContainerSettings(
         network_mode="none",
         request_gpus=False,
         command=FAKE_COMMAND,

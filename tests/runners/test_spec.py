@@ -13,7 +13,7 @@ from llenergymeasure.contract import HarnessEnv
 from llenergymeasure.runners.docker import to_create_kwargs
 from llenergymeasure.runners.spec import (
     CONTAINER_RESULTS_DIR,
-    DockerSettings,
+    ContainerSettings,
     RunRequest,
     build_container_spec,
     build_local_spec,
@@ -26,7 +26,7 @@ def test_spec_carries_env_contract_labels_and_results_mount(
 ) -> None:
     """The harness env round-trips through HarnessEnv and the results dir is mounted rw."""
     req = make_request()
-    spec = build_container_spec(req, DockerSettings(), owner_pid=42, owner_host="h")
+    spec = build_container_spec(req, ContainerSettings(), owner_pid=42, owner_host="h")
     henv = HarnessEnv.from_env(spec.env)
     assert henv.run_id == req.run_id
     assert henv.results_dir == CONTAINER_RESULTS_DIR
@@ -48,7 +48,7 @@ def test_spec_carries_env_contract_labels_and_results_mount(
 def test_gpus_requested_by_index_never_count(make_request: Callable[..., RunRequest]) -> None:
     """GPUs become a DeviceRequest with device_ids, never the silent count=0."""
     req = make_request(tiny_config(gpus=[2, 3]))
-    kwargs = to_create_kwargs(build_container_spec(req, DockerSettings()))
+    kwargs = to_create_kwargs(build_container_spec(req, ContainerSettings()))
     (dr,) = kwargs["device_requests"]
     assert dr["DeviceIDs"] == ["2", "3"]
     assert dr["Count"] in (None, 0) and "Count" not in {k for k, v in dr.items() if v}
@@ -57,20 +57,20 @@ def test_gpus_requested_by_index_never_count(make_request: Callable[..., RunRequ
 
 def test_cpu_only_setting_requests_no_gpu(make_request: Callable[..., RunRequest]) -> None:
     """request_gpus=False (explicit CPU-only host) creates no device request at all."""
-    spec = build_container_spec(make_request(), DockerSettings(request_gpus=False))
+    spec = build_container_spec(make_request(), ContainerSettings(request_gpus=False))
     assert spec.gpu_ids == ()
     assert "device_requests" not in to_create_kwargs(spec)
 
 
 def test_backend_defaults_for_ipc_and_ulimits(make_request: Callable[..., RunRequest]) -> None:
     """vLLM/TensorRT get the host IPC namespace (no shm size); TensorRT gets its ulimits."""
-    trt = build_container_spec(make_request(tiny_config(backend="tensorrt")), DockerSettings())
+    trt = build_container_spec(make_request(tiny_config(backend="tensorrt")), ContainerSettings())
     assert trt.ipc_mode == "host" and trt.shm_size is None
     assert trt.ulimits == {"memlock": -1, "stack": 67108864}
-    pt = build_container_spec(make_request(), DockerSettings(shm_size="2g"))
+    pt = build_container_spec(make_request(), ContainerSettings(shm_size="2g"))
     assert pt.ipc_mode is None and pt.shm_size == "2g" and pt.ulimits == {}
     custom = build_container_spec(
-        make_request(tiny_config(backend="tensorrt")), DockerSettings(ulimits={})
+        make_request(tiny_config(backend="tensorrt")), ContainerSettings(ulimits={})
     )
     assert custom.ulimits == {}
 
@@ -83,7 +83,7 @@ def test_host_paths_are_mounted_read_only(make_request: Callable[..., RunRequest
         tokenizer="/data/models/llama",
         dataset={"source": "jsonl", "path": "prompts.jsonl"},
     )
-    spec = build_container_spec(make_request(cfg), DockerSettings(), base_dir="/home/u/study")
+    spec = build_container_spec(make_request(cfg), ContainerSettings(), base_dir="/home/u/study")
     by_src = {m.source: m for m in spec.mounts}
     assert by_src["/data/models/llama"].read_only
     assert by_src["/data/models/llama"].target == "/data/models/llama"
@@ -104,7 +104,7 @@ def test_paths_under_system_dirs_are_rewritten() -> None:
 
 def test_caches_are_mounted(make_request: Callable[..., RunRequest]) -> None:
     """The HF cache is mounted for every backend; the engine cache only for TensorRT."""
-    settings = DockerSettings(hf_cache_dir="/h/hf", engine_cache_dir="/h/trt")
+    settings = ContainerSettings(hf_cache_dir="/h/hf", engine_cache_dir="/h/trt")
     pt = build_container_spec(make_request(), settings)
     assert {m.target for m in pt.mounts} >= {"/llem/cache/hf"}
     assert "/llem/cache/engines" not in {m.target for m in pt.mounts}
@@ -117,7 +117,7 @@ def test_caches_are_mounted(make_request: Callable[..., RunRequest]) -> None:
 def test_spec_needs_an_image(make_request: Callable[..., RunRequest]) -> None:
     """A Docker spec without a resolved image is a programming error."""
     with pytest.raises(ValueError, match="no image"):
-        build_container_spec(make_request(image=None), DockerSettings())
+        build_container_spec(make_request(image=None), ContainerSettings())
 
 
 def test_local_spec_uses_host_paths(

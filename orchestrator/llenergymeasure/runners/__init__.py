@@ -5,8 +5,8 @@ from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunSta
 from llenergymeasure.runners.docker import DockerRunner
 from llenergymeasure.runners.local import LocalRunner
 from llenergymeasure.runners.spec import (
+    ContainerSettings,
     ContainerSpec,
-    DockerSettings,
     LocalSpec,
     Mount,
     RunRequest,
@@ -15,9 +15,9 @@ from llenergymeasure.runners.spec import (
 )
 
 __all__ = [
+    "ContainerSettings",
     "ContainerSpec",
     "DockerRunner",
-    "DockerSettings",
     "FailureKind",
     "LocalRunner",
     "LocalSpec",

@@ -34,8 +34,8 @@ from llenergymeasure.runners.spec import (
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
     LABEL_STUDY,
+    ContainerSettings,
     ContainerSpec,
-    DockerSettings,
     RunRequest,
     build_container_spec,
 )
@@ -98,7 +98,12 @@ def to_create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     if spec.ipc_mode is not None:
         kwargs["ipc_mode"] = spec.ipc_mode
     if spec.ulimits:
-        kwargs["ulimits"] = [Ulimit(name=k, soft=v, hard=v) for k, v in spec.ulimits.items()]
+        kwargs["ulimits"] = [
+            Ulimit(name=k, soft=v[0], hard=v[1])
+            if isinstance(v, tuple)
+            else Ulimit(name=k, soft=v, hard=v)
+            for k, v in spec.ulimits.items()
+        ]
     if spec.user is not None:
         kwargs["user"] = spec.user
     if spec.mem_limit is not None:
@@ -130,13 +135,13 @@ class DockerRunner:
 
     def __init__(
         self,
-        settings: DockerSettings | None = None,
+        settings: ContainerSettings | None = None,
         *,
         client: Any = None,
         client_factory: Callable[[], Any] | None = None,
         poll_s: float = 0.2,
     ) -> None:
-        self.settings = settings or DockerSettings()
+        self.settings = settings or ContainerSettings()
         self._client = client
         self._factory = client_factory
         self._poll_s = poll_s
@@ -354,7 +359,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _prepare_host_dirs(request: RunRequest, settings: DockerSettings) -> None:
+def _prepare_host_dirs(request: RunRequest, settings: ContainerSettings) -> None:
     """Create the writable host dirs (Docker would create missing ones as root).
 
     When the orchestrator runs as root (``sudo llem``) but the container runs as another
@@ -368,7 +373,12 @@ def _prepare_host_dirs(request: RunRequest, settings: DockerSettings) -> None:
     if request.study_cache_dir is not None:
         writable.append(request.study_cache_dir)
     uid = request.host_uid
-    if os.geteuid() == 0 and uid not in (None, 0) and settings.user is None:
+    if (
+        os.geteuid() == 0
+        and uid not in (None, 0)
+        and settings.user is None
+        and (settings.run_as_host_user)
+    ):
         gid = request.host_gid if request.host_gid is not None else -1
         for d in writable:
             with contextlib.suppress(OSError):

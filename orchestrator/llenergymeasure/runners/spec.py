@@ -2,7 +2,7 @@
 
 :class:`ContainerSpec` is the pure description of one experiment's container: image, command,
 environment, bind mounts, GPUs, IPC/shared memory, ulimits, user, labels and limits. It is built
-by :func:`build_container_spec` from a :class:`RunRequest` and :class:`DockerSettings`, and only
+by :func:`build_container_spec` from a :class:`RunRequest` and :class:`ContainerSettings`, and only
 the Docker runner turns it into docker-SDK calls. :class:`LocalSpec` is the same for a
 subprocess on the host (:func:`build_local_spec`).
 
@@ -69,7 +69,7 @@ _WRITABLE_CACHE_ENV = {
 # TensorRT-LLM docs both run with --ipc=host); PyTorch's DataLoader-free generate only needs
 # a shared-memory size larger than Docker's 64 MB default.
 _DEFAULT_IPC: dict[str, str | None] = {"pytorch": None, "vllm": "host", "tensorrt": "host"}
-_DEFAULT_ULIMITS: dict[str, dict[str, int]] = {
+_DEFAULT_ULIMITS: dict[str, dict[str, int | tuple[int, int]]] = {
     "pytorch": {},
     "vllm": {},
     # TensorRT-LLM's documented run: --ulimit memlock=-1 --ulimit stack=67108864
@@ -87,7 +87,7 @@ class Mount:
 
 
 @dataclass(frozen=True)
-class DockerSettings:
+class ContainerSettings:
     """Host-level knobs for containers; the study and user config fill these.
 
     ``ulimits`` and ``ipc_mode`` of ``None`` mean "the backend's default" (see module
@@ -98,11 +98,12 @@ class DockerSettings:
     network_mode: str = "host"
     shm_size: str | None = "8g"
     ipc_mode: str | None = None
-    ulimits: Mapping[str, int] | None = None
+    ulimits: Mapping[str, int | tuple[int, int]] | None = None  # value or (soft, hard)
     mem_limit: str | None = None
     hf_cache_dir: str | None = None
     engine_cache_dir: str | None = None
     user: str | None = None
+    run_as_host_user: bool = True
     init: bool = True
     extra_env: Mapping[str, str] = field(default_factory=dict)
     command: tuple[str, ...] | None = None  # None: the harness entry point
@@ -146,7 +147,7 @@ class ContainerSpec:
     gpu_ids: tuple[int, ...]  # empty: no GPU requested, on purpose (CPU experiment)
     shm_size: str | None
     ipc_mode: str | None
-    ulimits: Mapping[str, int]
+    ulimits: Mapping[str, int | tuple[int, int]]
     user: str | None
     labels: Mapping[str, str]
     network_mode: str
@@ -295,7 +296,7 @@ def container_name(request: RunRequest) -> str:
 
 def build_container_spec(
     request: RunRequest,
-    settings: DockerSettings,
+    settings: ContainerSettings,
     *,
     base_dir: str = "/",
     owner_pid: int | None = None,
@@ -362,7 +363,7 @@ def build_container_spec(
     # With the host IPC namespace /dev/shm is the host's; Docker rejects a size then.
     shm_size = None if ipc_mode == "host" else settings.shm_size
     user = settings.user
-    if user is None and request.host_uid is not None:
+    if user is None and settings.run_as_host_user and request.host_uid is not None:
         user = f"{request.host_uid}:{request.host_gid if request.host_gid is not None else 0}"
     return ContainerSpec(
         image=request.image,

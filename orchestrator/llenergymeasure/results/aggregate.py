@@ -1,0 +1,112 @@
+"""Flat tables from a :class:`~llenergymeasure.results.study.StudyResult`: CSV and Parquet.
+
+One row per planned run (completed or not), columns in a fixed order: identity, state and
+cause, experiment parameters (``param.<key>``), then the key figures with units in their names.
+Parquet keeps types (``None`` → null); CSV writes ``None`` as an empty cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from llenergymeasure.results.study import RunMetrics, StudyResult
+
+SUMMARY_CSV = "summary.csv"
+RESULTS_PARQUET = "results.parquet"
+
+_IDENTITY = [
+    "study_id",
+    "run_id",
+    "index",
+    "config_hash",
+    "cycle",
+    "state",
+    "attempts",
+    "failure_kind",
+    "message",
+    "exit_code",
+    "duration_s",
+    "backend",
+    "model",
+    "precision",
+    "image",
+    "run_dir",
+]
+_METRICS = [name for name in RunMetrics.model_fields if name != "quality_flags"]
+
+
+def summary_rows(study: StudyResult) -> list[dict[str, Any]]:
+    """One flat dict per run, all with the same keys in the same order."""
+    param_keys = sorted({k for r in study.runs for k in r.params})
+    rows = []
+    for run in study.runs:
+        row: dict[str, Any] = {"study_id": study.study_id}
+        data = run.model_dump()
+        for key in _IDENTITY[1:]:
+            row[key] = data.get(key)
+        for key in param_keys:
+            value = run.params.get(key)
+            row[f"param.{key}"] = (
+                value
+                if isinstance(value, (int, float, str, bool))
+                else (None if value is None else str(value))
+            )
+        metrics = run.metrics.model_dump() if run.metrics is not None else {}
+        for key in _METRICS:
+            row[key] = metrics.get(key)
+        row["quality_flags"] = ",".join(metrics.get("quality_flags") or [])
+        rows.append(row)
+    return rows
+
+
+def _atomic_path(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def write_csv(study: StudyResult, path: Path) -> Path:
+    """Write the summary table as CSV (atomically)."""
+    rows = summary_rows(study)
+    fd, tmp = _atomic_path(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fields = list(rows[0]) if rows else ["study_id", *_IDENTITY[1:], *_METRICS]
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_parquet(study: StudyResult, path: Path) -> Path:
+    """Write the summary table as Parquet (atomically)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = summary_rows(study)
+    table = pa.Table.from_pylist(rows) if rows else pa.table({})
+    fd, tmp = _atomic_path(path)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def export_study(study: StudyResult, study_dir: Path, *, csv_too: bool = True) -> list[Path]:
+    """Write ``results.parquet`` (always) and ``summary.csv`` (``csv_too``) into ``study_dir``."""
+    written = [write_parquet(study, study_dir / RESULTS_PARQUET)]
+    if csv_too:
+        written.append(write_csv(study, study_dir / SUMMARY_CSV))
+    return written

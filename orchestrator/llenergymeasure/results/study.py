@@ -1,0 +1,132 @@
+"""The study-level result: :class:`StudyResult`, one :class:`RunSummary` per planned run.
+
+Written at the end of a study as ``study_result.json`` next to the manifest; every run in the
+plan appears exactly once, completed or not, with its cause when it did not complete. Full
+per-run results stay in each run's ``result.json``; the summary carries the key figures and
+the path to it. Tables (CSV, Parquet) are made by :mod:`llenergymeasure.results.aggregate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llenergymeasure.results.schema import ExperimentResult, write_json_atomic
+
+STUDY_RESULT_FILE = "study_result.json"
+STUDY_RESULT_SCHEMA_VERSION = "1.0"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunMetrics(_Model):
+    """Key figures of a completed run (``None``: not measured)."""
+
+    output_tokens: int | None = None
+    measure_s: float | None = None
+    output_tokens_per_s: float | None = None
+    requests_per_s: float | None = None
+    gpu_energy_j: float | None = None
+    net_gpu_energy_j: float | None = None
+    avg_power_w: float | None = None
+    j_per_output_token: float | None = None
+    net_j_per_output_token: float | None = None
+    ttft_p50_s: float | None = None
+    tpot_p50_s: float | None = None
+    e2e_p50_s: float | None = None
+    energy_sampler: str | None = None
+    quality_flags: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def from_result(cls, result: ExperimentResult) -> RunMetrics:
+        """Pick the key figures out of a full result."""
+        lat = result.latency
+        return cls(
+            output_tokens=result.throughput.output_tokens,
+            measure_s=result.throughput.duration_s,
+            output_tokens_per_s=result.throughput.output_tokens_per_s,
+            requests_per_s=result.throughput.requests_per_s,
+            gpu_energy_j=result.energy.gpu_energy_j,
+            net_gpu_energy_j=result.energy.net_gpu_energy_j,
+            avg_power_w=result.energy.avg_power_w,
+            j_per_output_token=result.efficiency.j_per_output_token,
+            net_j_per_output_token=result.efficiency.net_j_per_output_token,
+            ttft_p50_s=lat.ttft_s.p50 if lat.ttft_s is not None else None,
+            tpot_p50_s=lat.tpot_s.p50 if lat.tpot_s is not None else None,
+            e2e_p50_s=lat.e2e_s.p50 if lat.e2e_s is not None else None,
+            energy_sampler=result.energy.sampler,
+            quality_flags=[f.code for f in result.quality_flags],
+        )
+
+
+class RunSummary(_Model):
+    """One planned run, whatever happened to it."""
+
+    index: int
+    run_id: str
+    config_hash: str
+    cycle: int
+    state: str  # pending | running | completed | failed | interrupted
+    attempts: int = 0
+    failure_kind: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    duration_s: float | None = None  # wall time of the last attempt (container included)
+    run_dir: str | None = None  # relative to the study directory
+    result_path: str | None = None  # relative to the study directory
+    backend: str | None = None
+    model: str | None = None
+    precision: str | None = None
+    image: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)  # the sweep values of this experiment
+    metrics: RunMetrics | None = None
+
+
+class StudyResult(_Model):
+    """The outcome of a whole study."""
+
+    schema_version: str = STUDY_RESULT_SCHEMA_VERSION
+    study_id: str
+    study_name: str
+    study_design_hash: str
+    llem_version: str
+    runner: str
+    state: str  # completed | failed | interrupted | aborted
+    message: str | None = None
+    study_dir: str
+    started_at: str
+    finished_at: str
+    wall_s: float  # this session's wall time, gaps and overhead included
+    experiments_s: float  # sum of this session's run durations
+    gaps_s: float  # thermal gaps actually waited in this session
+    n_runs: int
+    n_completed: int
+    n_failed: int
+    n_interrupted: int
+    n_pending: int
+    runs: list[RunSummary]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every run completed, else 1 (130 is raised as InterruptedStudy instead)."""
+        return 0 if self.n_completed == self.n_runs else 1
+
+    def __int__(self) -> int:
+        """The CLI exit status (``int(run_study(...))``)."""
+        return self.exit_code
+
+    def write(self, path: Path) -> None:
+        """Write atomically."""
+        write_json_atomic(path, self.model_dump_json(indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> StudyResult:
+        """Load ``study_result.json`` (or the study directory holding one)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / STUDY_RESULT_FILE
+        return cls.model_validate_json(p.read_text(encoding="utf-8"))

@@ -1,0 +1,450 @@
+"""Checks before the first experiment; every problem is collected and reported together.
+
+Docker runner::
+
+    daemon reachable ─► each image present (pull policy missing|always|never; never implicit)
+                    ─► per image with GPU runs: run the image's own ``nvidia-smi`` with the
+                       same device request (proves the NVIDIA runtime + those GPUs), and list
+                       processes already on them
+    host paths named in configs exist ─► free disk space under the results dir
+
+Local runner: each backend's engine importable (``importlib.util.find_spec``, nothing is
+imported), the harness importable, GPUs free via the host's ``nvidia-smi`` when it exists.
+
+Everything found wrong raises one :class:`~llenergymeasure.errors.PreflightError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from llenergymeasure.errors import PreflightError, RunnerError
+from llenergymeasure.runners.docker import GPU_CAPABILITIES, explain_api_error
+from llenergymeasure.runners.spec import LABEL_OWNER_PID, LABEL_STUDY
+
+logger = logging.getLogger(__name__)
+
+PullPolicy = Literal["missing", "always", "never"]
+
+#: Modules whose presence (not import) says a backend can run locally.
+BACKEND_MODULES: Mapping[str, tuple[str, ...]] = {
+    "pytorch": ("torch", "transformers"),
+    "vllm": ("vllm",),
+    "tensorrt": ("tensorrt_llm",),
+}
+HARNESS_MODULE = "llenergymeasure_harness"
+
+DEFAULT_MIN_FREE_BYTES = 2 * 1024**3
+
+_GPU_QUERY = "nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits"
+_APPS_QUERY = (
+    "nvidia-smi --query-compute-apps=gpu_uuid,pid,used_memory --format=csv,noheader,nounits"
+)
+PROBE_SCRIPT = f"{_GPU_QUERY} && echo -- && {_APPS_QUERY}"
+
+
+@dataclass(frozen=True)
+class GpuSeen:
+    """A GPU as nvidia-smi reported it."""
+
+    index: int
+    uuid: str
+    name: str
+    memory_total_mib: float | None = None
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A compute process nvidia-smi saw on a GPU."""
+
+    gpu_uuid: str
+    pid: int | None
+    used_memory_mib: float | None
+
+
+def parse_probe_output(text: str) -> tuple[list[GpuSeen], list[GpuProcess]]:
+    """Parse :data:`PROBE_SCRIPT` output (GPUs, ``--``, compute processes)."""
+    gpus_part, _, apps_part = text.partition("\n--")
+    gpus: list[GpuSeen] = []
+    for line in gpus_part.strip().splitlines():
+        cols = [c.strip() for c in line.split(",")]
+        if len(cols) >= 3 and cols[0].isdigit():
+            mem = _float(cols[3]) if len(cols) > 3 else None
+            gpus.append(GpuSeen(int(cols[0]), cols[1], cols[2], mem))
+    procs: list[GpuProcess] = []
+    for line in apps_part.strip().splitlines():
+        cols = [c.strip() for c in line.split(",")]
+        if len(cols) >= 2 and cols[0].startswith(("GPU-", "MIG-")):
+            pid = int(cols[1]) if cols[1].isdigit() else None
+            procs.append(GpuProcess(cols[0], pid, _float(cols[2]) if len(cols) > 2 else None))
+    return gpus, procs
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the run records about an image (``LLEM_IMAGE_DIGEST`` / ``_LABELS_JSON``)."""
+
+    name: str
+    id: str | None = None
+    digest: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreflightRequest:
+    """What the study needs from this host."""
+
+    runner: Literal["docker", "local"]
+    results_dir: Path
+    images: Mapping[str, frozenset[int]] = field(default_factory=dict)  # image -> GPU ids
+    backends: frozenset[str] = frozenset()
+    gpus: frozenset[int] = frozenset()  # local runner: all GPU ids named
+    input_paths: tuple[str, ...] = ()
+    pull_policy: PullPolicy = "missing"
+    request_gpus: bool = True
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
+    entrypoint: tuple[str, ...] | None = None
+
+
+@dataclass
+class PreflightReport:
+    """What preflight found (when it passed)."""
+
+    images: dict[str, ImageFacts] = field(default_factory=dict)
+    gpus: dict[str, list[GpuSeen]] = field(default_factory=dict)  # image (or "host") -> GPUs
+    pulled: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+Confirm = Callable[[str], bool]
+
+
+def run_preflight(
+    request: PreflightRequest,
+    *,
+    client: Any = None,
+    confirm: Confirm | None = None,
+    assume_yes: bool = False,
+    host_nvidia_smi: Callable[[], str | None] | None = None,
+    find_spec: Callable[[str], Any] = importlib.util.find_spec,
+) -> PreflightReport:
+    """Check the host for ``request``; raise ``PreflightError`` listing every problem.
+
+    Args:
+        request: What the study needs.
+        client: A connected docker client (Docker runner only).
+        confirm: Asks the user a yes/no question (``None``: not interactive).
+        assume_yes: Answer yes to questions (pull a missing image).
+        host_nvidia_smi: Returns the host's :data:`PROBE_SCRIPT` output, or ``None`` when
+            there is no ``nvidia-smi`` (local runner).
+        find_spec: Module lookup without import (tests replace it).
+    """
+    problems: list[str] = []
+    report = PreflightReport()
+    if request.runner == "docker":
+        if client is None:
+            problems.append("the Docker runner needs a reachable Docker daemon")
+        else:
+            _check_images(
+                request,
+                client,
+                confirm=confirm,
+                assume_yes=assume_yes,
+                report=report,
+                problems=problems,
+            )
+            if request.request_gpus:
+                for image, gpu_ids in request.images.items():
+                    if gpu_ids and image in report.images:
+                        _probe_gpus(
+                            image,
+                            gpu_ids,
+                            client=client,
+                            request=request,
+                            report=report,
+                            problems=problems,
+                        )
+    else:
+        _check_local(request, find_spec, host_nvidia_smi, report, problems)
+    for path in request.input_paths:
+        if not Path(path).expanduser().exists():
+            problems.append(f"input path {path} (named in the study) does not exist")
+    _check_disk(request, problems)
+    if problems:
+        raise PreflightError(problems)
+    return report
+
+
+def _image_facts(name: str, image: Any) -> ImageFacts:
+    attrs = getattr(image, "attrs", {}) or {}
+    digests = attrs.get("RepoDigests") or []
+    labels = ((attrs.get("Config") or {}).get("Labels")) or {}
+    return ImageFacts(
+        name=name,
+        id=attrs.get("Id"),
+        digest=digests[0] if digests else attrs.get("Id"),
+        labels={str(k): str(v) for k, v in labels.items()},
+    )
+
+
+def _how_to_get(image: str) -> str:
+    return (
+        f"build it with `llem images build` (see docs/images.md) or pull it with "
+        f"`docker pull {image}`, or set runner.images / --runner local"
+    )
+
+
+def _check_images(
+    request: PreflightRequest,
+    client: Any,
+    *,
+    confirm: Confirm | None,
+    assume_yes: bool,
+    report: PreflightReport,
+    problems: list[str],
+) -> None:
+    from docker.errors import APIError, DockerException, ImageNotFound
+
+    for image in sorted(request.images):
+        present: Any = None
+        try:
+            present = client.images.get(image)
+        except ImageNotFound:
+            present = None
+        except DockerException as exc:
+            problems.append(f"cannot inspect image {image}: {exc}")
+            continue
+        want_pull = request.pull_policy == "always" or (
+            present is None and request.pull_policy == "missing"
+        )
+        if present is None and request.pull_policy == "never":
+            problems.append(
+                f"image {image} is not present (pull_policy: never); {_how_to_get(image)}"
+            )
+            continue
+        if want_pull and present is None and not assume_yes:
+            question = f"Image {image} is not present locally. Pull it now?"
+            if confirm is None:
+                problems.append(
+                    f"image {image} is not present; {_how_to_get(image)} (or rerun with --yes "
+                    "to pull it)"
+                )
+                continue
+            if not confirm(question):
+                problems.append(f"image {image} is not present and pulling was declined")
+                continue
+        if want_pull:
+            try:
+                repo, _, tag = (
+                    image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+                )
+                present = client.images.pull(repo, tag=tag or None)
+                report.pulled.append(image)
+            except (APIError, DockerException) as exc:
+                if present is None:
+                    problems.append(f"pulling image {image} failed: {explain_api_error(exc)}")
+                    continue
+                report.notes.append(f"pull of {image} failed, using the local copy: {exc}")
+        report.images[image] = _image_facts(image, present)
+
+
+def _probe_gpus(
+    image: str,
+    gpu_ids: frozenset[int],
+    *,
+    client: Any,
+    request: PreflightRequest,
+    report: PreflightReport,
+    problems: list[str],
+) -> None:
+    """Run the image's nvidia-smi with the runs' device request (once per image)."""
+    from docker.errors import APIError, DockerException
+    from docker.types import DeviceRequest
+
+    ids = sorted(gpu_ids)
+    kwargs: dict[str, Any] = {
+        "command": ["sh", "-c", PROBE_SCRIPT],
+        "device_requests": [
+            DeviceRequest(device_ids=[str(i) for i in ids], capabilities=GPU_CAPABILITIES)
+        ],
+        "labels": {LABEL_STUDY: "preflight", LABEL_OWNER_PID: str(os.getpid())},
+        "network_mode": "none",
+        "detach": True,
+    }
+    if request.entrypoint is not None:
+        kwargs["entrypoint"] = list(request.entrypoint)
+    ct: Any = None
+    try:
+        ct = client.containers.create(image, **kwargs)
+        ct.start()
+        status = _wait(ct, 120.0)
+        output = ct.logs(stdout=True, stderr=True).decode("utf-8", errors="replace")
+    except APIError as exc:
+        problems.append(f"GPUs {ids} are not usable from image {image}: {explain_api_error(exc)}")
+        return
+    except (DockerException, RunnerError) as exc:
+        problems.append(f"GPU probe in image {image} failed: {exc}")
+        return
+    finally:
+        if ct is not None:
+            with contextlib.suppress(Exception):
+                ct.remove(force=True)
+    if status != 0:
+        tail = " | ".join(output.strip().splitlines()[-3:])
+        problems.append(f"nvidia-smi in image {image} exited {status} for GPUs {ids}: {tail}")
+        return
+    gpus, procs = parse_probe_output(output)
+    report.gpus[image] = gpus
+    if len(gpus) != len(ids):
+        problems.append(f"requested GPUs {ids} but nvidia-smi in {image} sees {len(gpus)}")
+    _busy(gpus, procs, ids, problems)
+
+
+def _wait(ct: Any, timeout_s: float) -> int:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["status"] = ct.wait()
+        except Exception as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        with contextlib.suppress(Exception):
+            ct.kill()
+        raise RunnerError(f"did not finish within {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return int(box["status"].get("StatusCode", -1))
+
+
+def _busy(
+    gpus: list[GpuSeen], procs: list[GpuProcess], ids: Iterable[int], problems: list[str]
+) -> None:
+    by_uuid = {g.uuid: g for g in gpus}
+    requested = list(ids)
+    for proc in procs:
+        gpu = by_uuid.get(proc.gpu_uuid)
+        if gpu is None:
+            continue
+        host_index = requested[gpu.index] if gpu.index < len(requested) else gpu.index
+        mem = f" using {proc.used_memory_mib:g} MiB" if proc.used_memory_mib else ""
+        problems.append(
+            f"GPU {host_index} ({gpu.name}, {gpu.uuid}) is busy: process {proc.pid}{mem}; "
+            "measurements would include its energy. Stop it or pick other GPUs"
+        )
+
+
+def host_nvidia_smi() -> str | None:
+    """The host's :data:`PROBE_SCRIPT` output, or ``None`` without ``nvidia-smi``."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        gpus = subprocess.run(
+            _GPU_QUERY.split(), capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+        apps = subprocess.run(
+            _APPS_QUERY.split(), capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"error: {exc}"
+    return f"{gpus}\n--\n{apps}"
+
+
+def _check_local(
+    request: PreflightRequest,
+    find_spec: Callable[[str], Any],
+    nvidia_smi: Callable[[], str | None] | None,
+    report: PreflightReport,
+    problems: list[str],
+) -> None:
+    def installed(module: str) -> bool:
+        try:
+            return find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    if not installed(HARNESS_MODULE):
+        problems.append(
+            f"the local runner needs the harness ({HARNESS_MODULE}) importable in this Python"
+        )
+    missing = {
+        b: [m for m in BACKEND_MODULES.get(b, ()) if not installed(m)]
+        for b in sorted(request.backends)
+    }
+    missing = {b: ms for b, ms in missing.items() if ms}
+    if missing:
+        names = ", ".join(f"{b} (no {', '.join(ms)})" for b, ms in missing.items())
+        mixed = (
+            " This study mixes backends; run it with --runner docker."
+            if len(request.backends) > 1
+            else ""
+        )
+        problems.append(
+            f"the local runner cannot run these backends, not installed here: {names}.{mixed}"
+        )
+    if not (request.request_gpus and request.gpus):
+        return
+    text = (nvidia_smi or host_nvidia_smi)()
+    if text is None:
+        report.notes.append("no nvidia-smi on this host; GPUs were not checked")
+        return
+    if text.startswith("error:"):
+        problems.append(f"nvidia-smi failed: {text[6:].strip()}")
+        return
+    gpus, procs = parse_probe_output(text)
+    report.gpus["host"] = gpus
+    known = {g.index for g in gpus}
+    absent = sorted(set(request.gpus) - known)
+    if absent:
+        problems.append(
+            f"GPUs {absent} do not exist on this host (nvidia-smi sees {sorted(known)})"
+        )
+    wanted = [g for g in gpus if g.index in request.gpus]
+    by_uuid = {g.uuid for g in wanted}
+    for proc in procs:
+        if proc.gpu_uuid in by_uuid:
+            gpu = next(g for g in wanted if g.uuid == proc.gpu_uuid)
+            mem = f" using {proc.used_memory_mib:g} MiB" if proc.used_memory_mib else ""
+            problems.append(
+                f"GPU {gpu.index} ({gpu.name}) is busy: process {proc.pid}{mem}; stop it or "
+                "pick other GPUs"
+            )
+
+
+def _check_disk(request: PreflightRequest, problems: list[str]) -> None:
+    probe = request.results_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError as exc:
+        problems.append(f"cannot check free space at {probe}: {exc}")
+        return
+    if free < request.min_free_bytes:
+        problems.append(
+            f"only {free / 1024**3:.1f} GiB free under {request.results_dir}; need at least "
+            f"{request.min_free_bytes / 1024**3:.1f} GiB"
+        )
+    if not os.access(probe, os.W_OK):
+        problems.append(f"results directory {request.results_dir} is not writable")
