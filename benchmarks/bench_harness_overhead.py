@@ -1,4 +1,4 @@
-"""Harness overhead on a GPU: what NVML sampling and per-step timestamps cost a launch-bound generate.
+"""Harness overhead on a GPU: what NVML sampling and per-step timestamps cost a generate loop.
 
 Two modes:
 
@@ -58,7 +58,7 @@ LLAMA_31_8B = {
 }
 
 
-# --------------------------------------------------------------------------- model + generate
+# --- model + generate
 
 
 def build_model(dtype_name: str = "bfloat16") -> Any:
@@ -110,7 +110,7 @@ def generate_once(model: Any, ids: Any, mask: Any, out_len: int, callback: Any =
     return time.perf_counter() - t0
 
 
-# --------------------------------------------------------------------------- probe: NVML call costs
+# --- probe: NVML call costs
 
 
 def _nvml_calls(pynvml: Any, h: Any) -> dict[str, Any]:
@@ -316,69 +316,117 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-# --------------------------------------------------------------------------- overhead: harness on/off
+# --- overhead: harness on/off
+
+
+def _thread_usage() -> tuple[float, int]:
+    """(CPU seconds, involuntary context switches) of the calling thread."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_THREAD)
+    return ru.ru_utime + ru.ru_stime, ru.ru_nivcsw
 
 
 def overhead(args: argparse.Namespace) -> dict[str, Any]:
-    """Full harness measurement on vs off, alternating windows (see module docstring)."""
+    """Full harness measurement on vs off, alternating windows (see module docstring).
+
+    Variants: ``off`` (plain generate), ``on`` (counter window edges + harness sampler at
+    ``--rate-hz`` + per-step CUDA-event timestamps), and for attribution ``sampler`` (sampler
+    thread only) and ``stamps`` (timestamps only). Order rotates every round.
+    """
+    import gc
+
     import torch
 
-    from llenergymeasure_harness.backends.pytorch import StepTimestamper
+    from llenergymeasure_harness.backends.pytorch import StepTimestamper, _criteria
     from llenergymeasure_harness.energy import NvmlEnergyMeter, make_sampler
     from llenergymeasure_harness.energy.nvml import RealNvml
 
     nvml = RealNvml()
     model = build_model()
     ids, mask = make_inputs(args.batch, args.input_len)
-    for _ in range(2):
+    for _ in range(3):
         generate_once(model, ids, mask, args.output_len)
-    gpus = [0]
-    meter = NvmlEnergyMeter(nvml, gpus)
-    on: list[float] = []
-    off: list[float] = []
-    energy: list[dict[str, Any]] = []
+    meter = NvmlEnergyMeter(nvml, [0])
+    variants = [v for v in args.variants.split(",") if v]
+    tok_s: dict[str, list[float]] = {v: [] for v in variants}
+    detail: list[dict[str, Any]] = []
+    n_tok = args.batch * args.output_len
     for r in range(args.rounds):
-        order = ("off", "on") if r % 2 == 0 else ("on", "off")
-        for mode in order:
-            if mode == "off":
-                dt = generate_once(model, ids, mask, args.output_len)
-                off.append(args.batch * args.output_len / dt)
-                continue
-            sampler = make_sampler("nvml", nvml=nvml, gpus=gpus, rate_hz=args.rate_hz)
-            stamper = StepTimestamper(args.batch)
-            sampler.start()
-            try:
-                with meter.window("bench") as win:
-                    dt = generate_once(model, ids, mask, args.output_len, callback=[stamper])
-            finally:
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
+        if r % 2:
+            order = order[::-1]
+        for v in order:
+            gc.collect()
+            sampler = None
+            stamper = None
+            if v in ("on", "sampler"):
+                sampler = make_sampler(
+                    "nvml", nvml=nvml, gpus=[0], labels=[0], rate_hz=args.rate_hz
+                )
+                sampler.start()
+            if v in ("on", "stamps"):
+                stamper = StepTimestamper(torch.device("cuda:0"))
+            cpu0, ivcs0 = _thread_usage()
+            win = None
+            if v == "on":
+                meter.begin_window("bench", torch.cuda.synchronize)
+            dt = generate_once(
+                model,
+                ids,
+                mask,
+                args.output_len,
+                callback=_criteria(stamper) if stamper is not None else None,
+            )
+            if v == "on":
+                win = meter.end_window("bench", torch.cuda.synchronize)
+            cpu1, ivcs1 = _thread_usage()
+            if stamper is not None:
+                stamper.finish()
+            if sampler is not None:
                 sampler.stop()
-            on.append(args.batch * args.output_len / dt)
-            energy.append(
+            tok_s[v].append(n_tok / dt)
+            detail.append(
                 {
-                    "energy_j": win.result.gpu_energy_j,
-                    "samples": len(sampler.rows()),
-                    "steps": len(stamper.step_times_s),
+                    "round": r,
+                    "variant": v,
+                    "tok_s": n_tok / dt,
+                    "wall_s": dt,
+                    "main_thread_cpu_s": cpu1 - cpu0,
+                    "involuntary_ctx_switches": ivcs1 - ivcs0,
+                    "energy_j": None if win is None else win.gpu_energy_j,
+                    "samples": None if sampler is None else len(sampler.rows()),
+                    "steps": None if stamper is None else len(stamper.step_times_s),
                 }
             )
-        print(f"round {r}: off={off[-1]:.1f} on={on[-1]:.1f} tok/s", flush=True)
-    torch.cuda.synchronize()
-    ratio = statistics.median(on) / statistics.median(off)
+        print(
+            f"round {r}: " + ", ".join(f"{v}={tok_s[v][-1]:.1f}" for v in variants),
+            flush=True,
+        )
+    med = {v: statistics.median(x) for v, x in tok_s.items()}
+    ratio = med["on"] / med["off"] if "on" in med and "off" in med else None
+    # Paired per-round ratios: robust to slow drift (clock/thermal) across the run.
+    paired = (
+        [a / b for a, b in zip(tok_s["on"], tok_s["off"], strict=True)] if ratio is not None else []
+    )
     report = {
         "device": nvml.device_name(0),
+        "driver": nvml.driver_version(),
         "batch": args.batch,
         "input_len": args.input_len,
         "output_len": args.output_len,
         "rate_hz": args.rate_hz,
         "rounds": args.rounds,
-        "on_tok_s": on,
-        "off_tok_s": off,
-        "median_on_tok_s": statistics.median(on),
-        "median_off_tok_s": statistics.median(off),
+        "tok_s": tok_s,
+        "median_tok_s": med,
+        "ratio_vs_off": {v: med[v] / med["off"] for v in med} if "off" in med else {},
         "ratio": ratio,
-        "windows": energy,
-        "pass": ratio >= 0.99,
+        "paired_ratio_median": statistics.median(paired) if paired else None,
+        "windows": detail,
+        "pass": ratio is not None and ratio >= 0.99,
     }
-    print(json.dumps(report, indent=1), flush=True)
+    print(json.dumps({k: v for k, v in report.items() if k != "windows"}, indent=1), flush=True)
+    nvml.shutdown()
     return report
 
 
@@ -390,6 +438,7 @@ def main() -> int:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--rate-hz", type=float, default=10.0)
+    p.add_argument("--variants", default="off,on,sampler,stamps")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     report = probe(args) if args.mode == "probe" else overhead(args)

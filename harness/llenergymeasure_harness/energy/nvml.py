@@ -103,7 +103,8 @@ def _field_number(fv: Any) -> float | None:
         2: lambda: v.ulVal,
         3: lambda: v.ullVal,
         4: lambda: v.sllVal,
-        5: lambda: getattr(v, "siVal", v.sllVal),
+        5: lambda: v.siVal,
+        6: lambda: v.usVal,
     }.get(vt, lambda: v.ullVal)()
 
 
