@@ -479,7 +479,8 @@ def _expand_study(
                 if not isinstance(entry, dict):
                     problems.append(f"experiments[{i}]: must be a mapping, got {entry!r}")
                     continue
-                bad = [k for k in entry if k in STUDY_KEYS]
+                # an entry's own name: is the experiment's label (ExperimentConfig.name)
+                bad = [k for k in entry if k in STUDY_KEYS and k != "name"]
                 for k in bad:
                     problems.append(
                         f"experiments[{i}].{k}: study key {k!r} belongs at the top level"
