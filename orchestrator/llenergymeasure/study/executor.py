@@ -414,7 +414,7 @@ def _find_study_dir(target: Path, plan: StudyPlan | None) -> Path:
     target = target.expanduser()
     if target.is_dir() and (target / MANIFEST_FILE).is_file():
         return target
-    if target.is_file():
+    if target.is_file() or plan is not None:
         wanted = plan or _plan_from_file(target)
         base = Path(wanted.study.results_dir).expanduser()
         candidates = []
