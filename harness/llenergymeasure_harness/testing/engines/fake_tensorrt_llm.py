@@ -746,7 +746,7 @@ class FakeTRTLLM:
 
         def module(name: str, **attrs: Any) -> types.ModuleType:
             mod = types.ModuleType(name, f"Fake {name} (TensorRT-LLM {TRTLLM_VERSION})")
-            mod.__path__ = []  # type: ignore[attr-defined]
+            mod.__path__ = []
             for key, value in attrs.items():
                 setattr(mod, key, value)
             mods[name] = mod

@@ -592,10 +592,10 @@ class LLM:
         seq = prompts if isinstance(prompts, list | tuple) else [prompts]
         if sampling_params is None:
             sampling_params = SamplingParams()
-        params_seq = (
+        params_seq: list[SamplingParams] = (
             list(sampling_params)
             if isinstance(sampling_params, list | tuple)
-            else [sampling_params] * len(seq)
+            else [sampling_params] * len(seq)  # type: ignore[list-item]
         )
         for prompt, params in zip(seq, params_seq, strict=True):
             params.output_kind = RequestOutputKind.FINAL_ONLY
@@ -641,18 +641,21 @@ class FakeVLLM:
         """The ``sys.modules`` entries that make ``import vllm`` resolve to this fake."""
         llm_cls = type("LLM", (LLM,), {"_controller": self, "__module__": "vllm.entrypoints.llm"})
         root = types.ModuleType("vllm", "Fake vLLM " + VLLM_VERSION)
-        root.__version__ = VLLM_VERSION  # type: ignore[attr-defined]
-        root.__path__ = []  # type: ignore[attr-defined]  # a package, so submodules import
-        root.LLM = llm_cls  # type: ignore[attr-defined]
-        root.SamplingParams = SamplingParams  # type: ignore[attr-defined]
-        root.TokensPrompt = TokensPrompt  # type: ignore[attr-defined]
-        root.RequestOutput = RequestOutput  # type: ignore[attr-defined]
-        root.CompletionOutput = CompletionOutput  # type: ignore[attr-defined]
+        root.__path__ = []  # a package, so submodules import
+        for key, value in {
+            "__version__": VLLM_VERSION,
+            "LLM": llm_cls,
+            "SamplingParams": SamplingParams,
+            "TokensPrompt": TokensPrompt,
+            "RequestOutput": RequestOutput,
+            "CompletionOutput": CompletionOutput,
+        }.items():
+            setattr(root, key, value)
         mods = {"vllm": root}
 
         def sub(name: str, **attrs: Any) -> types.ModuleType:
             module = types.ModuleType(name)
-            module.__path__ = []  # type: ignore[attr-defined]
+            module.__path__ = []
             for key, value in attrs.items():
                 setattr(module, key, value)
             mods[name] = module
@@ -681,7 +684,7 @@ class FakeVLLM:
         sub("vllm.v1.metrics")
         sub("vllm.v1.metrics.stats", RequestStateStats=RequestStateStats)
         version = sub("vllm.version", __version__=VLLM_VERSION, __commit__=VLLM_COMMIT)
-        root.version = version  # type: ignore[attr-defined]
+        setattr(root, "version", version)  # noqa: B010  # ModuleType has no declared attribute
         return mods
 
     @contextmanager
