@@ -123,7 +123,7 @@ def test_local_runner_busy_gpu(tmp_path: Path) -> None:
         gpus=frozenset({1}),
         min_free_bytes=0,
     )
-    with pytest.raises(PreflightError, match="GPU 1 .* busy"):
+    with pytest.raises(PreflightError, match=r"GPU 1 .* busy"):
         run_preflight(
             req,
             find_spec=lambda m: object(),
