@@ -357,6 +357,20 @@ class EngineCache:
 # --------------------------------------------------------------------------- backend
 
 
+def _hf_config_of(source: ModelSource, loaded_from: str) -> dict[str, Any] | None:
+    """The model's HF config: known architecture, or a local config.json / engine config."""
+    if source.architecture is not None:
+        return dict(source.architecture.hf_config)
+    path = Path(loaded_from) / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("pretrained_config"), dict):
+        return dict(data["pretrained_config"])  # an engine directory
+    return data if isinstance(data, dict) else None
+
+
 def _gpu_identity() -> str:
     """GPU model and compute capability of device 0 (engines are specific to both)."""
     try:
@@ -469,13 +483,19 @@ class TensorRTBackend:
             load_s = self._clock() - start
         self.llm_kwargs = jsonable(kwargs)
         extra["llm_args"] = self.llm_kwargs
+        hf_config = _hf_config_of(source, kwargs["model"])
+        extra["hf_config"] = jsonable(hf_config)
+        vocab = (hf_config or {}).get("vocab_size")
+        extra["vocab_size"] = vocab if isinstance(vocab, int) else None
         world = section.tensor_parallel_size * section.pipeline_parallel_size
         return LoadInfo(
             backend_version=version,
             parameter_count=source.parameter_count,
             dtype=config.precision,
             load_duration_s=load_s,
-            devices=list(range(world)),
+            # Ranks go to the first tp x pp visible devices; config.gpus holds the CUDA-visible
+            # indices the harness passes, as for the PyTorch backend.
+            devices=list(config.gpus[:world]),
             engine_build_s=build_s,
             engine_cache_hit=cache_hit,
             extra=extra,

@@ -159,6 +159,31 @@ def _dtype_name(value: Any) -> str | None:
     return text.removeprefix("torch.")
 
 
+def _model_facts(
+    model_config: Any, source: ModelSource
+) -> tuple[dict[str, Any] | None, int | None]:
+    """The loaded model's HF config dict and vocabulary size, when vLLM exposes them."""
+    hf_config: dict[str, Any] | None = None
+    vocab_size: int | None = None
+    try:
+        hf: Any = getattr(model_config, "hf_config", None)
+        if hasattr(hf, "to_dict"):
+            hf_config = dict(hf.to_dict())
+        elif isinstance(hf, dict):
+            hf_config = dict(hf)
+        get_vocab = getattr(model_config, "get_vocab_size", None)
+        if callable(get_vocab):
+            vocab_size = int(get_vocab())
+    except Exception:  # informational only
+        logger.debug("could not read the model config from vLLM", exc_info=True)
+    if hf_config is None and source.architecture is not None:
+        hf_config = dict(source.architecture.hf_config)
+    if vocab_size is None and hf_config is not None:
+        value = hf_config.get("vocab_size")
+        vocab_size = value if isinstance(value, int) else None
+    return jsonable(hf_config), vocab_size
+
+
 class VLLMBackend:
     """vLLM's offline engine as a :class:`~llenergymeasure_harness.backends.base.Backend`.
 
@@ -228,7 +253,10 @@ class VLLMBackend:
         model_config = getattr(self._llm, "model_config", None)
         dtype = _dtype_name(getattr(model_config, "dtype", None)) or self.engine_args["dtype"]
         world = section.tensor_parallel_size * section.pipeline_parallel_size
+        hf_config, vocab_size = _model_facts(model_config, source)
         extra: dict[str, Any] = {
+            "hf_config": hf_config,
+            "vocab_size": vocab_size,
             "engine_args": jsonable(self.engine_args),
             "vllm_version": vllm.__version__,
             "mirrored_vllm_version": MIRRORED_VLLM_VERSION,
@@ -241,7 +269,9 @@ class VLLMBackend:
             parameter_count=source.parameter_count,
             dtype=dtype,
             load_duration_s=load_s,
-            devices=list(range(world)),
+            # vLLM places its ranks on the first tp x pp visible devices; the harness passes the
+            # CUDA-visible indices in config.gpus, as for the PyTorch backend.
+            devices=list(config.gpus[:world]),
             extra=extra,
         )
 

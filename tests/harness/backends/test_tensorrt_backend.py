@@ -244,6 +244,8 @@ def test_first_load_builds_then_loads_engine_from_cache(
     assert info.backend_version == "1.2.1"
     assert info.extra["engine_cache_key"] == backend.cache_key
     assert fake.shutdowns == 1  # the build instance is shut down before measuring
+    assert info.extra["vocab_size"] == 2048
+    assert info.devices == [0]
 
 
 def test_pytorch_flow_builds_nothing(fake: FakeTRTLLM, backend: TensorRTBackend) -> None:

@@ -225,8 +225,16 @@ def test_load_passes_engine_args_to_vllm_llm(fake: FakeVLLM, backend: VLLMBacken
     assert info.devices == [0]
     assert info.engine_build_s is None
     assert info.extra["engine_args"]["max_num_seqs"] == 4
+    assert info.extra["vocab_size"] == 2048  # tiny-llama, from vLLM's model config
+    assert info.extra["hf_config"]["architectures"] == ["LlamaForCausalLM"]
     assert backend.steady_state_target == 4
     assert backend.warmup_unit == 4
+
+
+def test_devices_are_the_first_world_size_gpus(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """LoadInfo.devices lists the tp x pp GPUs the engine uses, from config.gpus."""
+    info = backend.load(_config(gpus=[0, 1, 2], vllm={"tensor_parallel_size": 2}))
+    assert info.devices == [0, 1]
 
 
 def test_run_counts_tokens_from_engine_outputs(fake: FakeVLLM, backend: VLLMBackend) -> None:

@@ -320,6 +320,9 @@ class _ModelConfig:
     hf_config: dict[str, Any]
     runner_type: str = "generate"
 
+    def get_vocab_size(self) -> int:
+        return int(self.hf_config.get("vocab_size", 32000))
+
 
 class LLMEngine:
     """``vllm.v1.engine.llm_engine.LLMEngine`` (the offline request/step surface)."""
