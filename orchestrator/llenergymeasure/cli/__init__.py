@@ -73,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print("[yellow]aborted[/yellow]")
         return 130
     except ClickException as exc:
+        if not exc.format_message():  # bare `llem`: the help was printed, nothing else to say
+            return 2
         err.print(f"[red]error:[/red] {_escape(exc.format_message())}", markup=True)
         ctx = getattr(exc, "ctx", None)
         if ctx is not None:
