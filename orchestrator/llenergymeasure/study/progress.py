@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -58,7 +59,7 @@ def key_figures(metrics: RunMetrics | None) -> str:
 def describe(exp: PlannedExperiment) -> str:
     """Backend, model and the parameters that distinguish this experiment."""
     params = " ".join(f"{k}={v}" for k, v in exp.params.items())
-    return f"{exp.config.backend} {exp.config.model}" + (f" [{params}]" if params else "")
+    return escape(f"{exp.config.backend} {exp.config.model}" + (f" [{params}]" if params else ""))
 
 
 class StudyProgress:
@@ -145,16 +146,16 @@ class StudyProgress:
         self._run_t0 = None
         self._phase = "between runs"
         if outcome.ok:
-            self._last = f"{rec.run_id}: {key_figures(metrics)}"
+            self._last = f"{rec.run_id}: {escape(key_figures(metrics))}"
             took = fmt_duration(outcome.duration_s)
-            line = f"  [green]completed[/] in {took} · {key_figures(metrics)}"
+            line = f"  [green]completed[/] in {took} · {escape(key_figures(metrics))}"
         else:
             self._failed += outcome.status == "failed"
             self._last = f"{rec.run_id}: {outcome.status} ({outcome.failure_kind})"
             color = "yellow" if outcome.status == "interrupted" else "red"
             line = (
                 f"  [{color}]{outcome.status}[/] ({outcome.failure_kind}) after "
-                f"{fmt_duration(outcome.duration_s)}: {outcome.message}"
+                f"{fmt_duration(outcome.duration_s)}: {escape(outcome.message or '')}"
             )
         if not self.quiet:
             if self.live_mode:
