@@ -2,23 +2,27 @@
 # Build the local test base image llem-testbase:bookworm without any registry.
 #
 #   Debian bookworm rootfs (mmdebstrap, else debootstrap --variant=minbase) with
-#   python3, python3-venv, ca-certificates  ->  `docker import`  ->  a venv at
+#   python3, python3-venv, ca-certificates, and the C++/OpenMP runtimes torch's
+#   wheel links against (libstdc++6, libgomp1)  ->  `docker import`  ->  a venv at
 #   /opt/venv on PATH (mimics vLLM's layout; keeps PEP 668 out of the way).
 #
-# Skips all work if the image exists (LLEM_REBUILD_BASE=1 forces). The rootfs
-# tarball is cached in .cache/ (gitignored) so a rebuild after `docker rmi`
-# costs seconds, not a minute.
+# Skips all work if the image exists with the same package list (a label records
+# it; LLEM_REBUILD_BASE=1 forces). The rootfs tarball is cached in .cache/
+# (gitignored, keyed by the package list), so a rebuild after `docker rmi` costs
+# seconds, not a minute.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 image="${LLEM_BASE_IMAGE:-llem-testbase:bookworm}"
 rootfs_image="llem-rootfs:bookworm"
 cache_dir="$here/.cache"
-tarball="$cache_dir/rootfs-bookworm.tar"
 mirror="${LLEM_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-packages="python3,python3-venv,ca-certificates"
+packages="python3,python3-venv,ca-certificates,libstdc++6,libgomp1"
+tarball="$cache_dir/rootfs-bookworm-$(printf '%s' "$packages" | sha256sum | cut -c1-12).tar"
+label="io.llenergymeasure.testbase.packages"
 
-if [ "${LLEM_REBUILD_BASE:-0}" != "1" ] && docker image inspect "$image" >/dev/null 2>&1; then
+if [ "${LLEM_REBUILD_BASE:-0}" != "1" ] \
+    && [ "$(docker image inspect --format "{{index .Config.Labels \"$label\"}}" "$image" 2>/dev/null)" = "$packages" ]; then
     echo "build-base: $image present, skipping"
     exit 0
 fi
@@ -66,5 +70,6 @@ printf '%s\n' \
     "FROM $rootfs_image" \
     'RUN python3 -m venv /opt/venv' \
     'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin VIRTUAL_ENV=/opt/venv' \
+    "LABEL $label=\"$packages\"" \
     | docker build --quiet --network=none -t "$image" - >/dev/null
 echo "build-base: $image ready in $((SECONDS - start))s"
