@@ -36,7 +36,7 @@ def _parse_build_args(values: list[str]) -> dict[str, str]:
 
 
 @images_app.command("build")
-def build_command(  # noqa: PLR0917 - typer maps each option to a parameter
+def build_command(
     backend: Annotated[
         list[str] | None,
         typer.Option(
