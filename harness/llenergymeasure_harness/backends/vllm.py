@@ -10,8 +10,8 @@ Why a streaming loop instead of ``LLM.generate``: ``generate`` forces
 stats carry only first/last token times on the engine core's clock. So the backend drives the
 same loop ``LLM._run_engine`` does, on the engine ``LLM`` built::
 
-    llm.llm_engine.add_request(id, TokensPrompt(prompt_token_ids=...), SamplingParams(
-        output_kind=DELTA, ...))                       x N     (submit_s = clock())
+    llm.llm_engine.add_request(id, llm._preprocess_cmpl_one(TokensPrompt(...)),
+                               SamplingParams(output_kind=DELTA, ...))  x N  (submit_s = clock())
     while llm.llm_engine.has_unfinished_requests():
         for out in llm.llm_engine.step():              # new tokens of every request that
             now = clock()                              # advanced in this engine step
@@ -297,6 +297,7 @@ class VLLMBackend:
         from vllm.sampling_params import RequestOutputKind
 
         engine = self._llm.llm_engine
+        render = self._prompt_renderer()
         self._runs += 1
         prefix = f"llem{self._runs}-"
         timelines: dict[str, RequestTimeline] = {}
@@ -310,7 +311,7 @@ class VLLMBackend:
                     **build_sampling_kwargs(config, request.max_new_tokens, request.request_id),
                     output_kind=RequestOutputKind.DELTA,
                 )
-                prompt = vllm.TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
+                prompt = render(vllm.TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)))
                 timelines[key] = RequestTimeline(
                     request_id=request.request_id,
                     input_tokens=len(request.prompt_token_ids),
@@ -379,6 +380,19 @@ class VLLMBackend:
             self._own_workdir = None
 
     # ----------------------------------------------------------------- helpers
+
+    def _prompt_renderer(self) -> Callable[[Any], Any]:
+        """How a TokensPrompt becomes what ``llm_engine.add_request`` takes.
+
+        vLLM 0.33 deprecates raw prompts in ``add_request`` ("will be removed in the future")
+        and renders them first, as ``LLM.generate`` does with ``LLM._preprocess_cmpl_one``
+        (token ids pass through unchanged as ``{"type": "token", ...}``). Older releases have
+        no renderer and take the raw prompt.
+        """
+        render = getattr(self._llm, "_preprocess_cmpl_one", None)
+        if callable(render):
+            return render  # type: ignore[no-any-return]
+        return lambda prompt: prompt
 
     @staticmethod
     def _abort(engine: Any, request_ids: list[str]) -> None:

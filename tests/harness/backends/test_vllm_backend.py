@@ -251,9 +251,10 @@ def test_run_counts_tokens_from_engine_outputs(fake: FakeVLLM, backend: VLLMBack
 def test_run_streams_delta_outputs_with_fixed_length_params(
     fake: FakeVLLM, backend: VLLMBackend
 ) -> None:
-    """Requests are added as TokensPrompt with DELTA output and min_tokens = max_tokens."""
+    """Requests are rendered token prompts with DELTA output and min_tokens = max_tokens."""
     backend.load(_config(vllm={"max_num_seqs": 4}))
     backend.run(_requests(3))
+    assert fake.prompt_forms == ["rendered"] * 3  # not vLLM 0.33's deprecated raw prompt
     request_id, token_ids, params = fake.added_requests[0]
     assert isinstance(request_id, str)
     assert token_ids == [3] * 8
@@ -289,6 +290,17 @@ def test_eos_stops_early_without_ignore_eos(fake: FakeVLLM, tmp_path: Path) -> N
     backend.close()
     assert [r.output_tokens for r in records] == [2, 2]
     assert {r.finish_reason for r in records} == {"stop"}
+
+
+def test_raw_prompt_when_llm_has_no_renderer(
+    fake: FakeVLLM, backend: VLLMBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Releases without LLM._preprocess_cmpl_one get the raw TokensPrompt."""
+    backend.load(_config(vllm={"max_num_seqs": 4}))
+    monkeypatch.setattr(type(fake.instances[0]), "_preprocess_cmpl_one", None)
+    records = backend.run(_requests(2))
+    assert fake.prompt_forms == ["raw", "raw"]
+    assert [r.output_tokens for r in records] == [5, 5]
 
 
 def test_speculative_bundles_share_a_timestamp(fake: FakeVLLM, backend: VLLMBackend) -> None:

@@ -6,6 +6,8 @@ It reproduces, at the boundary our backend uses, the real signatures and return 
   quantization=..., seed=0, gpu_memory_utilization=0.92, enforce_eager=..., compilation_config=...,
   **kwargs)`` where ``kwargs`` must be ``EngineArgs`` fields (unknown names raise ``TypeError``
   as the real dataclass does), and ``disable_log_stats`` defaults to True;
+* ``llm._preprocess_cmpl_one(prompt)`` rendering a ``TokensPrompt`` into an ``EngineInput``
+  (``{"type": "token", "prompt_token_ids": [...]}``), as ``LLM.generate`` does;
 * ``llm.llm_engine`` (``vllm.v1.engine.llm_engine.LLMEngine``): ``add_request(request_id, prompt,
   params, ...)`` returning the *internal* id (external id + ``-`` + 8 random characters),
   ``step() -> list[RequestOutput]``, ``has_unfinished_requests()``,
@@ -371,6 +373,9 @@ class LLMEngine:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params)}")
         if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            # A rendered EngineInput ({"type": "token", ...}) or a raw TokensPrompt; vLLM 0.33
+            # logs a one-time deprecation warning for the raw form.
+            self._controller.prompt_forms.append("rendered" if "type" in prompt else "raw")
             token_ids = list(prompt["prompt_token_ids"])
         elif isinstance(prompt, str):
             if self._skip_tokenizer:
@@ -576,6 +581,19 @@ class LLM:
         self._counter = 0
         controller.instances.append(self)
 
+    def _preprocess_cmpl_one(
+        self,
+        prompt: Any,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """``LLM._preprocess_cmpl_one``: render one prompt into an ``EngineInput``."""
+        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            return {"type": "token", "prompt_token_ids": list(prompt["prompt_token_ids"])}
+        if isinstance(prompt, str) and not self.llm_engine._skip_tokenizer:
+            return {"type": "token", "prompt_token_ids": [10 + (ord(c) % 90) for c in prompt]}
+        raise ValueError(f"cannot render prompt of type {type(prompt)}")
+
     def get_tokenizer(self) -> Any:
         if self.llm_engine._skip_tokenizer:
             raise ValueError("Unable to get tokenizer because `skip_tokenizer_init=True`")
@@ -632,6 +650,7 @@ class FakeVLLM:
         llm_kwargs: Every ``LLM(...)`` call's engine arguments, ``model`` included.
         instances: Every successfully constructed ``LLM``.
         added_requests: ``(request_id, prompt_token_ids, SamplingParams)`` per add_request.
+        prompt_forms: Per add_request, "rendered" (an EngineInput) or "raw" (deprecated).
     """
 
     def __init__(self, behaviour: FakeVLLMBehaviour | None = None) -> None:
@@ -639,6 +658,7 @@ class FakeVLLM:
         self.llm_kwargs: list[dict[str, Any]] = []
         self.instances: list[LLM] = []
         self.added_requests: list[tuple[str, list[int], SamplingParams]] = []
+        self.prompt_forms: list[str] = []  # "rendered" (EngineInput) or "raw" (TokensPrompt)
 
     def modules(self) -> dict[str, types.ModuleType]:
         """The ``sys.modules`` entries that make ``import vllm`` resolve to this fake."""
