@@ -491,7 +491,8 @@ def _expand_study(
                         problems.append(f"experiments[{i}].{k}: {msg}")
                 entries.append(entry)
 
-    default_backend = shared.get("backend", "pytorch")
+    # a --backend override decides which shared backend section each experiment keeps
+    default_backend = overrides.get("backend", shared.get("backend", "pytorch"))
     candidates: list[_Candidate] = []
 
     def new_candidate(label: str, backend: Any) -> _Candidate:
@@ -528,7 +529,7 @@ def _expand_study(
                     cand.params[k] = val
                 candidates.append(cand)
     for i, entry in enumerate(entries):
-        backend = entry.get("backend", default_backend)
+        backend = overrides.get("backend", entry.get("backend", default_backend))
         cand = new_candidate(f"experiments[{i}]", backend)
         cand.data = deep_merge(cand.data, entry)
         for k in _flatten_keys(entry):
@@ -539,7 +540,10 @@ def _expand_study(
         candidates.append(new_candidate(Path(source).name, default_backend))
 
     # scoped keys and shared sections must be used by some experiment
-    used_backends = {str(c.data.get("backend", "pytorch")) for c in candidates}
+    def backend_of(cand: _Candidate) -> str:
+        return str(overrides.get("backend", cand.data.get("backend", "pytorch")))
+
+    used_backends = {backend_of(c) for c in candidates}
     for key in sweep:
         head = key.split(".")[0]
         if head in BACKENDS and head not in used_backends:
@@ -547,6 +551,13 @@ def _expand_study(
                 f"sweep.{key}: no experiment uses backend {head!r} "
                 f"(backends in this study: {', '.join(sorted(used_backends))}); "
                 f"add {head} to the backend sweep or remove this key"
+            )
+    for key in overrides:
+        head = key.split(".")[0]
+        if head in BACKENDS and head not in used_backends:
+            problems.append(
+                f"{COMMAND_LINE} {key}: no experiment uses backend {head!r} "
+                f"(backends in this study: {', '.join(sorted(used_backends))})"
             )
     for b in BACKENDS:
         if b in shared and b not in used_backends:
@@ -558,7 +569,11 @@ def _expand_study(
     # command-line overrides win over everything in the file
     memo: dict[tuple[str, bool], str] = {}
     for cand in candidates:
+        own_backend = backend_of(cand)
         for k, v in overrides.items():
+            head = k.split(".")[0]
+            if head in BACKENDS and head != own_backend:
+                continue  # scoped, like a scoped sweep key: only that backend's experiments
             _set_dotted(cand.data, k, v)
             cand.provenance[k] = f"{COMMAND_LINE} {k}"
         _resolve_paths(cand, base_dir, problems, memo)
