@@ -86,7 +86,8 @@ def test_ctrl_c_mid_study_then_resume(
         r.run_id: (study_dir / r.attempts[0].run_dir / "result.json").stat().st_mtime_ns
         for r in manifest.runs[:2]
     }
-    assert docker_client.containers.list(all=True, filters={"label": "llem.study"}) == []
+    mine = {"label": f"llem.study={study_dir.name}"}  # other suites may run containers too
+    assert docker_client.containers.list(all=True, filters=mine) == []
 
     result = resume(study_dir, opts(), docker_client=docker_client, console=con)
     assert result.state == "completed" and result.n_completed == 4
@@ -95,4 +96,4 @@ def test_ctrl_c_mid_study_then_resume(
     for run_id, mtime in first_results.items():
         rec = next(r for r in manifest.runs if r.run_id == run_id)
         assert (study_dir / rec.attempts[0].run_dir / "result.json").stat().st_mtime_ns == mtime
-    assert docker_client.containers.list(all=True, filters={"label": "llem.study"}) == []
+    assert docker_client.containers.list(all=True, filters=mine) == []
