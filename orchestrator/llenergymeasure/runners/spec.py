@@ -25,6 +25,7 @@ Container layout::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 from collections.abc import Mapping
@@ -288,10 +289,16 @@ def harness_env(
     return env.to_env()
 
 
-def container_name(request: RunRequest) -> str:
-    """A readable, unique-per-run container name (Docker allows [a-zA-Z0-9_.-])."""
+def container_name(request: RunRequest, owner_pid: int | None = None) -> str:
+    """A readable container name, unique per study and process (Docker allows [a-zA-Z0-9_.-]).
+
+    Two studies (or test sessions) running the same experiment at once must not collide on
+    the name, so the study id's digest and the owning pid are part of it.
+    """
     safe = "".join(c if c.isalnum() or c in "_.-" else "-" for c in request.run_id)
-    return f"llem-{safe}"[:120]
+    study = hashlib.sha1(request.study_id.encode()).hexdigest()[:8]
+    pid = f"-{owner_pid}" if owner_pid is not None else ""
+    return f"llem-{safe[:80]}-{study}{pid}"
 
 
 def build_container_spec(
@@ -382,7 +389,7 @@ def build_container_spec(
         init=settings.init,
         timeout_s=request.timeout_s,
         stop_grace_s=settings.stop_grace_s,
-        name=container_name(request),
+        name=container_name(request, owner_pid),
         results_dir_host=str(request.run_dir),
         config_json=config_json,
     )
