@@ -408,6 +408,47 @@ def test_override_error_names_the_command_line(write: Write) -> None:
     assert "<command line> n_prompts" in text
 
 
+def test_scoped_override_applies_only_to_its_backend(write: Write) -> None:
+    """``--set vllm.max_num_seqs=4`` in a backend sweep changes only the vllm experiment."""
+    path = write("s.yaml", TINY + "sweep:\n  backend: [pytorch, vllm]\n")
+    pt, vl = load_study(path, overrides={"vllm.max_num_seqs": 4}).experiments
+    assert pt.vllm is None
+    assert vl.vllm is not None and vl.vllm.max_num_seqs == 4
+
+
+def test_scoped_override_for_an_unused_backend_is_an_error(write: Write) -> None:
+    """A tensorrt-scoped override on a pytorch/vllm study is reported, not dropped."""
+    path = write("s.yaml", TINY + "sweep:\n  backend: [pytorch, vllm]\n")
+    text = problems_of(path, overrides={"tensorrt.max_batch_size": 4})
+    assert "<command line> tensorrt.max_batch_size: no experiment uses backend 'tensorrt'" in text
+
+
+def test_backend_override_switches_the_backend_of_a_plain_study(write: Write) -> None:
+    """``--backend vllm`` on a study without backend sections gives a vllm experiment."""
+    (exp,) = load_study(write("s.yaml", TINY), overrides={"backend": "vllm"}).experiments
+    assert exp.backend == "vllm" and exp.vllm is not None and exp.pytorch is None
+
+
+def test_backend_override_reports_the_now_unused_section(write: Write) -> None:
+    """``--backend vllm`` on a study with a ``pytorch:`` section names that section."""
+    path = write("s.yaml", TINY + "pytorch: {batch_size: 4}\n")
+    text = problems_of(path, overrides={"backend": "vllm"})
+    assert "pytorch: section does not match any experiment's backend (vllm)" in text
+
+
+def test_entry_name_labels_the_experiment(write: Write) -> None:
+    """``name:`` inside an experiments entry is that experiment's label, not a study key."""
+    path = write("s.yaml", TINY + "experiments:\n  - {name: small, n_prompts: 8}\n")
+    (exp,) = load_study(path).experiments
+    assert exp.name == "small"
+
+
+def test_non_mapping_value_is_not_replaced_by_a_dotted_sweep(write: Write) -> None:
+    """``decoder: 5`` with a ``decoder.temperature`` sweep is reported, not silently fixed."""
+    path = write("s.yaml", TINY + "decoder: 5\nsweep:\n  decoder.temperature: [0.0, 0.5]\n")
+    assert "decoder: Input should be a valid dictionary" in problems_of(path)
+
+
 # --------------------------------------------------------------------------- paths and formats
 
 
