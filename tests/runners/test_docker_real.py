@@ -55,7 +55,8 @@ def run(
 
 
 def leftover(client: Any, req: RunRequest) -> list[Any]:
-    return list(client.containers.list(all=True, filters={"label": f"llem.run={req.run_id}"}))
+    labels = [f"llem.run={req.run_id}", f"llem.owner_pid={os.getpid()}"]  # ours only
+    return list(client.containers.list(all=True, filters={"label": labels}))
 
 
 def test_completed_run_files_owned_by_host_user(
