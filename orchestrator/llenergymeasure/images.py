@@ -375,8 +375,8 @@ def matrix(
     """The GitHub Actions ``strategy.matrix`` for a release: ``{"include": [...]}``.
 
     Each entry has everything a job needs: the Dockerfile, build args, the CUDA major it must
-    verify on the pulled base, the tags (newline-joined for docker/build-push-action) and a
-    local smoke-test tag.
+    verify on the pulled base, the tags (newline-joined for docker/build-push-action), a
+    local smoke-test tag and the image whose inline cache the build may reuse.
     """
     version = parse_release_version(version)
     include: list[dict[str, Any]] = []
@@ -398,6 +398,9 @@ def matrix(
                 ),
                 "tags": "\n".join(tags),
                 "smoke_tag": f"llem-smoke/{v.image}:cuda{v.cuda_major}",
+                # The same minor's previous push: inline build cache for this build.
+                "cache_ref": f"{namespaces[-1].rstrip('/')}/{v.image}:"
+                f"{minor_version(version)}-cuda{v.cuda_major}",
             }
         )
     return {"include": include}

@@ -198,6 +198,7 @@ def test_matrix_entry_build_args_and_dockerfile() -> None:
     assert args["CUDA_VERSION"] == "12.9"
     assert args["LLEM_VERSION"] == "2.0.3"
     assert entry["dockerfile"] == "images/vllm/Dockerfile"
+    assert entry["cache_ref"] == "ghcr.io/llenergymeasure/vllm:2.0-cuda12"
 
 
 def test_main_matrix_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
