@@ -7,11 +7,15 @@ from llenergymeasure.results.schema import (
     QualityFlag,
     write_json_atomic,
 )
+from llenergymeasure.results.study import RunMetrics, RunSummary, StudyResult
 
 __all__ = [
     "SCHEMA_VERSION",
     "ExperimentResult",
     "HarnessErrorRecord",
     "QualityFlag",
+    "RunMetrics",
+    "RunSummary",
+    "StudyResult",
     "write_json_atomic",
 ]
