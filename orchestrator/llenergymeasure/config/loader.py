@@ -208,6 +208,14 @@ def check_key_path(dotted: str) -> str | None:
     return None
 
 
+def _dotted_outside_sweep(key: str) -> str | None:
+    """A valid dotted key where only nested mappings are read (shared fields, entries)."""
+    if "." not in key:
+        return None
+    head, rest = key.split(".", 1)
+    return f"dotted keys work only in sweep: and --set; nest it instead ({head}: {{{rest}: ...}})"
+
+
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = target
@@ -425,7 +433,7 @@ def _expand_study(
                 "on/off/yes/no/null and numbers as non-strings)"
             )
             continue
-        msg = check_key_path(key)
+        msg = check_key_path(key) or _dotted_outside_sweep(key)
         if msg:
             problems.append(f"{key}: {msg}")
     for key in overrides:
@@ -486,7 +494,11 @@ def _expand_study(
                         f"experiments[{i}].{k}: study key {k!r} belongs at the top level"
                     )
                 for k in entry:
-                    msg = check_key_path(str(k)) if k not in STUDY_KEYS else None
+                    msg = (
+                        check_key_path(str(k)) or _dotted_outside_sweep(str(k))
+                        if k not in STUDY_KEYS
+                        else None
+                    )
                     if msg:
                         problems.append(f"experiments[{i}].{k}: {msg}")
                 entries.append(entry)
