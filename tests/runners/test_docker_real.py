@@ -148,3 +148,30 @@ def test_unwritable_results_dir(
         os.chmod(req.run_dir, 0o755)
     assert out.status == "failed" and out.failure_kind == "exit_nonzero", out.message
     assert out.exit_code == 1
+
+
+def test_preflight_on_a_host_without_nvidia_toolkit(
+    client: Any, image: str, tmp_path: Path
+) -> None:
+    """The GPU probe's real start error names the NVIDIA toolkit; a missing image says how to
+    get it; both come back in one PreflightError and the probe container is removed."""
+    from llenergymeasure.errors import PreflightError
+    from llenergymeasure.runners.preflight import PreflightRequest, run_preflight
+
+    missing = "llenergymeasure/nonexistent:0.0-cuda0"
+    req = PreflightRequest(
+        runner="docker",
+        results_dir=tmp_path,
+        images={image: frozenset({0}), missing: frozenset()},
+        backends=frozenset({"pytorch"}),
+        min_free_bytes=0,
+    )
+    with pytest.raises(PreflightError) as info:
+        run_preflight(req, client=client)
+    problems = info.value.problems
+    assert any("NVIDIA Container Toolkit" in p for p in problems), problems
+    assert any(missing in p and "docker pull" in p for p in problems), problems
+    probes = client.containers.list(
+        all=True, filters={"label": ["llem.study=preflight", f"llem.owner_pid={os.getpid()}"]}
+    )
+    assert probes == []

@@ -158,3 +158,13 @@ def test_hostinfo_reports_docker_gpus_backends_images() -> None:
         nvidia_smi=lambda: None,
     )
     assert not down.docker.reachable and down.docker.error and down.recommended_runner == "local"
+
+
+def test_pull_policy_always_pulls_present_images(tmp_path: Path) -> None:
+    """pull_policy always pulls even a present image (no question asked)."""
+    client = probe_client("", images={IMG})
+    client.images.pullable.add(IMG)
+    report = run_preflight(
+        docker_request(tmp_path, request_gpus=False, pull_policy="always"), client=client
+    )
+    assert report.pulled == [IMG]
