@@ -131,6 +131,16 @@ CASES = [
         HEAD + "sweep:\n  sglang.max_running_requests: [1]\n",
         "sweep.sglang.max_running_requests",
     ),
+    Case(
+        "dotted-key-at-top-level",
+        HEAD + "decoder.temperature: 0.5\n",
+        "decoder.temperature: dotted keys work only in sweep",
+    ),
+    Case(
+        "dotted-key-in-experiment",
+        HEAD + "experiments:\n  - {pytorch.batch_size: 2}\n",
+        "experiments[0].pytorch.batch_size: dotted keys work only in sweep",
+    ),
     # ---- sweep shape
     Case("sweep-value-not-list", HEAD + "sweep:\n  precision: float16\n", "sweep.precision"),
     Case("sweep-value-empty-list", HEAD + "sweep:\n  precision: []\n", "sweep.precision"),
