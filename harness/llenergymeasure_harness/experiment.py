@@ -423,6 +423,7 @@ def _assemble(
             "devices": list(info.devices),
             "engine_cache_hit": info.engine_cache_hit,
             "sampler_errors": getattr(sampler, "errors", 0),
+            "sampler_thread_cpu_s": getattr(sampler, "cpu_s", None),
             "extra_energy": extra_result,
             "violation_ns_per_gpu": (
                 {str(k): v for k, v in window.violation_ns_per_gpu.items()} if window else {}

@@ -83,6 +83,7 @@ class TimeseriesSampler:
         self._thread: threading.Thread | None = None
         self._tick = 0
         self.errors = 0
+        self.cpu_s: float | None = None  # CPU time the sampler thread used (after stop)
 
     def sample_once(self) -> None:
         """Take one tick of readings (the thread calls this; tests may call it directly)."""
@@ -111,6 +112,7 @@ class TimeseriesSampler:
             )
 
     def _loop(self) -> None:
+        cpu0 = time.thread_time()
         deadline = time.perf_counter()
         while not self._stop.is_set():
             try:
@@ -123,6 +125,7 @@ class TimeseriesSampler:
             now = time.perf_counter()
             deadline = max(deadline, now)  # fell behind (slow read): skip ticks, no burst
             self._stop.wait(deadline - now)
+        self.cpu_s = time.thread_time() - cpu0
 
     def start(self) -> None:
         """Start the thread (idempotent)."""
@@ -164,6 +167,7 @@ class NullSampler:
     name = "null"
     rate_hz: float | None = None
     errors = 0
+    cpu_s: float | None = None
 
     def __init__(self) -> None:
         self.phase = "idle"
