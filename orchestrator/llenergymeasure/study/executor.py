@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from llenergymeasure import __version__
 from llenergymeasure.errors import (
@@ -379,8 +380,9 @@ def _preflight(
         min_free_bytes=opts.min_free_bytes,
     )
     report = run_preflight(request, client=client, confirm=confirm, assume_yes=opts.assume_yes)
-    for note in report.notes:
-        con.print(f"note: {note}")
+    if not opts.quiet:
+        for note in report.notes:
+            con.print(f"note: {escape(note)}")
     return report
 
 
