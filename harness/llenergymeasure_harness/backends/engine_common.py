@@ -87,6 +87,32 @@ class RequestTimeline:
         )
 
 
+def warn_short_outputs(
+    records: list[RequestRecord], requested: dict[int, int], *, engine: str, ignore_eos: bool
+) -> int:
+    """Log when fixed-length requests came back shorter than asked; returns how many.
+
+    With ``ignore_eos`` every request should produce exactly ``max_new_tokens``. An engine
+    stops early only at its own limits (vLLM: ``max_model_len``; TensorRT-LLM:
+    ``max_seq_len``), and the token counts then differ across backends, so say so loudly.
+    """
+    if not ignore_eos:
+        return 0
+    short = [r for r in records if r.output_tokens < requested.get(r.request_id, 0)]
+    if short:
+        logger.warning(
+            "%s returned fewer tokens than requested for %d of %d requests (e.g. request %d: "
+            "%d of %d); an engine length limit (max_model_len / max_seq_len) cut them short",
+            engine,
+            len(short),
+            len(records),
+            short[0].request_id,
+            short[0].output_tokens,
+            requested[short[0].request_id],
+        )
+    return len(short)
+
+
 # --------------------------------------------------------------------------- model source
 
 
@@ -267,4 +293,5 @@ __all__ = [
     "jsonable",
     "prepare_model_source",
     "translate_engine_error",
+    "warn_short_outputs",
 ]

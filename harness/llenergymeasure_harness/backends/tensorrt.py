@@ -63,6 +63,7 @@ from llenergymeasure_harness.backends.engine_common import (
     jsonable,
     prepare_model_source,
     translate_engine_error,
+    warn_short_outputs,
 )
 from llenergymeasure_harness.backends.steady_state import SteadyStateWindow, steady_state_window
 
@@ -528,6 +529,12 @@ class TensorRTBackend:
             raise
         except Exception as exc:
             raise translate_engine_error(exc, engine=ENGINE, phase="run", config=config) from exc
+        warn_short_outputs(
+            records,
+            {r.request_id: r.max_new_tokens for r in requests},
+            engine=ENGINE,
+            ignore_eos=config.ignore_eos,
+        )
         if self.steady_state_target is not None:
             self.last_steady_state = steady_state_window(records, self.steady_state_target)
         return records

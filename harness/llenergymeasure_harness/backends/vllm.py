@@ -46,6 +46,7 @@ from llenergymeasure_harness.backends.engine_common import (
     jsonable,
     prepare_model_source,
     translate_engine_error,
+    warn_short_outputs,
 )
 from llenergymeasure_harness.backends.steady_state import SteadyStateWindow, steady_state_window
 
@@ -347,6 +348,12 @@ class VLLMBackend:
                 f"(first: {unfinished[:5]})"
             )
         records = [timelines[k].to_record() for k in order]
+        warn_short_outputs(
+            records,
+            {r.request_id: r.max_new_tokens for r in requests},
+            engine=ENGINE,
+            ignore_eos=config.ignore_eos,
+        )
         if self.steady_state_target is not None:
             self.last_steady_state = steady_state_window(records, self.steady_state_target)
         return records

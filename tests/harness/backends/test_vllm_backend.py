@@ -303,6 +303,18 @@ def test_raw_prompt_when_llm_has_no_renderer(
     assert [r.output_tokens for r in records] == [5, 5]
 
 
+def test_max_model_len_cuts_output_and_is_logged(
+    fake: FakeVLLM, backend: VLLMBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request running into max_model_len stops early (as in vLLM) and the backend warns."""
+    fake.behaviour.model_max_len = 10  # a model whose context ends 2 tokens after the prompt
+    backend.load(_config(vllm={"max_num_seqs": 4}))
+    with caplog.at_level("WARNING"):
+        records = backend.run(_requests(2, prompt_len=8, max_new=5))
+    assert [r.output_tokens for r in records] == [2, 2]
+    assert "fewer tokens than requested for 2 of 2" in caplog.text
+
+
 def test_speculative_bundles_share_a_timestamp(fake: FakeVLLM, backend: VLLMBackend) -> None:
     """Several tokens delivered in one step (speculation) are stamped with that step's time."""
     fake.behaviour.tokens_per_step = 2

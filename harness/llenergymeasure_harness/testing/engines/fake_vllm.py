@@ -277,6 +277,7 @@ class FakeVLLMBehaviour:
         eos_after: Requests that do not ignore EOS stop with EOS after this many tokens.
         kv_capacity_seqs: Cap on concurrently running requests below max_num_seqs.
         load_time_s: Clock advance while the engine loads.
+        model_max_len: The model's context length (max_model_len when not configured).
         oom_on_load: ``LLM(...)`` raises ``torch.cuda.OutOfMemoryError`` (single-process mode).
         kv_cache_too_small: ``LLM(...)`` raises vLLM's "No available memory for the cache
             blocks" ``ValueError``.
@@ -295,6 +296,7 @@ class FakeVLLMBehaviour:
     eos_after: int | None = None
     kv_capacity_seqs: int | None = None
     load_time_s: float = 1.0
+    model_max_len: int = 8192
     oom_on_load: bool = False
     kv_cache_too_small: bool = False
     engine_init_failure: bool = False
@@ -348,7 +350,7 @@ class LLMEngine:
         )
         self._states: dict[str, dict[str, Any]] = {}
         self._steps = 0
-        self.max_model_len = engine_args.get("max_model_len") or 8192
+        self.max_model_len = engine_args.get("max_model_len") or behaviour.model_max_len
 
     @property
     def max_running_seen(self) -> int:
@@ -386,11 +388,21 @@ class LLMEngine:
         if not token_ids:
             raise ValueError("The decoder prompt cannot be empty")
         max_tokens = params.max_tokens if params.max_tokens is not None else 16
-        if len(token_ids) + max_tokens > self.max_model_len:
+        if len(token_ids) > self.max_model_len:
             raise VLLMValidationError(
-                f"The decoder prompt (length {len(token_ids)}) plus max_tokens ({max_tokens}) "
-                f"is longer than the maximum model length of {self.max_model_len}."
+                f"The decoder prompt (length {len(token_ids)}) is longer than the maximum "
+                f"model length of {self.max_model_len}. Make sure that `max_model_len` is no "
+                "smaller than the number of text tokens."
             )
+        if len(token_ids) == self.max_model_len:
+            raise VLLMValidationError(
+                f"The decoder prompt (length {len(token_ids)}) plus the number of requested "
+                "output tokens (at least 1) is longer than the maximum model length of "
+                f"{self.max_model_len}."
+            )
+        # Like vLLM, a request that would run past max_model_len is not refused: the
+        # scheduler stops it there with finish_reason "length" (a shorter output).
+        max_tokens = min(max_tokens, self.max_model_len - len(token_ids))
         if request_id in self._states:
             raise ValueError(f"Request id {request_id} already running.")
         now = self._behaviour.clock()
