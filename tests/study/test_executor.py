@@ -255,3 +255,22 @@ def test_unwritable_results_dir_is_a_preflight_error(tmp_path: Path) -> None:
     with pytest.raises(PreflightError, match="cannot create the study directory"):
         execute(plan, client)
     assert client.created == []
+
+
+def test_local_runner_study(plan_factory: Callable[..., StudyPlan]) -> None:
+    """runner local runs the harness as a subprocess with the same contract and directory."""
+    import sys
+
+    from tests.runners.dockerutil import FAKE_HARNESS, result_template
+
+    plan = plan_factory(batch_sizes=(1,), n_cycles=2)
+    opts = options(
+        runner="local",
+        preflight=False,  # the engines' presence is preflight's business, tested apart
+        local_command=(sys.executable, "-c", FAKE_HARNESS),
+        extra_env={"LLEM_FAKE_MODE": "ok", "LLEM_FAKE_RESULT": result_template()},
+    )
+    result = run_study(plan, opts, console=quiet_console(), sleep=lambda s: None)
+    assert result.runner == "local" and result.n_completed == 2
+    for run in result.runs:
+        assert run.metrics is not None and run.metrics.output_tokens_per_s == 500.0
