@@ -367,7 +367,8 @@ def _prepare_host_dirs(request: RunRequest, settings: ContainerSettings) -> None
     """
     request.run_dir.mkdir(parents=True, exist_ok=True)
     writable = [request.run_dir]
-    for d in (request.study_cache_dir, settings.hf_cache_dir, settings.engine_cache_dir):
+    engines = settings.engine_cache_dir if request.config.backend == "tensorrt" else None
+    for d in (request.study_cache_dir, settings.hf_cache_dir, engines):
         if d is not None:
             Path(d).mkdir(parents=True, exist_ok=True)
     if request.study_cache_dir is not None:
