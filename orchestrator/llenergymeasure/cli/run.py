@@ -11,7 +11,12 @@ from typing import Any
 import typer
 import yaml
 
-from llenergymeasure.config.loader import COMMAND_LINE, expand_study, load_study, read_config_file
+from llenergymeasure.config.loader import (
+    COMMAND_LINE,
+    _read_with_bases,
+    expand_study,
+    load_study,
+)
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.config.user import load_user_defaults, user_config_path
 from llenergymeasure.errors import UsageError
@@ -78,7 +83,7 @@ def collect_overrides(
     if batch_size is not None:
         effective = backend
         if effective is None and config is not None:
-            raw = read_config_file(config)
+            raw = _read_with_bases(config)  # the backend may come from a base: file
             if "backend" in (raw.get("sweep") or {}):
                 raise UsageError(
                     "--batch-size is ambiguous when the study sweeps backend",
