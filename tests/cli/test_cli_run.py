@@ -245,6 +245,27 @@ def test_batch_size_flag_with_a_backend_sweep_exits_2(
     assert "ambiguous" in err and "--set" in err
 
 
+def test_batch_size_flag_sees_the_backend_of_a_base_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backend set (or swept) only in a ``base:`` file still decides what --batch-size sets."""
+    (tmp_path / "base.yaml").write_text(
+        "model: tiny-llama\nload_format: dummy\nbackend: vllm\n", encoding="utf-8"
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\n", encoding="utf-8")
+    doc = plan_json(capsys, str(child), "--batch-size", "4")
+    assert doc["experiments"][0]["config"]["vllm"]["max_num_seqs"] == 4
+
+    (tmp_path / "base.yaml").write_text(
+        "model: tiny-llama\nload_format: dummy\nsweep:\n  backend: [pytorch, vllm]\n",
+        encoding="utf-8",
+    )
+    code, _, err = run(capsys, "run", str(child), "--dry-run", "--batch-size", "4")
+    assert code == 2
+    assert "ambiguous" in err
+
+
 def test_bad_gpus_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     """``--gpus 0,x`` is a usage error naming the flag."""
     code, _, err = run(capsys, "run", "--model", "tiny-llama", "--gpus", "0,x", "--dry-run")
