@@ -31,6 +31,9 @@ OFFLINE_MARKERS = (
     "NewConnectionError",
     "Temporary failure in name resolution",
     "Network is unreachable",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ProxyError",
 )
 PIP_TIMEOUT_S = 600
 
