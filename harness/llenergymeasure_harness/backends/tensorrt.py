@@ -425,6 +425,7 @@ class TensorRTBackend:
         self._llm: Any = None
         self._trtllm: Any = None
         self._end_id: int | None = None
+        self._runs = 0
         self.cache_key: str | None = None
         self.llm_kwargs: dict[str, Any] = {}
         self.steady_state_target: int | None = None
@@ -660,6 +661,10 @@ class TensorRTBackend:
         config = self._config
         timelines: list[RequestTimeline] = []
         tasks = []
+        # One KV-reuse salt per run: warmup repeats the measured prompts and must not leave
+        # their KV blocks for the measured run to reuse (see the vLLM backend).
+        self._runs += 1
+        salt = f"llem-run-{self._runs}"
 
         async def consume(result: Any, timeline: RequestTimeline) -> None:
             async for output in result:
@@ -688,6 +693,7 @@ class TensorRTBackend:
                 {"prompt_token_ids": list(request.prompt_token_ids)},
                 sampling_params=params,
                 streaming=True,
+                cache_salt=salt,
             )
             tasks.append(asyncio.ensure_future(consume(result, timeline)))
         try:

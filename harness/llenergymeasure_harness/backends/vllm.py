@@ -301,6 +301,10 @@ class VLLMBackend:
         render = self._prompt_renderer()
         self._runs += 1
         prefix = f"llem{self._runs}-"
+        # One prefix-cache salt per run: warmup repeats the measured prompts, and without a
+        # salt the measured run would find their KV blocks cached and skip prefill work the
+        # other backends do. Reuse within a run (shared dataset prefixes) is unaffected.
+        salt = f"llem-run-{self._runs}"
         timelines: dict[str, RequestTimeline] = {}
         order: list[str] = []
         try:
@@ -312,7 +316,11 @@ class VLLMBackend:
                     **build_sampling_kwargs(config, request.max_new_tokens, request.request_id),
                     output_kind=RequestOutputKind.DELTA,
                 )
-                prompt = render(vllm.TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)))
+                prompt = render(
+                    vllm.TokensPrompt(
+                        prompt_token_ids=list(request.prompt_token_ids), cache_salt=salt
+                    )
+                )
                 timelines[key] = RequestTimeline(
                     request_id=request.request_id,
                     input_tokens=len(request.prompt_token_ids),

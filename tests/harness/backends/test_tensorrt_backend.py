@@ -271,6 +271,14 @@ def test_run_counts_tokens_and_streams(fake: FakeTRTLLM, backend: TensorRTBacken
     assert params.detokenize is False
 
 
+def test_each_run_has_its_own_kv_reuse_salt(fake: FakeTRTLLM, backend: TensorRTBackend) -> None:
+    """Warmup cannot leave reusable KV blocks for the measured run: each run() salts requests."""
+    backend.load(_config(tensorrt={"max_batch_size": 4}))
+    backend.run(_requests(2))
+    backend.run(_requests(2))
+    assert fake.cache_salts == ["llem-run-1", "llem-run-1", "llem-run-2", "llem-run-2"]
+
+
 def test_latency_records_follow_engine_steps(fake: FakeTRTLLM, backend: TensorRTBackend) -> None:
     """TTFT and token times equal the fake engine's step times on the shared clock."""
     backend.load(_config(tensorrt={"max_batch_size": 2}))

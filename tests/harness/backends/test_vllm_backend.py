@@ -292,6 +292,14 @@ def test_eos_stops_early_without_ignore_eos(fake: FakeVLLM, tmp_path: Path) -> N
     assert {r.finish_reason for r in records} == {"stop"}
 
 
+def test_each_run_has_its_own_prefix_cache_salt(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """Warmup cannot pre-fill the measured run's prefix cache: every run() salts its prompts."""
+    backend.load(_config(vllm={"max_num_seqs": 4}))
+    backend.run(_requests(2))
+    backend.run(_requests(2))
+    assert fake.cache_salts == ["llem-run-1", "llem-run-1", "llem-run-2", "llem-run-2"]
+
+
 def test_raw_prompt_when_llm_has_no_renderer(
     fake: FakeVLLM, backend: VLLMBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -520,6 +520,7 @@ class _FakeLLMBase:
         self._results[sim.request_id] = result
         self._batcher.add(sim)
         type(self)._controller.requests.append((token_ids, params))
+        type(self)._controller.cache_salts.append(cache_salt)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -735,6 +736,7 @@ class FakeTRTLLM:
         self.engine_loads: list[str] = []
         self.saves: list[str] = []
         self.requests: list[tuple[list[int], SamplingParams]] = []
+        self.cache_salts: list[str | None] = []
         self.instances: list[_FakeLLMBase] = []
         self.shutdowns = 0
 

@@ -169,6 +169,7 @@ class TokensPrompt(TypedDict):
 
     prompt_token_ids: list[int]
     prompt: NotRequired[str]
+    cache_salt: NotRequired[str]
 
 
 @dataclass
@@ -378,6 +379,7 @@ class LLMEngine:
             # A rendered EngineInput ({"type": "token", ...}) or a raw TokensPrompt; vLLM 0.33
             # logs a one-time deprecation warning for the raw form.
             self._controller.prompt_forms.append("rendered" if "type" in prompt else "raw")
+            self._controller.cache_salts.append(prompt.get("cache_salt"))
             token_ids = list(prompt["prompt_token_ids"])
         elif isinstance(prompt, str):
             if self._skip_tokenizer:
@@ -601,7 +603,10 @@ class LLM:
     ) -> dict[str, Any]:
         """``LLM._preprocess_cmpl_one``: render one prompt into an ``EngineInput``."""
         if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-            return {"type": "token", "prompt_token_ids": list(prompt["prompt_token_ids"])}
+            rendered = {"type": "token", "prompt_token_ids": list(prompt["prompt_token_ids"])}
+            if "cache_salt" in prompt:
+                rendered["cache_salt"] = prompt["cache_salt"]
+            return rendered
         if isinstance(prompt, str) and not self.llm_engine._skip_tokenizer:
             return {"type": "token", "prompt_token_ids": [10 + (ord(c) % 90) for c in prompt]}
         raise ValueError(f"cannot render prompt of type {type(prompt)}")
@@ -671,6 +676,7 @@ class FakeVLLM:
         self.instances: list[LLM] = []
         self.added_requests: list[tuple[str, list[int], SamplingParams]] = []
         self.prompt_forms: list[str] = []  # "rendered" (EngineInput) or "raw" (TokensPrompt)
+        self.cache_salts: list[str | None] = []  # the prompt's cache_salt, per add_request
 
     def modules(self) -> dict[str, types.ModuleType]:
         """The ``sys.modules`` entries that make ``import vllm`` resolve to this fake."""
