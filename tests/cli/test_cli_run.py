@@ -154,10 +154,10 @@ def test_no_gaps_flag_zeroes_both_gaps_and_shortens_the_estimate(
     base = plan_json(capsys, str(study))
     doc = plan_json(capsys, str(study), "--no-gaps")
     assert (doc["execution"]["config_gap_s"], doc["execution"]["cycle_gap_s"]) == (0.0, 0.0)
-    # sequential A1 A2 B1 B2 C1 C2 D1 D2: the cycle number changes at each of the 7 steps
-    # (A1->A2 and A2->B1 alike), so every gap is a cycle gap of 50 s
+    # sequential A1 A2 B1 B2 C1 C2 D1 D2 has no passes over the experiments, so each of the
+    # 7 steps rests config_gap_s (5 s); cycle_gap_s applies only to interleaved/shuffled
     saved = base["estimated_duration_s"] - doc["estimated_duration_s"]
-    assert saved == pytest.approx(7 * 50)
+    assert saved == pytest.approx(7 * 5)
 
 
 def test_results_dir_and_runner_flags_show_in_the_plan(

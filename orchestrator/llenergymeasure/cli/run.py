@@ -184,10 +184,6 @@ def run_command(
     """
     if as_json and not dry_run:
         raise UsageError("--json goes with --dry-run")
-    if dry_run:
-        # A dry run is short-lived and allocation-heavy (10k-point sweeps): the cyclic GC only
-        # rescans live configs there, so leave it off (benchmarks/bench_dry_run.py).
-        gc.disable()
     if quiet and verbose:
         raise UsageError("-q and -v contradict each other; pick one")
     execution_overrides: dict[str, Any] = {}
@@ -229,6 +225,45 @@ def run_command(
         gpus=gpus,
         set_items=set_items,
     )
+    # A dry run is allocation-heavy for big sweeps (10k experiments) and creates no garbage
+    # cycles worth collecting: the cyclic GC would only rescan live configs
+    # (benchmarks/bench_dry_run.py), so pause it for the planning and printing.
+    gc_was_enabled = gc.isenabled()
+    if dry_run:
+        gc.disable()
+    try:
+        return _plan_and_run(
+            config,
+            overrides=overrides,
+            execution_overrides=execution_overrides,
+            runner_overrides=runner_overrides,
+            results_dir=results_dir,
+            dry_run=dry_run,
+            as_json=as_json,
+            quiet=quiet,
+            verbose=verbose,
+            export_csv=export_csv,
+            assume_yes=yes,
+        )
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _plan_and_run(
+    config: Path | None,
+    *,
+    overrides: dict[str, Any],
+    execution_overrides: dict[str, Any],
+    runner_overrides: dict[str, Any],
+    results_dir: str | None,
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+    verbose: bool,
+    export_csv: bool,
+    assume_yes: bool,
+) -> int:
     plan = load_plan(
         config,
         overrides=overrides,
@@ -247,4 +282,6 @@ def run_command(
 
     from llenergymeasure.cli.execute import execute_plan
 
-    return execute_plan(plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes)
+    return execute_plan(
+        plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=assume_yes
+    )

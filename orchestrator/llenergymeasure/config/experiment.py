@@ -149,6 +149,12 @@ class BaselineConfig(_Model):
 class EnergyConfig(_Model):
     """Energy measurement: which sampler, and the time-series rate."""
 
+    @field_validator("sampler", mode="before")
+    @classmethod
+    def _yaml_null(cls, value: Any) -> Any:
+        # `sampler: null` in YAML reads as None; it means the null (no-GPU) sampler.
+        return "null" if value is None else value
+
     sampler: Literal["auto", "nvml", "zeus", "codecarbon", "null"] = "auto"
     sample_rate_hz: float = Field(10.0, gt=0.0, le=100.0)
     timeseries: bool = Field(True, description="Record power/clock/temperature time series.")
@@ -353,7 +359,7 @@ class ExperimentConfig(_Model):
         if isinstance(self.pytorch, PyTorchConfig):
             return self.pytorch.batch_size
         if isinstance(self.vllm, VLLMConfig):
-            return min(self.n_prompts, self.vllm.max_num_seqs or 256)
+            return min(self.n_prompts, self.vllm.max_num_seqs)
         if isinstance(self.tensorrt, TensorRTConfig):
             return min(self.n_prompts, self.tensorrt.max_batch_size)
         return 1

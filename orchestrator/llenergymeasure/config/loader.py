@@ -444,6 +444,8 @@ def _expand_study(
     # ---- sweep
     sweep_raw = raw.get("sweep")
     sweep: dict[str, list[Any]] = {}
+    if "sweep" in raw and sweep_raw is None:
+        problems.append("sweep: is empty; give key: [values] pairs, or remove the key")
     if sweep_raw is not None:
         if not isinstance(sweep_raw, dict) or not sweep_raw:
             problems.append("sweep: must be a non-empty mapping of key -> list of values")
@@ -479,6 +481,8 @@ def _expand_study(
     # ---- explicit experiments
     exp_raw = raw.get("experiments")
     entries: list[dict[str, Any]] = []
+    if "experiments" in raw and exp_raw is None:
+        problems.append("experiments: is empty; list experiment mappings, or remove the key")
     if exp_raw is not None:
         if not isinstance(exp_raw, list) or not exp_raw:
             problems.append("experiments: must be a non-empty list of experiment mappings")

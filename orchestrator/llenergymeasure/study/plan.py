@@ -133,6 +133,22 @@ def _kv_dtype(config: ExperimentConfig) -> str:
     return config.vllm.kv_cache_dtype if config.vllm is not None else "auto"
 
 
+def gap_after(previous: RunKey, following: RunKey, order: CycleOrder) -> str:
+    """Which thermal gap separates two consecutive runs: ``"cycle"`` or ``"config"``.
+
+    With interleaved and shuffled orders a cycle is one pass over all experiments, so crossing
+    into the next pass rests ``cycle_gap_s``. A sequential order has no passes (A1 A2 B1 B2):
+    every step rests ``config_gap_s``.
+    """
+    if order != "sequential" and following.cycle != previous.cycle:
+        return "cycle"
+    return "config"
+
+
+#: Continuous-batching engines need several batches' worth of requests for a steady state.
+STEADY_STATE_MIN_BATCHES = 3
+
+
 def estimate_experiment(config: ExperimentConfig) -> ExperimentEstimate:
     """Memory from the architecture (weights + KV cache); duration from a decode roofline."""
     try:
@@ -248,11 +264,24 @@ def _build_plan(study: StudyConfig, image_for: dict[str, str] | None) -> StudyPl
             break
         total += d
         if i + 1 < len(runs):
-            total += ex.cycle_gap_s if runs[i + 1].cycle != run.cycle else ex.config_gap_s
+            kind = gap_after(run, runs[i + 1], ex.cycle_order)
+            total += ex.cycle_gap_s if kind == "cycle" else ex.config_gap_s
     notes = [
         f"{d.source} duplicates {d.same_as} (config {d.config_hash}); it runs once"
         for d in study.duplicates
     ]
+    short = [
+        p.index
+        for p in planned
+        if p.config.backend in ("vllm", "tensorrt")
+        and p.config.n_prompts < STEADY_STATE_MIN_BATCHES * p.config.concurrency
+    ]
+    if short:
+        notes.append(
+            f"experiments {', '.join(map(str, short[:20]))}{' ...' if len(short) > 20 else ''}: "
+            f"n_prompts < {STEADY_STATE_MIN_BATCHES} x concurrency, so the continuous-batching "
+            "steady-state window will be flagged too short; raise n_prompts"
+        )
     return StudyPlan.model_construct(
         study=study,
         study_design_hash=study.study_design_hash,
