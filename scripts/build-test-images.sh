@@ -54,8 +54,11 @@ for t in "${targets[@]}"; do
         pytorch) build pytorch llenergymeasure/pytorch:test-cpu \
                      --build-arg "ENGINE_PIP_SPEC=torch==$torch_version" \
                      --build-arg "ENGINE_VERSION=$torch_version" ;;
-        vllm)    build vllm llenergymeasure/vllm:test-harness --build-arg ENGINE_CHECK=0 ;;
-        trtllm)  build trtllm llenergymeasure/trtllm:test-harness --build-arg ENGINE_CHECK=0 ;;
+        # No engine inside: the label says so rather than claiming the pinned version.
+        vllm)    build vllm llenergymeasure/vllm:test-harness \
+                     --build-arg ENGINE_CHECK=0 --build-arg ENGINE_VERSION=none ;;
+        trtllm)  build trtllm llenergymeasure/trtllm:test-harness \
+                     --build-arg ENGINE_CHECK=0 --build-arg ENGINE_VERSION=none ;;
         *) echo "build-test-images: unknown image $t" >&2; exit 2 ;;
     esac
 done

@@ -101,12 +101,13 @@ def test_harness_only_images_smoke(harness_only_image: tuple[str, str]) -> None:
 def test_harness_only_images_metadata(
     docker_client: Any, harness_only_image: tuple[str, str]
 ) -> None:
-    """Labels name the backend and the pinned engine; vLLM's server entrypoint is reset."""
+    """Labels name the backend and engine (absent here); vLLM's server entrypoint is reset."""
     backend, tag = harness_only_image
     image = docker_client.images.get(tag)
     labels = image.labels
     assert labels[images.LABEL_BACKEND] == backend
-    assert labels[images.LABEL_ENGINE_VERSION] == images.variant_for(backend).engine_version
+    assert labels[images.LABEL_ENGINE] == {"vllm": "vllm", "tensorrt": "tensorrt_llm"}[backend]
+    assert labels[images.LABEL_ENGINE_VERSION] == "none"  # built without the engine
     assert labels[images.LABEL_VERSION] == __version__
     assert image.attrs["Config"]["Cmd"] == ["python3", "-m", "llenergymeasure_harness"]
     assert not image.attrs["Config"].get("Entrypoint")
