@@ -19,11 +19,13 @@ Only :func:`build_image`, :func:`inspect_base_env`, :func:`build_project_wheel` 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -444,13 +446,22 @@ def docker_client() -> Any:
     Raises:
         PreflightError: if no engine answers.
     """
+    import os
+
     import docker
     import docker.errors
 
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://") and not os.path.exists(host.removeprefix("unix://")):
+        raise PreflightError([f"Docker is not reachable: no socket at {host}"])
     try:
         client = docker.from_env(timeout=600)
         client.ping()
     except docker.errors.DockerException as exc:
+        # docker-py leaves the failed connection's socket to the garbage collector.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
         raise PreflightError([f"Docker is not reachable: {exc}"]) from exc
     return client
 
