@@ -12,12 +12,14 @@ TORCH_VERSION ?= 2.13.0
 # Where the CPU torch wheel comes from: pip's own configuration by default (the CI box's
 # find-links); elsewhere TORCH_INDEX=https://download.pytorch.org/whl/cpu (PyPI's is CUDA).
 TORCH_INDEX ?=
+# WITH_TORCH=0: skip torch/transformers (the torch-marked tests then skip).
+WITH_TORCH ?= 1
 
 .PHONY: install lint typecheck test docker-up test-images images bench
 
 install:
 	$(PIP) install -e '.[dev]' $(LINT_TOOLS)
-	$(PYTHON) -c "import torch, transformers, accelerate" 2>/dev/null || \
+	[ "$(WITH_TORCH)" = 0 ] || $(PYTHON) -c "import torch, transformers, accelerate" 2>/dev/null || \
 	  $(PIP) install "torch==$(TORCH_VERSION)" transformers accelerate \
 	    $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
