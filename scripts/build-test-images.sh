@@ -37,12 +37,18 @@ common=(--network=none --force-rm
 build() {  # build NAME TAG [extra docker build args...]
     local name="$1" tag="$2"
     shift 2
-    local start=$SECONDS
+    local start=$SECONDS old_id new_id
+    old_id="$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
     if ! DOCKER_BUILDKIT=0 docker build "${common[@]}" "$@" -f "images/$name/Dockerfile" -t "$tag" . \
         >"$log_dir/build-$name.log" 2>&1; then
         echo "build-test-images: $tag FAILED; last lines of $log_dir/build-$name.log:" >&2
         tail -n 40 "$log_dir/build-$name.log" >&2
         return 1
+    fi
+    # Drop the image this build replaced (skipped while a container still uses it).
+    new_id="$(docker image inspect --format '{{.Id}}' "$tag")"
+    if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+        docker rmi "$old_id" >/dev/null 2>&1 || true
     fi
     echo "build-test-images: $tag in $((SECONDS - start))s ($(docker image inspect "$tag" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))"
 }
