@@ -113,3 +113,15 @@ def test_dockerignore_keeps_context_to_the_wheelhouse() -> None:
     lines = (ROOT / ".dockerignore").read_text().split()
     assert "*" in lines
     assert "!build/wheelhouse/" in lines
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plain_build_gives_the_default_variant(backend: str) -> None:
+    """Without build args a Dockerfile builds the default-CUDA variant the default tag names."""
+    text = _dockerfile(backend)
+    version = re.search(r"^ARG ENGINE_VERSION=(\S+)$", text, re.M)
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M)
+    assert version is not None and base is not None
+    resolved = base.group(1).replace("${ENGINE_VERSION}", version.group(1))
+    assert resolved == images.variant_for(backend).base_image
+    assert images.default_image(backend).endswith(f"-cuda{images.variant_for(backend).cuda_major}")
