@@ -1,13 +1,18 @@
 """llenergymeasure: measure how LLM deployment choices change energy, speed and latency.
 
 The host-side package (the ``llem`` CLI and library). Main entry points: :func:`load_study`
-to expand a study file, :class:`ExperimentConfig` for one experiment, and
-:class:`ExperimentResult` for what the harness measured. Nothing here imports a GPU library.
+expands a study file into a :class:`StudyConfig`; :func:`build_plan` orders its runs into a
+:class:`StudyPlan`; :func:`run_study` (or :func:`resume`) executes it, one container per run,
+and returns a :class:`StudyResult` of :class:`ExperimentResult` files. Nothing here imports a
+GPU library.
 """
 
 import logging
 
+from llenergymeasure._version import __version__  # first: submodules import it
 from llenergymeasure.config import ExperimentConfig
+from llenergymeasure.config.loader import expand_study, load_study
+from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.errors import (
     ConfigError,
     ExperimentError,
@@ -18,8 +23,8 @@ from llenergymeasure.errors import (
     RunnerError,
     UsageError,
 )
-
-__version__ = "2.0.0"
+from llenergymeasure.results import ExperimentResult, StudyResult
+from llenergymeasure.study import StudyPlan, StudyRunOptions, build_plan, resume, run_study
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -27,11 +32,21 @@ __all__ = [
     "ConfigError",
     "ExperimentConfig",
     "ExperimentError",
+    "ExperimentResult",
     "InterruptedStudy",
     "LLEMError",
     "MeasurementError",
     "PreflightError",
     "RunnerError",
+    "StudyConfig",
+    "StudyPlan",
+    "StudyResult",
+    "StudyRunOptions",
     "UsageError",
     "__version__",
+    "build_plan",
+    "expand_study",
+    "load_study",
+    "resume",
+    "run_study",
 ]
