@@ -14,8 +14,10 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 image="${LLEM_BASE_IMAGE:-llem-testbase:bookworm}"
-rootfs_image="llem-rootfs:bookworm"
-cache_dir="$here/.cache"
+rootfs_image="llem-rootfs:${image##*:}"
+cache_dir="${LLEM_CACHE_DIR:-$here/.cache}"
+# mmdebstrap if installed (faster, smaller), else debootstrap; LLEM_ROOTFS_TOOL forces one.
+tool="${LLEM_ROOTFS_TOOL:-$(command -v mmdebstrap >/dev/null 2>&1 && echo mmdebstrap || echo debootstrap)}"
 mirror="${LLEM_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 packages="python3,python3-venv,ca-certificates,libstdc++6,libgomp1"
 tarball="$cache_dir/rootfs-bookworm-$(printf '%s' "$packages" | sha256sum | cut -c1-12).tar"
@@ -41,7 +43,7 @@ keyring=()
 
 start=$SECONDS
 if [ ! -s "$tarball" ]; then
-    if command -v mmdebstrap >/dev/null 2>&1; then
+    if [ "$tool" = mmdebstrap ]; then
         echo "build-base: mmdebstrap bookworm -> $tarball"
         "${as_root[@]}" mmdebstrap --quiet --variant=essential "${keyring[@]}" --include="$packages" \
             --dpkgopt='path-exclude=/usr/share/man/*' \
