@@ -102,11 +102,12 @@ LABEL_CUDA_VERSION = "io.llenergymeasure.cuda.version"
 
 # Base images whose tag does not carry the CUDA version: the CUDA their maintainers build
 # them with (checked against the pulled image's ENV CUDA_VERSION in images.yml).
-#   vllm/vllm-openai:vX.Y.Z -> CUDA 13.0 (vllm-project/vllm docker/versions.json, CUDA_VERSION
-#   13.0.x since v0.2x; the "-cu129" variants carry 12.9 in the tag).
+#   vllm/vllm-openai:v0.3x.y -> CUDA 13.0 (vllm-project/vllm docker/versions.json:
+#   CUDA_VERSION 13.0.x; the "-cu129" variants carry 12.9 in the tag). Older releases are
+#   left out on purpose: they must name their CUDA or be inspected.
 #   nvcr.io/nvidia/tensorrt-llm/release:1.2.x -> CUDA 13.0 (TensorRT-LLM 1.2 release notes).
 _UNTAGGED_BASE_CUDA: tuple[tuple[str, str], ...] = (
-    (r"^(docker\.io/)?vllm/vllm-openai:v0\.(2\d|3\d)\.\d+$", "13.0"),
+    (r"^(docker\.io/)?vllm/vllm-openai:v0\.3\d\.\d+$", "13.0"),
     (r"^nvcr\.io/nvidia/tensorrt-llm/release:1\.2\.\d+$", "13.0"),
 )
 

@@ -83,6 +83,8 @@ def test_cuda_version_of_untagged_known_bases() -> None:
     """vLLM's default tag and TensorRT-LLM release tags map to the CUDA they are built with."""
     assert images.cuda_version_from_base("vllm/vllm-openai:v0.30.0") == "13.0"
     assert images.cuda_version_from_base("nvcr.io/nvidia/tensorrt-llm/release:1.2.1") == "13.0"
+    with pytest.raises(UsageError):  # an older vLLM release is not assumed to be CUDA 13
+        images.cuda_version_from_base("vllm/vllm-openai:v0.10.1")
 
 
 def test_cuda_version_unknown_base_is_an_error() -> None:
