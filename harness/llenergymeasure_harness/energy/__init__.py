@@ -15,8 +15,8 @@ from llenergymeasure_harness.energy.sampler import (
 from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_kind
 
 __all__ = [
-    "COLUMNS",
     "BaselineCache",
+    "COLUMNS",
     "GpuSample",
     "NullSampler",
     "Nvml",
