@@ -7,7 +7,6 @@ from llenergymeasure_harness.energy.baseline import BaselineCache, measure_idle_
 from llenergymeasure_harness.energy.meter import NvmlEnergyMeter, WindowResult
 from llenergymeasure_harness.energy.nvml import GpuSample, Nvml, RealNvml, map_gpus, open_nvml
 from llenergymeasure_harness.energy.sampler import (
-    COLUMNS,
     NullSampler,
     TimeseriesSampler,
     integrate_power,
@@ -16,7 +15,6 @@ from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_
 
 __all__ = [
     "BaselineCache",
-    "COLUMNS",
     "GpuSample",
     "NullSampler",
     "Nvml",
