@@ -47,9 +47,15 @@ GPU_CAPABILITIES = [["gpu", "compute", "utility"]]
 
 def connect(factory: Callable[[], Any] | None = None) -> Any:
     """A docker client that answered ``ping``; ``RunnerError`` (with a fix) otherwise."""
-    import docker
-    import requests
-    from docker.errors import DockerException
+    try:
+        import docker
+        import requests
+        from docker.errors import DockerException
+    except ImportError as exc:  # a dependency, but hosts with a stripped install exist
+        raise RunnerError(
+            f"the docker Python package is not importable: {exc}",
+            hint="pip install docker, or use --runner local",
+        ) from exc
 
     client: Any = None
     try:
