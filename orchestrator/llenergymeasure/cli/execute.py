@@ -1,4 +1,4 @@
-"""Bridge from ``llem run`` to the study executor (filled in when the executor lands)."""
+"""Bridge from ``llem run`` to the study executor (:mod:`llenergymeasure.study.executor`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def execute_plan(
     plan: StudyPlan, *, quiet: bool, verbose: bool, export_csv: bool, assume_yes: bool
 ) -> int:
     """Run ``plan`` and return the exit code."""
-    from llenergymeasure.study.executor import run_study  # type: ignore[import-not-found]
+    from llenergymeasure.study.executor import run_study
 
     return int(
         run_study(plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=assume_yes)

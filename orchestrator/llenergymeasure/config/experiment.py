@@ -189,7 +189,10 @@ class ExperimentConfig(_Model):
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
-    gpus: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    gpus: list[int] = Field(
+        default_factory=lambda: [0],
+        description="GPU indices on the host; [] runs on the CPU (pytorch only, no energy).",
+    )
     random_seed: int = 42
     pytorch: PyTorchConfig | None = None
     vllm: VLLMConfig | None = None
@@ -238,11 +241,16 @@ class ExperimentConfig(_Model):
                     f"section '{other}:' does not match backend '{self.backend}'; "
                     f"move those settings under '{self.backend}:' or set backend: {other}"
                 )
+        if not self.gpus and self.backend != "pytorch":
+            raise ValueError(
+                f"gpus: [] means CPU only, but backend {self.backend} needs a GPU; "
+                "list GPU indices, e.g. gpus: [0]"
+            )
         section = self.backend_section
         tp = pp = 1
         if isinstance(section, VLLMConfig | TensorRTConfig):
             tp, pp = section.tensor_parallel_size, section.pipeline_parallel_size
-        if tp * pp > len(self.gpus):
+        if self.gpus and tp * pp > len(self.gpus):
             raise ValueError(
                 f"{self.backend}.tensor_parallel_size x pipeline_parallel_size = {tp * pp} "
                 f"needs {tp * pp} GPUs but gpus lists {len(self.gpus)} ({self.gpus}); "

@@ -71,7 +71,7 @@ from llenergymeasure.study.manifest import (
     RunRecord,
     StudyManifest,
 )
-from llenergymeasure.study.plan import PlannedExperiment, StudyPlan
+from llenergymeasure.study.plan import PlannedExperiment, StudyPlan, gap_after
 from llenergymeasure.study.progress import StudyProgress
 
 logger = logging.getLogger(__name__)
@@ -515,9 +515,10 @@ def _execute(
             for rec in todo:
                 exp = by_hash[rec.config_hash]
                 if previous is not None and not opts.no_gaps:
-                    gap = ex.cycle_gap_s if rec.cycle != previous.cycle else ex.config_gap_s
+                    between = gap_after(previous, rec, ex.cycle_order)
+                    gap = ex.cycle_gap_s if between == "cycle" else ex.config_gap_s
                     if gap > 0:
-                        kind = "cycle" if rec.cycle != previous.cycle else "experiment"
+                        kind = "cycle" if between == "cycle" else "experiment"
                         gaps_s += progress.countdown(gap, f"thermal gap between {kind}s", sleep)
                 attempt_no = len(rec.attempts) + 1
                 run_dir = _run_folder(study_dir, rec.run_id, attempt_no)

@@ -13,7 +13,7 @@ Cycle orders, for experiments A and B and two cycles::
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -133,7 +133,12 @@ def _kv_dtype(config: ExperimentConfig) -> str:
     return config.vllm.kv_cache_dtype if config.vllm is not None else "auto"
 
 
-def gap_after(previous: RunKey, following: RunKey, order: CycleOrder) -> str:
+class _HasCycle(Protocol):
+    @property
+    def cycle(self) -> int: ...
+
+
+def gap_after(previous: _HasCycle, following: _HasCycle, order: CycleOrder) -> str:
     """Which thermal gap separates two consecutive runs: ``"cycle"`` or ``"config"``.
 
     With interleaved and shuffled orders a cycle is one pass over all experiments, so crossing
