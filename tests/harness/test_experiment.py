@@ -142,3 +142,17 @@ def test_unknown_gpu_is_a_load_failure(tmp_path: Path, world: World) -> None:
         run_experiment(harness_env(tmp_path, make_config(gpus=[0, 5])), world.deps())
     assert info.value.phase == "load"
     assert type(info.value.cause).__name__ == "PreflightError"
+
+
+def test_continuous_batching_backends_get_a_steady_state(tmp_path: Path) -> None:
+    """For non-PyTorch backends the steady-state window is computed beside the whole run."""
+    w = World(batch_size=4)
+    cfg = make_config(
+        backend="vllm",
+        pytorch=None,
+        vllm={"max_num_seqs": 2},
+        n_prompts=8,
+    )
+    result = run_experiment(harness_env(tmp_path, cfg), w.deps())
+    assert result.steady_state is not None
+    assert result.steady_state.duration_s >= 0

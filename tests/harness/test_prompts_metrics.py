@@ -98,3 +98,30 @@ def test_request_columns_carry_raw_timestamps() -> None:
     assert cols["request_id"] == [3]
     assert cols["ttft_s"] == [0.5]
     assert cols["token_times_s"] == [[1.0, 1.5]]
+
+
+def test_hub_dataset_is_loaded_lazily_through_datasets(monkeypatch) -> None:
+    """The hub source asks `datasets` for the first n_prompts rows of the split."""
+    import sys
+    import types
+
+    seen = {}
+
+    class FakeData:
+        column_names = ("text",)
+
+        def __getitem__(self, key):
+            return ["hello world", "second prompt here"]
+
+    def load_dataset(name, subset, split):
+        seen.update(name=name, subset=subset, split=split)
+        return FakeData()
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    cfg = make_config(dataset={"source": "hub", "name": "org/ds", "split": "test"}, tokenizer="t")
+    reqs = build_requests(cfg, tokenize=lambda s: [1] * len(s.split()))
+    assert seen == {"name": "org/ds", "subset": None, "split": "test[:8]"}
+    assert [len(r.prompt_token_ids) for r in reqs[:2]] == [2, 3]
+    bad = make_config(dataset={"source": "hub", "name": "o/d", "text_field": "q"}, tokenizer="t")
+    with pytest.raises(ConfigError, match="no column"):
+        build_requests(bad, tokenize=lambda s: [1])

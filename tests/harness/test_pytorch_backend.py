@@ -106,3 +106,25 @@ def test_entry_point_end_to_end_on_cpu(tmp_path: Path) -> None:
     if result.energy.sampler == "null":  # the CI machine: no GPU
         assert result.energy.gpu_energy_j is None
         assert "no_energy" in {f.code for f in result.quality_flags}
+
+
+def test_load_from_local_path_and_static_cache(tmp_path: Path) -> None:
+    """A checkpoint saved to disk loads with load_format auto; the static KV cache works."""
+    src = get_backend("pytorch")
+    src.load(make_config())
+    src.model.save_pretrained(tmp_path / "ckpt")
+    src.close()
+    cfg = make_config(
+        model=str(tmp_path / "ckpt"),
+        load_format="auto",
+        n_prompts=2,
+        pytorch={"batch_size": 2, "static_kv_cache": True},
+    )
+    backend = get_backend("pytorch")
+    info = backend.load(cfg)
+    try:
+        assert info.parameter_count and info.parameter_count > 0
+        recs = backend.run(build_requests(cfg))
+        assert [r.output_tokens for r in recs] == [4, 4]
+    finally:
+        backend.close()
