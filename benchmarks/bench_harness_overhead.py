@@ -426,8 +426,12 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
                     rate_hz=float(rate) if rate else args.rate_hz,
                 )
                 sampler.start()
+            crit = None
             if base in ("on", "stamps"):
                 stamper = StepTimestamper(torch.device("cuda:0"))
+                crit = _criteria(stamper)
+                if base == "stamps" and rate:  # "stamps@100": 100 timestamp calls per step
+                    crit = type(crit)(list(crit) * int(rate))
             cpu0, ivcs0 = _thread_usage()
             st0, tot0 = _steal_jiffies()
             win = None
@@ -438,7 +442,7 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
                 ids,
                 mask,
                 args.output_len,
-                callback=_criteria(stamper) if stamper is not None else None,
+                callback=crit,
             )
             if base == "on":
                 win = meter.end_window("bench", torch.cuda.synchronize)
@@ -474,7 +478,18 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
     paired = (
         [a / b for a, b in zip(tok_s["on"], tok_s["off"], strict=True)] if ratio is not None else []
     )
+    stamps_fit = None
+    for v, m in med.items():
+        base, _, rate = v.partition("@")
+        if base == "stamps" and rate and "off" in med:
+            loss = 1.0 - m / med["off"]
+            stamps_fit = {
+                "calls_per_step": int(rate),
+                "loss": loss,
+                "loss_per_call": loss / int(rate),
+            }
     report = {
+        "stamps_fit": stamps_fit,
         "device": nvml.device_name(0),
         "driver": nvml.driver_version(),
         "batch": args.batch,
