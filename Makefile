@@ -15,7 +15,8 @@ TORCH_INDEX ?=
 # WITH_TORCH=0: skip torch/transformers (the torch-marked tests then skip).
 WITH_TORCH ?= 1
 
-.PHONY: install lint typecheck test docker-up test-images images bench
+.PHONY: install lint lint-python lint-docker lint-shell lint-workflows typecheck test docker-up \
+	test-images images bench
 
 install:
 	$(PIP) install -e '.[dev]' $(LINT_TOOLS)
@@ -23,11 +24,20 @@ install:
 	  $(PIP) install "torch==$(TORCH_VERSION)" transformers accelerate \
 	    $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-lint:
+# Each linter is its own target, so `make -k lint` (.ci/run) reports every failure at once.
+lint: lint-python lint-docker lint-shell lint-workflows
+
+lint-python:
 	ruff check .
 	ruff format --check .
+
+lint-docker:
 	hadolint images/*/Dockerfile
+
+lint-shell:
 	shellcheck scripts/*.sh .ci/run
+
+lint-workflows:
 	actionlint .github/workflows/*.yml
 	zizmor --offline --quiet .github/workflows
 
