@@ -431,7 +431,8 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
                 stamper = StepTimestamper(torch.device("cuda:0"))
                 crit = _criteria(stamper)
                 if base == "stamps" and rate:  # "stamps@100": 100 timestamp calls per step
-                    crit = type(crit)(list(crit) * int(rate))
+                    # Distinct objects: generate() drops a criterion already in its list.
+                    crit = type(crit)([c for _ in range(int(rate)) for c in _criteria(stamper)])
             cpu0, ivcs0 = _thread_usage()
             st0, tot0 = _steal_jiffies()
             win = None
