@@ -428,7 +428,10 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
                 sampler.start()
             crit = None
             if base in ("on", "stamps"):
-                stamper = StepTimestamper(torch.device("cuda:0"))
+                calls = int(rate) if base == "stamps" and rate else 1
+                stamper = StepTimestamper(
+                    torch.device("cuda:0"), expected_steps=args.output_len * calls
+                )
                 crit = _criteria(stamper)
                 if base == "stamps" and rate:  # "stamps@100": 100 timestamp calls per step
                     # Distinct objects: generate() drops a criterion already in its list.
