@@ -203,6 +203,8 @@ def main(
         )
         if isinstance(err.cause, HarnessTerminated):
             return EXIT_TERMINATED
+        if isinstance(err.cause, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
         return EXIT_CONFIG if err.phase == "config" else EXIT_FAILED
     except KeyboardInterrupt as exc:
         write_error(env.results_dir, run_id=env.run_id, phase="measure", exc=exc, tb=None)

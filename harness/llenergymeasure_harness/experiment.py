@@ -273,10 +273,9 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
     except PhaseError:
         raise
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit) and not isinstance(
-            exc, HarnessTerminated
-        ):
+        if isinstance(exc, SystemExit | GeneratorExit):
             raise
+        # KeyboardInterrupt (SIGINT) and HarnessTerminated (SIGTERM) keep their phase too.
         if isinstance(exc, ConfigError) and phase == "load":
             raise PhaseError("config", exc) from exc
         raise PhaseError(phase, exc) from exc

@@ -193,3 +193,27 @@ def test_module_entry_point_bad_config_subprocess(tmp_path: Path) -> None:
     assert proc.returncode == EXIT_CONFIG, proc.stderr
     assert _error(tmp_path).phase == "config"
     assert SECRET not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("exc_name", "code"), [("HarnessTerminated", 143), ("KeyboardInterrupt", 130)]
+)
+def test_interrupts_write_error_json_with_phase(
+    tmp_path: Path, world: World, exc_name: str, code: int
+) -> None:
+    """SIGTERM (HarnessTerminated) and SIGINT during measure: error.json phase measure, 143/130."""
+    import llenergymeasure_harness.experiment as exp
+
+    exc_type = getattr(exp, exc_name, None) or KeyboardInterrupt
+    orig = world.backend.run
+
+    def run(reqs):
+        if world.backend.runs >= 1:  # after warmup
+            raise exc_type("stop")
+        return orig(reqs)
+
+    world.backend.run = run  # type: ignore[method-assign]
+    assert main([], _environ(tmp_path), world.deps()) == code
+    err = _error(tmp_path)
+    assert err.phase == "measure"
+    assert err.error_class == exc_name
