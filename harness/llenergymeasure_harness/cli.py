@@ -82,7 +82,7 @@ def write_error(
     """Write error.json (atomically); on failure print the record to stderr. True if written."""
     record = HarnessErrorRecord(
         run_id=run_id,
-        phase=phase,  # type: ignore[arg-type]
+        phase=phase,
         error_class=type(exc).__name__,
         message=str(exc),
         traceback=tb,

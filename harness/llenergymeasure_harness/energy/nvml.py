@@ -97,7 +97,7 @@ def _field_number(fv: Any) -> float | None:
         return None
     vt = fv.valueType
     v = fv.value
-    return {
+    getter = {
         0: lambda: v.dVal,
         1: lambda: v.uiVal,
         2: lambda: v.ulVal,
@@ -105,7 +105,8 @@ def _field_number(fv: Any) -> float | None:
         4: lambda: v.sllVal,
         5: lambda: v.siVal,
         6: lambda: v.usVal,
-    }.get(vt, lambda: v.ullVal)()
+    }.get(vt, lambda: v.ullVal)
+    return float(getter())
 
 
 class RealNvml:
