@@ -122,7 +122,8 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
     sampler: Any = None
     try:
         # ------------------------------------------------------------------ load
-        nvml = d.open_nvml()
+        # gpus: [] is a CPU-only experiment: no NVML, so energy is None (not measured), never 0.
+        nvml = d.open_nvml() if cfg.gpus else None
         if nvml is not None:
             pairs = map_gpus(list(cfg.gpus), nvml.device_count(), d.cuda_visible)
             labels = [p[0] for p in pairs]

@@ -90,6 +90,25 @@ def test_no_gpu_leaves_energy_none_with_a_flag(tmp_path: Path, world: World) -> 
     assert "no_energy" in {f.code for f in result.quality_flags}
 
 
+def test_cpu_only_experiment_never_opens_nvml(tmp_path: Path, world: World) -> None:
+    """gpus: [] runs on the CPU even where NVML sees a GPU: energy None, NVML never opened."""
+    opened: list[bool] = []
+    deps = world.deps()
+    real_open = deps.open_nvml
+
+    def spy() -> object:
+        opened.append(True)
+        return real_open()
+
+    deps.open_nvml = spy  # type: ignore[method-assign, assignment]
+    cfg = make_config().model_copy(update={"gpus": []})
+    result = run_experiment(harness_env(tmp_path, cfg), deps)
+    assert opened == []
+    assert result.energy.sampler == "null"
+    assert result.energy.gpu_energy_j is None
+    assert result.efficiency.j_per_output_token is None
+
+
 def test_baseline_cache_reused_by_the_next_run(tmp_path: Path) -> None:
     """The second experiment on the same GPUs reuses the cached baseline."""
     cache = tmp_path / "cache" / "baseline.json"

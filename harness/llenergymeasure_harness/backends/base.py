@@ -7,8 +7,11 @@ per-token timestamps.
 
 Timeline the harness drives::
 
-    load() ──► warmup: run(batch) × n ──► [baseline] ──► begin window ─ run(all) ─ end window
-    (never measured)  (same shapes as measured)              (measured)             ──► close()
+    load() ──► [idle baseline] ──► warmup: run(batch) × n ──► begin window ─ run(all) ─ end window
+               (model loaded,       (never measured; same        (measured)          ──► close()
+                CUDA context open)   shapes as measured)
+
+The baseline comes before warmup so idle power is not taken on warmup's cooling tail.
 
 Timestamps in records are ``time.perf_counter()`` seconds taken in the harness process, so the
 harness can place them on the same clock as its energy window.

@@ -145,7 +145,7 @@ class PyTorchBackend:
         assert isinstance(config.pytorch, PyTorchConfig)
         self.section = sec = config.pytorch
         seed_everything(config.random_seed)
-        cuda = torch.cuda.is_available()
+        cuda = torch.cuda.is_available() and bool(config.gpus)  # gpus: [] means the CPU
         self.devices = list(config.gpus) if cuda else []
         self.device = torch.device(f"cuda:{config.gpus[0]}" if cuda else "cpu")
         if cuda:
