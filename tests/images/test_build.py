@@ -73,15 +73,30 @@ def test_build_vllm_harness_layer_on_a_cuda_base(
         docker_client.images.remove(tag, force=True)
 
 
+def _wheelhouse_layers(client: Any) -> set[str]:
+    """Untagged images whose last step copied our wheelhouse (a failed build leaves one)."""
+    found = set()
+    for image in client.images.list(filters={"dangling": True}):
+        cmd = " ".join(image.attrs.get("ContainerConfig", {}).get("Cmd") or [])
+        if "COPY" in cmd and "/tmp/wheels/" in cmd:
+            found.add(image.id)
+    return found
+
+
 def test_engine_pin_is_enforced(docker_client: Any, offline_context: Path) -> None:
     """With the engine check on, a base without the pinned TensorRT-LLM fails the build."""
-    with pytest.raises(RunnerError, match=r"tensorrt_llm|tensorrt-llm"):
-        images.build_image(
-            "tensorrt",
-            tag="llem-test/trtllm:pin-check",
-            context=offline_context,
-            base_image=images.TEST_BASE_IMAGE,
-            extra_build_args={**OFFLINE, "ENGINE_CHECK": "1"},
-            network_mode="none",
-            client=docker_client,
-        )
+    before = _wheelhouse_layers(docker_client)
+    try:
+        with pytest.raises(RunnerError, match=r"tensorrt_llm|tensorrt-llm"):
+            images.build_image(
+                "tensorrt",
+                tag="llem-test/trtllm:pin-check",
+                context=offline_context,
+                base_image=images.TEST_BASE_IMAGE,
+                extra_build_args={**OFFLINE, "ENGINE_CHECK": "1"},
+                network_mode="none",
+                client=docker_client,
+            )
+    finally:
+        for image_id in _wheelhouse_layers(docker_client) - before:
+            docker_client.images.remove(image_id, force=True)
