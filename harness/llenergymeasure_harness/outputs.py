@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.results.schema import atomic_path
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,15 +24,8 @@ def write_parquet_atomic(path: Path, columns: dict[str, list[Any]]) -> None:
     import pyarrow.parquet as pq
 
     table = pa.table(columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def chown_outputs(results_dir: Path, uid: int | None, gid: int | None) -> None:

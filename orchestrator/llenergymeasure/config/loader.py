@@ -363,39 +363,8 @@ def _label_point(assignments: list[tuple[str, Any, str]], n: int) -> str:
     return f"sweep point {n} ({desc})" if desc else f"sweep point {n}"
 
 
+@gc_paused()
 def expand_study(
-    data: Mapping[str, Any],
-    *,
-    source: str,
-    base_dir: Path,
-    user: UserDefaults | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    execution_overrides: Mapping[str, Any] | None = None,
-    runner_overrides: Mapping[str, Any] | None = None,
-    results_dir: str | None = None,
-) -> StudyConfig:
-    """Expand a parsed study mapping into a validated :class:`StudyConfig`.
-
-    Precedence, lowest first: built-in defaults, user defaults, the study file, ``overrides``
-    (command line). ``overrides`` maps dotted experiment keys to values.
-
-    Raises:
-        ConfigError: with one line per problem, each naming the key path.
-    """
-    with gc_paused():
-        return _expand_study(
-            data,
-            source=source,
-            base_dir=base_dir,
-            user=user,
-            overrides=overrides,
-            execution_overrides=execution_overrides,
-            runner_overrides=runner_overrides,
-            results_dir=results_dir,
-        )
-
-
-def _expand_study(
     data: Mapping[str, Any],
     *,
     source: str,

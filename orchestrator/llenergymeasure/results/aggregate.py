@@ -8,11 +8,10 @@ Parquet keeps types (``None`` → null); CSV writes ``None`` as an empty cell.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.results.schema import atomic_path
 from llenergymeasure.results.study import RunMetrics, StudyResult
 
 SUMMARY_CSV = "summary.csv"
@@ -63,26 +62,15 @@ def summary_rows(study: StudyResult) -> list[dict[str, Any]]:
     return rows
 
 
-def _atomic_path(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-
-
 def write_csv(study: StudyResult, path: Path) -> Path:
     """Write the summary table as CSV (atomically)."""
     rows = summary_rows(study)
-    fd, tmp = _atomic_path(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fields = list(rows[0]) if rows else ["study_id", *_IDENTITY[1:], *_METRICS]
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: "" if v is None else v for k, v in row.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
+        fields = list(rows[0]) if rows else ["study_id", *_IDENTITY[1:], *_METRICS]
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return path
 
 
@@ -93,14 +81,8 @@ def write_parquet(study: StudyResult, path: Path) -> Path:
 
     rows = summary_rows(study)
     table = pa.Table.from_pylist(rows) if rows else pa.table({})
-    fd, tmp = _atomic_path(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -7,9 +7,11 @@ its name; ``None`` means "not measured", never zero.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,19 +24,31 @@ SCHEMA_VERSION = "1.0"
 Phase = Literal["config", "load", "warmup", "baseline", "measure", "write"]
 
 
-def write_json_atomic(path: Path, payload: str) -> None:
-    """Write ``payload`` to ``path`` via a temp file in the same directory and a rename."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; it replaces ``path`` on success, vanishes on error.
+
+    Readers never see a half-written file, and a crash leaves the previous version intact.
+    The file is made world-readable (0644): ``mkstemp`` would leave it owner-only.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: str) -> None:
+    """Write ``payload`` to ``path`` durably (fsync) and atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 class _Model(BaseModel):

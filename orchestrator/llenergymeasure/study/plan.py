@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure.architecture import DTYPE_BYTES, resolve_architecture
 from llenergymeasure.config import ExperimentConfig
+from llenergymeasure.config.loader import gc_paused
 from llenergymeasure.config.study import CycleOrder, StudyConfig
 
 #: Assumed sustained HBM bandwidth for the decode-time estimate (H100-class).
@@ -219,6 +220,7 @@ def _estimates(configs: list[ExperimentConfig]) -> list[ExperimentEstimate]:
     return out
 
 
+@gc_paused()
 def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -> StudyPlan:
     """Plan ``study``: order its runs and attach images and estimates.
 
@@ -227,13 +229,6 @@ def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -
         image_for: backend -> image reference; defaults come from
             :func:`llenergymeasure.images.default_image` and the study's ``images:``.
     """
-    from llenergymeasure.config.loader import gc_paused
-
-    with gc_paused():
-        return _build_plan(study, image_for)
-
-
-def _build_plan(study: StudyConfig, image_for: dict[str, str] | None) -> StudyPlan:
     images = dict(image_for or {})
     for backend in {e.backend for e in study.experiments}:
         if backend not in images:
