@@ -180,15 +180,16 @@ class ExperimentConfig(_Model):
     trust_remote_code: bool = False
     backend: BackendName = "pytorch"
     precision: Precision = "bfloat16"
-    dataset: DatasetConfig = Field(default_factory=SyntheticDataset)
+    # Frozen sub-models: one shared default instance each is safe, and cheaper than a factory.
+    dataset: DatasetConfig = SyntheticDataset()
     n_prompts: int = Field(100, ge=1, le=1_000_000)
     max_input_tokens: int = Field(512, ge=1)
     max_output_tokens: int = Field(128, ge=1)
     ignore_eos: bool = Field(True, description="Fixed-length output: generate exactly the cap.")
-    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
-    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
-    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
-    energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    decoder: DecoderConfig = DecoderConfig()
+    warmup: WarmupConfig = WarmupConfig()
+    baseline: BaselineConfig = BaselineConfig()
+    energy: EnergyConfig = EnergyConfig()
     gpus: list[int] = Field(
         default_factory=lambda: [0],
         description="GPU indices on the host; [] runs on the CPU (pytorch only, no energy).",

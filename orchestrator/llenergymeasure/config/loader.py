@@ -480,14 +480,18 @@ def expand_study(
     default_backend = overrides.get("backend", shared.get("backend", "pytorch"))
     candidates: list[_Candidate] = []
 
+    shared_prov: dict[Any, dict[str, str]] = {}  # per backend: computed once, copied
+
     def new_candidate(label: str, backend: Any) -> _Candidate:
         base = {
             k: (copy.deepcopy(v) if isinstance(v, dict | list) else v)
             for k, v in shared.items()
             if not (k in BACKENDS and k != backend)
         }
-        prov = {k: k for k in _flatten_keys(base)}
-        return _Candidate(data=base, label=label, provenance=prov)
+        key = backend if isinstance(backend, str) else repr(backend)
+        if key not in shared_prov:
+            shared_prov[key] = {k: k for k in _flatten_keys(base)}
+        return _Candidate(data=base, label=label, provenance=dict(shared_prov[key]))
 
     if sweep:
         unscoped = [(k, v) for k, v in sweep.items() if k.split(".")[0] not in BACKENDS]
@@ -497,15 +501,15 @@ def expand_study(
             if head in BACKENDS:
                 scoped.setdefault(head, []).append((k, v))
         n = 0
-        axes = [[(k, i, val) for i, val in enumerate(vals)] for k, vals in unscoped]
+        axes = [[(k, val, f"sweep.{k}[{i}]") for i, val in enumerate(vals)] for k, vals in unscoped]
         for combo in itertools.product(*axes):
-            backend = next((val for k, _, val in combo if k == "backend"), default_backend)
+            backend = next((val for k, val, _ in combo if k == "backend"), default_backend)
             scoped_axes = [
-                [(k, i, val) for i, val in enumerate(vals)]
+                [(k, val, f"sweep.{k}[{i}]") for i, val in enumerate(vals)]
                 for k, vals in scoped.get(str(backend), [])
             ]
             for scombo in itertools.product(*scoped_axes):
-                assignments = [(k, val, f"sweep.{k}[{i}]") for k, i, val in (*combo, *scombo)]
+                assignments = [*combo, *scombo]
                 n += 1
                 cand = new_candidate(_label_point(assignments, n), backend)
                 for k, val, src in assignments:
