@@ -145,8 +145,8 @@ class ImageVariant:
 MATRIX: tuple[ImageVariant, ...] = (
     ImageVariant("pytorch", "pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime", "2.11.0"),
     ImageVariant("pytorch", "pytorch/pytorch:2.11.0-cuda13.0-cudnn9-runtime", "2.11.0"),
-    ImageVariant("vllm", "vllm/vllm-openai:v0.30.0-cu129", "0.30.0"),
-    ImageVariant("vllm", "vllm/vllm-openai:v0.30.0", "0.30.0"),
+    ImageVariant("vllm", "vllm/vllm-openai:v0.33.0-cu129", "0.33.0"),
+    ImageVariant("vllm", "vllm/vllm-openai:v0.33.0", "0.33.0"),
     ImageVariant("tensorrt", "nvcr.io/nvidia/tensorrt-llm/release:1.2.1", "1.2.1"),
 )
 

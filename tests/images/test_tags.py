@@ -55,13 +55,13 @@ def test_unknown_backend_is_a_usage_error() -> None:
     [
         ("pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime", "12.8"),
         ("pytorch/pytorch:2.11.0-cuda13.0-cudnn9-runtime", "13.0"),
-        ("vllm/vllm-openai:v0.30.0-cu129", "12.9"),
+        ("vllm/vllm-openai:v0.33.0-cu129", "12.9"),
         ("vllm/vllm-openai:v0.25.0-cu129-ubuntu2404", "12.9"),
         ("vllm/vllm-openai:v0.31.0-cu130", "13.0"),
         ("nvidia/cuda:13.0.3-base-ubuntu22.04", None),  # version without "cuda" in the tag
         ("example.com:5000/team/img:cuda13-dev", "13"),
         ("registry.local:5000/pytorch/pytorch", None),  # a port is not a tag
-        ("vllm/vllm-openai:v0.30.0", None),
+        ("vllm/vllm-openai:v0.33.0", None),
         ("pytorch/pytorch:2.11.0-cpu", None),
     ],
 )
@@ -81,7 +81,7 @@ def test_cuda_version_from_env_wins_over_tag() -> None:
 
 def test_cuda_version_of_untagged_known_bases() -> None:
     """vLLM's default tag and TensorRT-LLM release tags map to the CUDA they are built with."""
-    assert images.cuda_version_from_base("vllm/vllm-openai:v0.30.0") == "13.0"
+    assert images.cuda_version_from_base("vllm/vllm-openai:v0.33.0") == "13.0"
     assert images.cuda_version_from_base("nvcr.io/nvidia/tensorrt-llm/release:1.2.1") == "13.0"
     with pytest.raises(UsageError):  # an older vLLM release is not assumed to be CUDA 13
         images.cuda_version_from_base("vllm/vllm-openai:v0.10.1")
@@ -195,8 +195,8 @@ def test_matrix_entry_build_args_and_dockerfile() -> None:
     """Build args pin the base, engine and CUDA version and the release version."""
     entry = next(e for e in images.matrix("v2.0.3")["include"] if e["name"] == "vllm-cuda12")
     args = dict(line.split("=", 1) for line in entry["build_args"].splitlines())
-    assert args["BASE_IMAGE"] == "vllm/vllm-openai:v0.30.0-cu129"
-    assert args["ENGINE_VERSION"] == "0.30.0"
+    assert args["BASE_IMAGE"] == "vllm/vllm-openai:v0.33.0-cu129"
+    assert args["ENGINE_VERSION"] == "0.33.0"
     assert args["CUDA_VERSION"] == "12.9"
     assert args["LLEM_VERSION"] == "2.0.3"
     assert entry["dockerfile"] == "images/vllm/Dockerfile"
