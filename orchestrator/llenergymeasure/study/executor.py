@@ -675,7 +675,8 @@ def _study_result(
                 backend=exp.config.backend if exp else None,
                 model=exp.config.model if exp else None,
                 precision=exp.config.precision if exp else None,
-                image=exp.image if exp else None,
+                # the local runner runs no image: do not record the planned one as provenance
+                image=exp.image if exp and m.runner == "docker" else None,
                 params=dict(exp.params) if exp else {},
                 metrics=metrics,
             )
