@@ -58,7 +58,9 @@ from llenergymeasure.results.study import (
 )
 from llenergymeasure.runners.base import Runner, RunOutcome, utc_now
 from llenergymeasure.runners.preflight import (
+    BACKEND_MODULES,
     DEFAULT_MIN_FREE_BYTES,
+    HARNESS_MODULE,
     ImageFacts,
     PreflightReport,
     PreflightRequest,
@@ -148,7 +150,7 @@ def run_study(
     opts = _merge_options(options, flags)
     con = console or Console()
     base = Path(plan.study.results_dir).expanduser()
-    runner_obj, client = _make_runner(plan, opts, runner, docker_client)
+    runner_obj, client = _make_runner(plan, opts, runner, docker_client, con=con)
     report = _preflight(plan, opts, runner=runner_obj, client=client, results_dir=base, con=con)
     study_dir = _new_study_dir(base, plan)
     now = utc_now()
@@ -226,7 +228,7 @@ def resume(
     if recovered:
         con.print(f"runs left running by an earlier crash, now interrupted: {recovered}")
     base = study_dir.parent
-    runner_obj, client = _make_runner(plan_now, opts, runner, docker_client)
+    runner_obj, client = _make_runner(plan_now, opts, runner, docker_client, con=con)
     todo_hashes = {r.config_hash for r in todo}
     report = _preflight(
         plan_now,
@@ -290,9 +292,43 @@ def _container_settings(plan: StudyPlan, opts: StudyRunOptions) -> ContainerSett
     )
 
 
+def _missing_images(plan: StudyPlan, client: Any) -> list[str]:
+    """Images of the plan that the Docker engine does not have locally."""
+    from docker.errors import ImageNotFound
+
+    missing = []
+    for image in sorted({e.image for e in plan.experiments}):
+        try:
+            client.images.get(image)
+        except ImageNotFound:
+            missing.append(image)
+    return missing
+
+
+def _runs_locally(plan: StudyPlan) -> bool:
+    """Whether every backend of the plan (and the harness) is importable on this host."""
+    import importlib.util
+
+    modules = {HARNESS_MODULE}
+    for e in plan.experiments:
+        modules.update(BACKEND_MODULES.get(e.config.backend, ()))
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in modules)
+    except (ImportError, ValueError):
+        return False
+
+
 def _make_runner(
-    plan: StudyPlan, opts: StudyRunOptions, runner: Runner | None, client: Any
+    plan: StudyPlan,
+    opts: StudyRunOptions,
+    runner: Runner | None,
+    client: Any,
+    *,
+    con: Console | None = None,
 ) -> tuple[Runner, Any]:
+    """Pick the runner. ``auto``: Docker when it is reachable and has every image the plan
+    needs; otherwise the local runner when this host can run every backend; otherwise Docker
+    (whose preflight then says how to get the images)."""
     if runner is not None:
         return runner, getattr(runner, "client", None) if runner.name == "docker" else None
     from llenergymeasure.runners.docker import DockerRunner, connect
@@ -305,6 +341,15 @@ def _make_runner(
         except RunnerError as exc:
             if kind == "docker":
                 raise PreflightError([str(exc.message)], hint=exc.hint) from exc
+            client = None
+        missing = _missing_images(plan, client) if client is not None and kind == "auto" else []
+        if client is not None and missing and _runs_locally(plan):
+            if con is not None and not opts.quiet:
+                con.print(
+                    f"note: runner auto: {', '.join(missing)} not present in Docker, so the "
+                    "study runs on this host (local runner); `llem images build` gives Docker "
+                    "the image(s)"
+                )
             client = None
         if client is not None:
             return DockerRunner(_container_settings(plan, opts), client=client), client
