@@ -99,3 +99,20 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the model and device memory. Safe to call twice."""
         ...
+
+
+def release_device_memory() -> None:
+    """Collect dropped model objects and return cached CUDA blocks to the driver.
+
+    Backends call this from ``close()`` after dropping their model, so the next experiment in
+    the same process (tests, the local runner's retries) starts from an empty device.
+    """
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

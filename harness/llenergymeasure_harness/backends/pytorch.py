@@ -23,7 +23,12 @@ from typing import Any
 
 from llenergymeasure.config import ExperimentConfig, PyTorchConfig
 from llenergymeasure.errors import ConfigError
-from llenergymeasure_harness.backends.base import GenerationRequest, LoadInfo, RequestRecord
+from llenergymeasure_harness.backends.base import (
+    GenerationRequest,
+    LoadInfo,
+    RequestRecord,
+    release_device_memory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -378,16 +383,7 @@ class PyTorchBackend:
         if self.model is None:
             return
         self.model = None
-        import gc
-
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        release_device_memory()
 
     def sync(self) -> None:
         """Wait for the device (window edges)."""

@@ -28,7 +28,6 @@ from the engine's outputs (``prompt_token_ids`` and the streamed ``token_ids``).
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 import tempfile
@@ -39,7 +38,12 @@ from typing import Any
 
 from llenergymeasure.config import ExperimentConfig, VLLMConfig
 from llenergymeasure.errors import ConfigError, ExperimentError
-from llenergymeasure_harness.backends.base import GenerationRequest, LoadInfo, RequestRecord
+from llenergymeasure_harness.backends.base import (
+    GenerationRequest,
+    LoadInfo,
+    RequestRecord,
+    release_device_memory,
+)
 from llenergymeasure_harness.backends.engine_common import (
     ModelSource,
     RequestTimeline,
@@ -382,14 +386,7 @@ class VLLMBackend:
                 except Exception:  # closing must not mask the experiment's own error
                     logger.warning("vLLM engine core shutdown failed", exc_info=True)
             del llm
-            gc.collect()
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            except ImportError:
-                pass
+            release_device_memory()
         if self._own_workdir is not None:
             shutil.rmtree(self._own_workdir, ignore_errors=True)
             self._own_workdir = None
