@@ -8,7 +8,6 @@ For a hub id that is not built in it returns ``None``, and estimates are reporte
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib import resources
@@ -215,8 +214,3 @@ def resolve_architecture(model: str, *, base_dir: Path | None = None) -> Archite
             + ", ".join(builtin_architectures()),
         )
     return None
-
-
-def ceil_div(a: int, b: int) -> int:
-    """Integer ceiling division."""
-    return math.ceil(a / b)

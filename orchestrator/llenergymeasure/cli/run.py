@@ -20,6 +20,8 @@ from llenergymeasure.config.loader import (
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.config.user import load_user_defaults, user_config_path
 from llenergymeasure.errors import UsageError
+from llenergymeasure.study.executor import resume as resume_study
+from llenergymeasure.study.executor import run_study
 from llenergymeasure.study.plan import StudyPlan, build_plan
 
 BATCH_KEYS = {
@@ -198,18 +200,18 @@ def run_command(
     runner_overrides: dict[str, Any] = {"runner": runner} if runner else {}
 
     if resume is not None:
-        from llenergymeasure.cli.execute import resume_study
-
-        return resume_study(
-            resume,
-            config=config,
-            execution_overrides=execution_overrides,
-            runner_overrides=runner_overrides,
-            quiet=quiet,
-            verbose=verbose,
-            export_csv=export_csv,
-            assume_yes=yes,
-            dry_run=dry_run,
+        return int(
+            resume_study(
+                resume,
+                config=config,
+                execution_overrides=execution_overrides,
+                runner_overrides=runner_overrides,
+                quiet=quiet,
+                verbose=verbose,
+                export_csv=export_csv,
+                assume_yes=yes,
+                dry_run=dry_run,
+            )
         )
 
     overrides = collect_overrides(
@@ -280,8 +282,7 @@ def _plan_and_run(
             sys.stdout.write(plan_table(plan) + "\n")
         return 0
 
-    from llenergymeasure.cli.execute import execute_plan
-
-    return execute_plan(
+    result = run_study(
         plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=assume_yes
     )
+    return int(result)  # 0 when every run completed, else 1
