@@ -56,7 +56,7 @@ from llenergymeasure.results.study import (
     RunSummary,
     StudyResult,
 )
-from llenergymeasure.runners.base import Runner, RunOutcome, utc_now
+from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunStatus, utc_now
 from llenergymeasure.runners.preflight import (
     BACKEND_MODULES,
     DEFAULT_MIN_FREE_BYTES,
@@ -608,16 +608,7 @@ def _execute(
                     )
                     break
     except KeyboardInterrupt:
-        if current is not None and store.run(current.run_id).state == "running":
-            store.finish_attempt(
-                current.run_id,
-                RunOutcome(
-                    status="interrupted",
-                    failure_kind="interrupted",
-                    message="interrupted by the user",
-                    finished_at=utc_now(),
-                ),
-            )
+        _close_running(store, current, "interrupted", "interrupted", "interrupted by the user")
         store.set_state("interrupted", "interrupted by the user (Ctrl-C)")
         try:
             result = _study_result(
@@ -638,16 +629,7 @@ def _execute(
             hint=f"resume with: llem run --resume {study_dir}",
         ) from None
     except RunnerError as exc:
-        if current is not None and store.run(current.run_id).state == "running":
-            store.finish_attempt(
-                current.run_id,
-                RunOutcome(
-                    status="failed",
-                    failure_kind="runner_error",
-                    message=exc.message,
-                    finished_at=utc_now(),
-                ),
-            )
+        _close_running(store, current, "failed", "runner_error", exc.message)
         store.set_state("failed", exc.message)
         result = _study_result(
             plan, store, started_at=started_at, t0=t0, experiments_s=experiments_s, gaps_s=gaps_s
@@ -668,6 +650,26 @@ def _execute(
     _write_outputs(result, study_dir, opts)
     progress.summary(result)
     return result
+
+
+def _close_running(
+    store: ManifestStore,
+    current: RunRecord | None,
+    status: RunStatus,
+    kind: FailureKind,
+    message: str,
+) -> None:
+    """Record how the run in flight ended when the study itself stops around it."""
+    if current is not None and store.run(current.run_id).state == "running":
+        store.finish_attempt(
+            current.run_id,
+            RunOutcome(
+                status=status,
+                failure_kind=kind,
+                message=message,
+                finished_at=utc_now(),
+            ),
+        )
 
 
 def _metrics(outcome: RunOutcome) -> RunMetrics | None:
