@@ -7,7 +7,7 @@ Main entry points: :func:`run_experiment` (one experiment from a
 
 import logging
 
-__version__ = "2.0.0"
+from llenergymeasure._version import __version__  # one distribution, one version
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llenergymeasure._version import __version__
+
 if TYPE_CHECKING:
     from llenergymeasure.config import ExperimentConfig
 
@@ -132,7 +134,7 @@ class RunRequest:
     timeout_s: float | None = None
     host_uid: int | None = None
     host_gid: int | None = None
-    version: str = "2.0.0"
+    version: str = __version__
     input_base_dir: str | None = None  # resolves relative input paths; None: working dir
 
 
