@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
 from pathlib import Path
@@ -227,45 +226,6 @@ def run_command(
         gpus=gpus,
         set_items=set_items,
     )
-    # A dry run is allocation-heavy for big sweeps (10k experiments) and creates no garbage
-    # cycles worth collecting: the cyclic GC would only rescan live configs
-    # (benchmarks/bench_dry_run.py), so pause it for the planning and printing.
-    gc_was_enabled = gc.isenabled()
-    if dry_run:
-        gc.disable()
-    try:
-        return _plan_and_run(
-            config,
-            overrides=overrides,
-            execution_overrides=execution_overrides,
-            runner_overrides=runner_overrides,
-            results_dir=results_dir,
-            dry_run=dry_run,
-            as_json=as_json,
-            quiet=quiet,
-            verbose=verbose,
-            export_csv=export_csv,
-            assume_yes=yes,
-        )
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-def _plan_and_run(
-    config: Path | None,
-    *,
-    overrides: dict[str, Any],
-    execution_overrides: dict[str, Any],
-    runner_overrides: dict[str, Any],
-    results_dir: str | None,
-    dry_run: bool,
-    as_json: bool,
-    quiet: bool,
-    verbose: bool,
-    export_csv: bool,
-    assume_yes: bool,
-) -> int:
     plan = load_plan(
         config,
         overrides=overrides,
@@ -282,7 +242,5 @@ def _plan_and_run(
             sys.stdout.write(plan_table(plan) + "\n")
         return 0
 
-    result = run_study(
-        plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=assume_yes
-    )
+    result = run_study(plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes)
     return int(result)  # 0 when every run completed, else 1

@@ -87,6 +87,7 @@ class StudyPlan(BaseModel):
                 return exp
         raise KeyError(config_hash)
 
+    @gc_paused()
     def to_json_dict(self) -> dict[str, Any]:
         """The ``--dry-run --json`` document."""
         return {
