@@ -1,7 +1,7 @@
 """Model architectures: built-in ``config.json`` files, parameter counts, FLOPs and memory.
 
 The main entry point is :func:`resolve_architecture`. It never touches the network: it reads a
-built-in architecture shipped in ``llenergymeasure/architectures/`` or a local ``config.json``.
+built-in architecture shipped in ``llenergymeasure_contract/architectures/`` or a local ``config.json``.
 For a hub id that is not built in it returns ``None``, and estimates are reported as unknown.
 """
 
@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.errors import ConfigError
+from llenergymeasure_contract.errors import ConfigError
 
 #: Hub ids that map onto a built-in architecture (lower-cased).
 HUB_ALIASES: dict[str, str] = {
@@ -49,7 +49,7 @@ FLOPS_METHOD = "2*N_matmul + 2*n_layers*context*d_attn per token (Kaplan et al. 
 
 @cache
 def _builtin_names() -> tuple[str, ...]:
-    root = resources.files("llenergymeasure") / "architectures"
+    root = resources.files("llenergymeasure_contract") / "architectures"
     return tuple(
         sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json"))
     )
@@ -62,7 +62,7 @@ def builtin_architectures() -> list[str]:
 
 @cache
 def _load_builtin(name: str) -> dict[str, Any]:
-    root = resources.files("llenergymeasure") / "architectures"
+    root = resources.files("llenergymeasure_contract") / "architectures"
     data: dict[str, Any] = json.loads((root / f"{name}.json").read_text(encoding="utf-8"))
     return data
 

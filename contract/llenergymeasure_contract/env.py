@@ -15,8 +15,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from llenergymeasure.config import ExperimentConfig
-from llenergymeasure.errors import ConfigError
+from llenergymeasure_contract._version import CONTRACT_VERSION
+from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.errors import ConfigError
+from llenergymeasure_contract.files import (
+    ERROR_FILE,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    REQUESTS_FILE,
+    RESULT_FILE,
+    TIMESERIES_FILE,
+)
 
 ENV_CONFIG_JSON = "LLEM_CONFIG_JSON"
 ENV_RUN_ID = "LLEM_RUN_ID"
@@ -30,18 +40,7 @@ ENV_BASELINE_CACHE = "LLEM_BASELINE_CACHE"
 ENV_ENGINE_CACHE_DIR = "LLEM_ENGINE_CACHE_DIR"
 ENV_HOST_UID = "LLEM_HOST_UID"
 ENV_HOST_GID = "LLEM_HOST_GID"
-
-#: Files the harness writes into the results directory.
-RESULT_FILE = "result.json"
-ERROR_FILE = "error.json"
-TIMESERIES_FILE = "timeseries.parquet"
-REQUESTS_FILE = "requests.parquet"
-
-#: Harness exit codes (anything else non-zero is an unexpected crash).
-EXIT_OK = 0
-EXIT_FAILED = 1  # the experiment failed; error.json says in which phase
-EXIT_CONFIG = 2  # LLEM_CONFIG_JSON missing or invalid
-
+ENV_CONTRACT_VERSION = "LLEM_CONTRACT_VERSION"
 
 class HarnessEnv(BaseModel):
     """Everything the harness is told through its environment."""
@@ -67,6 +66,7 @@ class HarnessEnv(BaseModel):
             ENV_CONFIG_JSON: self.config.to_json(),
             ENV_RUN_ID: self.run_id,
             ENV_RESULTS_DIR: self.results_dir,
+            ENV_CONTRACT_VERSION: str(CONTRACT_VERSION),
         }
         optional: dict[str, Any] = {
             ENV_CYCLE: self.cycle,
@@ -96,6 +96,7 @@ class HarnessEnv(BaseModel):
                 "harness environment incomplete: missing " + ", ".join(missing),
                 hint="the orchestrator sets these; run experiments through `llem run`",
             )
+        check_contract_version(environ.get(ENV_CONTRACT_VERSION), side="host")
         try:
             config = ExperimentConfig.model_validate_json(environ[ENV_CONFIG_JSON])
         except ValidationError as exc:
@@ -143,3 +144,73 @@ class HarnessEnv(BaseModel):
     def results_path(self) -> Path:
         """The results directory as a path."""
         return Path(self.results_dir)
+
+
+def check_contract_version(other: str | int | None, *, side: str) -> None:
+    """Refuse to work across two contract versions.
+
+    Args:
+        other: The contract version the other side declared (``None``: it declared none).
+        side: Which side ``other`` is: ``"host"`` (checked in the harness) or ``"image"``
+            (checked by the host's preflight).
+
+    Raises:
+        ConfigError: the versions differ; the hint says which side to update.
+    """
+    if other is not None and str(other) == str(CONTRACT_VERSION):
+        return
+    if side == "image":
+        if other is None:
+            what = "declares no contract version (built before contract versioning)"
+        else:
+            what = f"speaks contract version {other}"
+        older = other is None or _as_int(other) < CONTRACT_VERSION
+        raise ConfigError(
+            f"the image {what}; this llenergymeasure host speaks contract version "
+            f"{CONTRACT_VERSION}",
+            hint="update the image (llem images build, or pull the image of this release)"
+            if older
+            else "update the host: pip install -U llenergymeasure",
+        )
+    if other is None:
+        return  # a host that names no version: older tooling; the config check still applies
+    older = _as_int(other) < CONTRACT_VERSION
+    raise ConfigError(
+        f"the host speaks contract version {other}; this harness speaks {CONTRACT_VERSION}",
+        hint="update the host: pip install -U llenergymeasure"
+        if older
+        else "update the image (llem images build, or pull the image of this release)",
+    )
+
+
+def _as_int(value: str | int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return -1
+
+
+__all__ = [
+    "ENV_BASELINE_CACHE",
+    "ENV_CONFIG_JSON",
+    "ENV_CONTRACT_VERSION",
+    "ENV_CYCLE",
+    "ENV_ENGINE_CACHE_DIR",
+    "ENV_HOST_GID",
+    "ENV_HOST_UID",
+    "ENV_IMAGE",
+    "ENV_IMAGE_DIGEST",
+    "ENV_IMAGE_LABELS_JSON",
+    "ENV_RESULTS_DIR",
+    "ENV_RUN_ID",
+    "ENV_STUDY_ID",
+    "ERROR_FILE",
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "REQUESTS_FILE",
+    "RESULT_FILE",
+    "TIMESERIES_FILE",
+    "HarnessEnv",
+    "check_contract_version",
+]

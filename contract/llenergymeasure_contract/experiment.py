@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from llenergymeasure.architecture import builtin_name_for
-from llenergymeasure.config.backends import (
+from llenergymeasure_contract.architecture import builtin_name_for
+from llenergymeasure_contract.registry import REGISTRY
+from llenergymeasure_contract.sections import (
     BackendName,
     PyTorchConfig,
     TensorRTConfig,
@@ -163,6 +164,7 @@ class EnergyConfig(_Model):
 # --------------------------------------------------------------------------- experiment
 
 IDENTITY_EXCLUDE = frozenset({"name"})
+DEFAULT_BACKEND: BackendName = "pytorch"
 
 
 class ExperimentConfig(_Model):
@@ -178,7 +180,7 @@ class ExperimentConfig(_Model):
     tokenizer: str | None = Field(None, description="Tokenizer hub id or path; default: model.")
     revision: str | None = None
     trust_remote_code: bool = False
-    backend: BackendName = "pytorch"
+    backend: BackendName = DEFAULT_BACKEND
     precision: Precision = "bfloat16"
     # Frozen sub-models: one shared default instance each is safe, and cheaper than a factory.
     dataset: DatasetConfig = SyntheticDataset()
@@ -224,37 +226,31 @@ class ExperimentConfig(_Model):
             dataset = data.get("dataset")
             if isinstance(dataset, dict) and "source" not in dataset:
                 data = {**data, "dataset": {"source": "synthetic", **dataset}}
-            backend = data.get("backend", "pytorch")
-            if (
-                isinstance(backend, str)
-                and backend in ("pytorch", "vllm", "tensorrt")
-                and data.get(backend) is None
-            ):
+            backend = data.get("backend", DEFAULT_BACKEND)
+            if isinstance(backend, str) and backend in REGISTRY and data.get(backend) is None:
                 data = {**data, backend: {}}
         return data
 
     @model_validator(mode="after")
     def _cross_field(self) -> ExperimentConfig:
-        present = {"pytorch": self.pytorch, "vllm": self.vllm, "tensorrt": self.tensorrt}
-        for other, value in present.items():
-            if other != self.backend and value is not None:
+        for other in REGISTRY.names():
+            if other != self.backend and getattr(self, other, None) is not None:
                 raise ValueError(
                     f"section '{other}:' does not match backend '{self.backend}'; "
                     f"move those settings under '{self.backend}:' or set backend: {other}"
                 )
-        if not self.gpus and self.backend != "pytorch":
+        spec = REGISTRY.get(self.backend)
+        if not self.gpus and spec.needs_gpu:
             raise ValueError(
                 f"gpus: [] means CPU only, but backend {self.backend} needs a GPU; "
                 "list GPU indices, e.g. gpus: [0]"
             )
-        section = self.backend_section
-        tp = pp = 1
-        if isinstance(section, VLLMConfig | TensorRTConfig):
-            tp, pp = section.tensor_parallel_size, section.pipeline_parallel_size
-        if self.gpus and tp * pp > len(self.gpus):
+        needed = spec.gpus_needed(self.backend_section)
+        if self.gpus and needed > len(self.gpus):
+            sizes = " x ".join(spec.parallel_keys)
             raise ValueError(
-                f"{self.backend}.tensor_parallel_size x pipeline_parallel_size = {tp * pp} "
-                f"needs {tp * pp} GPUs but gpus lists {len(self.gpus)} ({self.gpus}); "
+                f"{self.backend}.{sizes} = {needed} "
+                f"needs {needed} GPUs but gpus lists {len(self.gpus)} ({self.gpus}); "
                 f"list more GPUs or lower the parallel sizes"
             )
         if isinstance(self.dataset, SyntheticDataset):
@@ -328,16 +324,10 @@ class ExperimentConfig(_Model):
     # ----------------------------------------------------------------- derived values
 
     @property
-    def backend_section(self) -> PyTorchConfig | VLLMConfig | TensorRTConfig:
+    def backend_section(self) -> BaseModel:
         """The section of the chosen backend (always present after validation)."""
-        section = (
-            self.pytorch
-            if self.backend == "pytorch"
-            else self.vllm
-            if self.backend == "vllm"
-            else self.tensorrt
-        )
-        assert section is not None  # guaranteed by _default_section
+        section = getattr(self, self.backend)
+        assert isinstance(section, BaseModel)  # guaranteed by _default_section
         return section
 
     @cached_property
@@ -365,13 +355,7 @@ class ExperimentConfig(_Model):
     @property
     def concurrency(self) -> int:
         """Sequences in flight at once: the batch the measured run keeps busy."""
-        if isinstance(self.pytorch, PyTorchConfig):
-            return self.pytorch.batch_size
-        if isinstance(self.vllm, VLLMConfig):
-            return min(self.n_prompts, self.vllm.max_num_seqs)
-        if isinstance(self.tensorrt, TensorRTConfig):
-            return min(self.n_prompts, self.tensorrt.max_batch_size)
-        return 1
+        return REGISTRY.get(self.backend).concurrency(self.backend_section, self.n_prompts)
 
     def to_json(self) -> str:
         """The JSON the harness receives in ``LLEM_CONFIG_JSON``."""

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llenergymeasure.config import ExperimentConfig
+from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
 
 SCHEMA_VERSION = "1.0"
 
@@ -249,7 +250,7 @@ class ExperimentResult(_Model):
         """Load a ``result.json`` (or the directory holding one)."""
         p = Path(path)
         if p.is_dir():
-            p = p / "result.json"
+            p = p / RESULT_FILE
         return cls.model_validate_json(p.read_text(encoding="utf-8"))
 
     def write(self, path: str | Path) -> None:
@@ -273,14 +274,9 @@ class HarnessErrorRecord(_Model):
         """Load an ``error.json`` (or the directory holding one)."""
         p = Path(path)
         if p.is_dir():
-            p = p / "error.json"
+            p = p / ERROR_FILE
         return cls.model_validate_json(p.read_text(encoding="utf-8"))
 
     def write(self, path: str | Path) -> None:
         """Write atomically (temp file + rename)."""
         write_json_atomic(Path(path), self.model_dump_json(indent=2))
-
-
-def dump_json(obj: Any) -> str:
-    """Deterministic JSON for plain data."""
-    return json.dumps(obj, sort_keys=True, indent=2)

@@ -2,7 +2,7 @@
 
 Each section holds the engine's own knobs plus a passthrough dict for engine arguments we have
 not modelled. Validators here only validate; cross-field rules that involve the experiment
-(precision, GPUs) live in :mod:`llenergymeasure.config.experiment`.
+(precision, GPUs) live in :mod:`llenergymeasure_contract.experiment`.
 """
 
 from __future__ import annotations
@@ -364,10 +364,6 @@ class TensorRTConfig(_Section):
         return self
 
 
+#: Names of the built-in backends (the registry, :mod:`llenergymeasure_contract.registry`,
+#: holds their specs).
 BackendName = Literal["pytorch", "vllm", "tensorrt"]
-BACKENDS: tuple[str, ...] = ("pytorch", "vllm", "tensorrt")
-SECTION_MODELS: dict[str, type[BaseModel]] = {
-    "pytorch": PyTorchConfig,
-    "vllm": VLLMConfig,
-    "tensorrt": TensorRTConfig,
-}

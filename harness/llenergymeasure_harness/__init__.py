@@ -1,13 +1,13 @@
 """llenergymeasure_harness: the measuring instrument that runs inside each backend image.
 
 Main entry points: :func:`run_experiment` (one experiment from a
-:class:`~llenergymeasure.contract.HarnessEnv`), :class:`NvmlEnergyMeter` (energy windows) and
+:class:`~llenergymeasure_contract.env.HarnessEnv`), :class:`NvmlEnergyMeter` (energy windows) and
 :class:`TimeseriesSampler`. ``python -m llenergymeasure_harness`` runs the env contract.
 """
 
 import logging
 
-from llenergymeasure._version import __version__  # one distribution, one version
+from llenergymeasure_contract._version import __version__  # one distribution, one version
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

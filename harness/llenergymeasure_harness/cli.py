@@ -1,6 +1,6 @@
 """``python -m llenergymeasure_harness``: run one experiment from the environment contract.
 
-Exit codes (``llenergymeasure.contract``)::
+Exit codes (``llenergymeasure_contract.files``)::
 
     0    success: result.json, requests.parquet (and timeseries.parquet) written
     1    the experiment failed: error.json says in which phase (load|warmup|baseline|measure|
@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.contract import (
+from llenergymeasure_contract.env import (
     ENV_CONFIG_JSON,
     ENV_RESULTS_DIR,
     ENV_RUN_ID,
@@ -36,8 +36,8 @@ from llenergymeasure.contract import (
     EXIT_OK,
     HarnessEnv,
 )
-from llenergymeasure.errors import ConfigError
-from llenergymeasure.results import HarnessErrorRecord
+from llenergymeasure_contract.errors import ConfigError
+from llenergymeasure_contract.results import HarnessErrorRecord
 from llenergymeasure_harness import __version__
 from llenergymeasure_harness.experiment import Deps, HarnessTerminated, PhaseError, run_experiment
 
@@ -109,7 +109,7 @@ def write_error(
 def _check_config(source: str | None, environ: Mapping[str, str]) -> int:
     from pydantic import ValidationError
 
-    from llenergymeasure.config import ExperimentConfig
+    from llenergymeasure_contract.experiment import ExperimentConfig
 
     try:
         if source:

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from llenergymeasure.config import ExperimentConfig
-from llenergymeasure.contract import REQUESTS_FILE, RESULT_FILE, TIMESERIES_FILE, HarnessEnv
-from llenergymeasure.errors import ConfigError, MeasurementError
-from llenergymeasure.results import ExperimentResult
+from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.env import REQUESTS_FILE, RESULT_FILE, TIMESERIES_FILE, HarnessEnv
+from llenergymeasure_contract.errors import ConfigError, MeasurementError
+from llenergymeasure_contract.results import ExperimentResult
 from llenergymeasure_harness import metrics
 from llenergymeasure_harness.backends import get_backend
 from llenergymeasure_harness.backends.base import GenerationRequest
@@ -358,7 +358,7 @@ def _assemble(
         "sample_rate_hz": getattr(sampler, "rate_hz", None),
     }
     tp = metrics.throughput(records, duration_s)
-    from llenergymeasure.architecture import ArchitectureSpec, resolve_architecture
+    from llenergymeasure_contract.architecture import ArchitectureSpec, resolve_architecture
 
     try:
         arch = resolve_architecture(cfg.model)

@@ -98,7 +98,7 @@ def flops(arch: Any, records: Sequence[RequestRecord]) -> dict[str, Any]:
     """Forward FLOPs of the measured requests from an ``ArchitectureSpec`` (None if unknown)."""
     if arch is None:
         return {"flops_total": None, "flops_per_output_token": None, "flops_method": None}
-    from llenergymeasure.architecture import FLOPS_METHOD
+    from llenergymeasure_contract.architecture import FLOPS_METHOD
 
     try:
         total = sum(arch.generation_flops(r.input_tokens, r.output_tokens) for r in records)

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.results.schema import atomic_path
+from llenergymeasure_contract.results import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.config import ExperimentConfig, HubDataset, JsonlDataset, SyntheticDataset
-from llenergymeasure.errors import ConfigError
+from llenergymeasure_contract.experiment import ExperimentConfig, HubDataset, JsonlDataset, SyntheticDataset
+from llenergymeasure_contract.errors import ConfigError
 from llenergymeasure_harness.backends.base import GenerationRequest
 
 #: Lowest synthetic token id: skips the special tokens most vocabularies put first.
@@ -30,7 +30,7 @@ Tokenize = Callable[[str], list[int]]
 
 def vocab_size_for(config: ExperimentConfig) -> int | None:
     """The model's vocabulary size from its architecture, when known without the network."""
-    from llenergymeasure.architecture import resolve_architecture
+    from llenergymeasure_contract.architecture import resolve_architecture
 
     arch = resolve_architecture(config.model)
     if arch is None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from llenergymeasure.config import WarmupConfig
+from llenergymeasure_contract.experiment import WarmupConfig
 
 
 def coefficient_of_variation(values: list[float]) -> float | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from llenergymeasure.errors import ConfigError
+from llenergymeasure_contract.errors import ConfigError
 from llenergymeasure_harness.backends.base import (
     Backend,
     GenerationRequest,

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from llenergymeasure.config import ExperimentConfig
+from llenergymeasure_contract.experiment import ExperimentConfig
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.architecture import ArchitectureSpec, resolve_architecture
-from llenergymeasure.config import ExperimentConfig
-from llenergymeasure.errors import ConfigError, ExperimentError, LLEMError
+from llenergymeasure_contract.architecture import ArchitectureSpec, resolve_architecture
+from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.errors import ConfigError, ExperimentError, LLEMError
 from llenergymeasure_harness.backends.base import RequestRecord
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from llenergymeasure.config import ExperimentConfig, PyTorchConfig
-from llenergymeasure.errors import ConfigError
+from llenergymeasure_contract.experiment import ExperimentConfig, PyTorchConfig
+from llenergymeasure_contract.errors import ConfigError
 from llenergymeasure_harness.backends.base import (
     GenerationRequest,
     LoadInfo,
@@ -206,7 +206,7 @@ class PyTorchBackend:
 
     @staticmethod
     def _dummy_config(config: ExperimentConfig, auto_config: Any) -> Any:
-        from llenergymeasure.architecture import resolve_architecture
+        from llenergymeasure_contract.architecture import resolve_architecture
 
         arch = resolve_architecture(config.model)
         if arch is not None:

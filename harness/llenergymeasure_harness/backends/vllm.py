@@ -36,8 +36,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.config import ExperimentConfig, VLLMConfig
-from llenergymeasure.errors import ConfigError, ExperimentError
+from llenergymeasure_contract.experiment import ExperimentConfig, VLLMConfig
+from llenergymeasure_contract.errors import ConfigError, ExperimentError
 from llenergymeasure_harness.backends.base import (
     GenerationRequest,
     LoadInfo,

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.results import write_json_atomic
+from llenergymeasure_contract.results import write_json_atomic
 from llenergymeasure_harness.energy.meter import NvmlEnergyMeter
 
 logger = logging.getLogger(__name__)

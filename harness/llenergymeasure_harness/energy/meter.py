@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from llenergymeasure.errors import MeasurementError
+from llenergymeasure_contract.errors import MeasurementError
 from llenergymeasure_harness.energy.nvml import Nvml
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Everything else in the harness talks to :class:`Nvml`, so tests swap in
 :class:`llenergymeasure_harness.testing.FakeNvml` and no other module needs the driver.
-``pynvml.NVMLError`` is translated into :class:`~llenergymeasure.errors.MeasurementError` here,
+``pynvml.NVMLError`` is translated into :class:`~llenergymeasure_contract.errors.MeasurementError` here,
 at one boundary.
 
 Cost of each call, measured on an H100 (driver 580.159.04) beside a batch-64 ``generate``
@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from llenergymeasure.errors import MeasurementError, PreflightError
+from llenergymeasure_contract.errors import MeasurementError, PreflightError
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from llenergymeasure.config import ExperimentConfig
+from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_harness.backends.base import GenerationRequest, LoadInfo, RequestRecord
 
 

@@ -2,15 +2,12 @@
 
 Load a study file with :func:`load_study`; it expands ``sweep:`` and ``experiments:`` into
 validated, de-duplicated experiments and reports every problem with the file and key path.
+
+The classes are defined once, in the contract package (:mod:`llenergymeasure_contract`), and
+re-exported here.
 """
 
-from llenergymeasure.config.backends import (
-    BACKENDS,
-    PyTorchConfig,
-    TensorRTConfig,
-    VLLMConfig,
-)
-from llenergymeasure.config.experiment import (
+from llenergymeasure_contract.experiment import (
     BaselineConfig,
     DecoderConfig,
     EnergyConfig,
@@ -20,6 +17,11 @@ from llenergymeasure.config.experiment import (
     SyntheticDataset,
     WarmupConfig,
 )
+from llenergymeasure_contract.registry import REGISTRY
+from llenergymeasure_contract.sections import PyTorchConfig, TensorRTConfig, VLLMConfig
+
+#: Names of the registered backends (the registry, ``REGISTRY``, is the source).
+BACKENDS: tuple[str, ...] = REGISTRY.names()
 
 __all__ = [
     "BACKENDS",

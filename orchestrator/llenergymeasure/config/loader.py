@@ -38,9 +38,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from llenergymeasure.architecture import builtin_name_for, is_local_path, resolve_architecture
-from llenergymeasure.config.backends import BACKENDS
-from llenergymeasure.config.experiment import ExperimentConfig, HubDataset, JsonlDataset
+from llenergymeasure_contract.architecture import builtin_name_for, is_local_path, resolve_architecture
+from llenergymeasure_contract.registry import REGISTRY
+from llenergymeasure_contract.experiment import (
+    DEFAULT_BACKEND,
+    ExperimentConfig,
+    HubDataset,
+    JsonlDataset,
+)
 from llenergymeasure.config.study import (
     DuplicateExperiment,
     ExecutionConfig,
@@ -477,7 +482,7 @@ def expand_study(
                 entries.append(entry)
 
     # a --backend override decides which shared backend section each experiment keeps
-    default_backend = overrides.get("backend", shared.get("backend", "pytorch"))
+    default_backend = overrides.get("backend", shared.get("backend", DEFAULT_BACKEND))
     candidates: list[_Candidate] = []
 
     shared_prov: dict[Any, dict[str, str]] = {}  # per backend: computed once, copied
@@ -486,7 +491,7 @@ def expand_study(
         base = {
             k: (copy.deepcopy(v) if isinstance(v, dict | list) else v)
             for k, v in shared.items()
-            if not (k in BACKENDS and k != backend)
+            if not (k in REGISTRY and k != backend)
         }
         key = backend if isinstance(backend, str) else repr(backend)
         if key not in shared_prov:
@@ -494,11 +499,11 @@ def expand_study(
         return _Candidate(data=base, label=label, provenance=dict(shared_prov[key]))
 
     if sweep:
-        unscoped = [(k, v) for k, v in sweep.items() if k.split(".")[0] not in BACKENDS]
+        unscoped = [(k, v) for k, v in sweep.items() if k.split(".")[0] not in REGISTRY]
         scoped: dict[str, list[tuple[str, list[Any]]]] = {}
         for k, v in sweep.items():
             head = k.split(".")[0]
-            if head in BACKENDS:
+            if head in REGISTRY:
                 scoped.setdefault(head, []).append((k, v))
         n = 0
         axes = [[(k, val, f"sweep.{k}[{i}]") for i, val in enumerate(vals)] for k, vals in unscoped]
@@ -530,12 +535,12 @@ def expand_study(
 
     # scoped keys and shared sections must be used by some experiment
     def backend_of(cand: _Candidate) -> str:
-        return str(overrides.get("backend", cand.data.get("backend", "pytorch")))
+        return str(overrides.get("backend", cand.data.get("backend", DEFAULT_BACKEND)))
 
     used_backends = {backend_of(c) for c in candidates}
     for key in sweep:
         head = key.split(".")[0]
-        if head in BACKENDS and head not in used_backends:
+        if head in REGISTRY and head not in used_backends:
             problems.append(
                 f"sweep.{key}: no experiment uses backend {head!r} "
                 f"(backends in this study: {', '.join(sorted(used_backends))}); "
@@ -543,12 +548,12 @@ def expand_study(
             )
     for key in overrides:
         head = key.split(".")[0]
-        if head in BACKENDS and head not in used_backends:
+        if head in REGISTRY and head not in used_backends:
             problems.append(
                 f"{COMMAND_LINE} {key}: no experiment uses backend {head!r} "
                 f"(backends in this study: {', '.join(sorted(used_backends))})"
             )
-    for b in BACKENDS:
+    for b in REGISTRY.names():
         if b in shared and b not in used_backends:
             problems.append(
                 f"{b}: section does not match any experiment's backend "
@@ -561,7 +566,7 @@ def expand_study(
         own_backend = backend_of(cand)
         for k, v in overrides.items():
             head = k.split(".")[0]
-            if head in BACKENDS and head != own_backend:
+            if head in REGISTRY and head != own_backend:
                 continue  # scoped, like a scoped sweep key: only that backend's experiments
             _set_dotted(cand.data, k, v)
             cand.provenance[k] = f"{COMMAND_LINE} {k}"
@@ -640,8 +645,8 @@ def expand_study(
     except ValidationError as exc:
         problems.extend(_section_problems(exc, ""))
     for key in runner.images:
-        if key not in BACKENDS:
-            problems.append(f"images.{key}: unknown backend; expected one of {', '.join(BACKENDS)}")
+        if key not in REGISTRY:
+            problems.append(f"images.{key}: unknown backend; expected one of {', '.join(REGISTRY.names())}")
 
     name = raw.get("name", Path(source).stem if source != COMMAND_LINE else "llem")
     if not isinstance(name, str) or not name.strip():

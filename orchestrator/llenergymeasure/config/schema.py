@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from llenergymeasure.config.experiment import ExperimentConfig
+from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure.config.study import DockerSettings, ExecutionConfig, PullPolicy, RunnerName
 
 

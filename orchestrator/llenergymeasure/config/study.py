@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llenergymeasure.config.experiment import ExperimentConfig
+from llenergymeasure_contract.experiment import ExperimentConfig
 
 CycleOrder = Literal["sequential", "interleaved", "shuffled"]
 RunnerName = Literal["docker", "local", "auto"]

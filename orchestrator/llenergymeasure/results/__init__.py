@@ -1,6 +1,6 @@
 """Results: :class:`ExperimentResult` (one run, written by the harness) and study aggregates."""
 
-from llenergymeasure.results.schema import (
+from llenergymeasure_contract.results import (
     SCHEMA_VERSION,
     ExperimentResult,
     HarnessErrorRecord,

@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure.results.schema import atomic_path
+from llenergymeasure_contract.results import atomic_path
 from llenergymeasure.results.study import RunMetrics, StudyResult
 
 SUMMARY_CSV = "summary.csv"

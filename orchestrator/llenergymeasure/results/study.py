@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llenergymeasure.results.schema import ExperimentResult, write_json_atomic
+from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
 
 STUDY_RESULT_FILE = "study_result.json"
 STUDY_RESULT_SCHEMA_VERSION = "1.0"

@@ -49,7 +49,7 @@ from llenergymeasure.errors import (
     RunnerError,
 )
 from llenergymeasure.results.aggregate import export_study
-from llenergymeasure.results.schema import ExperimentResult, write_json_atomic
+from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
 from llenergymeasure.results.study import (
     STUDY_RESULT_FILE,
     RunMetrics,

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llenergymeasure.results.schema import write_json_atomic
+from llenergymeasure_contract.results import write_json_atomic
 from llenergymeasure.runners.base import FailureKind, RunOutcome, utc_now
 
 MANIFEST_FILE = "manifest.json"

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llenergymeasure.architecture import DTYPE_BYTES, resolve_architecture
+from llenergymeasure_contract.architecture import DTYPE_BYTES, resolve_architecture
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.config.loader import gc_paused
 from llenergymeasure.config.study import CycleOrder, StudyConfig

@@ -289,7 +289,7 @@ def make_fake_result(
 ) -> Any:
     """A valid ``ExperimentResult`` for the run described by a harness environment."""
     from llenergymeasure.contract import HarnessEnv
-    from llenergymeasure.results.schema import (
+    from llenergymeasure_contract.results import (
         ComputeMetrics,
         EfficiencyMetrics,
         EnergyMeasurement,
@@ -340,7 +340,7 @@ def write_fake_result(results_dir: Path, env: Mapping[str, str]) -> None:
 
 def write_fake_error(results_dir: Path, env: Mapping[str, str]) -> None:
     """A :data:`ResultWriter` that writes an ``error.json`` as the harness does on failure."""
-    from llenergymeasure.results.schema import HarnessErrorRecord
+    from llenergymeasure_contract.results import HarnessErrorRecord
 
     HarnessErrorRecord(
         run_id=env.get("LLEM_RUN_ID"),

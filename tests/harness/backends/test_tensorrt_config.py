@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from llenergymeasure.config import ExperimentConfig, TensorRTConfig
-from llenergymeasure.config.backends import TRT_KV_QUANT_ALGOS, TRT_QUANT_ALGOS
+from llenergymeasure_contract.sections import TRT_KV_QUANT_ALGOS, TRT_QUANT_ALGOS
 
 
 def _trt(**section: Any) -> TensorRTConfig:

@@ -1,0 +1,227 @@
+"""The backend registry: one :class:`BackendSpec` per backend, read by every consumer.
+
+A spec owns everything the host needs to know about a backend: its config section model and
+the key that sets its concurrency, how many GPUs its parallel sizes need, its container
+defaults (IPC, shared memory, ulimits), its image name, the Python modules it needs, its error
+hints and the section fields the plan table shows. The harness keeps its own registry of
+engine classes keyed by the same names (``llenergymeasure_harness.backends.ENGINES``).
+
+Adding a backend is its section model, its harness engine module and one :func:`register`
+call (or one entry in :data:`BUILTIN_BACKENDS`)::
+
+    register(BackendSpec(name="toy", section=ToyConfig, concurrency_key="batch_size",
+                         image="toy", engine="toy", modules=("toy",)))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from pydantic import BaseModel
+
+from llenergymeasure_contract.errors import ConfigError
+from llenergymeasure_contract.sections import PyTorchConfig, TensorRTConfig, VLLMConfig
+
+Ulimit = int | tuple[int, int]  # a value, or (soft, hard); -1 is unlimited
+
+
+@dataclass(frozen=True)
+class ContainerDefaults:
+    """Container settings a backend needs unless the study overrides them.
+
+    Attributes:
+        ipc_mode: ``"host"`` for engines that share tensors between processes; ``None`` keeps
+            Docker's private IPC namespace (then ``shm_size`` applies).
+        shm_size: ``/dev/shm`` size when ``ipc_mode`` is not host.
+        ulimits: name -> limit, or (soft, hard).
+    """
+
+    ipc_mode: str | None = None
+    shm_size: str | None = "8g"
+    ulimits: Mapping[str, Ulimit] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Everything about one backend that is not its engine code.
+
+    Attributes:
+        name: The config name (``backend: NAME``) and its section key (``NAME:``).
+        section: The pydantic model of its section.
+        concurrency_key: The section field that sets the sequences in flight at once.
+        image: The image name (``llenergymeasure/IMAGE``) and ``images/IMAGE/`` folder.
+        engine: The engine's display name, for messages ("vLLM").
+        modules: Python modules whose presence says the backend can run in this environment.
+        parallel_keys: Section fields whose product is the GPUs one experiment needs.
+        needs_gpu: False when it also runs on the CPU (``gpus: []``).
+        cap_concurrency: True when the engine never has more sequences in flight than
+            prompts (continuous batching); False when the key is a fixed batch size.
+        continuous_batching: True for engines that schedule requests continuously (the plan
+            warns when too few prompts leave no steady state).
+        uses_engine_cache: True when it builds engines worth caching between runs.
+        container: Its container defaults.
+        oom_hint: The fix to print when it runs out of GPU memory.
+        display_fields: Section fields the plan table shows, as (column, field).
+    """
+
+    name: str
+    section: type[BaseModel]
+    concurrency_key: str
+    image: str
+    engine: str
+    modules: tuple[str, ...]
+    parallel_keys: tuple[str, ...] = ()
+    needs_gpu: bool = True
+    cap_concurrency: bool = True
+    continuous_batching: bool = False
+    uses_engine_cache: bool = False
+    container: ContainerDefaults = field(default_factory=ContainerDefaults)
+    oom_hint: str = "use a smaller batch, a shorter sequence, more GPUs or quantization"
+    display_fields: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def concurrency_path(self) -> str:
+        """The dotted key that sets concurrency, e.g. ``vllm.max_num_seqs``."""
+        return f"{self.name}.{self.concurrency_key}"
+
+    def concurrency(self, section: BaseModel, n_prompts: int) -> int:
+        """Sequences in flight at once for this section and prompt count."""
+        value = int(getattr(section, self.concurrency_key))
+        return min(n_prompts, value) if self.cap_concurrency else value
+
+    def gpus_needed(self, section: BaseModel) -> int:
+        """GPUs one experiment needs: the product of the parallel sizes (1 without any)."""
+        n = 1
+        for key in self.parallel_keys:
+            n *= int(getattr(section, key))
+        return n
+
+
+# Engines that share tensors between processes need the host IPC namespace (the vLLM and
+# TensorRT-LLM docs both run with --ipc=host); PyTorch's generate() only needs a /dev/shm
+# larger than Docker's 64 MB default.
+BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
+    BackendSpec(
+        name="pytorch",
+        section=PyTorchConfig,
+        concurrency_key="batch_size",
+        image="pytorch",
+        engine="transformers",
+        modules=("torch", "transformers"),
+        needs_gpu=False,
+        cap_concurrency=False,
+        container=ContainerDefaults(ipc_mode=None, shm_size="8g"),
+    ),
+    BackendSpec(
+        name="vllm",
+        section=VLLMConfig,
+        concurrency_key="max_num_seqs",
+        image="vllm",
+        engine="vLLM",
+        modules=("vllm",),
+        parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
+        continuous_batching=True,
+        container=ContainerDefaults(ipc_mode="host"),
+        oom_hint="lower vllm.max_num_seqs, vllm.max_model_len or vllm.gpu_memory_utilization "
+        "(leave room for other processes), raise tensor_parallel_size, or quantize",
+        display_fields=(("kv", "kv_cache_dtype"),),
+    ),
+    BackendSpec(
+        name="tensorrt",
+        section=TensorRTConfig,
+        concurrency_key="max_batch_size",
+        image="trtllm",
+        engine="TensorRT-LLM",
+        modules=("tensorrt_llm",),
+        parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
+        continuous_batching=True,
+        uses_engine_cache=True,
+        # TensorRT-LLM's documented run: --ulimit memlock=-1 --ulimit stack=67108864
+        container=ContainerDefaults(
+            ipc_mode="host", ulimits=MappingProxyType({"memlock": -1, "stack": 67108864})
+        ),
+        oom_hint="lower tensorrt.max_batch_size, max_num_tokens, max_seq_len or "
+        "kv_cache_free_gpu_memory_fraction, raise tensor_parallel_size, or quantize",
+    ),
+)
+
+
+class BackendRegistry:
+    """Name -> :class:`BackendSpec`, in registration order."""
+
+    def __init__(self, specs: tuple[BackendSpec, ...] = ()) -> None:
+        self._specs: dict[str, BackendSpec] = {}
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, spec: BackendSpec) -> None:
+        """Add a backend.
+
+        Raises:
+            ValueError: the name is taken.
+        """
+        if spec.name in self._specs:
+            raise ValueError(f"backend {spec.name!r} is already registered")
+        self._specs[spec.name] = spec
+
+    def unregister(self, name: str) -> None:
+        """Remove a backend (tests that register a toy one)."""
+        self._specs.pop(name, None)
+
+    def get(self, name: str) -> BackendSpec:
+        """The spec of ``name``.
+
+        Raises:
+            ConfigError: no such backend.
+        """
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown backend {name!r}; expected one of {', '.join(self._specs)}"
+            ) from None
+
+    def by_image(self, image: str) -> BackendSpec | None:
+        """The spec whose image name is ``image``, if any."""
+        return next((s for s in self._specs.values() if s.image == image), None)
+
+    def names(self) -> tuple[str, ...]:
+        """Registered names, in registration order."""
+        return tuple(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[BackendSpec]:
+        return iter(tuple(self._specs.values()))
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
+#: The registry every consumer reads.
+REGISTRY = BackendRegistry(BUILTIN_BACKENDS)
+
+
+def get_backend_spec(name: str) -> BackendSpec:
+    """The registered spec of ``name`` (see :meth:`BackendRegistry.get`)."""
+    return REGISTRY.get(name)
+
+
+def register(spec: BackendSpec) -> None:
+    """Register a backend in :data:`REGISTRY`."""
+    REGISTRY.register(spec)
+
+
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "REGISTRY",
+    "BackendRegistry",
+    "BackendSpec",
+    "ContainerDefaults",
+    "Ulimit",
+    "get_backend_spec",
+    "register",
+]
