@@ -8,6 +8,7 @@
 # Needs: a reachable engine (scripts/docker-up.sh), llem-testbase:bookworm
 # (scripts/build-base.sh) and a full wheelhouse (scripts/build-wheelhouse.sh).
 # Usage: scripts/build-test-images.sh [pytorch] [vllm] [trtllm]    (default: all three)
+# LLEM_TEST_TAG_SUFFIX=-x appends -x to each tag (a private copy beside the shared tags).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,20 +19,23 @@ log_dir="$here/build/logs"
 mkdir -p "$log_dir"
 
 shopt -s nullglob
-wheels=(build/wheelhouse/llenergymeasure-*.whl)
+wheels=(build/wheelhouse/llenergymeasure_harness-*.whl)
+contracts=(build/wheelhouse/llenergymeasure_contract-*.whl)
 shopt -u nullglob
 wheel="${wheels[0]:-}"
-if [ -z "$wheel" ]; then
-    echo "build-test-images: no wheel in build/wheelhouse; run scripts/build-wheelhouse.sh" >&2
+if [ -z "$wheel" ] || [ -z "${contracts[0]:-}" ]; then
+    echo "build-test-images: no contract/harness wheel in build/wheelhouse; run scripts/build-wheelhouse.sh" >&2
     exit 1
 fi
 version="$(basename "$wheel" | cut -d- -f2)"
+contract_version="$(PYTHONPATH="$here/contract" "${PYTHON:-python3}" -c 'import llenergymeasure_contract as c; print(c.CONTRACT_VERSION)')"
 revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 common=(--network=none --force-rm
     --build-arg "BASE_IMAGE=$base"
     --build-arg "PIP_EXTRA_ARGS=--no-index --find-links=/tmp/wheels"
     --build-arg "LLEM_VERSION=$version"
+    --build-arg "CONTRACT_VERSION=$contract_version"
     --build-arg "VCS_REF=$revision")
 
 build() {  # build NAME TAG [extra docker build args...]
@@ -53,17 +57,18 @@ build() {  # build NAME TAG [extra docker build args...]
     echo "build-test-images: $tag in $((SECONDS - start))s ($(docker image inspect "$tag" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))"
 }
 
+suffix="${LLEM_TEST_TAG_SUFFIX:-}"
 targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || targets=(pytorch vllm trtllm)
 for t in "${targets[@]}"; do
     case "$t" in
-        pytorch) build pytorch llenergymeasure/pytorch:test-cpu \
+        pytorch) build pytorch "llenergymeasure/pytorch:test-cpu$suffix" \
                      --build-arg "ENGINE_PIP_SPEC=torch==$torch_version" \
                      --build-arg "ENGINE_VERSION=$torch_version" ;;
         # No engine inside: the label says so rather than claiming the pinned version.
-        vllm)    build vllm llenergymeasure/vllm:test-harness \
+        vllm)    build vllm "llenergymeasure/vllm:test-harness$suffix" \
                      --build-arg ENGINE_CHECK=0 --build-arg ENGINE_VERSION=none ;;
-        trtllm)  build trtllm llenergymeasure/trtllm:test-harness \
+        trtllm)  build trtllm "llenergymeasure/trtllm:test-harness$suffix" \
                      --build-arg ENGINE_CHECK=0 --build-arg ENGINE_VERSION=none ;;
         *) echo "build-test-images: unknown image $t" >&2; exit 2 ;;
     esac

@@ -19,11 +19,17 @@ backend="$(label io.llenergymeasure.backend)"
 version="$(label org.opencontainers.image.version)"
 [ -n "$backend" ] || fail "label io.llenergymeasure.backend is missing"
 [ -n "$version" ] || fail "label org.opencontainers.image.version is missing"
+contract="$(label io.llenergymeasure.contract.version)"
+[ -n "$contract" ] || fail "label io.llenergymeasure.contract.version is missing"
 
 run "$image" python3 -m llenergymeasure_harness --help >/dev/null || fail "--help failed"
 
 got="$(run "$image" python3 -m llenergymeasure_harness --version)" || fail "--version failed"
 case "$got" in *"$version"*) ;; *) fail "--version printed '$got', label says $version" ;; esac
+case "$got" in *"(contract $contract)"*) ;; *) fail "--version printed '$got', label says contract $contract" ;; esac
+# The image holds the contract and the harness only: no host CLI and none of its dependencies.
+run "$image" python3 -c "import importlib.util as u, sys; bad = [m for m in ('llenergymeasure', 'typer', 'rich', 'docker') if u.find_spec(m)]; sys.exit('host packages in the image: ' + ', '.join(bad) if bad else 0)" \
+    || fail "the image holds host packages"
 
 config="{\"model\": \"tiny-llama\", \"load_format\": \"dummy\", \"backend\": \"$backend\"}"
 resolved="$(run -e "LLEM_CONFIG_JSON=$config" "$image" python3 -m llenergymeasure_harness --check-config)" \

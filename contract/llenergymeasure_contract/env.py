@@ -42,6 +42,9 @@ ENV_HOST_UID = "LLEM_HOST_UID"
 ENV_HOST_GID = "LLEM_HOST_GID"
 ENV_CONTRACT_VERSION = "LLEM_CONTRACT_VERSION"
 
+#: The image label holding the contract version the image was built with.
+LABEL_CONTRACT_VERSION = "io.llenergymeasure.contract.version"
+
 class HarnessEnv(BaseModel):
     """Everything the harness is told through its environment."""
 
@@ -211,6 +214,7 @@ __all__ = [
     "REQUESTS_FILE",
     "RESULT_FILE",
     "TIMESERIES_FILE",
+    "LABEL_CONTRACT_VERSION",
     "HarnessEnv",
     "check_contract_version",
 ]

@@ -3,7 +3,7 @@
 A spec owns everything the host needs to know about a backend: its config section model and
 the key that sets its concurrency, how many GPUs its parallel sizes need, its container
 defaults (IPC, shared memory, ulimits), its image name, the Python modules it needs, its error
-hints and the section fields the plan table shows. The harness keeps its own registry of
+hints and the section fields the planner reads. The harness keeps its own registry of
 engine classes keyed by the same names (``llenergymeasure_harness.backends.ENGINES``).
 
 Adding a backend is its section model, its harness engine module and one :func:`register`
@@ -63,7 +63,7 @@ class BackendSpec:
         uses_engine_cache: True when it builds engines worth caching between runs.
         container: Its container defaults.
         oom_hint: The fix to print when it runs out of GPU memory.
-        display_fields: Section fields the plan table shows, as (column, field).
+        kv_cache_dtype_key: The section field holding the KV-cache dtype (memory estimate).
     """
 
     name: str
@@ -79,7 +79,7 @@ class BackendSpec:
     uses_engine_cache: bool = False
     container: ContainerDefaults = field(default_factory=ContainerDefaults)
     oom_hint: str = "use a smaller batch, a shorter sequence, more GPUs or quantization"
-    display_fields: tuple[tuple[str, str], ...] = ()
+    kv_cache_dtype_key: str | None = None
 
     @property
     def concurrency_path(self) -> str:
@@ -90,6 +90,12 @@ class BackendSpec:
         """Sequences in flight at once for this section and prompt count."""
         value = int(getattr(section, self.concurrency_key))
         return min(n_prompts, value) if self.cap_concurrency else value
+
+    def kv_cache_dtype(self, section: BaseModel) -> str:
+        """The KV-cache dtype the section sets (``"auto"``: the model's)."""
+        if self.kv_cache_dtype_key is None:
+            return "auto"
+        return str(getattr(section, self.kv_cache_dtype_key))
 
     def gpus_needed(self, section: BaseModel) -> int:
         """GPUs one experiment needs: the product of the parallel sizes (1 without any)."""
@@ -126,7 +132,7 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         container=ContainerDefaults(ipc_mode="host"),
         oom_hint="lower vllm.max_num_seqs, vllm.max_model_len or vllm.gpu_memory_utilization "
         "(leave room for other processes), raise tensor_parallel_size, or quantize",
-        display_fields=(("kv", "kv_cache_dtype"),),
+        kv_cache_dtype_key="kv_cache_dtype",
     ),
     BackendSpec(
         name="tensorrt",

@@ -7,7 +7,7 @@ Main entry points: :func:`run_experiment` (one experiment from a
 
 import logging
 
-from llenergymeasure_contract._version import __version__  # one distribution, one version
+from llenergymeasure_contract._version import CONTRACT_VERSION, __version__  # one version
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

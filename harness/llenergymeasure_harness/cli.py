@@ -38,7 +38,7 @@ from llenergymeasure_contract.env import (
 )
 from llenergymeasure_contract.errors import ConfigError
 from llenergymeasure_contract.results import HarnessErrorRecord
-from llenergymeasure_harness import __version__
+from llenergymeasure_harness import CONTRACT_VERSION, __version__
 from llenergymeasure_harness.experiment import Deps, HarnessTerminated, PhaseError, run_experiment
 
 logger = logging.getLogger("llenergymeasure_harness")
@@ -154,7 +154,9 @@ def main(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--version", action="version", version=f"llenergymeasure_harness {__version__}"
+        "--version",
+        action="version",
+        version=f"llenergymeasure_harness {__version__} (contract {CONTRACT_VERSION})",
     )
     parser.add_argument(
         "--check-config",

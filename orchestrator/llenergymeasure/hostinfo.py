@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure_contract.registry import REGISTRY
 from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure import __version__
@@ -119,7 +120,7 @@ def _default_images() -> list[tuple[str, str]]:
     try:
         from llenergymeasure.images import default_image
 
-        return [(b, default_image(b)) for b in ("pytorch", "vllm", "tensorrt")]
+        return [(spec.name, default_image(spec.name)) for spec in REGISTRY]
     except Exception:  # images module unavailable or changed: report nothing rather than fail
         return []
 
@@ -140,7 +141,6 @@ def collect_host_info(
         find_spec: Module lookup without import (tests).
     """
     from llenergymeasure.runners.preflight import (
-        BACKEND_MODULES,
         HARNESS_MODULE,
         host_nvidia_smi,
         parse_probe_output,
@@ -192,7 +192,7 @@ def collect_host_info(
                     busy_pids=pids,
                 )
             )
-    backends = {b: all(installed(m) for m in mods) for b, mods in BACKEND_MODULES.items()}
+    backends = {spec.name: all(installed(m) for m in spec.modules) for spec in REGISTRY}
     harness = installed(HARNESS_MODULE)
     return HostInfo(
         hostname=socket.gethostname(),

@@ -12,7 +12,7 @@ here, as pure functions, so the release workflow (``.github/workflows/images.yml
 The CUDA major in a tag is derived from the base image (its tag, or its ``CUDA_VERSION``
 environment variable read with ``docker image inspect``), never typed by hand.
 
-Only :func:`build_image`, :func:`inspect_base_env`, :func:`build_project_wheel` and
+Only :func:`build_image`, :func:`inspect_base_env`, :func:`build_image_wheels` and
 :func:`main` touch Docker, a subprocess or the file system, and only when called.
 """
 
@@ -29,9 +29,14 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from llenergymeasure_contract.env import LABEL_CONTRACT_VERSION
+from llenergymeasure_contract.registry import REGISTRY
+
 from llenergymeasure import __version__
+from llenergymeasure._version import CONTRACT_VERSION
 from llenergymeasure.errors import PreflightError, RunnerError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -41,8 +46,10 @@ __all__ = [
     "DEFAULT_CUDA_MAJOR",
     "DOCKERHUB_NAMESPACE",
     "GHCR_NAMESPACE",
+    "IMAGE_DISTRIBUTIONS",
     "LABEL_BACKEND",
     "LABEL_BASE_NAME",
+    "LABEL_CONTRACT_VERSION",
     "LABEL_CUDA_VERSION",
     "LABEL_ENGINE",
     "LABEL_ENGINE_VERSION",
@@ -55,7 +62,7 @@ __all__ = [
     "available_cuda_majors",
     "build_args",
     "build_image",
-    "build_project_wheel",
+    "build_image_wheels",
     "cuda_major_for_driver",
     "cuda_major_of",
     "cuda_version_from_base",
@@ -76,8 +83,8 @@ __all__ = [
     "variant_for",
 ]
 
-#: config backend name -> image (and images/ folder) name.
-BACKEND_IMAGES: Mapping[str, str] = {"pytorch": "pytorch", "vllm": "vllm", "tensorrt": "trtllm"}
+#: config backend name -> image (and images/ folder) name, from the backend registry.
+BACKEND_IMAGES: Mapping[str, str] = MappingProxyType({spec.name: spec.image for spec in REGISTRY})
 
 DOCKERHUB_NAMESPACE = "llenergymeasure"
 GHCR_NAMESPACE = "ghcr.io/llenergymeasure"
@@ -364,6 +371,7 @@ def build_args(
         "ENGINE_VERSION": variant.engine_version,
         "CUDA_VERSION": variant.cuda_version,
         "LLEM_VERSION": version,
+        "CONTRACT_VERSION": str(CONTRACT_VERSION),
         "VCS_REF": revision,
     }
 
@@ -421,24 +429,37 @@ def find_project_root(start: Path | None = None) -> Path | None:
     return None
 
 
-def build_project_wheel(root: Path, python: str = sys.executable) -> Path:
-    """Build the llenergymeasure wheel into ``root/build/wheelhouse`` (what the images COPY).
+#: The distributions every image installs (their folders in the checkout): the contract and
+#: the harness only, never the host CLI.
+IMAGE_DISTRIBUTIONS: tuple[tuple[str, str], ...] = (
+    ("contract", "llenergymeasure_contract"),
+    ("harness", "llenergymeasure_harness"),
+)
+
+
+def build_image_wheels(root: Path, python: str = sys.executable) -> list[Path]:
+    """Build the contract and harness wheels into ``root/build/wheelhouse`` (what images COPY).
 
     Raises:
         RunnerError: if pip fails.
     """
     wheelhouse = root / "build" / "wheelhouse"
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    for old in wheelhouse.glob("llenergymeasure-*.whl"):
-        old.unlink()
-    cmd = [python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheelhouse)]
-    proc = subprocess.run([*cmd, str(root)], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RunnerError(f"building the project wheel failed:\n{proc.stderr.strip()}")
-    wheels = sorted(wheelhouse.glob("llenergymeasure-*.whl"))
-    if not wheels:
-        raise RunnerError(f"pip wheel produced no llenergymeasure wheel in {wheelhouse}")
-    return wheels[-1]
+    built: list[Path] = []
+    for folder, stem in IMAGE_DISTRIBUTIONS:
+        for old in wheelhouse.glob(f"{stem}-*.whl"):
+            old.unlink()
+        cmd = [python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheelhouse)]
+        proc = subprocess.run(
+            [*cmd, str(root / folder)], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise RunnerError(f"building the {folder} wheel failed:\n{proc.stderr.strip()}")
+        wheels = sorted(wheelhouse.glob(f"{stem}-*.whl"))
+        if not wheels:
+            raise RunnerError(f"pip wheel produced no {stem} wheel in {wheelhouse}")
+        built.append(wheels[-1])
+    return built
 
 
 def docker_client() -> Any:

@@ -20,8 +20,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-#: What the distribution is built from (pyproject.toml's packages.find and readme).
-SOURCES = ("pyproject.toml", "README.md", "orchestrator", "harness")
+#: What the three distributions are built from (each pyproject's packages and readme).
+SOURCES = ("pyproject.toml", "README.md", "orchestrator", "harness", "contract")
 #: Modules that only the extras bring; none may be importable in the light install.
 EXTRAS_MODULES = ("torch", "transformers", "vllm", "tensorrt_llm", "pynvml", "zeus", "codecarbon")
 #: pip output that means the package index cannot be reached, not that our packaging is wrong.
@@ -40,7 +40,11 @@ PIP_TIMEOUT_S = 600
 
 @pytest.fixture(scope="module")
 def light_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with ``pip install <copy of the repo>``: the bin/ folder of that venv."""
+    """A fresh venv with the three distributions installed from a copy: its bin/ folder.
+
+    ``pip install llenergymeasure`` from an index brings the contract and the harness along;
+    from a checkout, the two sibling folders stand in for the index.
+    """
     root = tmp_path_factory.mktemp("no-extras")
     src = root / "src"
     src.mkdir()
@@ -56,7 +60,16 @@ def light_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bin_dir = venv / "bin"
     started = time.monotonic()
     proc = subprocess.run(
-        [str(bin_dir / "python"), "-m", "pip", "install", "--quiet", str(src)],
+        [
+            str(bin_dir / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            str(src / "contract"),
+            str(src / "harness"),
+            str(src),
+        ],
         capture_output=True,
         text=True,
         timeout=PIP_TIMEOUT_S,

@@ -24,7 +24,7 @@ def offline_context(local_image: Callable[[str], str], skip_or_fail: Callable[[s
     """The checkout, once the local base image and a full wheelhouse exist."""
     local_image(images.TEST_BASE_IMAGE)
     wheelhouse = ROOT / "build" / "wheelhouse"
-    if not list(wheelhouse.glob("llenergymeasure-*.whl")) or not list(
+    if not list(wheelhouse.glob("llenergymeasure_harness-*.whl")) or not list(
         wheelhouse.glob("pydantic-*.whl")
     ):
         skip_or_fail("build/wheelhouse is not filled; run `make test-images`")

@@ -90,14 +90,18 @@ def test_labels(backend: str) -> None:
     ):
         assert f"{key}=" in text, key
     assert f'{images.LABEL_BACKEND}="{backend}"' in text
+    assert f'{images.LABEL_CONTRACT_VERSION}="${{CONTRACT_VERSION}}"' in text
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_harness_wheel_and_command(backend: str) -> None:
-    """Every image installs the llenergymeasure wheel and runs the harness module."""
+    """Every image installs the contract and harness wheels (never the host's) and runs the
+    harness module."""
     text = _dockerfile(backend)
     assert "COPY build/wheelhouse/ /tmp/wheels/" in text
-    assert "/tmp/wheels/llenergymeasure-*.whl" in text
+    assert "/tmp/wheels/llenergymeasure_contract-*.whl" in text
+    assert "/tmp/wheels/llenergymeasure_harness-*.whl" in text
+    assert "/tmp/wheels/llenergymeasure-*.whl" not in text
     assert 'CMD ["python3", "-m", "llenergymeasure_harness"]' in text
 
 

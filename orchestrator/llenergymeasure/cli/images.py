@@ -84,8 +84,8 @@ def build_command(
     if offline:
         extra.setdefault("PIP_EXTRA_ARGS", _OFFLINE_PIP)
 
-    wheel = images.build_project_wheel(root)
-    console.print(f"wheel: {wheel.name}")
+    wheels = images.build_image_wheels(root)
+    console.print("wheels: " + ", ".join(w.name for w in wheels))
     for name in backends:
         target = tag or _default_tag(name, base_image, cuda_major)
         console.print(f"building [bold]{target}[/] from {images.dockerfile_for(name)}")

@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 import yaml
+from llenergymeasure_contract.experiment import DEFAULT_BACKEND
+from llenergymeasure_contract.registry import REGISTRY
 
 from llenergymeasure.config.loader import (
     COMMAND_LINE,
@@ -23,11 +25,6 @@ from llenergymeasure.study.executor import resume as resume_study
 from llenergymeasure.study.executor import run_study
 from llenergymeasure.study.plan import StudyPlan, build_plan
 
-BATCH_KEYS = {
-    "pytorch": "pytorch.batch_size",
-    "vllm": "vllm.max_num_seqs",
-    "tensorrt": "tensorrt.max_batch_size",
-}
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -88,11 +85,12 @@ def collect_overrides(
             if "backend" in (raw.get("sweep") or {}):
                 raise UsageError(
                     "--batch-size is ambiguous when the study sweeps backend",
-                    hint="use --set pytorch.batch_size=N (or vllm.max_num_seqs, "
-                    "tensorrt.max_batch_size)",
+                    hint="use --set " + " or ".join(f"{s.concurrency_path}=N" for s in REGISTRY),
                 )
-            effective = str(raw.get("backend", "pytorch"))
-        overrides[BATCH_KEYS.get(effective or "pytorch", "pytorch.batch_size")] = batch_size
+            effective = str(raw.get("backend", DEFAULT_BACKEND))
+        # an unknown backend keeps the default's key; the loader reports the bad name itself
+        name = effective if effective in REGISTRY else DEFAULT_BACKEND
+        overrides[REGISTRY.get(name).concurrency_path] = batch_size
     overrides.update(_parse_set(set_items))
     return overrides
 
@@ -144,7 +142,7 @@ def run_command(
     model: str | None = typer.Option(
         None, "--model", help="Hub id, local path or built-in architecture."
     ),
-    backend: str | None = typer.Option(None, "--backend", help="pytorch | vllm | tensorrt"),
+    backend: str | None = typer.Option(None, "--backend", help=" | ".join(REGISTRY.names())),
     precision: str | None = typer.Option(None, "--precision", help="float32 | float16 | bfloat16"),
     load_format: str | None = typer.Option(None, "--load-format", help="auto | dummy"),
     n_prompts: int | None = typer.Option(None, "--n-prompts", help="Number of prompts."),
@@ -153,7 +151,7 @@ def run_command(
     batch_size: int | None = typer.Option(
         None,
         "--batch-size",
-        help="pytorch.batch_size / vllm.max_num_seqs / tensorrt.max_batch_size",
+        help=" / ".join(spec.concurrency_path for spec in REGISTRY),
     ),
     gpus: str | None = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1"),
     set_items: list[str] = typer.Option(

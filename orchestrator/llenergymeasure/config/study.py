@@ -45,14 +45,22 @@ class ExecutionConfig(_Model):
 class DockerSettings(_Model):
     """Container settings applied to every experiment's container."""
 
-    shm_size: str | None = Field("8g", description="/dev/shm size when ipc_mode is not host.")
-    ipc_mode: str | None = Field("host", description="vLLM/TRT-LLM need host IPC or big shm.")
+    # None: the backend's own default (its registry entry: host IPC for vLLM/TensorRT-LLM,
+    # an 8 GB /dev/shm for PyTorch, TensorRT-LLM's memlock/stack ulimits), so a setting made
+    # for one engine never leaks into another's containers.
+    shm_size: str | None = Field(
+        None, description="/dev/shm size when ipc_mode is not host (default: the backend's)."
+    )
+    ipc_mode: str | None = Field(
+        None, description="IPC namespace, e.g. host (default: the backend's; vLLM/TRT-LLM: host)."
+    )
     network_mode: Literal["host", "none", "bridge"] = Field(
         "host", description="host lets the container reach the model hub; none for offline."
     )
-    ulimits: dict[str, int | list[int]] = Field(
-        default_factory=lambda: dict[str, int | list[int]](memlock=-1, stack=67108864),
-        description="name -> limit, or [soft, hard]; -1 is unlimited.",
+    ulimits: dict[str, int | list[int]] | None = Field(
+        None,
+        description="name -> limit, or [soft, hard]; -1 is unlimited "
+        "(default: the backend's; TensorRT-LLM: memlock=-1, stack=67108864).",
     )
     mem_limit: str | None = Field(None, description="Container memory limit, e.g. '64g'.")
     hf_cache_dir: str | None = Field(

@@ -28,7 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from llenergymeasure.errors import PreflightError, RunnerError
+from llenergymeasure_contract.env import LABEL_CONTRACT_VERSION, check_contract_version
+from llenergymeasure_contract.registry import REGISTRY
+
+from llenergymeasure.errors import ConfigError, PreflightError, RunnerError
 from llenergymeasure.runners.docker import GPU_CAPABILITIES, explain_api_error
 from llenergymeasure.runners.spec import LABEL_OWNER_PID, LABEL_STUDY
 
@@ -36,13 +39,13 @@ logger = logging.getLogger(__name__)
 
 PullPolicy = Literal["missing", "always", "never"]
 
-#: Modules whose presence (not import) says a backend can run locally.
-BACKEND_MODULES: Mapping[str, tuple[str, ...]] = {
-    "pytorch": ("torch", "transformers"),
-    "vllm": ("vllm",),
-    "tensorrt": ("tensorrt_llm",),
-}
 HARNESS_MODULE = "llenergymeasure_harness"
+
+
+def backend_modules(backend: str) -> tuple[str, ...]:
+    """Modules whose presence (not import) says ``backend`` can run locally (its registry
+    entry's; none for a name the registry does not know)."""
+    return REGISTRY.get(backend).modules if backend in REGISTRY else ()
 
 DEFAULT_MIN_FREE_BYTES = 2 * 1024**3
 
@@ -262,7 +265,13 @@ def _check_images(
                     problems.append(f"pulling image {image} failed: {explain_api_error(exc)}")
                     continue
                 report.notes.append(f"pull of {image} failed, using the local copy: {exc}")
-        report.images[image] = _image_facts(image, present)
+        facts = _image_facts(image, present)
+        try:
+            check_contract_version(facts.labels.get(LABEL_CONTRACT_VERSION), side="image")
+        except ConfigError as exc:
+            problems.append(f"image {image}: {exc.message}; fix: {exc.hint}")
+            continue
+        report.images[image] = facts
 
 
 def _probe_gpus(
@@ -389,7 +398,7 @@ def _check_local(
             f"the local runner needs the harness ({HARNESS_MODULE}) importable in this Python"
         )
     missing = {
-        b: [m for m in BACKEND_MODULES.get(b, ()) if not installed(m)]
+        b: [m for m in backend_modules(b) if not installed(m)]
         for b in sorted(request.backends)
     }
     missing = {b: ms for b, ms in missing.items() if ms}

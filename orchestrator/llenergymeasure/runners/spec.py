@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure._version import __version__
+from llenergymeasure_contract.env import ENV_CONFIG_JSON
+from llenergymeasure_contract.registry import REGISTRY
 
 if TYPE_CHECKING:
     from llenergymeasure.config import ExperimentConfig
@@ -68,18 +70,6 @@ _WRITABLE_CACHE_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 
-# Engines that share tensors between processes need the host IPC namespace (vLLM and
-# TensorRT-LLM docs both run with --ipc=host); PyTorch's DataLoader-free generate only needs
-# a shared-memory size larger than Docker's 64 MB default.
-_DEFAULT_IPC: dict[str, str | None] = {"pytorch": None, "vllm": "host", "tensorrt": "host"}
-_DEFAULT_ULIMITS: dict[str, dict[str, int | tuple[int, int]]] = {
-    "pytorch": {},
-    "vllm": {},
-    # TensorRT-LLM's documented run: --ulimit memlock=-1 --ulimit stack=67108864
-    "tensorrt": {"memlock": -1, "stack": 67108864},
-}
-
-
 @dataclass(frozen=True)
 class Mount:
     """A bind mount: host ``source`` seen at ``target`` in the container."""
@@ -93,13 +83,14 @@ class Mount:
 class ContainerSettings:
     """Host-level knobs for containers; the study and user config fill these.
 
-    ``ulimits`` and ``ipc_mode`` of ``None`` mean "the backend's default" (see module
-    docstring); an empty dict means "no ulimits". ``user`` of ``None`` means the invoking
+    ``shm_size``, ``ulimits`` and ``ipc_mode`` of ``None`` mean "the backend's default"
+    (its :class:`~llenergymeasure_contract.registry.ContainerDefaults`); an empty dict means
+    "no ulimits". ``user`` of ``None`` means the invoking
     user's uid:gid (filled by the caller, which may do I/O).
     """
 
     network_mode: str = "host"
-    shm_size: str | None = "8g"
+    shm_size: str | None = None
     ipc_mode: str | None = None
     ulimits: Mapping[str, int | tuple[int, int]] | None = None  # value or (soft, hard)
     mem_limit: str | None = None
@@ -319,7 +310,7 @@ def build_container_spec(
     if request.image is None:
         raise ValueError(f"run {request.run_id}: no image resolved for the Docker runner")
     config = request.config
-    backend = str(config.backend)
+    spec = REGISTRY.get(str(config.backend))
     original = config.model_dump(mode="json")
     cfg_dict, input_mounts = rewrite_host_paths(original, base_dir)
     if cfg_dict != original:
@@ -335,7 +326,7 @@ def build_container_spec(
         mounts.append(Mount(settings.hf_cache_dir, CONTAINER_HF_CACHE))
         env["HF_HOME"] = CONTAINER_HF_CACHE
     engine_cache: str | None = None
-    if settings.engine_cache_dir and backend == "tensorrt":
+    if settings.engine_cache_dir and spec.uses_engine_cache:
         mounts.append(Mount(settings.engine_cache_dir, CONTAINER_ENGINE_CACHE))
         engine_cache = CONTAINER_ENGINE_CACHE
     mounts.extend(input_mounts)
@@ -349,7 +340,7 @@ def build_container_spec(
             engine_cache_dir=engine_cache,
         )
     )
-    config_json = env["LLEM_CONFIG_JSON"]
+    config_json = env[ENV_CONFIG_JSON]
 
     labels = {
         LABEL_STUDY: request.study_id,
@@ -363,14 +354,13 @@ def build_container_spec(
     if owner_host is not None:
         labels[LABEL_OWNER_HOST] = owner_host
 
-    ipc_mode = settings.ipc_mode if settings.ipc_mode is not None else _DEFAULT_IPC.get(backend)
-    ulimits = (
-        dict(settings.ulimits)
-        if settings.ulimits is not None
-        else dict(_DEFAULT_ULIMITS.get(backend, {}))
-    )
+    defaults = spec.container
+    ipc_mode = settings.ipc_mode if settings.ipc_mode is not None else defaults.ipc_mode
+    ulimits = dict(settings.ulimits if settings.ulimits is not None else defaults.ulimits)
     # With the host IPC namespace /dev/shm is the host's; Docker rejects a size then.
-    shm_size = None if ipc_mode == "host" else settings.shm_size
+    shm_size = settings.shm_size if settings.shm_size is not None else defaults.shm_size
+    if ipc_mode == "host":
+        shm_size = None
     user = settings.user
     if user is None and settings.run_as_host_user and request.host_uid is not None:
         user = f"{request.host_uid}:{request.host_gid if request.host_gid is not None else 0}"
@@ -423,7 +413,9 @@ def build_local_spec(
             config=request.config,
             results_dir=str(request.run_dir),
             baseline_cache=baseline_cache,
-            engine_cache_dir=engine_cache_dir if request.config.backend == "tensorrt" else None,
+            engine_cache_dir=engine_cache_dir
+            if REGISTRY.get(str(request.config.backend)).uses_engine_cache
+            else None,
         )
     )
     return LocalSpec(

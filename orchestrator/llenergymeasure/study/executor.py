@@ -58,12 +58,12 @@ from llenergymeasure.results.study import (
 )
 from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunStatus, utc_now
 from llenergymeasure.runners.preflight import (
-    BACKEND_MODULES,
     DEFAULT_MIN_FREE_BYTES,
     HARNESS_MODULE,
     ImageFacts,
     PreflightReport,
     PreflightRequest,
+    backend_modules,
     run_preflight,
 )
 from llenergymeasure.runners.spec import ContainerSettings, RunRequest, _looks_like_host_path
@@ -270,9 +270,12 @@ def _request_gpus(opts: StudyRunOptions) -> bool:
 
 def _container_settings(plan: StudyPlan, opts: StudyRunOptions) -> ContainerSettings:
     d = plan.study.runner.docker
-    ulimits: dict[str, int | tuple[int, int]] = {}
-    for name, value in d.ulimits.items():
-        ulimits[name] = (int(value[0]), int(value[1])) if isinstance(value, list) else int(value)
+    ulimits: dict[str, int | tuple[int, int]] | None = None
+    if d.ulimits is not None:
+        ulimits = {
+            name: (int(value[0]), int(value[1])) if isinstance(value, list) else int(value)
+            for name, value in d.ulimits.items()
+        }
     hf = d.hf_cache_dir or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     engines = d.engine_cache_dir or "~/.cache/llenergymeasure/trt-engines"
     env = dict(d.env)
@@ -311,7 +314,7 @@ def _runs_locally(plan: StudyPlan) -> bool:
 
     modules = {HARNESS_MODULE}
     for e in plan.experiments:
-        modules.update(BACKEND_MODULES.get(e.config.backend, ()))
+        modules.update(backend_modules(e.config.backend))
     try:
         return all(importlib.util.find_spec(m) is not None for m in modules)
     except (ImportError, ValueError):

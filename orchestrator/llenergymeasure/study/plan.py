@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure_contract.architecture import DTYPE_BYTES, resolve_architecture
+from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.config.loader import gc_paused
 from llenergymeasure.config.study import CycleOrder, StudyConfig
@@ -132,7 +133,7 @@ def order_runs(hashes: list[str], n_cycles: int, order: CycleOrder, seed: int = 
 
 
 def _kv_dtype(config: ExperimentConfig) -> str:
-    return config.vllm.kv_cache_dtype if config.vllm is not None else "auto"
+    return REGISTRY.get(config.backend).kv_cache_dtype(config.backend_section)
 
 
 class _HasCycle(Protocol):
@@ -166,7 +167,7 @@ def estimate_experiment(config: ExperimentConfig) -> ExperimentEstimate:
         return ExperimentEstimate()
     dtype_bytes = DTYPE_BYTES.get(config.precision, 2.0)
     weight_bytes = dtype_bytes
-    quant = config.backend_section.quantization
+    quant = getattr(config.backend_section, "quantization", None)
     if quant:
         q = str(quant).lower()
         weight_bytes = 0.5 if ("4" in q or "awq" in q or "gptq" in q) else 1.0
@@ -206,7 +207,7 @@ def _estimates(configs: list[ExperimentConfig]) -> list[ExperimentEstimate]:
                 cfg.precision,
                 cfg.concurrency,
                 cfg.n_prompts,
-                section.quantization,
+                getattr(section, "quantization", None),
                 _kv_dtype(cfg),
                 cfg.resolved_input_len(),
                 cfg.resolved_output_len(),
@@ -274,7 +275,7 @@ def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -
     short = [
         p.index
         for p in planned
-        if p.config.backend in ("vllm", "tensorrt")
+        if REGISTRY.get(p.config.backend).continuous_batching
         and p.config.n_prompts < STEADY_STATE_MIN_BATCHES * p.config.concurrency
     ]
     if short:

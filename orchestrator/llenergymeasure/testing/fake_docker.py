@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from docker.errors import APIError, ImageNotFound, NotFound
+from llenergymeasure_contract._version import CONTRACT_VERSION
+from llenergymeasure_contract.env import LABEL_CONTRACT_VERSION
 
 ResultWriter = Callable[[Path, Mapping[str, str]], None]
 
@@ -217,15 +219,25 @@ class _Image:
 
 
 class _Images:
-    def __init__(self, present: set[str], pullable: set[str]) -> None:
+    def __init__(
+        self,
+        present: set[str],
+        pullable: set[str],
+        labels: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self.present = set(present)
         self.pullable = set(pullable)
+        self.labels = {k: dict(v) for k, v in (labels or {}).items()}
         self.pulled: list[str] = []
 
     def get(self, name: str) -> _Image:
         if name not in self.present:
             raise ImageNotFound(f"No such image: {name}")
-        return _Image([name], f"sha256:{abs(hash(name)):064x}"[:71], {"llem.fake": "1"})
+        # Like a real image built from this checkout: it speaks this contract version.
+        labels = self.labels.get(
+            name, {"llem.fake": "1", LABEL_CONTRACT_VERSION: str(CONTRACT_VERSION)}
+        )
+        return _Image([name], f"sha256:{abs(hash(name)):064x}"[:71], dict(labels))
 
     def pull(self, repository: str, tag: str | None = None, **kwargs: Any) -> _Image:
         name = f"{repository}:{tag}" if tag else repository
@@ -240,7 +252,8 @@ class _Images:
 
 
 class FakeDockerClient:
-    """The fake client. ``harness`` is a :class:`FakeHarness` or a function choosing one."""
+    """The fake client. ``harness`` is a :class:`FakeHarness` or a function choosing one;
+    ``image_labels`` replaces the labels of the named images (default: this contract's)."""
 
     def __init__(
         self,
@@ -250,8 +263,9 @@ class FakeDockerClient:
         harness: FakeHarness | HarnessPicker | None = None,
         reachable: bool = True,
         runtimes: Mapping[str, Any] | None = None,
+        image_labels: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
-        self.images = _Images(images or set(), pullable or set())
+        self.images = _Images(images or set(), pullable or set(), image_labels)
         self.containers = _Containers(self)
         self._harness = harness or FakeHarness()
         self.reachable = reachable
