@@ -1,7 +1,8 @@
 """Model architectures: built-in ``config.json`` files, parameter counts, FLOPs and memory.
 
 The main entry point is :func:`resolve_architecture`. It never touches the network: it reads a
-built-in architecture shipped in ``llenergymeasure_contract/architectures/`` or a local ``config.json``.
+built-in architecture shipped in ``llenergymeasure_contract/architectures/`` or a local
+``config.json``.
 For a hub id that is not built in it returns ``None``, and estimates are reported as unknown.
 """
 

@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llenergymeasure_contract._version import CONTRACT_VERSION
-from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.errors import ConfigError
+from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.files import (
     ERROR_FILE,
     EXIT_CONFIG,
@@ -44,6 +44,7 @@ ENV_CONTRACT_VERSION = "LLEM_CONTRACT_VERSION"
 
 #: The image label holding the contract version the image was built with.
 LABEL_CONTRACT_VERSION = "io.llenergymeasure.contract.version"
+
 
 class HarnessEnv(BaseModel):
     """Everything the harness is told through its environment."""
@@ -211,10 +212,10 @@ __all__ = [
     "EXIT_CONFIG",
     "EXIT_FAILED",
     "EXIT_OK",
+    "LABEL_CONTRACT_VERSION",
     "REQUESTS_FILE",
     "RESULT_FILE",
     "TIMESERIES_FILE",
-    "LABEL_CONTRACT_VERSION",
     "HarnessEnv",
     "check_contract_version",
 ]

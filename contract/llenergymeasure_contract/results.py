@@ -8,7 +8,6 @@ its name; ``None`` means "not measured", never zero.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator

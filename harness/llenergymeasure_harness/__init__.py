@@ -7,7 +7,7 @@ Main entry points: :func:`run_experiment` (one experiment from a
 
 import logging
 
-from llenergymeasure_contract._version import CONTRACT_VERSION, __version__  # one version
+from llenergymeasure_contract._version import CONTRACT_VERSION, __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -15,6 +15,7 @@ from llenergymeasure_harness.energy import NvmlEnergyMeter, TimeseriesSampler  #
 from llenergymeasure_harness.experiment import PhaseError, run_experiment  # noqa: E402
 
 __all__ = [
+    "CONTRACT_VERSION",
     "NvmlEnergyMeter",
     "PhaseError",
     "TimeseriesSampler",

@@ -10,17 +10,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_harness.energy.nvml import Nvml
 
-#: Libraries whose versions go into the result when installed.
+#: Libraries whose versions go into the result when installed (plus each registered
+#: backend's modules, :func:`key_libraries`).
 KEY_LIBRARIES = (
-    "llenergymeasure",
+    "llenergymeasure-contract",
+    "llenergymeasure-harness",
     "torch",
     "transformers",
     "accelerate",
     "bitsandbytes",
-    "vllm",
-    "tensorrt_llm",
     "nvidia-ml-py",
     "zeus",
     "codecarbon",
@@ -62,8 +63,18 @@ def in_container() -> bool:
     return any(k in cg for k in ("docker", "containerd", "kubepods", "libpod"))
 
 
-def library_versions(names: tuple[str, ...] = KEY_LIBRARIES) -> dict[str, str]:
+def key_libraries() -> tuple[str, ...]:
+    """:data:`KEY_LIBRARIES` and every registered backend's modules, without repeats."""
+    names = list(KEY_LIBRARIES)
+    for spec in REGISTRY:
+        names.extend(m for m in spec.modules if m not in names)
+    return tuple(names)
+
+
+def library_versions(names: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Installed versions of ``names`` (default :func:`key_libraries`); absent ones left out."""
     out: dict[str, str] = {}
+    names = key_libraries() if names is None else names
     for name in names:
         try:
             out[name] = importlib.metadata.version(name)

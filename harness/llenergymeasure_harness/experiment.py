@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.env import REQUESTS_FILE, RESULT_FILE, TIMESERIES_FILE, HarnessEnv
 from llenergymeasure_contract.errors import ConfigError, MeasurementError
+from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.results import ExperimentResult
 from llenergymeasure_harness import metrics
 from llenergymeasure_harness.backends import get_backend
@@ -99,7 +99,8 @@ def _cuda_runtime() -> str | None:
     try:
         import torch
 
-        return torch.version.cuda
+        version = torch.version.cuda
+        return None if version is None else str(version)
     except ImportError:
         return None
 

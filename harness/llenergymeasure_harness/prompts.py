@@ -18,8 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure_contract.experiment import ExperimentConfig, HubDataset, JsonlDataset, SyntheticDataset
 from llenergymeasure_contract.errors import ConfigError
+from llenergymeasure_contract.experiment import (
+    ExperimentConfig,
+    HubDataset,
+    JsonlDataset,
+    SyntheticDataset,
+)
 from llenergymeasure_harness.backends.base import GenerationRequest
 
 #: Lowest synthetic token id: skips the special tokens most vocabularies put first.

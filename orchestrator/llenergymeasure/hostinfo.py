@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure_contract.registry import REGISTRY
 from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure import __version__
+from llenergymeasure_contract.registry import REGISTRY
 
 
 class _Model(BaseModel):

@@ -32,12 +32,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from llenergymeasure_contract.env import LABEL_CONTRACT_VERSION
-from llenergymeasure_contract.registry import REGISTRY
-
 from llenergymeasure import __version__
 from llenergymeasure._version import CONTRACT_VERSION
 from llenergymeasure.errors import PreflightError, RunnerError, UsageError
+from llenergymeasure_contract.env import LABEL_CONTRACT_VERSION
+from llenergymeasure_contract.registry import REGISTRY
 
 logger = logging.getLogger(__name__)
 

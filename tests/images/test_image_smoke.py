@@ -16,10 +16,14 @@ pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "scripts" / "smoke-test-image.sh"
+# LLEM_TEST_TAG_SUFFIX: the same suffix scripts/build-test-images.sh appended to its tags.
+_SUFFIX = os.environ.get("LLEM_TEST_TAG_SUFFIX", "")
 HARNESS_ONLY = {
-    "vllm": "llenergymeasure/vllm:test-harness",
-    "tensorrt": "llenergymeasure/trtllm:test-harness",
+    "vllm": f"llenergymeasure/vllm:test-harness{_SUFFIX}",
+    "tensorrt": f"llenergymeasure/trtllm:test-harness{_SUFFIX}",
 }
+#: Host-side packages no image may hold: the llem CLI and its Docker SDK, typer and rich.
+HOST_ONLY_MODULES = ("llenergymeasure", "docker", "typer", "rich")
 
 
 def _run(
@@ -111,3 +115,29 @@ def test_harness_only_images_metadata(
     assert labels[images.LABEL_VERSION] == __version__
     assert image.attrs["Config"]["Cmd"] == ["python3", "-m", "llenergymeasure_harness"]
     assert not image.attrs["Config"].get("Entrypoint")
+
+
+def test_images_hold_the_contract_and_harness_only(
+    docker_client: Any, harness_only_image: tuple[str, str], pytorch_test_image: str
+) -> None:
+    """An image installs the contract and the harness, never the host CLI or its dependencies
+    (the pytorch image may hold typer and rich only because transformers needs them), and its
+    contract label is the version the harness inside speaks."""
+    from llenergymeasure_contract import CONTRACT_VERSION
+
+    probe = (
+        "import importlib.util as u; "
+        f"print(' '.join(m for m in {HOST_ONLY_MODULES!r} if u.find_spec(m)) or '-')"
+    )
+    _, tag = harness_only_image
+    for image, allowed in ((tag, set()), (pytorch_test_image, {"typer", "rich"})):
+        code, out = _run(docker_client, image, ["python3", "-c", probe])
+        assert code == 0, out
+        found = set(out.split()) - {"-"}
+        assert found <= allowed, f"{image} holds host packages {sorted(found - allowed)}"
+        labels = docker_client.images.get(image).labels
+        assert labels[images.LABEL_CONTRACT_VERSION] == str(CONTRACT_VERSION)
+        code, out = _run(
+            docker_client, image, ["python3", "-m", "llenergymeasure_harness", "--version"]
+        )
+        assert f"(contract {CONTRACT_VERSION})" in out, out

@@ -1,6 +1,8 @@
 """Backends: the engines behind :class:`~llenergymeasure_harness.backends.base.Backend`.
 
-:func:`get_backend` imports the chosen one lazily, so an image only needs its own engine.
+:data:`ENGINES` maps each name of the contract's backend registry
+(:data:`llenergymeasure_contract.registry.REGISTRY`) to its engine class; :func:`get_backend`
+imports the chosen one lazily, so an image only needs its own engine.
 """
 
 from __future__ import annotations
@@ -16,12 +18,23 @@ from llenergymeasure_harness.backends.base import (
     RequestRecord,
 )
 
-#: backend name -> "module:Class"
-BACKENDS = {
+#: backend name (as registered in the contract) -> "module:Class" of its engine
+ENGINES: dict[str, str] = {
     "pytorch": "llenergymeasure_harness.backends.pytorch:PyTorchBackend",
     "vllm": "llenergymeasure_harness.backends.vllm:VLLMBackend",
     "tensorrt": "llenergymeasure_harness.backends.tensorrt:TensorRTBackend",
 }
+
+
+def register_engine(name: str, target: str) -> None:
+    """Add an engine ``"module:Class"`` for a backend registered in the contract.
+
+    Raises:
+        ValueError: the name is taken.
+    """
+    if name in ENGINES:
+        raise ValueError(f"engine {name!r} is already registered")
+    ENGINES[name] = target
 
 
 def get_backend(name: str) -> Any:
@@ -33,11 +46,19 @@ def get_backend(name: str) -> Any:
             load-phase failure).
     """
     try:
-        target = BACKENDS[name]
+        target = ENGINES[name]
     except KeyError as exc:
-        raise ConfigError(f"unknown backend {name!r}; choose from {sorted(BACKENDS)}") from exc
+        raise ConfigError(f"unknown backend {name!r}; choose from {sorted(ENGINES)}") from exc
     module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["BACKENDS", "Backend", "GenerationRequest", "LoadInfo", "RequestRecord", "get_backend"]
+__all__ = [
+    "ENGINES",
+    "Backend",
+    "GenerationRequest",
+    "LoadInfo",
+    "RequestRecord",
+    "get_backend",
+    "register_engine",
+]

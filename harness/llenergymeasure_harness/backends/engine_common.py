@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure_contract.architecture import ArchitectureSpec, resolve_architecture
-from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.errors import ConfigError, ExperimentError, LLEMError
+from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_harness.backends.base import RequestRecord
 
 logger = logging.getLogger(__name__)
@@ -245,18 +246,7 @@ def translate_engine_error(
     if len(detail) > 2000:
         detail = detail[:2000] + "..."
     if is_out_of_memory(exc):
-        if config.backend == "vllm":
-            hint = (
-                "lower vllm.max_num_seqs, vllm.max_model_len or vllm.gpu_memory_utilization "
-                "(leave room for other processes), raise tensor_parallel_size, or quantize"
-            )
-        elif config.backend == "tensorrt":
-            hint = (
-                "lower tensorrt.max_batch_size, max_num_tokens, max_seq_len or "
-                "kv_cache_free_gpu_memory_fraction, raise tensor_parallel_size, or quantize"
-            )
-        else:
-            hint = "use a smaller batch, a shorter sequence, more GPUs or quantization"
+        hint = REGISTRY.get(config.backend).oom_hint
         return EngineOutOfMemoryError(
             f"{engine} ran out of GPU memory during {phase} ({config.model}, "
             f"precision={config.precision}): {detail}",

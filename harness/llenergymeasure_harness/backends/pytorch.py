@@ -21,8 +21,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from llenergymeasure_contract.experiment import ExperimentConfig, PyTorchConfig
 from llenergymeasure_contract.errors import ConfigError
+from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.sections import PyTorchConfig
 from llenergymeasure_harness.backends.base import (
     GenerationRequest,
     LoadInfo,
@@ -88,7 +89,7 @@ class StepTimestamper:
 def _criteria(stamper: StepTimestamper) -> Any:
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    class _Crit(StoppingCriteria):
+    class _Crit(StoppingCriteria):  # type: ignore[misc]  # transformers is untyped here
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             return stamper(input_ids, scores)
 

@@ -51,10 +51,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure_contract.experiment import ExperimentConfig, TensorRTConfig
-from llenergymeasure_contract.sections import TRT_KV_QUANT_ALGOS, TRT_QUANT_ALGOS
 from llenergymeasure_contract.env import ENV_ENGINE_CACHE_DIR
 from llenergymeasure_contract.errors import ConfigError, ExperimentError
+from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.sections import TRT_KV_QUANT_ALGOS, TRT_QUANT_ALGOS, TensorRTConfig
 from llenergymeasure_harness.backends.base import GenerationRequest, LoadInfo, RequestRecord
 from llenergymeasure_harness.backends.engine_common import (
     ModelSource,

@@ -36,8 +36,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure_contract.experiment import ExperimentConfig, VLLMConfig
 from llenergymeasure_contract.errors import ConfigError, ExperimentError
+from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.sections import VLLMConfig
 from llenergymeasure_harness.backends.base import (
     GenerationRequest,
     LoadInfo,

@@ -2,8 +2,8 @@
 
 Everything else in the harness talks to :class:`Nvml`, so tests swap in
 :class:`llenergymeasure_harness.testing.FakeNvml` and no other module needs the driver.
-``pynvml.NVMLError`` is translated into :class:`~llenergymeasure_contract.errors.MeasurementError` here,
-at one boundary.
+``pynvml.NVMLError`` is translated into
+:class:`~llenergymeasure_contract.errors.MeasurementError` here, at one boundary.
 
 Cost of each call, measured on an H100 (driver 580.159.04) beside a batch-64 ``generate``
 (docs/gpu-results.md)::
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -97,7 +98,7 @@ def _field_number(fv: Any) -> float | None:
         return None
     vt = fv.valueType
     v = fv.value
-    getter = {
+    getter: Callable[[], Any] = {
         0: lambda: v.dVal,
         1: lambda: v.uiVal,
         2: lambda: v.ulVal,

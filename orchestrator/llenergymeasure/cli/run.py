@@ -9,8 +9,6 @@ from typing import Any
 
 import typer
 import yaml
-from llenergymeasure_contract.experiment import DEFAULT_BACKEND
-from llenergymeasure_contract.registry import REGISTRY
 
 from llenergymeasure.config.loader import (
     COMMAND_LINE,
@@ -24,7 +22,11 @@ from llenergymeasure.errors import UsageError
 from llenergymeasure.study.executor import resume as resume_study
 from llenergymeasure.study.executor import run_study
 from llenergymeasure.study.plan import StudyPlan, build_plan
+from llenergymeasure_contract.experiment import DEFAULT_BACKEND
+from llenergymeasure_contract.registry import REGISTRY
 
+#: --batch-size sets each backend's concurrency key (its registry entry's).
+_BATCH_HELP = " / ".join(spec.concurrency_path for spec in REGISTRY)
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -89,7 +91,7 @@ def collect_overrides(
                 )
             effective = str(raw.get("backend", DEFAULT_BACKEND))
         # an unknown backend keeps the default's key; the loader reports the bad name itself
-        name = effective if effective in REGISTRY else DEFAULT_BACKEND
+        name = effective if effective is not None and effective in REGISTRY else DEFAULT_BACKEND
         overrides[REGISTRY.get(name).concurrency_path] = batch_size
     overrides.update(_parse_set(set_items))
     return overrides
@@ -151,7 +153,7 @@ def run_command(
     batch_size: int | None = typer.Option(
         None,
         "--batch-size",
-        help=" / ".join(spec.concurrency_path for spec in REGISTRY),
+        help=_BATCH_HELP,
     ),
     gpus: str | None = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1"),
     set_items: list[str] = typer.Option(

@@ -38,14 +38,6 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from llenergymeasure_contract.architecture import builtin_name_for, is_local_path, resolve_architecture
-from llenergymeasure_contract.registry import REGISTRY
-from llenergymeasure_contract.experiment import (
-    DEFAULT_BACKEND,
-    ExperimentConfig,
-    HubDataset,
-    JsonlDataset,
-)
 from llenergymeasure.config.study import (
     DuplicateExperiment,
     ExecutionConfig,
@@ -54,6 +46,18 @@ from llenergymeasure.config.study import (
 )
 from llenergymeasure.config.user import UserDefaults
 from llenergymeasure.errors import ConfigError
+from llenergymeasure_contract.architecture import (
+    builtin_name_for,
+    is_local_path,
+    resolve_architecture,
+)
+from llenergymeasure_contract.experiment import (
+    DEFAULT_BACKEND,
+    ExperimentConfig,
+    HubDataset,
+    JsonlDataset,
+)
+from llenergymeasure_contract.registry import REGISTRY
 
 RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker")
 STUDY_KEYS = frozenset(
@@ -646,7 +650,9 @@ def expand_study(
         problems.extend(_section_problems(exc, ""))
     for key in runner.images:
         if key not in REGISTRY:
-            problems.append(f"images.{key}: unknown backend; expected one of {', '.join(REGISTRY.names())}")
+            problems.append(
+                f"images.{key}: unknown backend; expected one of {', '.join(REGISTRY.names())}"
+            )
 
     name = raw.get("name", Path(source).stem if source != COMMAND_LINE else "llem")
     if not isinstance(name, str) or not name.strip():

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure.config.study import DockerSettings, ExecutionConfig, PullPolicy, RunnerName
+from llenergymeasure_contract.experiment import ExperimentConfig
 
 
 def _partial_experiment_model() -> type[BaseModel]:

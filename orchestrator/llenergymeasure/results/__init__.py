@@ -1,5 +1,6 @@
 """Results: :class:`ExperimentResult` (one run, written by the harness) and study aggregates."""
 
+from llenergymeasure.results.study import RunMetrics, RunSummary, StudyResult
 from llenergymeasure_contract.results import (
     SCHEMA_VERSION,
     ExperimentResult,
@@ -7,7 +8,6 @@ from llenergymeasure_contract.results import (
     QualityFlag,
     write_json_atomic,
 )
-from llenergymeasure.results.study import RunMetrics, RunSummary, StudyResult
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -11,8 +11,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure_contract.results import atomic_path
 from llenergymeasure.results.study import RunMetrics, StudyResult
+from llenergymeasure_contract.results import atomic_path
 
 SUMMARY_CSV = "summary.csv"
 RESULTS_PARQUET = "results.parquet"

@@ -28,12 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from llenergymeasure_contract.env import LABEL_CONTRACT_VERSION, check_contract_version
-from llenergymeasure_contract.registry import REGISTRY
-
 from llenergymeasure.errors import ConfigError, PreflightError, RunnerError
 from llenergymeasure.runners.docker import GPU_CAPABILITIES, explain_api_error
 from llenergymeasure.runners.spec import LABEL_OWNER_PID, LABEL_STUDY
+from llenergymeasure_contract.env import LABEL_CONTRACT_VERSION, check_contract_version
+from llenergymeasure_contract.registry import REGISTRY
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +45,7 @@ def backend_modules(backend: str) -> tuple[str, ...]:
     """Modules whose presence (not import) says ``backend`` can run locally (its registry
     entry's; none for a name the registry does not know)."""
     return REGISTRY.get(backend).modules if backend in REGISTRY else ()
+
 
 DEFAULT_MIN_FREE_BYTES = 2 * 1024**3
 
@@ -398,8 +398,7 @@ def _check_local(
             f"the local runner needs the harness ({HARNESS_MODULE}) importable in this Python"
         )
     missing = {
-        b: [m for m in backend_modules(b) if not installed(m)]
-        for b in sorted(request.backends)
+        b: [m for m in backend_modules(b) if not installed(m)] for b in sorted(request.backends)
     }
     missing = {b: ms for b, ms in missing.items() if ms}
     if missing:

@@ -70,6 +70,7 @@ _WRITABLE_CACHE_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 
+
 @dataclass(frozen=True)
 class Mount:
     """A bind mount: host ``source`` seen at ``target`` in the container."""

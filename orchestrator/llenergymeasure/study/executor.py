@@ -49,7 +49,6 @@ from llenergymeasure.errors import (
     RunnerError,
 )
 from llenergymeasure.results.aggregate import export_study
-from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
 from llenergymeasure.results.study import (
     STUDY_RESULT_FILE,
     RunMetrics,
@@ -75,6 +74,7 @@ from llenergymeasure.study.manifest import (
 )
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan, gap_after
 from llenergymeasure.study.progress import StudyProgress
+from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llenergymeasure_contract.results import write_json_atomic
 from llenergymeasure.runners.base import FailureKind, RunOutcome, utc_now
+from llenergymeasure_contract.results import write_json_atomic
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1.0"

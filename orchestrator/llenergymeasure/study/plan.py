@@ -17,11 +17,11 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llenergymeasure_contract.architecture import DTYPE_BYTES, resolve_architecture
-from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.config.loader import gc_paused
 from llenergymeasure.config.study import CycleOrder, StudyConfig
+from llenergymeasure_contract.architecture import DTYPE_BYTES, resolve_architecture
+from llenergymeasure_contract.registry import REGISTRY
 
 #: Assumed sustained HBM bandwidth for the decode-time estimate (H100-class).
 ASSUMED_BANDWIDTH_BYTES_PER_S = 2.0e12

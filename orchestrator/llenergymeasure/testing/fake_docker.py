@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from docker.errors import APIError, ImageNotFound, NotFound
+
 from llenergymeasure_contract._version import CONTRACT_VERSION
 from llenergymeasure_contract.env import LABEL_CONTRACT_VERSION
 

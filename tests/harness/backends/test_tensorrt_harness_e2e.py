@@ -7,7 +7,7 @@ from typing import Any
 
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.contract import HarnessEnv
-from llenergymeasure_harness.backends import BACKENDS
+from llenergymeasure_harness.backends import ENGINES
 from llenergymeasure_harness.backends.tensorrt import TensorRTBackend
 from llenergymeasure_harness.experiment import Deps, run_experiment
 from llenergymeasure_harness.testing.engines import FakeTRTLLM, FakeTRTLLMBehaviour
@@ -16,7 +16,7 @@ from llenergymeasure_harness.testing.fake_nvml import FakeNvml
 
 def test_tensorrt_registered() -> None:
     """The registry maps backend 'tensorrt' to this module's class."""
-    assert BACKENDS["tensorrt"] == "llenergymeasure_harness.backends.tensorrt:TensorRTBackend"
+    assert ENGINES["tensorrt"] == "llenergymeasure_harness.backends.tensorrt:TensorRTBackend"
 
 
 def _run(tmp_path: Path, fake: FakeTRTLLM, run_id: str, **section: Any) -> Any:

@@ -14,7 +14,7 @@ import pytest
 
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.contract import HarnessEnv
-from llenergymeasure_harness.backends import BACKENDS
+from llenergymeasure_harness.backends import ENGINES
 from llenergymeasure_harness.backends.vllm import VLLMBackend
 from llenergymeasure_harness.experiment import Deps, run_experiment
 from llenergymeasure_harness.testing.engines import FakeVLLM, FakeVLLMBehaviour
@@ -23,7 +23,7 @@ from llenergymeasure_harness.testing.fake_nvml import FakeNvml
 
 def test_vllm_registered() -> None:
     """The registry maps backend 'vllm' to this module's class."""
-    assert BACKENDS["vllm"] == "llenergymeasure_harness.backends.vllm:VLLMBackend"
+    assert ENGINES["vllm"] == "llenergymeasure_harness.backends.vllm:VLLMBackend"
 
 
 def _run(tmp_path: Path, n_prompts: int, **vllm: Any) -> Any:

@@ -42,7 +42,8 @@ def cuda_oom(message: str) -> BaseException:
     try:
         import torch
 
-        return torch.cuda.OutOfMemoryError(message)
+        error: BaseException = torch.cuda.OutOfMemoryError(message)
+        return error
     except (ImportError, AttributeError):  # pragma: no cover - torch is a dev dependency here
         return FakeOutOfMemoryError(message)
 
