@@ -1,5 +1,6 @@
 # Targets shared by people and CI: .ci/run calls these as they are.
-#   make install      set up: the package (editable) with dev tools, the offline linters, and
+#   make install      set up: the three distributions (contract, harness, host; editable) with
+#                     dev tools, the offline linters, and
 #                     CPU torch + transformers for the CPU example (skipped if importable)
 #   make test         THE test command (Docker tests skip without an engine; CI requires them)
 #   make test-images  local base image + wheelhouse + the three Dockerfiles, offline
@@ -19,7 +20,7 @@ WITH_TORCH ?= 1
 	test-images images bench
 
 install:
-	$(PIP) install -e '.[dev]' $(LINT_TOOLS)
+	$(PIP) install -e ./contract -e ./harness -e '.[dev]' $(LINT_TOOLS)
 	[ "$(WITH_TORCH)" = 0 ] || $(PYTHON) -c "import torch, transformers, accelerate" 2>/dev/null || \
 	  $(PIP) install "torch==$(TORCH_VERSION)" transformers accelerate \
 	    $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))

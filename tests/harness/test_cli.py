@@ -217,3 +217,15 @@ def test_interrupts_write_error_json_with_phase(
     err = _error(tmp_path)
     assert err.phase == "measure"
     assert err.error_class == exc_name
+
+
+@pytest.mark.parametrize(("host", "says"), [("0", "update the host"), ("999", "update the image")])
+def test_host_of_another_contract_is_refused(tmp_path: Path, host: str, says: str) -> None:
+    """The harness refuses a host that speaks another contract version, naming the side to
+    update, instead of failing deep inside the run."""
+    from llenergymeasure_contract.env import HarnessEnv
+    from llenergymeasure_contract.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        HarnessEnv.from_env(_environ(tmp_path, LLEM_CONTRACT_VERSION=host))
+    assert says in str(info.value)

@@ -168,3 +168,27 @@ def test_pull_policy_always_pulls_present_images(tmp_path: Path) -> None:
         docker_request(tmp_path, request_gpus=False, pull_policy="always"), client=client
     )
     assert report.pulled == [IMG]
+
+
+@pytest.mark.parametrize(
+    ("labels", "says"),
+    [
+        ({}, "update the image"),  # built before contract versioning
+        ({"io.llenergymeasure.contract.version": "0"}, "update the image"),
+        ({"io.llenergymeasure.contract.version": "999"}, "update the host"),
+    ],
+)
+def test_image_of_another_contract_is_refused(
+    tmp_path: Path, labels: dict[str, str], says: str
+) -> None:
+    """An image that speaks another contract version (or none) is refused before any run,
+    with a message that says which side to update."""
+    client = FakeDockerClient(
+        images={IMG},
+        harness=FakeHarness(nvidia_smi_output=H100.encode()),
+        image_labels={IMG: labels},
+    )
+    with pytest.raises(PreflightError) as info:
+        run_preflight(docker_request(tmp_path), client=client)
+    text = str(info.value)
+    assert f"image {IMG}" in text and "contract version" in text and says in text
