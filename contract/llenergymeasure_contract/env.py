@@ -42,8 +42,10 @@ ENV_HOST_UID = "LLEM_HOST_UID"
 ENV_HOST_GID = "LLEM_HOST_GID"
 ENV_CONTRACT_VERSION = "LLEM_CONTRACT_VERSION"
 
-#: The image label holding the contract version the image was built with.
+#: The image label holding the contract version the image was built with, and the one every
+#: llenergymeasure image carries (its backend).
 LABEL_CONTRACT_VERSION = "io.llenergymeasure.contract.version"
+LABEL_BACKEND = "io.llenergymeasure.backend"
 
 
 class HarnessEnv(BaseModel):
@@ -212,6 +214,7 @@ __all__ = [
     "EXIT_CONFIG",
     "EXIT_FAILED",
     "EXIT_OK",
+    "LABEL_BACKEND",
     "LABEL_CONTRACT_VERSION",
     "REQUESTS_FILE",
     "RESULT_FILE",

@@ -35,7 +35,7 @@ from typing import Any
 from llenergymeasure import __version__
 from llenergymeasure._version import CONTRACT_VERSION
 from llenergymeasure.errors import PreflightError, RunnerError, UsageError
-from llenergymeasure_contract.env import LABEL_CONTRACT_VERSION
+from llenergymeasure_contract.env import LABEL_BACKEND, LABEL_CONTRACT_VERSION
 from llenergymeasure_contract.registry import REGISTRY
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,6 @@ TEST_PYTORCH_IMAGE = "llenergymeasure/pytorch:test-cpu"
 LABEL_VERSION = "org.opencontainers.image.version"
 LABEL_SOURCE = "org.opencontainers.image.source"
 LABEL_BASE_NAME = "org.opencontainers.image.base.name"
-LABEL_BACKEND = "io.llenergymeasure.backend"
 LABEL_ENGINE = "io.llenergymeasure.engine"
 LABEL_ENGINE_VERSION = "io.llenergymeasure.engine.version"
 LABEL_CUDA_VERSION = "io.llenergymeasure.cuda.version"

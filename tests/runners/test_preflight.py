@@ -173,9 +173,10 @@ def test_pull_policy_always_pulls_present_images(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("labels", "says"),
     [
-        ({}, "update the image"),  # built before contract versioning
+        ({"io.llenergymeasure.backend": "vllm"}, "update the image"),  # before versioning
         ({"io.llenergymeasure.contract.version": "0"}, "update the image"),
         ({"io.llenergymeasure.contract.version": "999"}, "update the host"),
+        ({"io.llenergymeasure.contract.version": "x"}, "update the image"),
     ],
 )
 def test_image_of_another_contract_is_refused(
@@ -192,3 +193,16 @@ def test_image_of_another_contract_is_refused(
         run_preflight(docker_request(tmp_path), client=client)
     text = str(info.value)
     assert f"image {IMG}" in text and "contract version" in text and says in text
+
+
+def test_image_without_our_labels_is_left_to_the_harness(tmp_path: Path) -> None:
+    """A user's own image (none of our labels) passes preflight with a note; the harness
+    inside checks the host's contract version when it starts."""
+    client = FakeDockerClient(
+        images={IMG},
+        harness=FakeHarness(nvidia_smi_output=H100.encode()),
+        image_labels={IMG: {"maintainer": "me"}},
+    )
+    report = run_preflight(docker_request(tmp_path), client=client)
+    assert IMG in report.images
+    assert any("no llenergymeasure labels" in n for n in report.notes)

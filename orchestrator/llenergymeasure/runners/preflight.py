@@ -31,7 +31,11 @@ from typing import Any, Literal
 from llenergymeasure.errors import ConfigError, PreflightError, RunnerError
 from llenergymeasure.runners.docker import GPU_CAPABILITIES, explain_api_error
 from llenergymeasure.runners.spec import LABEL_OWNER_PID, LABEL_STUDY
-from llenergymeasure_contract.env import LABEL_CONTRACT_VERSION, check_contract_version
+from llenergymeasure_contract.env import (
+    LABEL_BACKEND,
+    LABEL_CONTRACT_VERSION,
+    check_contract_version,
+)
 from llenergymeasure_contract.registry import REGISTRY
 
 logger = logging.getLogger(__name__)
@@ -266,12 +270,32 @@ def _check_images(
                     continue
                 report.notes.append(f"pull of {image} failed, using the local copy: {exc}")
         facts = _image_facts(image, present)
-        try:
-            check_contract_version(facts.labels.get(LABEL_CONTRACT_VERSION), side="image")
-        except ConfigError as exc:
-            problems.append(f"image {image}: {exc.message}; fix: {exc.hint}")
+        if not _check_image_contract(facts, report, problems):
             continue
         report.images[image] = facts
+
+
+def _check_image_contract(facts: ImageFacts, report: PreflightReport, problems: list[str]) -> bool:
+    """False (with the problem listed) when an llenergymeasure image speaks another contract.
+
+    An image built from our Dockerfiles carries the ``io.llenergymeasure.backend`` label; one
+    that names no contract version predates versioning and is refused like a mismatch. An
+    image without it (a user's own build) cannot be judged here: the harness inside checks
+    the host's version when it starts, and the report notes that.
+    """
+    ours = LABEL_BACKEND in facts.labels or LABEL_CONTRACT_VERSION in facts.labels
+    if not ours:
+        report.notes.append(
+            f"image {facts.name} carries no llenergymeasure labels; the harness checks the "
+            "contract version when it starts"
+        )
+        return True
+    try:
+        check_contract_version(facts.labels.get(LABEL_CONTRACT_VERSION), side="image")
+    except ConfigError as exc:
+        problems.append(f"image {facts.name}: {exc.message}; fix: {exc.hint}")
+        return False
+    return True
 
 
 def _probe_gpus(
