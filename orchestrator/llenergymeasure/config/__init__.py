@@ -19,6 +19,7 @@ from llenergymeasure_contract.experiment import (
 )
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.sections import PyTorchConfig, TensorRTConfig, VLLMConfig
+from llenergymeasure_contract.traffic import SLOConfig, TrafficConfig
 
 #: Names of the registered backends (the registry, ``REGISTRY``, is the source).
 BACKENDS: tuple[str, ...] = REGISTRY.names()
@@ -32,8 +33,10 @@ __all__ = [
     "HubDataset",
     "JsonlDataset",
     "PyTorchConfig",
+    "SLOConfig",
     "SyntheticDataset",
     "TensorRTConfig",
+    "TrafficConfig",
     "VLLMConfig",
     "WarmupConfig",
 ]
