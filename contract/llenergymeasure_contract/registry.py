@@ -36,11 +36,27 @@ class ContainerDefaults:
             Docker's private IPC namespace (then ``shm_size`` applies).
         shm_size: ``/dev/shm`` size when ``ipc_mode`` is not host.
         ulimits: name -> limit, or (soft, hard).
+        env: Environment the engine needs in its container (paths relative to ``HOME``,
+            which the runner points at a writable directory, are written ``$HOME/...``).
     """
 
     ipc_mode: str | None = None
     shm_size: str | None = "8g"
     ulimits: Mapping[str, Ulimit] = field(default_factory=lambda: MappingProxyType({}))
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class ReleaseBase:
+    """One upstream base image a release builds the backend's image on.
+
+    Attributes:
+        image: The base image reference.
+        engine_version: The engine version the base carries (checked at build time).
+    """
+
+    image: str
+    engine_version: str
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,10 @@ class BackendSpec:
         container: Its container defaults.
         oom_hint: The fix to print when it runs out of GPU memory.
         kv_cache_dtype_key: The section field holding the KV-cache dtype (memory estimate).
+        release_bases: The upstream bases a release builds its image on (one per CUDA major).
+        untagged_base_cuda: (regex, CUDA version) for upstream bases whose tag does not carry
+            their CUDA version (checked against the pulled image's ``ENV CUDA_VERSION`` in the
+            release workflow).
     """
 
     name: str
@@ -80,6 +100,8 @@ class BackendSpec:
     container: ContainerDefaults = field(default_factory=ContainerDefaults)
     oom_hint: str = "use a smaller batch, a shorter sequence, more GPUs or quantization"
     kv_cache_dtype_key: str | None = None
+    release_bases: tuple[ReleaseBase, ...] = ()
+    untagged_base_cuda: tuple[tuple[str, str], ...] = ()
 
     @property
     def concurrency_path(self) -> str:
@@ -119,6 +141,10 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         needs_gpu=False,
         cap_concurrency=False,
         container=ContainerDefaults(ipc_mode=None, shm_size="8g"),
+        release_bases=(
+            ReleaseBase("pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime", "2.11.0"),
+            ReleaseBase("pytorch/pytorch:2.11.0-cuda13.0-cudnn9-runtime", "2.11.0"),
+        ),
     ),
     BackendSpec(
         name="vllm",
@@ -129,10 +155,23 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         modules=("vllm",),
         parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
         continuous_batching=True,
-        container=ContainerDefaults(ipc_mode="host"),
+        container=ContainerDefaults(
+            ipc_mode="host",
+            env=MappingProxyType(
+                {"VLLM_CACHE_ROOT": "$HOME/.cache/vllm", "VLLM_NO_USAGE_STATS": "1"}
+            ),
+        ),
         oom_hint="lower vllm.max_num_seqs, vllm.max_model_len or vllm.gpu_memory_utilization "
         "(leave room for other processes), raise tensor_parallel_size, or quantize",
         kv_cache_dtype_key="kv_cache_dtype",
+        release_bases=(
+            ReleaseBase("vllm/vllm-openai:v0.33.0-cu129", "0.33.0"),
+            ReleaseBase("vllm/vllm-openai:v0.33.0", "0.33.0"),
+        ),
+        # vllm/vllm-openai:v0.3x.y -> CUDA 13.0 (vllm-project/vllm docker/versions.json:
+        # CUDA_VERSION 13.0.x; the "-cu129" variants carry 12.9 in the tag). Older releases
+        # are left out on purpose: they must name their CUDA or be inspected.
+        untagged_base_cuda=((r"^(docker\.io/)?vllm/vllm-openai:v0\.3\d\.\d+$", "13.0"),),
     ),
     BackendSpec(
         name="tensorrt",
@@ -150,6 +189,10 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         ),
         oom_hint="lower tensorrt.max_batch_size, max_num_tokens, max_seq_len or "
         "kv_cache_free_gpu_memory_fraction, raise tensor_parallel_size, or quantize",
+        # TensorRT-LLM ships one CUDA per release: 13.0 since 1.2 (its release notes), so
+        # there is no CUDA 12 variant.
+        release_bases=(ReleaseBase("nvcr.io/nvidia/tensorrt-llm/release:1.2.1", "1.2.1"),),
+        untagged_base_cuda=((r"^nvcr\.io/nvidia/tensorrt-llm/release:1\.2\.\d+$", "13.0"),),
     ),
 )
 
@@ -227,6 +270,7 @@ __all__ = [
     "BackendRegistry",
     "BackendSpec",
     "ContainerDefaults",
+    "ReleaseBase",
     "Ulimit",
     "get_backend_spec",
     "register",

@@ -106,14 +106,9 @@ LABEL_ENGINE_VERSION = "io.llenergymeasure.engine.version"
 LABEL_CUDA_VERSION = "io.llenergymeasure.cuda.version"
 
 # Base images whose tag does not carry the CUDA version: the CUDA their maintainers build
-# them with (checked against the pulled image's ENV CUDA_VERSION in images.yml).
-#   vllm/vllm-openai:v0.3x.y -> CUDA 13.0 (vllm-project/vllm docker/versions.json:
-#   CUDA_VERSION 13.0.x; the "-cu129" variants carry 12.9 in the tag). Older releases are
-#   left out on purpose: they must name their CUDA or be inspected.
-#   nvcr.io/nvidia/tensorrt-llm/release:1.2.x -> CUDA 13.0 (TensorRT-LLM 1.2 release notes).
-_UNTAGGED_BASE_CUDA: tuple[tuple[str, str], ...] = (
-    (r"^(docker\.io/)?vllm/vllm-openai:v0\.3\d\.\d+$", "13.0"),
-    (r"^nvcr\.io/nvidia/tensorrt-llm/release:1\.2\.\d+$", "13.0"),
+# them with, from each backend's registry entry (the reasons are cited there).
+_UNTAGGED_BASE_CUDA: tuple[tuple[str, str], ...] = tuple(
+    pair for spec in REGISTRY for pair in spec.untagged_base_cuda
 )
 
 _CUDA_DOTTED = re.compile(r"(?:^|[-_.:])cuda[-_]?(\d{2})\.(\d)")
@@ -132,7 +127,7 @@ class ImageVariant:
 
     @property
     def image(self) -> str:
-        """Image name (and ``images/`` folder): pytorch, vllm or trtllm."""
+        """Image name (and ``images/`` folder), e.g. ``trtllm``."""
         return image_name(self.backend)
 
     @property
@@ -145,14 +140,12 @@ class ImageVariant:
         return cuda_major_of(self.cuda_version)
 
 
-#: What a release publishes: backend x CUDA major, both majors where the engine ships both.
-#: TensorRT-LLM ships one CUDA per release (13.0 since 1.2), so it has no CUDA 12 variant.
-MATRIX: tuple[ImageVariant, ...] = (
-    ImageVariant("pytorch", "pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime", "2.11.0"),
-    ImageVariant("pytorch", "pytorch/pytorch:2.11.0-cuda13.0-cudnn9-runtime", "2.11.0"),
-    ImageVariant("vllm", "vllm/vllm-openai:v0.33.0-cu129", "0.33.0"),
-    ImageVariant("vllm", "vllm/vllm-openai:v0.33.0", "0.33.0"),
-    ImageVariant("tensorrt", "nvcr.io/nvidia/tensorrt-llm/release:1.2.1", "1.2.1"),
+#: What a release publishes: backend x CUDA major, both majors where the engine ships both
+#: (each backend's ``release_bases`` in the registry).
+MATRIX: tuple[ImageVariant, ...] = tuple(
+    ImageVariant(spec.name, base.image, base.engine_version)
+    for spec in REGISTRY
+    for base in spec.release_bases
 )
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from llenergymeasure import images
 from llenergymeasure.errors import PreflightError, UsageError
+from llenergymeasure_contract.registry import REGISTRY
 
 __all__ = ["images_app"]
 
@@ -40,7 +41,7 @@ def build_command(
     backend: Annotated[
         list[str] | None,
         typer.Option(
-            "--backend", "-b", help="pytorch, vllm or tensorrt (repeatable; default all)."
+            "--backend", "-b", help=", ".join(REGISTRY.names()) + " (repeatable; default all)."
         ),
     ] = None,
     base_image: Annotated[

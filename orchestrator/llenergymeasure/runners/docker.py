@@ -39,6 +39,7 @@ from llenergymeasure.runners.spec import (
     RunRequest,
     build_container_spec,
 )
+from llenergymeasure_contract.registry import REGISTRY
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +374,8 @@ def _prepare_host_dirs(request: RunRequest, settings: ContainerSettings) -> None
     """
     request.run_dir.mkdir(parents=True, exist_ok=True)
     writable = [request.run_dir]
-    engines = settings.engine_cache_dir if request.config.backend == "tensorrt" else None
+    uses_cache = REGISTRY.get(str(request.config.backend)).uses_engine_cache
+    engines = settings.engine_cache_dir if uses_cache else None
     for d in (request.study_cache_dir, settings.hf_cache_dir, engines):
         if d is not None:
             Path(d).mkdir(parents=True, exist_ok=True)

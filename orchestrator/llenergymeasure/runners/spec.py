@@ -64,8 +64,6 @@ _WRITABLE_CACHE_ENV = {
     "XDG_CACHE_HOME": f"{CONTAINER_HOME}/.cache",
     "TRITON_CACHE_DIR": f"{CONTAINER_HOME}/.cache/triton",
     "TORCHINDUCTOR_CACHE_DIR": f"{CONTAINER_HOME}/.cache/torchinductor",
-    "VLLM_CACHE_ROOT": f"{CONTAINER_HOME}/.cache/vllm",
-    "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
     "PYTHONUNBUFFERED": "1",
 }
@@ -323,6 +321,7 @@ def build_container_spec(
         mounts.append(Mount(str(request.study_cache_dir), CONTAINER_STUDY_CACHE))
         baseline_cache = f"{CONTAINER_STUDY_CACHE}/baseline.json"
     env: dict[str, str] = dict(_WRITABLE_CACHE_ENV)
+    env.update({k: v.replace("$HOME", CONTAINER_HOME) for k, v in spec.container.env.items()})
     if settings.hf_cache_dir:
         mounts.append(Mount(settings.hf_cache_dir, CONTAINER_HF_CACHE))
         env["HF_HOME"] = CONTAINER_HF_CACHE
