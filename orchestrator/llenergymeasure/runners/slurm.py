@@ -51,6 +51,8 @@ from llenergymeasure.errors import RunnerError
 from llenergymeasure.runners.base import FailureKind, LogSink, RunOutcome, classify, utc_now
 from llenergymeasure.runners.spec import (
     HARNESS_COMMAND,
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
     ContainerSettings,
     ContainerSpec,
     RunRequest,
@@ -607,6 +609,10 @@ def _docker_launcher(spec: ContainerSpec, n_gpus: int) -> list[str]:
         "run",
         '--name="$container"',
         f'--label={LABEL_SLURM_JOB}="${{SLURM_JOB_ID:-none}}"',
+        # The owner is this script: llem's leftover cleanup on the node spares the container
+        # while the job lives (and removes it if the job was SIGKILLed before stopping it).
+        f'--label={LABEL_OWNER_PID}="$$"',
+        f'--label={LABEL_OWNER_HOST}="$(hostname)"',
         *(_q(o) for o in docker_run_options(spec)),
         *(f"${{{n}:+--env={n}}}" for n in PASSTHROUGH_ENV),
     ]
