@@ -142,7 +142,8 @@ def fake_binary(bin_dir: Path, name: str) -> Path:
     path.write_text(
         "#!/usr/bin/env python3\n"
         "import json, os, sys\n"
-        f"json.dump({{'argv': sys.argv[1:], 'env': dict(os.environ)}}, open({str(record)!r}, 'w'))\n"
+        "record = {'argv': sys.argv[1:], 'env': dict(os.environ)}\n"
+        f"json.dump(record, open({str(record)!r}, 'w'))\n"
     )
     path.chmod(0o755)
     return record

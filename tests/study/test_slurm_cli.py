@@ -130,9 +130,9 @@ class ManifestWatcher:
                 for rec in manifest.runs:
                     for att in rec.attempts:
                         key = (rec.run_id, att.attempt)
-                        if att.job_id is not None:
-                            if self.job_ids.setdefault(key, att.job_id) != att.job_id:
-                                self.problems.append(f"job id of {key} changed to {att.job_id}")
+                        known = self.job_ids.setdefault(key, att.job_id) if att.job_id else None
+                        if known is not None and known != att.job_id:
+                            self.problems.append(f"job id of {key} changed to {att.job_id}")
                         if att.job_state and (
                             not self.states.get(rec.run_id)
                             or self.states[rec.run_id][-1] != att.job_state
@@ -183,7 +183,8 @@ def cwd(tmp_path: Path) -> Iterator[Path]:
     """A working directory for the user; any job left by a failed test is cancelled."""
     yield tmp_path
     for manifest in (tmp_path / "results").glob("*/manifest.json"):
-        live = [j for j, s in study_jobs(manifest.parent.name).items() if s in ("PENDING", "RUNNING")]
+        jobs = study_jobs(manifest.parent.name)
+        live = [j for j, state in jobs.items() if state in ("PENDING", "RUNNING")]
         if live:
             subprocess.run(["scancel", *live], check=False)
 
@@ -259,8 +260,7 @@ def test_docker_launcher_runs_the_image_in_the_job(cwd: Path, pytorch_test_image
 def test_scancel_from_outside_and_time_limit(cwd: Path) -> None:
     """One job scancelled by someone else fails as cancelled; one past its Slurm time limit
     fails as timeout; both recorded with their job ids, the study ends with exit 1."""
-    write_study(
-        cwd, batch_sizes=(1, 2), max_concurrent=2, time_limit_s=60, setup=[SLEEP])
+    write_study(cwd, batch_sizes=(1, 2), max_concurrent=2, time_limit_s=60, setup=[SLEEP])
     with ManifestWatcher(cwd) as watch:
         proc = start(cwd, "run", "study.yaml")
         watch.wait_for(lambda d: all_job_states(d, "RUNNING"), proc, 120)
