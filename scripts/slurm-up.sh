@@ -97,6 +97,15 @@ NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem_mb} State=UNKN
 PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
 
+# Slurm 23.02+ loads a cgroup plugin in slurmd even with task/none; CI containers cannot
+# delegate cgroups, so turn it off there (22.05 has no "disabled" plugin and needs no file).
+slurm_major="$(slurmd -V 2>/dev/null | awk '{split($2, v, "."); print v[1]}')"
+if [ "${slurm_major:-0}" -ge 23 ] \
+    && { [ ! -f /etc/slurm/cgroup.conf ] || grep -q '^# written by llenergymeasure' /etc/slurm/cgroup.conf; }; then
+    printf '# written by llenergymeasure scripts/slurm-up.sh\nCgroupPlugin=disabled\n' \
+        | "${sudo_cmd[@]}" tee /etc/slurm/cgroup.conf >/dev/null
+fi
+
 if [ ! -s /etc/munge/munge.key ]; then
     "${sudo_cmd[@]}" mkdir -p /etc/munge
     "${sudo_cmd[@]}" dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
