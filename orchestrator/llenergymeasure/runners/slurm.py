@@ -505,12 +505,12 @@ def render_job_script(
     dirs = [run_dir]
     if request.study_cache_dir is not None:
         dirs.append(str(request.study_cache_dir))
-    lines.append("mkdir -p " + " ".join(_q(d) for d in dirs))
-
     if slurm.launcher == "local":
         env, body = _local_launcher(request, slurm, container)
     else:
         spec = build_container_spec(request, container, base_dir=base_dir)
+        # every writable bind source must exist before the container starts
+        dirs.extend(m.source for m in spec.mounts if not m.read_only and m.source not in dirs)
         env = dict(spec.env)
         if slurm.launcher == "docker":
             body = _docker_launcher(spec, n_gpus)
@@ -518,6 +518,7 @@ def render_job_script(
             env, body = _apptainer_launcher(spec, slurm.launcher, n_gpus)
         else:
             body = _enroot_launcher(spec)
+    lines.append("mkdir -p " + " ".join(_q(d) for d in dirs))
     lines.append("# the harness environment contract (llenergymeasure.contract.HarnessEnv)")
     lines.extend(f"export {k}={_q(v)}" for k, v in sorted(env.items()))
     lines.extend(body)
