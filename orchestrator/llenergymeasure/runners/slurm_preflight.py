@@ -71,9 +71,14 @@ def slurm_preflight(
     results_dir: Path,
     input_paths: Sequence[str] = (),
     min_free_bytes: int = 0,
+    probe: bool = True,
     which: Callable[[str], str | None] = shutil.which,
 ) -> PreflightReport:
-    """Check the cluster for these experiments; raise ``PreflightError`` listing every problem."""
+    """Check the cluster for these experiments; raise ``PreflightError`` listing every problem.
+
+    ``probe=False`` skips the probe job (a resumed study: its folder was proven shared when it
+    started, and its jobs may hold the nodes the probe would wait for).
+    """
     problems: list[str] = []
     report = PreflightReport()
     settings = runner.settings
@@ -99,7 +104,7 @@ def slurm_preflight(
         if not Path(path).expanduser().exists():
             problems.append(f"input path {path} (named in the study) does not exist")
     _check_disk(results_dir, min_free_bytes, problems)
-    if not problems and settings.check_shared_dir:
+    if not problems and settings.check_shared_dir and probe:
         _probe(runner, experiments, results_dir, report, problems)
     if problems:
         raise PreflightError(problems)
@@ -292,6 +297,10 @@ def _probe(
     except RunnerError as exc:
         problems.append(f"watching the preflight probe job {job_id}: {exc.message}")
         return
+    except KeyboardInterrupt:
+        with contextlib.suppress(RunnerError):
+            runner.cli.cancel([job_id])
+        raise
     marker = probe_dir / MARKER_FILE
     log = probe_dir / "probe.log"
     if not marker.is_file():

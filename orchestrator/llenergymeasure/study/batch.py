@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from llenergymeasure.errors import RunnerError
-from llenergymeasure.runners.base import RunOutcome, utc_now
+from llenergymeasure.runners.base import RunOutcome, check_result, utc_now
 from llenergymeasure.runners.slurm import FATAL_PENDING_REASONS, JobInfo, SlurmRunner, wait_terminal
 from llenergymeasure.runners.spec import RunRequest
 from llenergymeasure.study.manifest import Attempt, ManifestStore, RunRecord
@@ -211,14 +211,16 @@ class BatchLoop:
             if flight.misses < MAX_MISSES:
                 return None
             # Slurm forgot the job (MinJobAge passed and no accounting): the folder decides.
-            info = JobInfo(job_id=flight.job_id, state="UNKNOWN", node=flight.node)
+            ok, _ = check_result(flight.request.run_dir)
+            state = "COMPLETED" if ok else "UNKNOWN"
+            info = JobInfo(job_id=flight.job_id, state=state, node=flight.node)
             outcome = self.runner.outcome(flight.request, info)
             if not outcome.ok:
                 outcome = outcome.model_copy(
                     update={
                         "failure_kind": "runner_error",
                         "message": f"Slurm no longer knows job {flight.job_id} and the run "
-                        f"folder has no result; see {flight.request.log_path}",
+                        f"folder has no valid result; see {flight.request.log_path}",
                     }
                 )
             return outcome

@@ -216,13 +216,19 @@ def resume(
         for r in store.manifest.runs
         if r.state == "running" and r.last is not None and r.last.job_id is not None
     }
-    if jobs and (opts.runner or plan_now.study.runner.runner) != "slurm":
+    slurm = (runner.name if runner is not None else None) == "slurm" or (
+        opts.runner or plan_now.study.runner.runner
+    ) == "slurm"
+    if jobs and not slurm:
         raise ConfigError(
             f"{study_dir} has Slurm jobs that may still be queued or running "
             f"({', '.join(sorted(set(jobs.values())))})",
             hint="resume with --runner slurm (it adopts them), or scancel them first",
         )
-    recovered = store.recover_running(keep=set(jobs))
+    # The Slurm runner adopts every run left running: by job id, or by the job's comment when
+    # the id never reached the manifest.
+    keep = {r.run_id for r in store.manifest.runs if r.state == "running"} if slurm else set()
+    recovered = store.recover_running(keep=keep)
     todo = [r for r in store.manifest.runs if r.state != "completed"]
     if dry_run:
         con.print(
@@ -426,6 +432,7 @@ def _preflight(
             results_dir=results_dir,
             input_paths=sorted({p for e in exps for p in _input_paths(e, _base_dir(plan))}),
             min_free_bytes=opts.min_free_bytes,
+            probe=only is None,  # a resumed study's folder was proven when it started
         )
         if not opts.quiet:
             for note in report.notes:
