@@ -133,7 +133,8 @@ class FakeSlurm:
         raw_exit = {"FAILED": str(1 << 8), "CANCELLED": "15"}.get(state, "0")
         start = "N/A" if state == "PENDING" else "2026-01-01T00:00:00"
         end = "2026-01-01T00:00:10" if state in TERMINAL else "N/A"
-        return f"{job.job_id}|{state}|{reason}|{node}|{raw_exit}|{start}|{end}|{job.name}|{job.comment}|"
+        cols = (job.job_id, state, reason, node, raw_exit, start, end, job.name, job.comment)
+        return "|".join(cols) + "|"
 
     def _squeue(self, args: list[str]) -> tuple[str, str, int]:
         wanted = None
