@@ -146,3 +146,32 @@ def test_resume_adopts_a_job_whose_id_never_reached_the_manifest(tmp_path: Path)
     assert result.n_completed == 1 and len(slurm.jobs) == 1  # adopted, not resubmitted
     (rec,) = ManifestStore.load(study_dir).manifest.runs
     assert len(rec.attempts) == 1 and rec.attempts[0].job_id == "100"
+
+
+def test_preflight_without_slurm_commands_and_without_a_shared_dir(tmp_path: Path) -> None:
+    """No sbatch on PATH: one clear problem. A probe job that leaves no marker: not shared."""
+    from llenergymeasure.errors import PreflightError
+    from llenergymeasure.runners.slurm_preflight import slurm_preflight
+
+    plan = plan_for(tmp_path, 1)
+    slurm = FakeSlurm()
+    try:
+        slurm_preflight(runner(slurm), plan.experiments, results_dir=tmp_path, which=lambda c: None)
+    except PreflightError as exc:
+        assert "Slurm commands not found on PATH: sbatch, squeue, scancel, sinfo" in str(exc)
+    else:
+        raise AssertionError("no PreflightError")
+    try:  # the fake runs no script, so the probe "completes" without writing its marker
+        slurm_preflight(
+            runner(slurm),
+            plan.experiments,
+            results_dir=tmp_path,
+            which=lambda c: "/usr/bin/" + c,
+            sleep=slurm.tick,
+        )
+    except PreflightError as exc:
+        assert "not on a filesystem the compute nodes share" in str(exc)
+    else:
+        raise AssertionError("no PreflightError")
+    (probe,) = [c for c in slurm.calls if c[0] == "sbatch"]
+    assert ".llem-slurm-probe" in probe[-1]

@@ -73,6 +73,7 @@ def slurm_preflight(
     min_free_bytes: int = 0,
     probe: bool = True,
     which: Callable[[str], str | None] = shutil.which,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> PreflightReport:
     """Check the cluster for these experiments; raise ``PreflightError`` listing every problem.
 
@@ -105,7 +106,7 @@ def slurm_preflight(
             problems.append(f"input path {path} (named in the study) does not exist")
     _check_disk(results_dir, min_free_bytes, problems)
     if not problems and settings.check_shared_dir and probe:
-        _probe(runner, experiments, results_dir, report, problems)
+        _probe(runner, experiments, results_dir, report, problems, sleep=sleep)
     if problems:
         raise PreflightError(problems)
     return report
@@ -264,6 +265,8 @@ def _probe(
     results_dir: Path,
     report: PreflightReport,
     problems: list[str],
+    *,
+    sleep: Callable[[float], None],
 ) -> None:
     s = runner.settings
     base = Path(os.path.abspath(results_dir.expanduser()))
@@ -284,7 +287,7 @@ def _probe(
             info = runner.cli.query([job_id]).get(job_id)
             if info is not None and info.terminal:
                 break
-            time.sleep(delay)
+            sleep(delay)
             delay = min(5.0, delay * 1.5)
         else:
             runner.cli.cancel([job_id])

@@ -66,6 +66,7 @@ class FakeSlurm:
     calls: list[list[str]] = field(default_factory=list)
     sleeps: list[float] = field(default_factory=list)
     max_active: int = 0
+    gres: str = "gpu:8"  # what sinfo reports for the one partition, debug
     on_tick: Callable[[FakeSlurm], None] | None = None
 
     def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -162,4 +163,4 @@ class FakeSlurm:
         return "", "", 0
 
     def _sinfo(self, args: list[str]) -> tuple[str, str, int]:
-        return "debug*|(null)|1|up\n", "", 0
+        return f"debug*|{self.gres}|1|up\n", "", 0
