@@ -4,6 +4,7 @@ A :class:`Runner` takes a :class:`~llenergymeasure.runners.spec.RunRequest`, run
 for it (in a container or a subprocess), and returns a :class:`RunOutcome`. The outcome is
 classified from facts only, in this order::
 
+    interrupted, but exit 0 and a valid result.json -> completed (the signal came too late)
     interrupted by us (Ctrl-C)     -> interrupted
     stopped by us at the timeout   -> failed / timeout
     container State.OOMKilled      -> failed / oom_killed
@@ -176,6 +177,15 @@ def classify(
         "container_id": container_id,
     }
     see_log = f"; see {log_path}" if log_path is not None else ""
+    if interrupted and exit_code == 0 and check_result(results_dir)[0]:
+        # The harness had finished (result.json is written last, atomically) when the
+        # signal came: the measurement is whole, so it is kept and never run again.
+        return RunOutcome(
+            status="completed",
+            message="finished before the interruption took effect",
+            result_path=str(results_dir / RESULT_FILE),
+            **base,
+        )
     if interrupted:
         return RunOutcome(
             status="interrupted",

@@ -172,11 +172,12 @@ class DockerRunner:
     def cleanup_leftovers(self) -> list[str]:
         """Remove containers of this tool whose owning process is gone (earlier crashes)."""
         from docker.errors import DockerException, NotFound
+        from requests.exceptions import RequestException
 
         removed: list[str] = []
         try:
             containers = self.client.containers.list(all=True, filters={"label": LABEL_STUDY})
-        except DockerException as exc:
+        except (DockerException, RequestException) as exc:
             raise RunnerError(f"cannot list containers: {exc}") from exc
         host = socket.gethostname()
         for ct in containers:
@@ -201,6 +202,7 @@ class DockerRunner:
     ) -> RunOutcome:
         """Run one experiment in a container; see the module docstring for the sequence."""
         from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+        from requests.exceptions import RequestException
 
         spec = self.spec_for(request)
         _prepare_host_dirs(request, self.settings)
@@ -247,15 +249,19 @@ class DockerRunner:
                 t0=t0,
                 cancel=cancel,
             )
-        except DockerException as exc:
-            writer.note(f"docker error: {exc}")
+        except (DockerException, RequestException) as exc:
+            # docker-py raises requests' errors (not DockerException) when the socket goes
+            # away mid-call: a daemon restart, a vanished socket, an API timeout.
+            writer.note(f"docker error: {type(exc).__name__}: {exc}")
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
             raise RunnerError(
-                f"run {request.run_id}: lost contact with Docker: {str(exc).splitlines()[0]}",
-                hint="check that the Docker daemon is running, then resume the study",
+                f"run {request.run_id}: lost contact with Docker: {first}",
+                hint="check that the Docker daemon is running, then resume the study (its "
+                "leftover container is removed then)",
             ) from exc
         finally:
             if ct is not None:
-                with contextlib.suppress(NotFound, DockerException):
+                with contextlib.suppress(NotFound, DockerException, RequestException):
                     ct.remove(force=True, v=True)
             writer.close()
 
