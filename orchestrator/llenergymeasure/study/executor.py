@@ -601,6 +601,7 @@ def _preflight(
             return bool(Confirm.ask(question, console=con, default=False))
 
     request = PreflightRequest(
+        ulimits=_ulimits_by_image(exps, runner),
         runner="docker" if runner.name == "docker" else "local",
         results_dir=results_dir,
         images={k: frozenset(v) for k, v in images.items()} if runner.name == "docker" else {},
@@ -616,6 +617,30 @@ def _preflight(
         for note in report.notes:
             con.print(f"note: {escape(note)}")
     return report
+
+
+def _ulimits_by_image(
+    exps: list[PlannedExperiment], runner: Runner
+) -> dict[str, dict[str, int | tuple[int, int]]]:
+    """The ulimits each image's containers will get, from the runner's own container spec."""
+    spec_for = getattr(runner, "spec_for", None)
+    if runner.name != "docker" or spec_for is None:
+        return {}
+    out: dict[str, dict[str, int | tuple[int, int]]] = {}
+    for e in exps:
+        if e.image in out:
+            continue
+        probe = RunRequest(
+            config=e.config,
+            study_id="preflight",
+            run_id="preflight",
+            cycle=1,
+            run_dir=Path("/nonexistent/preflight"),
+            log_path=Path("/nonexistent/preflight.log"),
+            image=e.image,
+        )
+        out[e.image] = dict(spec_for(probe).ulimits)
+    return out
 
 
 def _slug(text: str) -> str:
@@ -799,7 +824,14 @@ def _execute(
         ) from None
     except RunnerError as exc:
         _stop_saving(
-            store, current, session, state="failed", message=exc.message, plan=plan, opts=opts
+            store,
+            current,
+            session,
+            state="failed",
+            kind="runner_error",
+            message=exc.message,
+            plan=plan,
+            opts=opts,
         )
         raise RunnerError(
             f"{exc.message} (study saved in {study_dir})",
@@ -808,7 +840,14 @@ def _execute(
     except OSError as exc:
         err = _storage_error(exc, study_dir)
         _stop_saving(
-            store, current, session, state="aborted", message=err.message, plan=plan, opts=opts
+            store,
+            current,
+            session,
+            state="aborted",
+            kind="storage_error",
+            message=err.message,
+            plan=plan,
+            opts=opts,
         )
         raise err from exc
     try:
@@ -823,7 +862,14 @@ def _execute(
     except OSError as exc:
         err = _storage_error(exc, study_dir)
         _stop_saving(
-            store, current, session, state="aborted", message=err.message, plan=plan, opts=opts
+            store,
+            current,
+            session,
+            state="aborted",
+            kind="storage_error",
+            message=err.message,
+            plan=plan,
+            opts=opts,
         )
         raise err from exc
     progress.summary(result)
@@ -836,6 +882,7 @@ def _stop_saving(
     session: _Session,
     *,
     state: StudyState,
+    kind: FailureKind,
     message: str,
     plan: StudyPlan,
     opts: StudyRunOptions,
@@ -845,7 +892,7 @@ def _stop_saving(
     Each write is atomic, so whatever fails here leaves the previous manifest intact.
     """
     try:
-        _close_running(store, current, "failed", "runner_error", message)
+        _close_running(store, current, "failed", kind, message)
         session.close(store)
         store.set_state(state, message)
         _write_outputs(_study_result(plan, store), store.study_dir, opts)
