@@ -57,6 +57,19 @@ def connect(factory: Callable[[], Any] | None = None) -> Any:
             hint="pip install docker, or use --runner local",
         ) from exc
 
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    fix = (
+        "start Docker (or set DOCKER_HOST), or use --runner local on a host with the "
+        "backends installed"
+    )
+    if factory is None and host.startswith("unix://"):
+        path = host.removeprefix("unix://")
+        if not os.path.exists(path):
+            # Said without trying: docker-py leaks the socket of a failed connect (an unclosed
+            # socket ResourceWarning later, somewhere unrelated).
+            raise RunnerError(
+                f"cannot reach the Docker daemon at {host}: no socket at {path}", hint=fix
+            )
     client: Any = None
     try:
         client = factory() if factory is not None else docker.from_env(timeout=60)
@@ -65,13 +78,26 @@ def connect(factory: Callable[[], Any] | None = None) -> Any:
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        _collect_leaked_socket()
         raise RunnerError(
             f"cannot reach the Docker daemon at {host}: {str(exc).splitlines()[0][:200]}",
-            hint="start Docker (or set DOCKER_HOST), or use --runner local on a host with the "
-            "backends installed",
+            hint=fix,
         ) from exc
     return client
+
+
+def _collect_leaked_socket() -> None:
+    """Free the socket docker-py leaves behind after a failed connect, without a warning.
+
+    ``UnixHTTPConnection.connect`` drops its socket unclosed when ``connect`` raises; the
+    garbage collector would then warn (an error under pytest) in whatever code runs next.
+    """
+    import gc
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def to_create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
