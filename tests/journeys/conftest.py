@@ -13,6 +13,7 @@ are marked ``docker`` (skipped without one, failing under ``LLEM_REQUIRE_DOCKER=
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -160,6 +161,28 @@ def containers_of(study_id: str) -> list[str]:
         timeout=60,
     ).stdout
     return out.split()
+
+
+@functools.cache
+def image_passes_host_hash(image: str) -> bool:
+    """Whether the image's harness knows ``LLEM_CONFIG_HASH`` (built from this checkout).
+
+    CI builds the test image from the checkout, so there it always does; a developer's image
+    built before this change does not, and the config_hash check is then left out (under
+    ``LLEM_REQUIRE_DOCKER=1`` it is never left out).
+    """
+    probe = (
+        'site=$(python3 -c "import llenergymeasure, os; '
+        'print(os.path.dirname(os.path.dirname(llenergymeasure.__file__)))"); '
+        "grep -rqs LLEM_CONFIG_HASH $site/llenergymeasure*"
+    )
+    res = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c", probe],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    return res.returncode == 0
 
 
 def files_containing(root: Path, needle: str) -> list[Path]:

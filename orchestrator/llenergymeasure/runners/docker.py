@@ -236,10 +236,12 @@ class DockerRunner:
         started_at = utc_now()
         t0 = time.monotonic()
         ct: Any = None
+        creating = False
         try:
             writer.note(f"run {request.run_id}: image {spec.image}, gpus {list(spec.gpu_ids)}")
             if not self.settings.request_gpus:
                 writer.note("GPU requests are disabled for this study (CPU-only run)")
+            creating = True
             try:
                 ct = self.client.containers.create(**to_create_kwargs(spec))
             except ImageNotFound:
@@ -286,6 +288,11 @@ class DockerRunner:
                 "leftover container is removed then)",
             ) from exc
         finally:
+            if ct is None and creating:
+                # A signal (or a broken connection) inside ``create`` can leave a container
+                # the daemon made but we never got a handle to: find it by its unique name.
+                with contextlib.suppress(NotFound, DockerException, RequestException):
+                    ct = self.client.containers.get(spec.name)
             if ct is not None:
                 with contextlib.suppress(NotFound, DockerException, RequestException):
                     ct.remove(force=True, v=True)

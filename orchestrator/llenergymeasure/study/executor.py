@@ -613,6 +613,12 @@ def _preflight(
         min_free_bytes=opts.min_free_bytes,
     )
     report = run_preflight(request, client=client, confirm=confirm, assume_yes=opts.assume_yes)
+    unset = [n for n in plan.study.runner.docker.env_passthrough if n not in os.environ]
+    if unset and runner.name == "docker":
+        report.notes.append(
+            f"docker.env_passthrough: {', '.join(unset)} not set in this environment; the "
+            "containers run without it"
+        )
     if not opts.quiet:
         for note in report.notes:
             con.print(f"note: {escape(note)}")
