@@ -175,3 +175,20 @@ def test_preflight_without_slurm_commands_and_without_a_shared_dir(tmp_path: Pat
         raise AssertionError("no PreflightError")
     (probe,) = [c for c in slurm.calls if c[0] == "sbatch"]
     assert ".llem-slurm-probe" in probe[-1]
+
+
+def test_squeue_errors_are_retried_with_backoff(tmp_path: Path) -> None:
+    """Three failed polls in a row (slurmctld busy) are waited out; the run still completes."""
+    slurm = FakeSlurm()
+    failures = iter([True, True, True])
+    real = slurm._squeue
+
+    def flaky(args: list[str]) -> tuple[str, str, int]:
+        if next(failures, False):
+            return "", "slurm_load_jobs error: Socket timed out on send/recv operation\n", 1
+        return real(args)
+
+    slurm._squeue = flaky  # type: ignore[method-assign]
+    result = go(plan_for(tmp_path, 1), slurm)
+    assert result.n_completed == 1
+    assert slurm.sleeps[:3] == [1.5, 2.25, 3.375]

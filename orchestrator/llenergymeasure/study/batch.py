@@ -16,6 +16,9 @@ while nothing changes and drops back when something does. Never a process or thr
                                  detach ─► leave them queued/running (manifest keeps the
                                            job ids) ─► exit 130; --resume adopts them
 
+A failing ``squeue`` (slurmctld busy or restarting) is retried with the same backoff; after
+``MAX_POLL_ERRORS`` in a row the study stops with a runner error and its jobs stay in the
+manifest, running, for ``--resume`` to adopt.
 After ``execution.max_consecutive_failures`` failures in a row nothing more is submitted, and
 the jobs already in flight are waited for: they are measurements under way, not lost work.
 Thermal gaps do not apply: consecutive jobs may land on different nodes.
@@ -45,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: Polls in a row that may not find a job before it counts as forgotten by Slurm.
 MAX_MISSES = 5
+#: Failed polls in a row (squeue erroring) before the study stops; its jobs stay adoptable.
+MAX_POLL_ERRORS = 10
 
 MakeRequest = Callable[[RunRecord, Attempt | None], RunRequest]
 OnEnd = Callable[[RunRecord, RunOutcome], None]
@@ -141,7 +146,7 @@ class BatchLoop:
     def _loop(self, queue: list[RunRecord]) -> None:
         slurm = self.runner.settings
         ex = self.plan.study.execution
-        consecutive = 0
+        consecutive = poll_errors = 0
         stop_submitting = False
         delay = slurm.poll_min_s
         while queue or self._in_flight:
@@ -152,7 +157,18 @@ class BatchLoop:
                 changed = True
             if not self._in_flight:
                 break
-            states = self.runner.poll(list(self._in_flight))
+            try:
+                states = self.runner.poll(list(self._in_flight))
+            except RunnerError as exc:
+                # slurmctld busy or restarting: keep the jobs, back off, give up after a while
+                poll_errors += 1
+                if poll_errors >= MAX_POLL_ERRORS:
+                    raise
+                logger.warning("polling Slurm failed (%d in a row): %s", poll_errors, exc.message)
+                delay = min(slurm.poll_max_s, delay * 1.5)
+                self.sleep(delay)
+                continue
+            poll_errors = 0
             for job_id, flight in list(self._in_flight.items()):
                 outcome = self._observe(flight, states.get(job_id))
                 changed = changed or flight.changed
