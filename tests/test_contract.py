@@ -37,6 +37,10 @@ HARNESS_MODULES = (
     "llenergymeasure_harness.warmup",
     "llenergymeasure_harness.outputs",
     "llenergymeasure_harness.energy",
+    "llenergymeasure_harness.traffic",
+    "llenergymeasure_harness.serving.backends",
+    "llenergymeasure_harness.serving.client",
+    "llenergymeasure_harness.serving.server",
 )
 CONTRACT_MODULES = tuple(
     f"llenergymeasure_contract.{p.stem}"
