@@ -78,6 +78,9 @@ class ClientSettings:
     # on average. Bounded: at rate R it costs at most R x spin_s of one core (bench figures in
     # docs/traffic.md); other requests' streams keep being read meanwhile. 0 disables it.
     spin_s: float = 0.001
+    # Server-specific request fields, e.g. vLLM's return_token_ids (its text is empty when
+    # it runs without a tokenizer, as with dummy weights).
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -217,6 +220,7 @@ class StreamingClient:
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": s.temperature,
+            **s.extra_body,
         }
         if s.temperature > 0:
             body["top_p"] = s.top_p
@@ -263,7 +267,7 @@ class StreamingClient:
                 if "error" in chunk and not chunk.get("choices"):
                     raise EndpointError(f"server error in the stream: {chunk['error']}")
                 for choice in chunk.get("choices") or []:
-                    if choice.get("text"):
+                    if choice.get("text") or choice.get("token_ids"):
                         stream.token_times_s.append(now)
                         stream.end_s = now
                     if choice.get("finish_reason"):
