@@ -214,3 +214,22 @@ def test_sigterm_before_any_run_exits_143(monkeypatch: pytest.MonkeyPatch, tmp_p
     study.write_text("model: tiny-llama\nload_format: dummy\n")
     monkeypatch.setenv("LLEM_USER_CONFIG", "")
     assert main(["run", str(study), "--results-dir", str(tmp_path / "r")]) == 143
+
+
+def test_load_study_takes_relative_paths_from_the_working_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_study("study.yaml") from a working dir: source, results_dir, model all absolute."""
+    import shutil
+
+    from llenergymeasure.config.loader import load_study
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    arch = Path(__file__).resolve().parents[2] / "orchestrator/llenergymeasure/architectures"
+    shutil.copy(arch / "tiny-llama.json", tmp_path / "models" / "tiny" / "config.json")
+    Path("study.yaml").write_text("model: ./models/tiny\nload_format: dummy\n")
+    study = load_study("study.yaml")
+    assert study.source == str(tmp_path / "study.yaml")
+    assert study.results_dir == str(tmp_path / "results")
+    assert study.experiments[0].model == str(tmp_path / "models" / "tiny")
