@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,11 @@ from llenergymeasure.config.loader import (
 )
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.config.user import load_user_defaults, user_config_path
-from llenergymeasure.errors import UsageError
+from llenergymeasure.errors import InterruptedStudy, UsageError
 from llenergymeasure.study.executor import dry_run_job_scripts, run_study
 from llenergymeasure.study.executor import resume as resume_study
 from llenergymeasure.study.plan import StudyPlan, build_plan
+from llenergymeasure.study.signals import Terminated
 
 BATCH_KEYS = {
     "pytorch": "pytorch.batch_size",
@@ -201,10 +204,33 @@ def run_command(
     runner_overrides: dict[str, Any] = {"runner": runner} if runner else {}
 
     if resume is not None:
-        return int(
-            resume_study(
-                resume,
-                config=config,
+        given = [
+            flag
+            for flag, value in (
+                ("--model", model),
+                ("--backend", backend),
+                ("--precision", precision),
+                ("--load-format", load_format),
+                ("--n-prompts", n_prompts),
+                ("--max-input-tokens", max_input_tokens),
+                ("--max-output-tokens", max_output_tokens),
+                ("--batch-size", batch_size),
+                ("--gpus", gpus),
+                ("--set", set_items or None),
+                ("--results-dir", results_dir),
+            )
+            if value is not None
+        ]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} cannot change a started study: what it measures and "
+                "where its results go are fixed in its plan.json",
+                hint="resume without them, or start a new study with them",
+            )
+        with _sigterm_is_143():
+            resumed = resume_study(
+                resume.absolute(),
+                config=config.absolute() if config is not None else None,
                 execution_overrides=execution_overrides,
                 runner_overrides=runner_overrides,
                 quiet=quiet,
@@ -213,7 +239,7 @@ def run_command(
                 assume_yes=yes,
                 dry_run=dry_run,
             )
-        )
+        return int(resumed)
 
     overrides = collect_overrides(
         config=config,
@@ -233,7 +259,8 @@ def run_command(
         overrides=overrides,
         execution_overrides=execution_overrides,
         runner_overrides=runner_overrides,
-        results_dir=results_dir,
+        # relative to where the user typed the command, made absolute once, here
+        results_dir=str(Path(results_dir).expanduser().absolute()) if results_dir else None,
     )
     if dry_run:
         scripts = dry_run_job_scripts(plan) if plan.study.runner.runner == "slurm" else None
@@ -250,5 +277,20 @@ def run_command(
                 sys.stdout.write(f"\n# ---- job script of run {run_id}\n{text}")
         return 0
 
-    result = run_study(plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes)
+    with _sigterm_is_143():
+        result = run_study(
+            plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes
+        )
     return int(result)  # 0 when every run completed, else 1
+
+
+@contextlib.contextmanager
+def _sigterm_is_143() -> Iterator[None]:
+    """SIGTERM before the first run (preflight, images) exits 143, as it does mid-study.
+
+    typer turns every ``KeyboardInterrupt`` into exit 130, and ``Terminated`` is one.
+    """
+    try:
+        yield
+    except Terminated:
+        raise InterruptedStudy("stopped by SIGTERM before any run started", exit_code=143) from None
