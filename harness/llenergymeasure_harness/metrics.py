@@ -127,6 +127,7 @@ def request_columns(records: Sequence[RequestRecord]) -> dict[str, list[Any]]:
             "e2e_s",
             "finish_reason",
             "token_times_s",
+            "cached_input_tokens",
         )
     }
     for r in records:
@@ -143,4 +144,5 @@ def request_columns(records: Sequence[RequestRecord]) -> dict[str, list[Any]]:
         cols["e2e_s"].append(r.end_s - r.submit_s)
         cols["finish_reason"].append(r.finish_reason)
         cols["token_times_s"].append(list(r.token_times_s))
+        cols["cached_input_tokens"].append(r.cached_input_tokens)
     return cols

@@ -2,7 +2,22 @@
 
 Written against **vLLM 0.33.0** (V1 engine; ``vllm/entrypoints/llm.py``,
 ``vllm/engine/arg_utils.py``, ``vllm/v1/engine/llm_engine.py``, ``vllm/sampling_params.py``,
-``vllm/outputs.py``). ``vllm`` is imported inside :meth:`VLLMBackend.load` only.
+``vllm/outputs.py``) and run for real on **vLLM 0.26.0** (the newest release for torch 2.11,
+on the lent H200; docs/gpu-results.md). ``vllm`` is imported inside :meth:`VLLMBackend.load`
+only. What differs between the two at this boundary, and how the backend copes:
+
+* prompt rendering: both have the private ``LLM._preprocess_cmpl_one`` (0.26 in
+  ``entrypoints/offline_utils.py``, 0.33 in ``entrypoints/llm.py``), which turns a
+  ``TokensPrompt`` into the ``EngineInput`` that ``add_request`` wants; 0.33 deprecates raw
+  prompts there. Releases without it, or a renderer that raises ``TypeError``/``AttributeError``
+  on its (private, changing) signature, fall back to the raw ``TokensPrompt``, which both
+  releases' ``add_request`` still accept. ``LoadInfo.extra["prompt_path"]`` records which one
+  ran ("rendered" or "raw");
+* ``add_request``: 0.33 added ``session_id`` and ``kv_hints``; the backend passes only the
+  three positional arguments both share;
+* ``EngineArgs``: 0.26 lacks some 0.33 fields (none that the ``vllm:`` section sets); a
+  passthrough ``engine_args`` key the installed release does not have is refused by vLLM
+  (``TypeError``, translated to a ``ConfigError``).
 
 Why a streaming loop instead of ``LLM.generate``: ``generate`` forces
 ``RequestOutputKind.FINAL_ONLY`` and the offline ``LLM`` turns per-request stats off
@@ -207,9 +222,16 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.perf_counter, workdir: Path | None = None
+        self,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        workdir: Path | None = None,
+        render_prompts: bool = True,
     ) -> None:
         self._clock = clock
+        self._render_prompts = render_prompts
+        self.prompt_path: str | None = None
+        self._renderer_after_first: Callable[[Any], Any] = _raw
         self._workdir = workdir
         self._own_workdir: Path | None = None
         self._config: ExperimentConfig | None = None
@@ -266,6 +288,9 @@ class VLLMBackend:
             "vllm_version": vllm.__version__,
             "mirrored_vllm_version": MIRRORED_VLLM_VERSION,
             "steady_state_target": section.max_num_seqs,
+            "prompt_path": "rendered"
+            if self._render_prompts and callable(getattr(self._llm, "_preprocess_cmpl_one", None))
+            else "raw",
             "max_model_len": getattr(model_config, "max_model_len", None),
             "timestamps": "harness perf_counter at receipt of each engine step's outputs",
         }
@@ -325,6 +350,7 @@ class VLLMBackend:
                         prompt_token_ids=list(request.prompt_token_ids), cache_salt=salt
                     )
                 )
+                render = self._renderer_after_first  # type: ignore[assignment]
                 timelines[key] = RequestTimeline(
                     request_id=request.request_id,
                     input_tokens=len(request.prompt_token_ids),
@@ -343,6 +369,9 @@ class VLLMBackend:
                         continue
                     if output.prompt_token_ids is not None:
                         timeline.input_tokens = len(output.prompt_token_ids)
+                    cached = getattr(output, "num_cached_tokens", None)
+                    if isinstance(cached, int) and not isinstance(cached, bool):
+                        timeline.cached_input_tokens = cached
                     completion = output.outputs[0]
                     timeline.add_tokens(len(completion.token_ids), now)
                     if output.finished:
@@ -398,13 +427,32 @@ class VLLMBackend:
 
         vLLM 0.33 deprecates raw prompts in ``add_request`` ("will be removed in the future")
         and renders them first, as ``LLM.generate`` does with ``LLM._preprocess_cmpl_one``
-        (token ids pass through unchanged as ``{"type": "token", ...}``). Older releases have
-        no renderer and take the raw prompt.
+        (token ids pass through unchanged as ``{"type": "token", ...}``; 0.26 has the same
+        method). Releases without it take the raw prompt. The method is private: if it exists
+        but fails on its signature for the first prompt of a run, the run falls back to raw
+        prompts (logged once) rather than failing on a renamed internal.
         """
-        render = getattr(self._llm, "_preprocess_cmpl_one", None)
-        if callable(render):
-            return render  # type: ignore[no-any-return]
-        return lambda prompt: prompt
+        render = getattr(self._llm, "_preprocess_cmpl_one", None) if self._render_prompts else None
+        if not callable(render):
+            self.prompt_path = "raw"
+            self._renderer_after_first = _raw
+            return _raw
+
+        def first(prompt: Any) -> Any:
+            try:
+                rendered = render(prompt)
+            except (TypeError, AttributeError) as exc:
+                logger.warning(
+                    "vLLM's LLM._preprocess_cmpl_one failed (%s); passing raw prompts", exc
+                )
+                self.prompt_path = "raw"
+                self._renderer_after_first = _raw
+                return prompt
+            self.prompt_path = "rendered"
+            self._renderer_after_first = render
+            return rendered
+
+        return first
 
     @staticmethod
     def _abort(engine: Any, request_ids: list[str]) -> None:
@@ -414,6 +462,10 @@ class VLLMBackend:
             engine.abort_request(list(request_ids))
         except Exception:
             logger.debug("abort after a failed run failed too", exc_info=True)
+
+
+def _raw(prompt: Any) -> Any:
+    return prompt
 
 
 __all__ = [
