@@ -62,6 +62,7 @@ from llenergymeasure_harness.backends.base import (
 from llenergymeasure_harness.backends.engine_common import (
     ModelSource,
     RequestTimeline,
+    StderrTail,
     jsonable,
     prepare_model_source,
     translate_engine_error,
@@ -232,6 +233,7 @@ class VLLMBackend:
         self._render_prompts = render_prompts
         self.prompt_path: str | None = None
         self._renderer_after_first: Callable[[Any], Any] = _raw
+        self._stderr: StderrTail | None = None
         self._workdir = workdir
         self._own_workdir: Path | None = None
         self._config: ExperimentConfig | None = None
@@ -271,11 +273,21 @@ class VLLMBackend:
         self.engine_args = build_engine_args(config, source)
         self.steady_state_target = section.max_num_seqs
         logger.info("vLLM %s: building engine for %s", vllm.__version__, source.model)
+        # The engine core and its workers are child processes: their stderr runs through a
+        # tee so that a start-up failure's root cause can be read (see engine_common).
+        self._stderr = StderrTail().start()
         start = self._clock()
         try:
             self._llm = vllm.LLM(**self.engine_args)
         except Exception as exc:
-            raise translate_engine_error(exc, engine=ENGINE, phase="load", config=config) from exc
+            log = self._stderr.text(settle_s=1.0)
+            self._stderr.stop()
+            raise translate_engine_error(
+                exc, engine=ENGINE, phase="load", config=config, log=log
+            ) from exc
+        finally:
+            if self._stderr is not None:
+                self._stderr.stop()  # this process's own stderr back; children keep the tee
         load_s = self._clock() - start
         model_config = getattr(self._llm, "model_config", None)
         dtype = _dtype_name(getattr(model_config, "dtype", None)) or self.engine_args["dtype"]
@@ -381,7 +393,10 @@ class VLLMBackend:
             raise
         except Exception as exc:
             self._abort(engine, order)
-            raise translate_engine_error(exc, engine=ENGINE, phase="run", config=config) from exc
+            log = self._stderr.text(settle_s=1.0) if self._stderr is not None else ""
+            raise translate_engine_error(
+                exc, engine=ENGINE, phase="run", config=config, log=log
+            ) from exc
         unfinished = [timelines[k].request_id for k in order if timelines[k].end_s is None]
         if unfinished:
             raise ExperimentError(

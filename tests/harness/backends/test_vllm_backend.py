@@ -517,3 +517,44 @@ def test_num_cached_tokens_become_cached_input_tokens(fake: FakeVLLM, backend: V
     assert [r.cached_input_tokens for r in records] == [0, 32]
     exact = [GenerationRequest(request_id=i, prompt_token_ids=[9] * 32, max_new_tokens=2) for i in range(2)]
     assert [r.cached_input_tokens for r in backend.run(exact)] == [0, 16]
+
+
+@pytest.mark.parametrize(
+    ("root_cause", "expected"),
+    [
+        (
+            "ValueError: No available memory for the cache blocks. Try increasing "
+            "`gpu_memory_utilization` when initializing the engine.",
+            EngineOutOfMemoryError,
+        ),
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", EngineOutOfMemoryError),
+    ],
+)
+def test_engine_core_root_cause_in_its_stderr_is_translated(
+    fake: FakeVLLM, backend: VLLMBackend, root_cause: str, expected: type[Exception]
+) -> None:
+    """vLLM's engine core dies in its own process; its stderr names the cause: OOM is found."""
+    fake.behaviour.engine_init_failure = True
+    fake.behaviour.engine_init_root_cause = root_cause
+    with pytest.raises(expected) as info:
+        backend.load(_config())
+    assert "root cause in the engine process" in str(info.value)
+    assert root_cause.split(":")[0] in str(info.value)
+
+
+def test_stderr_tail_passes_everything_through_and_keeps_the_end(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The tee hands every byte on to the real stderr and keeps the last ones."""
+    import os
+    import time
+
+    from llenergymeasure_harness.backends.engine_common import StderrTail
+
+    tail = StderrTail(limit=64).start()
+    os.write(2, b"x" * 100 + b"\nValueError: the end\n")
+    time.sleep(0.1)
+    tail.stop()
+    time.sleep(0.1)
+    assert tail.text().endswith("ValueError: the end\n") and len(tail.text()) <= 64 + 100
+    assert "ValueError: the end" in capfd.readouterr().err

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
 import types
 import uuid
@@ -284,6 +285,9 @@ class FakeVLLMBehaviour:
             blocks" ``ValueError``.
         engine_init_failure: ``LLM(...)`` raises the multiprocess "Engine core initialization
             failed" ``RuntimeError`` (what a worker-side OOM looks like from the front end).
+        engine_init_root_cause: With ``engine_init_failure``, what the engine core process
+            writes to stderr (file descriptor 2) first, as the real child does, e.g.
+            ``"ValueError: No available memory for the cache blocks. ..."``.
         oom_at_step: ``step()`` raises ``torch.cuda.OutOfMemoryError`` from this step on.
         engine_dead_at_step: ``step()`` raises ``EngineDeadError`` from this step on.
         unsupported_architectures: Architectures (config.json ``architectures``) to reject.
@@ -310,6 +314,7 @@ class FakeVLLMBehaviour:
     oom_on_load: bool = False
     kv_cache_too_small: bool = False
     engine_init_failure: bool = False
+    engine_init_root_cause: str | None = None
     oom_at_step: int | None = None
     engine_dead_at_step: int | None = None
     unsupported_architectures: frozenset[str] = frozenset({"FancyNewForCausalLM"})
@@ -619,6 +624,15 @@ class LLM:
                 "`gpu_memory_utilization` when initializing the engine."
             )
         if behaviour.engine_init_failure:
+            if behaviour.engine_init_root_cause:
+                os.write(
+                    2,
+                    (
+                        "(EngineCore_DP0 pid=1234) ERROR EngineCore failed to start.\n"
+                        "Traceback (most recent call last):\n"
+                        f"{behaviour.engine_init_root_cause}\n"
+                    ).encode(),
+                )
             raise RuntimeError(
                 "Engine core initialization failed. See root cause above. "
                 "Failed core proc(s): {'EngineCore_DP0': 1}"
