@@ -33,7 +33,9 @@ def _energy_j(handle: Any) -> float:
     return float(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)) / 1000.0
 
 
-def window(model: Any, handle: Any, prompts: list[list[int]], batch: int, new: int) -> dict[str, float]:
+def window(
+    model: Any, handle: Any, prompts: list[list[int]], batch: int, new: int
+) -> dict[str, float]:
     """Generate for every prompt in batches; counter energy and time over the whole window."""
     import torch
 

@@ -129,9 +129,7 @@ def activate(
         return CompileCache(state="off", key=key, path=None)
     state = "warm" if files else "cold"
     logger.info("compile cache %s: %s (%d files)", base, state, files)
-    return CompileCache(
-        state=state, key=key, path=str(base), files_before=files, bytes_before=size
-    )
+    return CompileCache(state=state, key=key, path=str(base), files_before=files, bytes_before=size)
 
 
 __all__ = [

@@ -252,7 +252,11 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         # ------------------------------------------------------------------ prefill pass
         sampler.phase = "prefill_pass"
         pass_requests = distinct_requests(
-            requests, "prefill_pass", random_seed=cfg.random_seed, vocab_size=vocab, max_new_tokens=1
+            requests,
+            "prefill_pass",
+            random_seed=cfg.random_seed,
+            vocab_size=vocab,
+            max_new_tokens=1,
         )
         pass_window: WindowResult | None = None
         if meter is not None:

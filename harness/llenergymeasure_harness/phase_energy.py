@@ -36,6 +36,7 @@ Two methods; the result's ``phase_energy.method`` says which one its headline fi
 from __future__ import annotations
 
 import bisect
+import itertools
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -97,7 +98,7 @@ def _cumulative(series: Sequence[tuple[float, float]]) -> tuple[list[float], lis
     pts = sorted(series)
     times = [t for t, _ in pts]
     cum = [0.0]
-    for (t0, w0), (t1, w1) in zip(pts, pts[1:], strict=False):
+    for (t0, w0), (t1, w1) in itertools.pairwise(pts):
         cum.append(cum[-1] + (t1 - t0) * (w0 + w1) / 2.0)
     return times, cum
 
@@ -177,7 +178,7 @@ def timeline_split(
 
     edges = [t0, *steps]
     edges[-1] = t1  # the tail after the last token (the closing sync) joins the last step
-    raw = [max(0.0, energy(a, b)) for a, b in zip(edges, edges[1:], strict=False)]
+    raw = [max(0.0, energy(a, b)) for a, b in itertools.pairwise(edges)]
     raw_total = sum(raw)
     if raw_total <= 0:
         out["reason"] = "integrated power over the window is zero"

@@ -8,6 +8,7 @@ and child processes get NVLink multicast off.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,8 @@ from llenergymeasure_harness.experiment import Deps, run_experiment
 from llenergymeasure_harness.phase_energy import timeline_split
 from llenergymeasure_harness.prompts import distinct_requests
 from llenergymeasure_harness.testing.engines import FakeVLLM, FakeVLLMBehaviour
-from llenergymeasure_harness.testing.fake_backend import FakeBackend
 from llenergymeasure_harness.testing.engines._sim import FakeClock
+from llenergymeasure_harness.testing.fake_backend import FakeBackend
 from llenergymeasure_harness.testing.fake_nvml import FakeNvml
 
 # --------------------------------------------------------------------------- distinct prompts
@@ -61,8 +62,7 @@ def test_distinct_requests_keep_shapes_and_share_no_first_token() -> None:
 def test_distinct_requests_refuse_when_no_free_first_token() -> None:
     """A vocabulary every id of which starts a measured prompt cannot give distinct prompts."""
     measured = [
-        GenerationRequest(request_id=i, prompt_token_ids=[i, 0], max_new_tokens=1)
-        for i in range(3)
+        GenerationRequest(request_id=i, prompt_token_ids=[i, 0], max_new_tokens=1) for i in range(3)
     ]
     with pytest.raises(ConfigError, match="no token id"):
         distinct_requests(measured, "warmup", random_seed=0, vocab_size=3)
@@ -132,7 +132,7 @@ def _jsonl(tmp_path: Path, lines: list[str]) -> dict[str, Any]:
 @pytest.fixture
 def char_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
     """Text datasets without a tokenizer download: one token per character."""
-    import llenergymeasure_harness.prompts as prompts
+    from llenergymeasure_harness import prompts
 
     monkeypatch.setattr(
         prompts, "load_tokenizer", lambda cfg: lambda text: [100 + ord(c) % 50 for c in text]
@@ -181,7 +181,9 @@ def test_result_states_latency_mode_and_phase_energy(tmp_path: Path) -> None:
     assert phases.prefill_pass.method == "prefill_pass_difference"
     assert result.timings.prefill_pass_s is not None and result.timings.prefill_pass_s > 0
     # FakeNvml: 300 W constant, so the pass's energy is 300 W x its window exactly.
-    assert phases.prefill_pass.prefill_energy_j == pytest.approx(300.0 * result.timings.prefill_pass_s)
+    assert phases.prefill_pass.prefill_energy_j == pytest.approx(
+        300.0 * result.timings.prefill_pass_s
+    )
     assert phases.prefill_pass.prefill_tokens == 40 * 48
     assert phases.decode_tokens == 40 * 15
     total = result.energy.gpu_energy_j
@@ -275,7 +277,7 @@ def test_timeline_split_recovers_prefill_energy() -> None:
     decode, so its own 6 J of decode time go to prefill: the only bias, one step's worth.
     """
     records, power, true_prefill, end = _simulated_cb()
-    total = sum((b[0] - a[0]) * a[1] for a, b in zip(power, power[1:], strict=False))
+    total = sum((b[0] - a[0]) * a[1] for a, b in itertools.pairwise(power))
     split = timeline_split(records, [power], t0=0.0, t1=end, total_j=total, guard_s=0.0)
     assert split["reason"] is None, split
     assert split["prefill_energy_j"] == pytest.approx(true_prefill + 6.0, rel=0.02)
@@ -364,7 +366,7 @@ def test_harness_reports_compile_cache_state_and_load_time(tmp_path: Path) -> No
         )
         deps = Deps(
             open_nvml=lambda: None,
-            make_backend=lambda name: FakeBackend(clock=clock),
+            make_backend=lambda name, c=clock: FakeBackend(clock=c),
             clock=clock,
             sleep=clock.advance,
             cuda_visible=None,

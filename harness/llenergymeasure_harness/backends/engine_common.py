@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -254,10 +255,9 @@ class StderrTail:
                 break
             if not chunk:
                 break
-            try:
+            # Keep draining even if the real stderr is gone: a full pipe blocks every writer.
+            with contextlib.suppress(OSError):
                 os.write(out, chunk)
-            except OSError:
-                pass  # keep draining: a full pipe would block every writer
             with self._lock:
                 self._chunks.append(chunk)
                 self._size += len(chunk)
@@ -265,10 +265,8 @@ class StderrTail:
                 while self._size > self.limit and len(self._chunks) > 1:
                     self._size -= len(self._chunks.popleft())
         for fd in (read_fd, out):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def text(self, settle_s: float = 0.0) -> str:
         """What passed through so far (the last ``limit`` bytes), decoded leniently.

@@ -512,10 +512,16 @@ def test_render_prompts_false_forces_the_raw_path(fake: FakeVLLM, tmp_path: Path
 def test_num_cached_tokens_become_cached_input_tokens(fake: FakeVLLM, backend: VLLMBackend) -> None:
     """Identical prompts in one run: whole 16-token blocks hit, never the last prompt token."""
     backend.load(_config(vllm={"max_num_seqs": 1}))
-    same = [GenerationRequest(request_id=i, prompt_token_ids=[7] * 40, max_new_tokens=2) for i in range(2)]
+    same = [
+        GenerationRequest(request_id=i, prompt_token_ids=[7] * 40, max_new_tokens=2)
+        for i in range(2)
+    ]
     records = backend.run(same)
     assert [r.cached_input_tokens for r in records] == [0, 32]
-    exact = [GenerationRequest(request_id=i, prompt_token_ids=[9] * 32, max_new_tokens=2) for i in range(2)]
+    exact = [
+        GenerationRequest(request_id=i, prompt_token_ids=[9] * 32, max_new_tokens=2)
+        for i in range(2)
+    ]
     assert [r.cached_input_tokens for r in backend.run(exact)] == [0, 16]
 
 
@@ -527,7 +533,10 @@ def test_num_cached_tokens_become_cached_input_tokens(fake: FakeVLLM, backend: V
             "`gpu_memory_utilization` when initializing the engine.",
             EngineOutOfMemoryError,
         ),
-        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", EngineOutOfMemoryError),
+        (
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+            EngineOutOfMemoryError,
+        ),
     ],
 )
 def test_engine_core_root_cause_in_its_stderr_is_translated(
@@ -539,7 +548,7 @@ def test_engine_core_root_cause_in_its_stderr_is_translated(
     with pytest.raises(expected) as info:
         backend.load(_config())
     assert "root cause in the engine process" in str(info.value)
-    assert root_cause.split(":")[0] in str(info.value)
+    assert root_cause.split(":", maxsplit=1)[0] in str(info.value)
 
 
 def test_stderr_tail_passes_everything_through_and_keeps_the_end(

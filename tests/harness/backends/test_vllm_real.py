@@ -63,7 +63,9 @@ def _config(**overrides: Any) -> ExperimentConfig:
     return ExperimentConfig(**base)
 
 
-def _requests(n: int, length: int = 64, new: int = 8, same: bool = False) -> list[GenerationRequest]:
+def _requests(
+    n: int, length: int = 64, new: int = 8, same: bool = False
+) -> list[GenerationRequest]:
     return [
         GenerationRequest(
             request_id=i,
