@@ -580,6 +580,9 @@ def suggest_n_prompts(cfg: ExperimentConfig, records: list[Any], window: Any) ->
     The window's own throughput when it has one (the full-batch rate), else the whole run's
     (lower, so the suggestion errs towards more prompts).
     """
+    reason = window.reason or ""
+    if reason and "lasted" not in reason and "too few requests" not in reason:
+        return None  # too short is what more prompts fix; an unfilled batch they do not
     rate = window.output_tokens_per_s
     if not rate and records:
         produced = sum(r.output_tokens for r in records)

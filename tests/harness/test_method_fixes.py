@@ -221,7 +221,7 @@ def test_suggested_n_prompts_gives_a_valid_window(tmp_path: Path) -> None:
 
 
 def _simulated_cb(
-    n: int = 40, k: int = 4, prompt: int = 100, out: int = 10
+    n: int = 40, k: int = 4, prompt: int = 100, out: int = 10, spread: int = 0
 ) -> tuple[list[RequestRecord], list[tuple[float, float]], float, float]:
     """Continuous batching by hand: 20 ms decode steps at 300 W; a prefill adds 1 ms per
     prompt token at 600 W. Returns records, a 1 kHz power trace, and the true prefill J."""
@@ -252,14 +252,14 @@ def _simulated_cb(
         for i in list(running):
             times[i].append(t)
             running[i] += 1
-            if running[i] == out:
+            if running[i] == out + (i % (spread + 1)) * 3:
                 del running[i]
     power.append((t, 300.0))
     records = [
         RequestRecord(
             request_id=i,
             input_tokens=prompt,
-            output_tokens=out,
+            output_tokens=len(times[i]),
             submit_s=0.0,
             end_s=times[i][-1],
             first_token_s=times[i][0],
@@ -421,3 +421,34 @@ def test_harness_sets_multicast_off_before_the_engine_loads(
     )
     run_experiment(env, deps)
     assert seen == MULTICAST_OFF
+
+
+def test_unfilled_batch_gets_no_n_prompts_suggestion() -> None:
+    """More prompts do not fill a batch that runs in waves: no suggestion for that reason."""
+    from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
+    from llenergymeasure_harness.experiment import suggest_n_prompts
+
+    config = ExperimentConfig(
+        model="tiny-llama", backend="vllm", n_prompts=1536, vllm={"max_num_seqs": 64}
+    )
+    unfilled = SteadyStateWindow(
+        start_s=0.0,
+        end_s=36.4,
+        valid=False,
+        reason="the batch never filled: 44.2 requests running on average, under 80% of 64",
+        target_concurrency=64,
+        n_requests=1536,
+        output_tokens=188_000,
+    )
+    assert suggest_n_prompts(config, [], unfilled) is None
+
+
+def test_timeline_split_refuses_a_negative_decode_slope() -> None:
+    """Decode steps cheaper the more tokens they carry: no split, the reason says why."""
+    records, power, _, end = _simulated_cb(n=12, spread=3)
+    # Make the drain's small-batch steps (the end of the run) cost more than full ones.
+    tail = end * 0.8
+    skewed = [(t, w * (3.0 if t > tail else 1.0)) for t, w in power]
+    total = sum((b[0] - a[0]) * a[1] for a, b in itertools.pairwise(skewed))
+    split = timeline_split(records, [skewed], t0=0.0, t1=end, total_j=total, guard_s=0.0)
+    assert split["prefill_energy_j"] is None and "negative slope" in split["reason"]
