@@ -40,7 +40,6 @@ from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.contract import REQUESTS_FILE, RESULT_FILE, TIMESERIES_FILE, HarnessEnv
 from llenergymeasure.errors import ConfigError, MeasurementError
 from llenergymeasure.results import ExperimentResult
-from llenergymeasure.results.schema import LATENCY_MODE_NOTES
 from llenergymeasure.sizing import steady_state_n_prompts
 from llenergymeasure_harness import compile_cache, metrics
 from llenergymeasure_harness.backends import get_backend
@@ -61,6 +60,7 @@ from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
 from llenergymeasure_harness.phase_energy import phase_energy, prefill_pass_split, timeline_split
 from llenergymeasure_harness.prompts import build_requests, distinct_requests, vocab_size_for
 from llenergymeasure_harness.quality import quality_flags
+from llenergymeasure_harness.traffic import ArrivalPlan
 from llenergymeasure_harness.warmup import run_warmup
 
 logger = logging.getLogger(__name__)
@@ -232,8 +232,15 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             meter.begin_window("measure", sync)
         if extra_src is not None:
             extra_src.begin("measure")
+        plan = (
+            ArrivalPlan.from_config(cfg.traffic, len(requests))
+            if cfg.traffic.uses_arrivals
+            else None
+        )
         t_m0 = d.clock()
-        records = backend.run(requests)
+        # The first arrival is due as run() starts, the window closes when the last request
+        # ends: the energy window follows the arrivals.
+        records = backend.run(requests) if plan is None else backend.run(requests, plan)
         t_m1 = d.clock()
         if extra_src is not None:
             try:
@@ -311,7 +318,10 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         if sampler.rows():
             write_parquet_atomic(out_dir / TIMESERIES_FILE, sampler.columns())
             artifacts["timeseries"] = TIMESERIES_FILE
-        write_parquet_atomic(out_dir / REQUESTS_FILE, metrics.request_columns(records))
+        write_parquet_atomic(
+            out_dir / REQUESTS_FILE,
+            metrics.request_columns(records, cfg.traffic.latency_mode),
+        )
         artifacts["requests"] = REQUESTS_FILE
         result = result.model_copy(update={"artifacts": artifacts})
         result.write(out_dir / RESULT_FILE)
@@ -423,7 +433,7 @@ def _assemble(
     }
     steady = None
     continuous = cfg.backend != "pytorch"
-    if continuous:
+    if continuous or cfg.traffic.uses_arrivals:
         steady = _steady_state(
             cfg,
             records=records,
@@ -451,11 +461,8 @@ def _assemble(
             guard_s=max(0.05, 2.0 / cfg.energy.sample_rate_hz),
         )
     phases = phase_energy(str(cfg.backend), pass_split=pass_split, timeline=timeline)
-    latency = {
-        **metrics.latency(records),
-        "mode": "offline",
-        "mode_note": LATENCY_MODE_NOTES["offline"],
-    }
+    mode = cfg.traffic.latency_mode
+    traffic = _traffic_outcome(cfg, records, duration_s=duration_s, gross=gross, info=info)
     flags = quality_flags(
         energy_measured=gross is not None,
         duration_s=duration_s,
@@ -471,7 +478,7 @@ def _assemble(
         input_tokens=prefix["input_tokens"],
         prefix_caching_requested=prefix["requested"],
     )
-    if continuous and records:
+    if continuous and records and not cfg.traffic.uses_arrivals:
         flag = steady_state_flag(cfg, records)
         if flag is not None:
             flags.append(flag)
@@ -494,9 +501,10 @@ def _assemble(
         energy=energy,
         throughput=tp,
         efficiency=metrics.efficiency(gross, net, tp),
-        latency=latency,
+        latency=metrics.latency(records, mode),
         compute=compute,
         steady_state=steady,
+        traffic=traffic,
         prefix_cache=prefix,
         phase_energy=phases,
         compile_cache=compiled.to_dict(),
@@ -533,6 +541,45 @@ def _prefix_cache(cfg: ExperimentConfig, records: list[Any]) -> dict[str, Any]:
     }
 
 
+def _traffic_outcome(
+    cfg: ExperimentConfig,
+    records: list[Any],
+    *,
+    duration_s: float,
+    gross: float | None,
+    info: Any,
+) -> dict[str, Any] | None:
+    """The ``traffic`` block of the result: None for offline runs without an SLO or server."""
+    traffic = cfg.traffic
+    server = info.extra.get("server") if isinstance(info.extra.get("server"), dict) else None
+    if not traffic.uses_arrivals and traffic.slo is None and server is None:
+        return None
+    arrivals = sorted(r.arrival_s for r in records if r.arrival_s is not None)
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else None
+    slo = None
+    if traffic.slo is not None:
+        slo = metrics.goodput(
+            records,
+            duration_s=duration_s,
+            gross_j=gross,
+            ttft_s=traffic.slo.ttft_s,
+            tpot_s=traffic.slo.tpot_s,
+            mode=traffic.latency_mode,
+        )
+    return {
+        "pattern": traffic.pattern,
+        "latency_mode": traffic.latency_mode,
+        "rate_per_s": traffic.rate_per_s,
+        "burstiness": traffic.burstiness if traffic.pattern == "gamma" else None,
+        "concurrency": traffic.concurrency,
+        "seed": traffic.seed if traffic.uses_arrivals else None,
+        "offered_rate_per_s": (len(arrivals) - 1) / span if span else None,
+        "arrival_span_s": span,
+        "slo": slo,
+        "server": server,
+    }
+
+
 def _steady_state(
     cfg: ExperimentConfig,
     *,
@@ -542,10 +589,24 @@ def _steady_state(
     gross: float | None,
     integrated: float | None,
 ) -> dict[str, Any] | None:
-    """Steady-state window of a continuous-batching run, energy from scaled integrated power."""
-    from llenergymeasure_harness.backends.steady_state import steady_state_window
+    """Steady-state window of the run, energy from scaled integrated power.
 
-    w = steady_state_window(records, cfg.concurrency)
+    Offline continuous batching: ML.ENERGY's rule with K = the engine's batch; closed loop:
+    the same rule with K = the users; open-loop arrivals: from the first request finished to
+    the last arrival (:func:`~.backends.steady_state.arrival_steady_state_window`).
+    """
+    from llenergymeasure_harness.backends.steady_state import (
+        arrival_steady_state_window,
+        steady_state_window,
+    )
+
+    traffic = cfg.traffic
+    if traffic.pattern == "closed_loop" and traffic.concurrency is not None:
+        w = steady_state_window(records, traffic.concurrency)
+    elif traffic.uses_arrivals:
+        w = arrival_steady_state_window(records)
+    else:
+        w = steady_state_window(records, cfg.concurrency)
     if w.start_s is None or w.end_s is None:
         return None
     duration = w.end_s - w.start_s
@@ -570,7 +631,9 @@ def _steady_state(
         "gpu_energy_j": energy,
         "j_per_output_token": energy / out_tok if energy is not None and out_tok else None,
         "output_tokens_per_s": out_tok / duration if out_tok and duration > 0 else None,
-        "suggested_n_prompts": None if w.valid else suggest_n_prompts(cfg, records, w),
+        "suggested_n_prompts": (
+            None if w.valid or traffic.uses_arrivals else suggest_n_prompts(cfg, records, w)
+        ),
     }
 
 

@@ -174,8 +174,7 @@ def test_prefix_cache_off_serves_nothing(tmp_path: Path) -> None:
 def test_result_states_latency_mode_and_phase_energy(tmp_path: Path) -> None:
     """Offline latency mode named; the prefill pass's energy is the counter's over its window."""
     result, _ = _vllm_run(tmp_path)
-    assert result.latency.mode == "offline"
-    assert result.latency.mode_note and "queueing" in result.latency.mode_note
+    assert result.latency.mode == "offline_queueing"
     phases = result.phase_energy
     assert phases is not None and phases.prefill_pass is not None
     assert phases.prefill_pass.method == "prefill_pass_difference"

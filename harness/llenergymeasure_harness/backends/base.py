@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from llenergymeasure.config import ExperimentConfig
+from llenergymeasure_harness.traffic import ArrivalPlan
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class RequestRecord:
     # Prompt tokens the engine served from its prefix cache (vLLM's num_cached_tokens);
     # None when the engine does not report it (PyTorch has no cross-request cache).
     cached_input_tokens: int | None = None
+    # When the request was due under the traffic plan (None: offline, all due at the start).
+    arrival_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,13 @@ class Backend(Protocol):
         """How many requests one warmup step sends (the batch the measured run will use)."""
         ...
 
-    def run(self, requests: Sequence[GenerationRequest]) -> list[RequestRecord]:
+    def run(
+        self, requests: Sequence[GenerationRequest], plan: ArrivalPlan | None = None
+    ) -> list[RequestRecord]:
         """Generate for every request and return one record per request, in request order.
 
+        With a ``plan`` other than offline, each request is submitted when it is due (see
+        :mod:`llenergymeasure_harness.traffic`) and its record carries ``arrival_s``.
         Blocks until all requests finish; the device is synchronised before returning so the
         caller's window edges bound the work.
         """

@@ -66,6 +66,7 @@ class RequestTimeline:
     end_s: float | None = None
     finish_reason: str | None = None
     cached_input_tokens: int | None = None
+    arrival_s: float | None = None  # scheduled arrival (None offline)
 
     def add_tokens(self, count: int, now: float) -> None:
         """Record ``count`` tokens that became available at ``now``.
@@ -96,6 +97,7 @@ class RequestTimeline:
             token_times_s=list(self.token_times_s),
             finish_reason=self.finish_reason,
             cached_input_tokens=self.cached_input_tokens,
+            arrival_s=self.arrival_s,
         )
 
 

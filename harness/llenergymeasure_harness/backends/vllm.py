@@ -69,6 +69,7 @@ from llenergymeasure_harness.backends.engine_common import (
     warn_short_outputs,
 )
 from llenergymeasure_harness.backends.steady_state import SteadyStateWindow, steady_state_window
+from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +212,8 @@ class VLLMBackend:
     Args:
         clock: Timestamp source; ``time.perf_counter`` (the harness clock) unless a test
             passes a fake clock.
+        sleep: Waits for the next arrival while the engine is idle (a fake clock's advance
+            in tests).
         workdir: Where a dummy-weights config directory is written; a temporary directory
             (removed by :meth:`close`) when None.
 
@@ -226,13 +229,15 @@ class VLLMBackend:
         self,
         *,
         clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], None] = time.sleep,
         workdir: Path | None = None,
         render_prompts: bool = True,
     ) -> None:
         self._clock = clock
+        self._sleep = sleep
         self._render_prompts = render_prompts
         self.prompt_path: str | None = None
-        self._renderer_after_first: Callable[[Any], Any] = _raw
+        self._render_next: Callable[[Any], Any] = _raw
         self._stderr: StderrTail | None = None
         self._workdir = workdir
         self._own_workdir: Path | None = None
@@ -324,8 +329,13 @@ class VLLMBackend:
             return 1
         return max(1, self._config.concurrency)
 
-    def run(self, requests: Sequence[GenerationRequest]) -> list[RequestRecord]:
-        """Submit every request at once and stream tokens until all finish (see module doc).
+    def run(
+        self, requests: Sequence[GenerationRequest], plan: ArrivalPlan | None = None
+    ) -> list[RequestRecord]:
+        """Submit requests as they arrive and stream tokens until all finish (see module doc).
+
+        Offline (no plan): every request is added at once. With a plan, each is added at its
+        arrival time inside the step loop.
 
         Raises:
             ExperimentError: the engine failed mid-run (OOM → ``EngineOutOfMemoryError``).
@@ -339,7 +349,7 @@ class VLLMBackend:
         from vllm.sampling_params import RequestOutputKind
 
         engine = self._llm.llm_engine
-        render = self._prompt_renderer()
+        self._prompt_renderer()
         self._runs += 1
         prefix = f"llem{self._runs}-"
         # One prefix-cache salt per run: warmup repeats the measured prompts, and without a
@@ -348,8 +358,11 @@ class VLLMBackend:
         salt = f"llem-run-{self._runs}"
         timelines: dict[str, RequestTimeline] = {}
         order: list[str] = []
-        try:
-            for request in requests:
+        plan = plan or ArrivalPlan.offline()
+        queue: ArrivalQueue[GenerationRequest] = ArrivalQueue(list(requests), plan, self._clock())
+
+        def submit_due() -> None:
+            for request, arrival in queue.pop_due(self._clock()):
                 key = f"{prefix}{request.request_id}"
                 if key in timelines:
                     raise ExperimentError(f"duplicate request_id {request.request_id} in one run")
@@ -357,24 +370,37 @@ class VLLMBackend:
                     **build_sampling_kwargs(config, request.max_new_tokens, request.request_id),
                     output_kind=RequestOutputKind.DELTA,
                 )
-                prompt = render(
+                prompt = self._render_next(
                     vllm.TokensPrompt(
                         prompt_token_ids=list(request.prompt_token_ids), cache_salt=salt
                     )
                 )
-                render = self._renderer_after_first  # type: ignore[assignment]
                 timelines[key] = RequestTimeline(
                     request_id=request.request_id,
                     input_tokens=len(request.prompt_token_ids),
                     submit_s=self._clock(),
+                    arrival_s=None if plan.is_offline else arrival,
                 )
                 order.append(key)
                 # The return value is vLLM's internal id (ours plus a random suffix); outputs
                 # carry the id we passed.
                 engine.add_request(key, prompt, params)
-            while engine.has_unfinished_requests():
+
+        try:
+            # Arrivals are added between engine steps, as vLLM's own server (AsyncLLM) does;
+            # when the engine is idle the loop sleeps until the next arrival.
+            submit_due()
+            while queue.pending or engine.has_unfinished_requests():
+                if not engine.has_unfinished_requests():
+                    due = queue.next_due_s()
+                    if due is None:
+                        raise ExperimentError("closed loop: nothing running and nothing due")
+                    self._sleep(max(0.0, due - self._clock()))
+                    submit_due()
+                    continue
                 outputs = engine.step()
                 now = self._clock()
+                finished = 0
                 for output in outputs:
                     timeline = timelines.get(output.request_id)
                     if timeline is None:  # not ours (cannot happen with a private engine)
@@ -388,6 +414,9 @@ class VLLMBackend:
                     timeline.add_tokens(len(completion.token_ids), now)
                     if output.finished:
                         timeline.finish(now, completion.finish_reason)
+                        finished += 1
+                queue.completed(finished, now)
+                submit_due()
         except ExperimentError:
             self._abort(engine, order)
             raise
@@ -437,8 +466,8 @@ class VLLMBackend:
 
     # ----------------------------------------------------------------- helpers
 
-    def _prompt_renderer(self) -> Callable[[Any], Any]:
-        """How a TokensPrompt becomes what ``llm_engine.add_request`` takes.
+    def _prompt_renderer(self) -> None:
+        """Set how a TokensPrompt becomes what ``llm_engine.add_request`` takes (``_render_next``).
 
         vLLM 0.33 deprecates raw prompts in ``add_request`` ("will be removed in the future")
         and renders them first, as ``LLM.generate`` does with ``LLM._preprocess_cmpl_one``
@@ -450,8 +479,8 @@ class VLLMBackend:
         render = getattr(self._llm, "_preprocess_cmpl_one", None) if self._render_prompts else None
         if not callable(render):
             self.prompt_path = "raw"
-            self._renderer_after_first = _raw
-            return _raw
+            self._render_next = _raw
+            return
 
         def first(prompt: Any) -> Any:
             try:
@@ -461,13 +490,13 @@ class VLLMBackend:
                     "vLLM's LLM._preprocess_cmpl_one failed (%s); passing raw prompts", exc
                 )
                 self.prompt_path = "raw"
-                self._renderer_after_first = _raw
+                self._render_next = _raw
                 return prompt
             self.prompt_path = "rendered"
-            self._renderer_after_first = render
+            self._render_next = render
             return rendered
 
-        return first
+        self._render_next = first
 
     @staticmethod
     def _abort(engine: Any, request_ids: list[str]) -> None:

@@ -12,7 +12,7 @@ Grammar (see ``docs/study-grammar.md``)::
     experiments:                   # explicit list, each merged over the shared fields,
       - {model: tiny-llama, n_prompts: 4}   # appended after the grid
     execution: {n_cycles: 3, cycle_order: interleaved}
-    runner: docker                 # docker | local | auto
+    runner: docker                 # docker | local | auto | slurm (slurm: section)
     images: {vllm: my/vllm:dev}
     model: meta-llama/Llama-3.1-8B # ... everything else is a shared experiment field
 
@@ -50,7 +50,7 @@ from llenergymeasure.config.study import (
 from llenergymeasure.config.user import UserDefaults
 from llenergymeasure.errors import ConfigError
 
-RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker")
+RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker", "slurm")
 STUDY_KEYS = frozenset(
     {"name", "base", "sweep", "experiments", "execution", "results_dir", *RUNNER_KEYS}
 )

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from llenergymeasure.config.experiment import ExperimentConfig
+from llenergymeasure.config.slurm import SlurmSettings
 from llenergymeasure.config.study import DockerSettings, ExecutionConfig, PullPolicy, RunnerName
 
 
@@ -53,6 +54,7 @@ def study_json_schema() -> dict[str, Any]:
         "pull_policy": (PullPolicy | None, None),
         "cuda_major": (int | None, None),
         "docker": (DockerSettings | None, None),
+        "slurm": (SlurmSettings | None, None),
     }
     study_model: type[BaseModel] = create_model(
         "StudyFile",

@@ -14,9 +14,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure.config.experiment import ExperimentConfig
+from llenergymeasure.config.slurm import SlurmSettings
 
 CycleOrder = Literal["sequential", "interleaved", "shuffled"]
-RunnerName = Literal["docker", "local", "auto"]
+RunnerName = Literal["docker", "local", "auto", "slurm"]
 PullPolicy = Literal["missing", "always", "never"]
 
 
@@ -84,6 +85,7 @@ class RunnerSettings(_Model):
     pull_policy: PullPolicy = "missing"
     cuda_major: int = Field(12, ge=11, le=99, description="CUDA major of the default images.")
     docker: DockerSettings = Field(default_factory=DockerSettings)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
 
 
 class DuplicateExperiment(_Model):

@@ -167,30 +167,46 @@ class EfficiencyMetrics(_Model):
     net_j_per_request: float | None = None
 
 
-#: How requests reached the engine, which decides what TTFT means (docs/methodology.md).
-#: ``offline``: every request submitted at t=0 (continuous batching) or as static batches
-#: (PyTorch); TTFT then is mostly queueing behind earlier requests, not serving latency.
-LatencyMode = Literal["offline"]
-
-#: One sentence per latency mode, copied into each result beside the figures.
-LATENCY_MODE_NOTES: dict[str, str] = {
-    "offline": (
-        "offline: all requests submitted at t=0 (static batches for pytorch); TTFT and e2e "
-        "include queueing behind earlier requests and are not serving latencies"
-    ),
-}
-
-
 class LatencyMetrics(_Model):
-    """Per-request latency summaries (seconds); definitions in docs/methodology.md."""
+    """Per-request latency summaries (seconds); definitions in docs/methodology.md.
 
-    mode: LatencyMode | None = None  # None: written before latency modes were recorded
-    mode_note: str | None = None
+    ``mode`` says where TTFT and E2E start: ``offline_queueing`` at the submit time (all
+    requests queued in the engine at once), ``arrivals`` at each request's scheduled arrival.
+    """
 
-    ttft_s: Stats | None = None  # submit -> first output token
+    mode: Literal["offline_queueing", "arrivals"] = "offline_queueing"
+    ttft_s: Stats | None = None  # start (see mode) -> first output token
     itl_s: Stats | None = None  # gap between consecutive output tokens, all requests pooled
     tpot_s: Stats | None = None  # per request: (end - first token) / (output_tokens - 1)
-    e2e_s: Stats | None = None  # submit -> last token
+    e2e_s: Stats | None = None  # start (see mode) -> last token
+    queue_s: Stats | None = None  # arrival -> submit (arrivals only): waiting outside the engine
+
+
+class SLOOutcome(_Model):
+    """How many requests met ``traffic.slo``, and what they cost."""
+
+    ttft_s: float | None = None  # the objectives, as configured
+    tpot_s: float | None = None
+    n_requests_meeting_slo: int
+    slo_attainment: float | None = None  # fraction of requests meeting every objective
+    goodput_requests_per_s: float | None = None  # SLO-meeting requests / measured window
+    goodput_output_tokens_per_s: float | None = None
+    j_per_slo_request: float | None = None  # gross GPU energy / SLO-meeting requests
+
+
+class TrafficOutcome(_Model):
+    """The arrival process the run followed, and what it achieved."""
+
+    pattern: str
+    latency_mode: Literal["offline_queueing", "arrivals"]
+    rate_per_s: float | None = None  # configured mean arrival rate
+    burstiness: float | None = None  # gamma shape (gamma only)
+    concurrency: int | None = None  # closed-loop users
+    seed: int | None = None
+    offered_rate_per_s: float | None = None  # (n - 1) / (last arrival - first arrival)
+    arrival_span_s: float | None = None  # first to last scheduled arrival
+    slo: SLOOutcome | None = None
+    server: dict[str, Any] | None = None  # server mode / endpoint: what served the requests
 
 
 class ComputeMetrics(_Model):
@@ -316,6 +332,7 @@ class ExperimentResult(_Model):
     prefix_cache: PrefixCacheUsage | None = None
     phase_energy: PhaseEnergy | None = None
     compile_cache: CompileCacheInfo | None = None
+    traffic: TrafficOutcome | None = None
     quality_flags: list[QualityFlag] = Field(default_factory=list)
     environment: EnvironmentSnapshot
     artifacts: dict[str, str] = Field(default_factory=dict)  # kind -> file name in results dir

@@ -277,7 +277,7 @@ def test_local_model_dir_with_tokenizer_through_the_harness(tmp_path: Path) -> N
     assert result.energy.gpu_energy_j is not None and result.energy.gpu_energy_j > 0
     assert result.prefix_cache is not None and result.prefix_cache.cached_input_tokens
     assert "prefix_cache_hits" in flags
-    assert result.latency.mode == "offline"
+    assert result.latency.mode == "offline_queueing"
     assert result.phase_energy is not None and result.phase_energy.prefill_pass is not None
     assert result.phase_energy.prefill_pass.prefill_energy_j is not None
     assert result.compile_cache is not None and result.compile_cache.state == "cold"
