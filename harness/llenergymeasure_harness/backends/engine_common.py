@@ -30,8 +30,10 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,25 +272,26 @@ class StderrTail:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def text(self, settle_s: float = 0.0) -> str:
-        """What passed through so far (the last ``limit`` bytes), decoded leniently.
-
-        Args:
-            settle_s: First wait until no byte arrived for 0.1 s, at most this long: bytes a
-                dead child wrote are in the pipe but the reader thread may not have them yet.
-        """
-        deadline = time.monotonic() + settle_s
-        last = -1
-        while settle_s > 0 and time.monotonic() < deadline:
-            with self._lock:
-                seen = self._received
-            if seen == last:
-                break
-            last = seen
-            time.sleep(0.1)
+    def text(self) -> str:
+        """What passed through so far (the last ``limit`` bytes), decoded leniently."""
         with self._lock:
             data = b"".join(self._chunks)
         return data[-self.limit :].decode("utf-8", errors="replace")
+
+    def wait_for(
+        self, predicate: Callable[[str], bool], timeout_s: float, poll_s: float = 0.05
+    ) -> str:
+        """The text once ``predicate`` holds for it (or ``timeout_s`` passed), plus 0.2 s more.
+
+        A dead engine process can write its traceback after the front end has already raised:
+        on the H200 (vLLM 0.26.0) the "Engine core initialization failed" error came before
+        the child's ``ValueError`` line in one of two runs.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not predicate(self.text()):
+            time.sleep(poll_s)
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return self.text()
 
     def stop(self) -> None:
         """Give this process its own stderr back (children keep the pipe until they exit)."""
@@ -328,14 +331,28 @@ def is_unsupported_model(exc: BaseException, log: str = "") -> bool:
     return any(marker in text for text in texts for marker in _UNSUPPORTED_MARKERS)
 
 
+#: "ValueError: ...", "torch.OutOfMemoryError: ..." anywhere in a line (vLLM prefixes its
+#: child processes' lines with "(EngineCore pid=N)" and, for log records, a timestamp).
+_EXCEPTION_LINE = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): \S")
+
+
 def _root_cause_line(log: str) -> str | None:
     """The last exception line of an engine log ("ValueError: ..."), for the message."""
     for line in reversed(log.splitlines()):
-        stripped = line.strip()
-        head = stripped.split(":", 1)[0]
-        if ":" in stripped and (head.endswith("Error") or head.endswith("Exception")):
-            return stripped[:500]
+        if _EXCEPTION_LINE.search(line):
+            return line.strip()[:500]
     return None
+
+
+def is_generic_engine_failure(exc: BaseException) -> bool:
+    """True for an error that says the root cause is elsewhere (an engine process's log)."""
+    text = str(exc).lower()
+    return "engine core initialization failed" in text or "root cause" in text
+
+
+def has_root_cause(log: str) -> bool:
+    """True once an engine log holds an exception line (see :class:`StderrTail.wait_for`)."""
+    return _root_cause_line(log) is not None
 
 
 def translate_engine_error(
@@ -362,9 +379,7 @@ def translate_engine_error(
     if isinstance(exc, LLEMError):
         return exc
     detail = f"{type(exc).__name__}: {exc}".strip()
-    lowered = str(exc).lower()
-    generic = "engine core initialization failed" in lowered or "root cause" in lowered
-    if not generic:
+    if not is_generic_engine_failure(exc):
         log = ""
     cause = _root_cause_line(log) if log else None
     if cause:
@@ -416,6 +431,8 @@ __all__ = [
     "StderrTail",
     "UnsupportedModelError",
     "eos_token_id",
+    "has_root_cause",
+    "is_generic_engine_failure",
     "is_out_of_memory",
     "is_unsupported_model",
     "jsonable",

@@ -63,6 +63,8 @@ from llenergymeasure_harness.backends.engine_common import (
     ModelSource,
     RequestTimeline,
     StderrTail,
+    has_root_cause,
+    is_generic_engine_failure,
     jsonable,
     prepare_model_source,
     translate_engine_error,
@@ -285,7 +287,11 @@ class VLLMBackend:
         try:
             self._llm = vllm.LLM(**self.engine_args)
         except Exception as exc:
-            log = self._stderr.text(settle_s=1.0)
+            log = (
+                self._stderr.wait_for(has_root_cause, timeout_s=10.0)
+                if is_generic_engine_failure(exc)
+                else self._stderr.text()
+            )
             self._stderr.stop()
             raise translate_engine_error(
                 exc, engine=ENGINE, phase="load", config=config, log=log
@@ -422,7 +428,13 @@ class VLLMBackend:
             raise
         except Exception as exc:
             self._abort(engine, order)
-            log = self._stderr.text(settle_s=1.0) if self._stderr is not None else ""
+            log = ""
+            if self._stderr is not None:
+                log = (
+                    self._stderr.wait_for(has_root_cause, timeout_s=10.0)
+                    if is_generic_engine_failure(exc)
+                    else self._stderr.text()
+                )
             raise translate_engine_error(
                 exc, engine=ENGINE, phase="run", config=config, log=log
             ) from exc

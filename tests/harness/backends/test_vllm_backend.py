@@ -539,12 +539,19 @@ def test_num_cached_tokens_become_cached_input_tokens(fake: FakeVLLM, backend: V
         ),
     ],
 )
+@pytest.mark.parametrize("delay_s", [0.0, 0.5])
 def test_engine_core_root_cause_in_its_stderr_is_translated(
-    fake: FakeVLLM, backend: VLLMBackend, root_cause: str, expected: type[Exception]
+    fake: FakeVLLM,
+    backend: VLLMBackend,
+    root_cause: str,
+    expected: type[Exception],
+    delay_s: float,
 ) -> None:
-    """vLLM's engine core dies in its own process; its stderr names the cause: OOM is found."""
+    """vLLM's engine core dies in its own process; its stderr names the cause, also when it
+    arrives after the front end raised (seen on the H200): OOM is found."""
     fake.behaviour.engine_init_failure = True
     fake.behaviour.engine_init_root_cause = root_cause
+    fake.behaviour.engine_init_root_cause_delay_s = delay_s
     with pytest.raises(expected) as info:
         backend.load(_config())
     assert "root cause in the engine process" in str(info.value)
@@ -562,8 +569,8 @@ def test_stderr_tail_passes_everything_through_and_keeps_the_end(
 
     tail = StderrTail(limit=64).start()
     os.write(2, b"x" * 100 + b"\nValueError: the end\n")
-    time.sleep(0.1)
+    text = tail.wait_for(lambda t: "the end" in t, timeout_s=2.0)
     tail.stop()
     time.sleep(0.1)
-    assert tail.text().endswith("ValueError: the end\n") and len(tail.text()) <= 64 + 100
+    assert text.endswith("ValueError: the end\n") and len(text) <= 64 + 100
     assert "ValueError: the end" in capfd.readouterr().err

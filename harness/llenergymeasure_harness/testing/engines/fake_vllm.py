@@ -35,6 +35,7 @@ import enum
 import json
 import os
 import sys
+import threading
 import types
 import uuid
 from collections.abc import Iterator, Sequence
@@ -287,7 +288,8 @@ class FakeVLLMBehaviour:
             failed" ``RuntimeError`` (what a worker-side OOM looks like from the front end).
         engine_init_root_cause: With ``engine_init_failure``, what the engine core process
             writes to stderr (file descriptor 2) first, as the real child does, e.g.
-            ``"ValueError: No available memory for the cache blocks. ..."``.
+            ``"ValueError: No available memory for the cache blocks. ..."``, in vLLM's log
+            format, ``engine_init_root_cause_delay_s`` after ``LLM(...)`` raised.
         oom_at_step: ``step()`` raises ``torch.cuda.OutOfMemoryError`` from this step on.
         engine_dead_at_step: ``step()`` raises ``EngineDeadError`` from this step on.
         unsupported_architectures: Architectures (config.json ``architectures``) to reject.
@@ -315,6 +317,7 @@ class FakeVLLMBehaviour:
     kv_cache_too_small: bool = False
     engine_init_failure: bool = False
     engine_init_root_cause: str | None = None
+    engine_init_root_cause_delay_s: float = 0.0
     oom_at_step: int | None = None
     engine_dead_at_step: int | None = None
     unsupported_architectures: frozenset[str] = frozenset({"FancyNewForCausalLM"})
@@ -625,14 +628,17 @@ class LLM:
             )
         if behaviour.engine_init_failure:
             if behaviour.engine_init_root_cause:
-                os.write(
-                    2,
-                    (
-                        "(EngineCore_DP0 pid=1234) ERROR EngineCore failed to start.\n"
-                        "Traceback (most recent call last):\n"
-                        f"{behaviour.engine_init_root_cause}\n"
-                    ).encode(),
-                )
+                # As on the H200: the child's traceback may land after the front end raised.
+                text = (
+                    "(EngineCore pid=1234) ERROR 12-01 22:49:29 [core.py:1330] EngineCore "
+                    "failed to start.\n(EngineCore pid=1234) ERROR 12-01 22:49:29 "
+                    f"[core.py:1330] {behaviour.engine_init_root_cause}\n"
+                ).encode()
+                delay = behaviour.engine_init_root_cause_delay_s
+                if delay > 0:
+                    threading.Timer(delay, os.write, args=(2, text)).start()
+                else:
+                    os.write(2, text)
             raise RuntimeError(
                 "Engine core initialization failed. See root cause above. "
                 "Failed core proc(s): {'EngineCore_DP0': 1}"
