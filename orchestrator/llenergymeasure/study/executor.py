@@ -19,6 +19,9 @@ Study directory::
         logs/<run folder>.log
         cache/baseline.json                 (shared by the study's runs)
 
+With ``runner: slurm`` the loop is :class:`~llenergymeasure.study.batch.BatchLoop` instead:
+several runs in flight as Slurm jobs, one poller (docs/scale-out.md).
+
 Ctrl-C stops the running container cleanly (SIGTERM, grace, SIGKILL; a second Ctrl-C kills),
 marks the run interrupted, writes the manifest and raises
 :class:`~llenergymeasure.errors.InterruptedStudy` (exit 130). Resuming skips completed runs and
