@@ -199,7 +199,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
                 if env.baseline_cache
                 else None
             )
-            key = BaselineCache.key(uuids, STATE_MODEL_LOADED)
+            key = BaselineCache.key(uuids, STATE_MODEL_LOADED, BaselineCache.workload_of(cfg))
             cached = cache.get(key) if cache is not None else None
             if cached is not None:
                 baseline = {**cached, "source": "cache"}
@@ -503,7 +503,8 @@ def _assemble(
     load_extra = {k: v for k, v in info.extra.items() if k not in ("hf_config", "server")}
     return ExperimentResult(
         run_id=env.run_id,
-        config_hash=cfg.config_hash,
+        # the host's hash: the config seen here may have container paths (runners/spec.py)
+        config_hash=env.config_hash or cfg.config_hash,
         cycle=env.cycle,
         study_id=env.study_id,
         config=cfg,

@@ -212,6 +212,16 @@ class ExperimentConfig(_Model):
     vllm: VLLMConfig | None = None
     tensorrt: TensorRTConfig | None = None
 
+    @field_validator("model")
+    @classmethod
+    def _model_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "must not be empty: give a hub id (org/name), a local path or a built-in "
+                "architecture such as tiny-llama"
+            )
+        return value
+
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_alias(cls, value: Any) -> Any:
