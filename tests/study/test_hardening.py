@@ -226,7 +226,7 @@ def test_load_study_takes_relative_paths_from_the_working_dir(
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "tiny").mkdir(parents=True)
-    arch = Path(__file__).resolve().parents[2] / "orchestrator/llenergymeasure/architectures"
+    arch = Path(__file__).resolve().parents[2] / "contract/llenergymeasure_contract/architectures"
     shutil.copy(arch / "tiny-llama.json", tmp_path / "models" / "tiny" / "config.json")
     Path("study.yaml").write_text("model: ./models/tiny\nload_format: dummy\n")
     study = load_study("study.yaml")
