@@ -13,6 +13,8 @@ a default that a study file and then the command line may override:
     config_gap_s: 30
     cycle_gap_s: 60
     energy_sampler: nvml      # default energy.sampler of every experiment
+    carbon: {grid_gco2_per_kwh: 250, pue: 1.2}     # defaults of a study's carbon: and cost:
+    cost: {price_per_kwh: 0.30, currency: EUR}
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llenergymeasure.config.impact import CarbonConfig, CostConfig
 from llenergymeasure.config.study import PullPolicy, RunnerName
 from llenergymeasure.errors import ConfigError
 
@@ -44,6 +47,9 @@ class UserDefaults(BaseModel):
     config_gap_s: float | None = Field(None, ge=0.0)
     cycle_gap_s: float | None = Field(None, ge=0.0)
     energy_sampler: Literal["auto", "nvml", "zeus", "codecarbon", "null"] | None = None
+    carbon: CarbonConfig | None = None
+    cost: CostConfig | None = None
+    source: str | None = Field(None, exclude=True, description="The file read (provenance).")
 
 
 def user_config_path(environ: Mapping[str, str] | None = None) -> Path | None:
@@ -70,8 +76,10 @@ def load_user_defaults(path: Path | None) -> UserDefaults:
         raise ConfigError(f"invalid YAML: {exc}", source=str(path)) from exc
     if not isinstance(data, dict):
         raise ConfigError("the user defaults file must be a mapping", source=str(path))
+    if "source" in data:
+        raise ConfigError("source: unknown key", source=str(path), hint=f"remove it from {path}")
     try:
-        return UserDefaults.model_validate(data)
+        return UserDefaults.model_validate(data).model_copy(update={"source": str(path)})
     except ValidationError as exc:
         raise ConfigError(
             "invalid user defaults",

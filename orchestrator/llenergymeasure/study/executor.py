@@ -42,6 +42,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from llenergymeasure import __version__
+from llenergymeasure.analysis.enrich import enrich
 from llenergymeasure.errors import (
     ConfigError,
     InterruptedStudy,
@@ -729,7 +730,7 @@ def _study_result(
             )
         )
     counts = m.counts()
-    return StudyResult(
+    result = StudyResult(
         study_id=m.study_id,
         study_name=m.study_name,
         study_design_hash=m.study_design_hash,
@@ -750,6 +751,7 @@ def _study_result(
         n_pending=counts["pending"],
         runs=runs,
     )
+    return enrich(result, plan.study.impact)
 
 
 def _write_outputs(result: StudyResult, study_dir: Path, opts: StudyRunOptions) -> None:
