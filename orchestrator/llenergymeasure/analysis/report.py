@@ -199,8 +199,8 @@ def _axis_charts(page: _Page, rows: list[ExperimentRow]) -> None:
                 others = {k: v for k, v in r.params.items() if k != axis}
                 groups.setdefault(params_label(others) if others else r.backend or "", []).append(r)
             fig = go.Figure()
-            for name, rs in groups.items():
-                rs = sorted(rs, key=lambda r: (str(type(r.params.get(axis))), r.params.get(axis)))
+            for name, members in groups.items():
+                rs = sorted(members, key=lambda r: _axis_order(r.params.get(axis)))
                 e = [_err(r.interval(metric)) for r in rs]
                 fig.add_trace(
                     go.Scatter(
@@ -225,6 +225,12 @@ def _axis_charts(page: _Page, rows: list[ExperimentRow]) -> None:
             )
             page.add(f"<h3>{_esc(title)}</h3>")
             page.plot(fig, len(usable))
+
+
+def _axis_order(value: Any) -> tuple[int, float, str]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
 
 
 def _thin(values: list[Any], step: int) -> list[Any]:

@@ -1,8 +1,8 @@
 """The ``llem`` command line. :func:`main` maps every :class:`LLEMError` to its exit code.
 
-Commands live one per module (``run``, ``config_cmd``, ``images``, ``results``); each parses its options,
-calls one library function and renders the outcome. Exit codes: 0 success, 1 an experiment or
-runtime failure, 2 bad config or usage, 130 interrupted. Tracebacks only with ``-v``.
+Commands live one per module (``run``, ``config_cmd``, ``images``, ``results``); each parses
+its options, calls one library function and renders the outcome. Exit codes: 0 success, 1 an
+experiment or runtime failure, 2 bad config or usage, 130 interrupted. Tracebacks only with ``-v``.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from llenergymeasure.errors import (
     PreflightError,
     RunnerError,
 )
+from llenergymeasure.notify import Notifier, study_payload
 from llenergymeasure.results.aggregate import export_study
 from llenergymeasure.results.schema import ExperimentResult, write_json_atomic
 from llenergymeasure.results.study import (
@@ -150,6 +151,7 @@ def run_study(
     """
     opts = _merge_options(options, flags)
     con = console or Console()
+    notifier = Notifier.for_study(plan.study.notify)  # a missing secret: refused before anything
     base = Path(plan.study.results_dir).expanduser()
     runner_obj, client = _make_runner(plan, opts, runner, docker_client, con=con)
     report = _preflight(plan, opts, runner=runner_obj, client=client, results_dir=base, con=con)
@@ -171,7 +173,16 @@ def run_study(
     )
     write_json_atomic(study_dir / PLAN_FILE, plan.model_dump_json(indent=1))
     store = ManifestStore(study_dir, manifest)
-    return _execute(plan, store, runner=runner_obj, report=report, opts=opts, con=con, sleep=sleep)
+    return _execute(
+        plan,
+        store,
+        runner=runner_obj,
+        report=report,
+        opts=opts,
+        con=con,
+        sleep=sleep,
+        notifier=notifier,
+    )
 
 
 def resume(
@@ -226,6 +237,7 @@ def resume(
             experiments_s=0.0,
             gaps_s=0.0,
         )
+    notifier = Notifier.for_study(plan_now.study.notify)
     if recovered:
         con.print(f"runs left running by an earlier crash, now interrupted: {recovered}")
     base = study_dir.parent
@@ -246,7 +258,14 @@ def resume(
             f"{store.manifest.runner})"
         )
     return _execute(
-        plan_now, store, runner=runner_obj, report=report, opts=opts, con=con, sleep=sleep
+        plan_now,
+        store,
+        runner=runner_obj,
+        report=report,
+        opts=opts,
+        con=con,
+        sleep=sleep,
+        notifier=notifier,
     )
 
 
@@ -531,6 +550,7 @@ def _execute(
     opts: StudyRunOptions,
     con: Console,
     sleep: Callable[[float], None],
+    notifier: Notifier | None = None,
 ) -> StudyResult:
     study_dir = store.study_dir
     ex = plan.study.execution
@@ -596,6 +616,13 @@ def _execute(
                 current = None
                 metrics = _metrics(outcome)
                 progress.end_run(rec, exp, outcome, metrics)
+                if notifier is not None:
+                    notifier.send(
+                        "experiment_end",
+                        _run_payload(
+                            store, rec, exp=exp, outcome=outcome, metrics=metrics, run_dir=run_dir
+                        ),
+                    )
                 previous = rec
                 if outcome.status == "interrupted":
                     raise KeyboardInterrupt
@@ -621,6 +648,7 @@ def _execute(
                 gaps_s=gaps_s,
             )
             _write_outputs(result, study_dir, opts)
+            _notify_end(notifier, result)
         except KeyboardInterrupt:
             pass
         done = store.manifest.counts()["completed"]
@@ -636,6 +664,7 @@ def _execute(
             plan, store, started_at=started_at, t0=t0, experiments_s=experiments_s, gaps_s=gaps_s
         )
         _write_outputs(result, study_dir, opts)
+        _notify_end(notifier, result)
         raise RunnerError(
             f"{exc.message} (study saved in {study_dir})",
             hint=f"{exc.hint + '; ' if exc.hint else ''}resume with: llem run --resume {study_dir}",
@@ -649,8 +678,49 @@ def _execute(
         plan, store, started_at=started_at, t0=t0, experiments_s=experiments_s, gaps_s=gaps_s
     )
     _write_outputs(result, study_dir, opts)
+    _notify_end(notifier, result)
     progress.summary(result)
     return result
+
+
+def _run_payload(
+    store: ManifestStore,
+    rec: RunRecord,
+    *,
+    exp: PlannedExperiment,
+    outcome: RunOutcome,
+    metrics: RunMetrics | None,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """The ``experiment_end`` webhook body: the run's state, key figures and paths."""
+    m = store.manifest
+    return {
+        "study_id": m.study_id,
+        "study_name": m.study_name,
+        "study_dir": str(store.study_dir),
+        "n_runs": len(m.runs),
+        "run_id": rec.run_id,
+        "index": rec.index,
+        "config_hash": rec.config_hash,
+        "cycle": rec.cycle,
+        "state": outcome.status,
+        "failure_kind": outcome.failure_kind,
+        "message": outcome.message,
+        "duration_s": outcome.duration_s,
+        "backend": exp.config.backend,
+        "model": exp.config.model,
+        "params": dict(exp.params),
+        "run_dir": str(run_dir.relative_to(store.study_dir)),
+        "metrics": metrics.model_dump(mode="json") if metrics is not None else None,
+    }
+
+
+def _notify_end(notifier: Notifier | None, result: StudyResult) -> None:
+    """Send ``study_end`` and give the webhooks a bounded moment (never fails the study)."""
+    if notifier is None:
+        return
+    notifier.send("study_end", study_payload(result))
+    notifier.close()
 
 
 def _close_running(
