@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,27 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+#: Where CI keeps artifacts: the screenshots of the reports opened by the tests.
+ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "artifacts"
+
+#: Evaluated in the report page: every plot's points, traces and drawn marks, and the notes.
+PLOT_CHECK = """new Promise(resolve => setTimeout(() => resolve({
+  plots: Array.from(document.querySelectorAll('.llem-plot')).map(p => {
+    const gd = p.querySelector('.js-plotly-plot');
+    return {
+      points: Number(p.dataset.points),
+      traces: gd && gd.data ? gd.data.length : 0,
+      drawn: gd ? gd.querySelectorAll('.scatterlayer .point, .scatterlayer .js-line').length : 0,
+      width: gd ? gd.getBoundingClientRect().width : 0,
+      height: gd ? gd.getBoundingClientRect().height : 0,
+      title: (p.previousElementSibling || {}).textContent || '',
+    };
+  }),
+  notes: Array.from(document.querySelectorAll('p.note')).map(n => n.textContent),
+  summary_rows: document.querySelectorAll('#summary tbody tr').length,
+}), 1000))"""
+
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -32,6 +54,26 @@ CHROMIUM_FLAGS = (
     "--remote-allow-origins=*",
     "--remote-debugging-port=0",
 )
+
+
+REQUIRE_ENV = "LLEM_REQUIRE_CHROMIUM"
+
+
+def need_chromium() -> None:
+    """Skip without Chromium, or fail when LLEM_REQUIRE_CHROMIUM=1 (.ci/run sets it)."""
+    import pytest
+
+    import importlib.util
+
+    if chromium_path() is None:
+        why = "chromium is not installed (apt-get install chromium)"
+    elif importlib.util.find_spec("websocket") is None:
+        why = "websocket-client (dev extra) is not installed"
+    else:
+        return
+    if os.environ.get(REQUIRE_ENV, "") not in ("", "0", "false", "no"):
+        pytest.fail(f"{REQUIRE_ENV}=1 but {why}")
+    pytest.skip(why)
 
 
 def chromium_path() -> str | None:

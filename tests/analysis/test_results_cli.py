@@ -20,15 +20,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from tests.analysis.chromium import chromium_path, open_page
-from tests.analysis.conftest import REPO, SECRET, CpuStudy, run_llem, study_json
+from tests.analysis.chromium import ARTIFACTS, PLOT_CHECK, need_chromium, open_page
+from tests.analysis.conftest import SECRET, CpuStudy, run_llem, study_json
 
 from llenergymeasure.analysis.bootstrap import MIN_CYCLES, N_RESAMPLES, SEED
 from llenergymeasure.results import ExperimentResult
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
-
-ARTIFACTS = REPO / "build" / "artifacts"
 
 
 def cycle_values(study: CpuStudy, config_hash: str, pick: str) -> list[float]:
@@ -268,29 +266,9 @@ def test_export_other_formats(cpu_study: CpuStudy, tmp_path: Path, fmt: str) -> 
     assert n == 6 and (tmp_path / fmt / f"experiments.{fmt}").is_file()
 
 
-PLOT_CHECK = """new Promise(resolve => setTimeout(() => resolve({
-  plots: Array.from(document.querySelectorAll('.llem-plot')).map(p => {
-    const gd = p.querySelector('.js-plotly-plot');
-    return {
-      points: Number(p.dataset.points),
-      traces: gd && gd.data ? gd.data.length : 0,
-      drawn: gd ? gd.querySelectorAll('.scatterlayer .point, .scatterlayer .js-line').length : 0,
-      width: gd ? gd.getBoundingClientRect().width : 0,
-      height: gd ? gd.getBoundingClientRect().height : 0,
-      title: (p.previousElementSibling || {}).textContent || '',
-    };
-  }),
-  notes: Array.from(document.querySelectorAll('p.note')).map(n => n.textContent),
-  summary_rows: document.querySelectorAll('#summary tbody tr').length,
-}), 1000))"""
-
-
 def test_report_renders_in_headless_chromium(cpu_study: CpuStudy, tmp_path: Path) -> None:
     """report -o: one file, no network; Chromium draws every plot, no console error."""
-    if chromium_path() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but chromium is not installed (.ci/run installs it)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+    need_chromium()
     html_path = tmp_path / "report.html"
     out = run_llem(
         "results", "report", str(cpu_study.study_dir), "-o", str(html_path), cwd=tmp_path
