@@ -61,9 +61,9 @@ REQUIRE_ENV = "LLEM_REQUIRE_CHROMIUM"
 
 def need_chromium() -> None:
     """Skip without Chromium, or fail when LLEM_REQUIRE_CHROMIUM=1 (.ci/run sets it)."""
-    import pytest
-
     import importlib.util
+
+    import pytest
 
     if chromium_path() is None:
         why = "chromium is not installed (apt-get install chromium)"

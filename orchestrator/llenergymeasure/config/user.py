@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from llenergymeasure.config.impact import CarbonConfig, CostConfig
 from llenergymeasure.config.study import PullPolicy, RunnerName
@@ -49,7 +49,12 @@ class UserDefaults(BaseModel):
     energy_sampler: Literal["auto", "nvml", "zeus", "codecarbon", "null"] | None = None
     carbon: CarbonConfig | None = None
     cost: CostConfig | None = None
-    source: str | None = Field(None, exclude=True, description="The file read (provenance).")
+    _source: str | None = PrivateAttr(None)  # the file read, for provenance
+
+    @property
+    def source(self) -> str | None:
+        """The file these defaults were read from (None: built-in)."""
+        return self._source
 
 
 def user_config_path(environ: Mapping[str, str] | None = None) -> Path | None:
@@ -76,10 +81,8 @@ def load_user_defaults(path: Path | None) -> UserDefaults:
         raise ConfigError(f"invalid YAML: {exc}", source=str(path)) from exc
     if not isinstance(data, dict):
         raise ConfigError("the user defaults file must be a mapping", source=str(path))
-    if "source" in data:
-        raise ConfigError("source: unknown key", source=str(path), hint=f"remove it from {path}")
     try:
-        return UserDefaults.model_validate(data).model_copy(update={"source": str(path)})
+        defaults = UserDefaults.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
             "invalid user defaults",
@@ -87,3 +90,5 @@ def load_user_defaults(path: Path | None) -> UserDefaults:
             problems=[f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()],
             hint=f"fix or remove {path} (or point {ENV_USER_CONFIG} elsewhere)",
         ) from exc
+    defaults._source = str(path)
+    return defaults
