@@ -47,6 +47,7 @@ from llenergymeasure_harness.environment import snapshot
 from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
 from llenergymeasure_harness.prompts import build_requests, vocab_size_for
 from llenergymeasure_harness.quality import quality_flags
+from llenergymeasure_harness.traffic import ArrivalPlan
 from llenergymeasure_harness.warmup import run_warmup
 
 logger = logging.getLogger(__name__)
@@ -211,8 +212,15 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             meter.begin_window("measure", sync)
         if extra_src is not None:
             extra_src.begin("measure")
+        plan = (
+            ArrivalPlan.from_config(cfg.traffic, len(requests))
+            if cfg.traffic.uses_arrivals
+            else None
+        )
         t_m0 = d.clock()
-        records = backend.run(requests)
+        # The first arrival is due as run() starts, the window closes when the last request
+        # ends: the energy window follows the arrivals.
+        records = backend.run(requests) if plan is None else backend.run(requests, plan)
         t_m1 = d.clock()
         if extra_src is not None:
             try:
@@ -266,7 +274,10 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         if sampler.rows():
             write_parquet_atomic(out_dir / TIMESERIES_FILE, sampler.columns())
             artifacts["timeseries"] = TIMESERIES_FILE
-        write_parquet_atomic(out_dir / REQUESTS_FILE, metrics.request_columns(records))
+        write_parquet_atomic(
+            out_dir / REQUESTS_FILE,
+            metrics.request_columns(records, cfg.traffic.latency_mode),
+        )
         artifacts["requests"] = REQUESTS_FILE
         result = result.model_copy(update={"artifacts": artifacts})
         result.write(out_dir / RESULT_FILE)
@@ -373,7 +384,7 @@ def _assemble(
         "peak_memory_bytes_per_gpu": {str(k): v for k, v in (peak or {}).items()},
     }
     steady = None
-    if cfg.backend != "pytorch":
+    if cfg.backend != "pytorch" or cfg.traffic.uses_arrivals:
         steady = _steady_state(
             cfg,
             records=records,
@@ -382,6 +393,8 @@ def _assemble(
             gross=gross,
             integrated=integrated,
         )
+    mode = cfg.traffic.latency_mode
+    traffic = _traffic_outcome(cfg, records, duration_s=duration_s, gross=gross, info=info)
     flags = quality_flags(
         energy_measured=gross is not None,
         duration_s=duration_s,
@@ -413,9 +426,10 @@ def _assemble(
         energy=energy,
         throughput=tp,
         efficiency=metrics.efficiency(gross, net, tp),
-        latency=metrics.latency(records),
+        latency=metrics.latency(records, mode),
         compute=compute,
         steady_state=steady,
+        traffic=traffic,
         quality_flags=flags,
         environment=env_snap,
         extra={
@@ -435,6 +449,45 @@ def _assemble(
     )
 
 
+def _traffic_outcome(
+    cfg: ExperimentConfig,
+    records: list[Any],
+    *,
+    duration_s: float,
+    gross: float | None,
+    info: Any,
+) -> dict[str, Any] | None:
+    """The ``traffic`` block of the result: None for offline runs without an SLO or server."""
+    traffic = cfg.traffic
+    server = info.extra.get("server") if isinstance(info.extra.get("server"), dict) else None
+    if not traffic.uses_arrivals and traffic.slo is None and server is None:
+        return None
+    arrivals = sorted(r.arrival_s for r in records if r.arrival_s is not None)
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else None
+    slo = None
+    if traffic.slo is not None:
+        slo = metrics.goodput(
+            records,
+            duration_s=duration_s,
+            gross_j=gross,
+            ttft_s=traffic.slo.ttft_s,
+            tpot_s=traffic.slo.tpot_s,
+            mode=traffic.latency_mode,
+        )
+    return {
+        "pattern": traffic.pattern,
+        "latency_mode": traffic.latency_mode,
+        "rate_per_s": traffic.rate_per_s,
+        "burstiness": traffic.burstiness if traffic.pattern == "gamma" else None,
+        "concurrency": traffic.concurrency,
+        "seed": traffic.seed if traffic.uses_arrivals else None,
+        "offered_rate_per_s": (len(arrivals) - 1) / span if span else None,
+        "arrival_span_s": span,
+        "slo": slo,
+        "server": server,
+    }
+
+
 def _steady_state(
     cfg: ExperimentConfig,
     *,
@@ -444,10 +497,24 @@ def _steady_state(
     gross: float | None,
     integrated: float | None,
 ) -> dict[str, Any] | None:
-    """Steady-state window of a continuous-batching run, energy from scaled integrated power."""
-    from llenergymeasure_harness.backends.steady_state import steady_state_window
+    """Steady-state window of the run, energy from scaled integrated power.
 
-    w = steady_state_window(records, cfg.concurrency)
+    Offline continuous batching: ML.ENERGY's rule with K = the engine's batch; closed loop:
+    the same rule with K = the users; open-loop arrivals: from the first request finished to
+    the last arrival (:func:`~.backends.steady_state.arrival_steady_state_window`).
+    """
+    from llenergymeasure_harness.backends.steady_state import (
+        arrival_steady_state_window,
+        steady_state_window,
+    )
+
+    traffic = cfg.traffic
+    if traffic.pattern == "closed_loop" and traffic.concurrency is not None:
+        w = steady_state_window(records, traffic.concurrency)
+    elif traffic.uses_arrivals:
+        w = arrival_steady_state_window(records)
+    else:
+        w = steady_state_window(records, cfg.concurrency)
     if w.start_s is None or w.end_s is None:
         return None
     duration = w.end_s - w.start_s

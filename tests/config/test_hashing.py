@@ -165,6 +165,16 @@ def test_config_hash_ignores_how_a_value_was_spelt() -> None:
     assert config_hash({**PINNED_CONFIG, "dataset": {"source": "synthetic"}}) == PINNED_HASH
 
 
+def test_config_hash_of_the_default_traffic_is_the_hash_from_before_traffic_existed() -> None:
+    """``traffic:`` at its default (spelt out or not) leaves the pinned identity unchanged."""
+    assert config_hash({**PINNED_CONFIG, "traffic": {}}) == PINNED_HASH
+    assert config_hash({**PINNED_CONFIG, "traffic": {"pattern": "offline", "seed": 0}}) == (
+        PINNED_HASH
+    )
+    poisson = {**PINNED_CONFIG, "traffic": {"pattern": "poisson", "rate_per_s": 2.0}}
+    assert config_hash(poisson) != PINNED_HASH
+
+
 # --------------------------------------------------------------------------- sensitivity
 
 BASE: dict[str, Any] = {"model": "tiny-llama", "load_format": "dummy", "gpus": [0, 1, 2, 3]}
@@ -173,6 +183,10 @@ HUB = {"dataset": {"source": "hub", "name": "org/set"}, "tokenizer": "gpt2"}
 VLLM = {"backend": "vllm"}
 TRT = {"backend": "tensorrt"}
 PT = {"backend": "pytorch"}
+POISSON = {"traffic": {"pattern": "poisson", "rate_per_s": 4.0}}
+GAMMA = {"traffic": {"pattern": "gamma", "rate_per_s": 4.0, "burstiness": 2.0}}
+CLOSED = {"traffic": {"pattern": "closed_loop", "concurrency": 4}}
+SLO = {"traffic": {"slo": {"ttft_s": 1.0, "tpot_s": 0.05}}}
 
 #: (leaf it covers, extra base settings, changes): every leaf of ExperimentConfig appears.
 KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
@@ -214,6 +228,14 @@ KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("energy.timeseries", {}, {"energy.timeseries": False}),
     ("gpus", {}, {"gpus": [0, 1, 2]}),
     ("random_seed", {}, {"random_seed": 7}),
+    ("traffic.pattern", {}, {"traffic": {"pattern": "closed_loop", "concurrency": 4}}),
+    ("traffic.rate_per_s", POISSON, {"traffic.rate_per_s": 8.0}),
+    ("traffic.burstiness", GAMMA, {"traffic.burstiness": 0.5}),
+    ("traffic.concurrency", CLOSED, {"traffic.concurrency": 8}),
+    ("traffic.seed", POISSON, {"traffic.seed": 7}),
+    ("traffic.max_wait_s", POISSON, {"traffic.max_wait_s": 0.2}),
+    ("traffic.slo.ttft_s", SLO, {"traffic.slo.ttft_s": 0.5}),
+    ("traffic.slo.tpot_s", SLO, {"traffic.slo.tpot_s": 0.01}),
     ("pytorch.batch_size", PT, {"pytorch.batch_size": 2}),
     ("pytorch.attn_implementation", PT, {"pytorch.attn_implementation": "eager"}),
     ("pytorch.static_kv_cache", PT, {"pytorch.static_kv_cache": True}),

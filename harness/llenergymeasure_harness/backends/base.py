@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from llenergymeasure.config import ExperimentConfig
+from llenergymeasure_harness.traffic import ArrivalPlan
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class RequestRecord:
     first_token_s: float | None = None
     token_times_s: list[float] = field(default_factory=list)
     finish_reason: str | None = None  # "length", "stop", ...
+    # When the request was due under the traffic plan (None: offline, all due at the start).
+    arrival_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,13 @@ class Backend(Protocol):
         """How many requests one warmup step sends (the batch the measured run will use)."""
         ...
 
-    def run(self, requests: Sequence[GenerationRequest]) -> list[RequestRecord]:
+    def run(
+        self, requests: Sequence[GenerationRequest], plan: ArrivalPlan | None = None
+    ) -> list[RequestRecord]:
         """Generate for every request and return one record per request, in request order.
 
+        With a ``plan`` other than offline, each request is submitted when it is due (see
+        :mod:`llenergymeasure_harness.traffic`) and its record carries ``arrival_s``.
         Blocks until all requests finish; the device is synchronised before returning so the
         caller's window edges bound the work.
         """

@@ -55,6 +55,7 @@ class RequestTimeline:
     token_times_s: list[float] = field(default_factory=list)
     end_s: float | None = None
     finish_reason: str | None = None
+    arrival_s: float | None = None  # scheduled arrival (None offline)
 
     def add_tokens(self, count: int, now: float) -> None:
         """Record ``count`` tokens that became available at ``now``.
@@ -84,6 +85,7 @@ class RequestTimeline:
             first_token_s=self.token_times_s[0] if self.token_times_s else None,
             token_times_s=list(self.token_times_s),
             finish_reason=self.finish_reason,
+            arrival_s=self.arrival_s,
         )
 
 

@@ -29,6 +29,7 @@ from llenergymeasure_harness.backends.base import (
     RequestRecord,
     release_device_memory,
 )
+from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,13 @@ def _criteria(stamper: StepTimestamper) -> Any:
             return stamper(input_ids, scores)
 
     return StoppingCriteriaList([_Crit()])
+
+
+def _sleep_until(deadline: float) -> None:
+    """Sleep (no spinning) until ``deadline`` on the perf_counter clock."""
+    delay = deadline - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
 
 
 def seed_everything(seed: int) -> None:
@@ -310,12 +318,55 @@ class PyTorchBackend:
 
     # ----------------------------------------------------------------- run
 
-    def run(self, requests: Sequence[GenerationRequest]) -> list[RequestRecord]:
+    def run(
+        self, requests: Sequence[GenerationRequest], plan: ArrivalPlan | None = None
+    ) -> list[RequestRecord]:
+        if plan is not None and not plan.is_offline:
+            return self._run_arrivals(requests, plan)
         bs = self.section.batch_size
         records: list[RequestRecord] = []
         for i in range(0, len(requests), bs):
             records.extend(self._run_batch(requests[i : i + bs]))
         return records
+
+    def _run_arrivals(
+        self, requests: Sequence[GenerationRequest], plan: ArrivalPlan
+    ) -> list[RequestRecord]:
+        """A dynamic batcher over ``generate``, driven by the arrival plan.
+
+        A batch opens when its first request is due and closes when it holds ``batch_size``
+        due requests or its first request has waited ``traffic.max_wait_s``, whichever comes
+        first; requests that arrive while ``generate`` runs wait for the next batch (static
+        batching cannot admit them mid-batch, and that cost is what this measures)::
+
+            arrivals   ●   ●●        ●    ●●●●       ●
+            batches    [=====gen=====][====gen====][==gen==]
+                       ↑ opens at the first arrival; closes at batch_size or max_wait_s
+
+        The harness sleeps until each due time; it never spins.
+        """
+        bs = self.section.batch_size
+        queue: ArrivalQueue[GenerationRequest] = ArrivalQueue(
+            list(requests), plan, time.perf_counter()
+        )
+        by_id: dict[int, RequestRecord] = {}
+        while queue.pending:
+            first_due = queue.next_due_s()
+            if first_due is None:  # cannot happen: a closed loop completes synchronously
+                raise RuntimeError("closed-loop batcher has nothing due and nothing running")
+            close_at = first_due + plan.max_wait_s
+            full_at = queue.due_s_of_nth(bs - 1)
+            if full_at is not None:
+                close_at = min(close_at, full_at)
+            _sleep_until(max(first_due, close_at))
+            batch = queue.pop_due(time.perf_counter(), limit=bs)
+            for record, (_, arrival) in zip(
+                self._run_batch([r for r, _ in batch]), batch, strict=True
+            ):
+                record.arrival_s = arrival
+                by_id[record.request_id] = record
+            queue.completed(len(batch), time.perf_counter())
+        return [by_id[r.request_id] for r in requests]
 
     def _run_batch(self, reqs: Sequence[GenerationRequest]) -> list[RequestRecord]:
         import torch

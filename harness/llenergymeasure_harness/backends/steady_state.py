@@ -222,10 +222,79 @@ def steady_state_window(
     )
 
 
+def arrival_steady_state_window(
+    records: Sequence[RequestRecord], *, min_duration_s: float = DEFAULT_MIN_DURATION_S
+) -> SteadyStateWindow:
+    """The steady state of an open-loop run (constant, poisson, gamma arrivals).
+
+    Arrivals fill the system from empty and, after the last arrival, it drains::
+
+        requests in flight
+          L ┤      ╭──╮ ╭─╮╭───╮ ╭──╮                  L ~ rate x latency (Little's law)
+            │    ╭─╯  ╰─╯ ╰╯   ╰─╯  ╰─╮
+          0 ┼────╯                    ╰───
+            first       start_s     end_s      last request done
+            arrival  (first request  (last
+                      finished)      arrival)
+
+    ``start_s`` is when the first request finished (by then requests have lived a full
+    lifetime in the system, so the in-flight count has reached its level); ``end_s`` is the
+    last arrival (after it nothing new enters and the system drains). ``target_concurrency`` is
+    reported as the mean in flight over the window (rounded), for information.
+    """
+    n = len(records)
+    arrivals = sorted(r.arrival_s for r in records if r.arrival_s is not None)
+    if n < 3 or len(arrivals) < n:
+        return SteadyStateWindow(
+            start_s=None,
+            end_s=None,
+            valid=False,
+            reason=f"too few requests with arrival times for a steady state ({len(arrivals)})",
+            target_concurrency=1,
+            n_requests=n,
+        )
+    start_s = min(r.end_s for r in records)
+    end_s = arrivals[-1]
+    if end_s <= start_s:
+        return SteadyStateWindow(
+            start_s=start_s,
+            end_s=end_s,
+            valid=False,
+            reason=(
+                "the arrivals ended before the first request finished: the system never "
+                "reached a steady state (more requests, or a lower rate)"
+            ),
+            target_concurrency=1,
+            n_requests=n,
+        )
+    reasons: list[str] = []
+    duration = end_s - start_s
+    if duration < min_duration_s:
+        reasons.append(
+            f"steady state lasted {duration:.3f} s, under the {min_duration_s:g} s minimum "
+            "(increase n_prompts)"
+        )
+    running = mean_running(records, start_s, end_s)
+    tokens: int | None = None
+    if any(r.token_times_s for r in records):
+        tokens = sum(sum(1 for t in r.token_times_s if start_s <= t <= end_s) for r in records)
+    return SteadyStateWindow(
+        start_s=start_s,
+        end_s=end_s,
+        valid=not reasons,
+        reason="; ".join(reasons) or None,
+        target_concurrency=max(1, round(running or 0.0)),
+        n_requests=n,
+        mean_concurrency=running,
+        output_tokens=tokens,
+    )
+
+
 __all__ = [
     "DEFAULT_MIN_DURATION_S",
     "DEFAULT_MIN_FILL_FRACTION",
     "SteadyStateWindow",
+    "arrival_steady_state_window",
     "mean_running",
     "steady_state_window",
 ]

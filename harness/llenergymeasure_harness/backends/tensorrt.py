@@ -46,7 +46,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from llenergymeasure_harness.backends.engine_common import (
     warn_short_outputs,
 )
 from llenergymeasure_harness.backends.steady_state import SteadyStateWindow, steady_state_window
+from llenergymeasure_harness.traffic import ArrivalPlan
 
 logger = logging.getLogger(__name__)
 
@@ -393,6 +394,7 @@ class TensorRTBackend:
         engine_cache_dir: Root of the engine cache. Defaults to ``$LLEM_ENGINE_CACHE_DIR``
             (mounted by the orchestrator) read here, in the constructor; without either,
             engines are built into a temporary directory and not kept.
+        async_sleep: Waits for the next arrival (a fake clock's advance in tests).
         gpu_identity: Overrides the GPU part of the cache key (tests).
         workdir: Where dummy configs and uncached engines go (temporary if None).
 
@@ -409,6 +411,7 @@ class TensorRTBackend:
         self,
         *,
         clock: Callable[[], float] = time.perf_counter,
+        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         engine_cache_dir: str | Path | None = None,
         gpu_identity: str | None = None,
         workdir: Path | None = None,
@@ -417,6 +420,7 @@ class TensorRTBackend:
         env = os.environ if environ is None else environ
         root = engine_cache_dir if engine_cache_dir is not None else env.get(ENV_ENGINE_CACHE_DIR)
         self._clock = clock
+        self._async_sleep = async_sleep
         self._cache = EngineCache(Path(root)) if root else None
         self._gpu_identity = gpu_identity
         self._workdir = workdir
@@ -511,8 +515,13 @@ class TensorRTBackend:
             return 1
         return max(1, self._config.concurrency)
 
-    def run(self, requests: Sequence[GenerationRequest]) -> list[RequestRecord]:
-        """Submit every request (streaming) and record tokens as they arrive.
+    def run(
+        self, requests: Sequence[GenerationRequest], plan: ArrivalPlan | None = None
+    ) -> list[RequestRecord]:
+        """Submit requests (streaming) and record tokens as they arrive.
+
+        Offline (no plan): every request is enqueued at once; with a plan, each at its
+        arrival time (closed loop: when its user's previous request finished).
 
         Raises:
             ExperimentError: the engine failed mid-run (OOM → ``EngineOutOfMemoryError``).
@@ -526,7 +535,7 @@ class TensorRTBackend:
             raise ExperimentError("duplicate request_id in one run")
         config = self._config
         try:
-            records = asyncio.run(self._run_async(requests))
+            records = asyncio.run(self._run_async(requests, plan))
         except ExperimentError:
             raise
         except Exception as exc:
@@ -656,7 +665,9 @@ class TensorRTBackend:
 
     # ----------------------------------------------------------------- streaming
 
-    async def _run_async(self, requests: Sequence[GenerationRequest]) -> list[RequestRecord]:
+    async def _run_async(
+        self, requests: Sequence[GenerationRequest], plan: ArrivalPlan | None = None
+    ) -> list[RequestRecord]:
         assert self._config is not None
         tensorrt_llm = self._trtllm
         config = self._config
@@ -678,7 +689,18 @@ class TensorRTBackend:
             if prompt_ids is not None:
                 timeline.input_tokens = len(prompt_ids)
 
-        for request in requests:
+        plan = plan or ArrivalPlan.offline()
+        users = asyncio.Semaphore(plan.concurrency or 1) if plan.pattern == "closed_loop" else None
+        t0 = self._clock()
+
+        async def consume_and_release(result: Any, timeline: RequestTimeline) -> None:
+            try:
+                await consume(result, timeline)
+            finally:
+                if users is not None:
+                    users.release()  # this user sends its next request now
+
+        def enqueue(request: GenerationRequest, arrival: float | None) -> None:
             params = tensorrt_llm.SamplingParams(
                 **build_sampling_kwargs(
                     config, request.max_new_tokens, request.request_id, end_id=self._end_id
@@ -688,6 +710,7 @@ class TensorRTBackend:
                 request_id=request.request_id,
                 input_tokens=len(request.prompt_token_ids),
                 submit_s=self._clock(),
+                arrival_s=arrival,
             )
             timelines.append(timeline)
             result = self._llm.generate_async(
@@ -696,8 +719,21 @@ class TensorRTBackend:
                 streaming=True,
                 cache_salt=salt,
             )
-            tasks.append(asyncio.ensure_future(consume(result, timeline)))
+            tasks.append(asyncio.ensure_future(consume_and_release(result, timeline)))
+
         try:
+            # Each request is enqueued to the executor at its arrival time (open loop), or
+            # when a closed-loop user's previous request finished; offline, all at once.
+            for i, request in enumerate(requests):
+                arrival: float | None = None
+                if users is not None:
+                    await users.acquire()
+                    arrival = self._clock()
+                elif plan.offsets_s is not None:
+                    arrival = t0 + plan.offsets_s[i]
+                    while (delay := arrival - self._clock()) > 0:
+                        await self._async_sleep(delay)
+                enqueue(request, arrival)
             await asyncio.gather(*tasks)
         except BaseException:
             for task in tasks:

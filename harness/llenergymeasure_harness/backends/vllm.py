@@ -53,6 +53,7 @@ from llenergymeasure_harness.backends.engine_common import (
     warn_short_outputs,
 )
 from llenergymeasure_harness.backends.steady_state import SteadyStateWindow, steady_state_window
+from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +196,8 @@ class VLLMBackend:
     Args:
         clock: Timestamp source; ``time.perf_counter`` (the harness clock) unless a test
             passes a fake clock.
+        sleep: Waits for the next arrival while the engine is idle (a fake clock's advance
+            in tests).
         workdir: Where a dummy-weights config directory is written; a temporary directory
             (removed by :meth:`close`) when None.
 
@@ -207,9 +210,14 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.perf_counter, workdir: Path | None = None
+        self,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], None] = time.sleep,
+        workdir: Path | None = None,
     ) -> None:
         self._clock = clock
+        self._sleep = sleep
         self._workdir = workdir
         self._own_workdir: Path | None = None
         self._config: ExperimentConfig | None = None
@@ -288,8 +296,13 @@ class VLLMBackend:
             return 1
         return max(1, self._config.concurrency)
 
-    def run(self, requests: Sequence[GenerationRequest]) -> list[RequestRecord]:
-        """Submit every request at once and stream tokens until all finish (see module doc).
+    def run(
+        self, requests: Sequence[GenerationRequest], plan: ArrivalPlan | None = None
+    ) -> list[RequestRecord]:
+        """Submit requests as they arrive and stream tokens until all finish (see module doc).
+
+        Offline (no plan): every request is added at once. With a plan, each is added at its
+        arrival time inside the step loop.
 
         Raises:
             ExperimentError: the engine failed mid-run (OOM → ``EngineOutOfMemoryError``).
@@ -312,8 +325,11 @@ class VLLMBackend:
         salt = f"llem-run-{self._runs}"
         timelines: dict[str, RequestTimeline] = {}
         order: list[str] = []
-        try:
-            for request in requests:
+        plan = plan or ArrivalPlan.offline()
+        queue: ArrivalQueue[GenerationRequest] = ArrivalQueue(list(requests), plan, self._clock())
+
+        def submit_due() -> None:
+            for request, arrival in queue.pop_due(self._clock()):
                 key = f"{prefix}{request.request_id}"
                 if key in timelines:
                     raise ExperimentError(f"duplicate request_id {request.request_id} in one run")
@@ -330,14 +346,28 @@ class VLLMBackend:
                     request_id=request.request_id,
                     input_tokens=len(request.prompt_token_ids),
                     submit_s=self._clock(),
+                    arrival_s=None if plan.is_offline else arrival,
                 )
                 order.append(key)
                 # The return value is vLLM's internal id (ours plus a random suffix); outputs
                 # carry the id we passed.
                 engine.add_request(key, prompt, params)
-            while engine.has_unfinished_requests():
+
+        try:
+            # Arrivals are added between engine steps, as vLLM's own server (AsyncLLM) does;
+            # when the engine is idle the loop sleeps until the next arrival.
+            submit_due()
+            while queue.pending or engine.has_unfinished_requests():
+                if not engine.has_unfinished_requests():
+                    due = queue.next_due_s()
+                    if due is None:
+                        raise ExperimentError("closed loop: nothing running and nothing due")
+                    self._sleep(max(0.0, due - self._clock()))
+                    submit_due()
+                    continue
                 outputs = engine.step()
                 now = self._clock()
+                finished = 0
                 for output in outputs:
                     timeline = timelines.get(output.request_id)
                     if timeline is None:  # not ours (cannot happen with a private engine)
@@ -348,6 +378,9 @@ class VLLMBackend:
                     timeline.add_tokens(len(completion.token_ids), now)
                     if output.finished:
                         timeline.finish(now, completion.finish_reason)
+                        finished += 1
+                queue.completed(finished, now)
+                submit_due()
         except ExperimentError:
             self._abort(engine, order)
             raise

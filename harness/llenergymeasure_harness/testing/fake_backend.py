@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure_harness.backends.base import GenerationRequest, LoadInfo, RequestRecord
+from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
 
 
 class FakeBackendError(RuntimeError):
@@ -73,13 +74,40 @@ class FakeBackend:
         elif seconds > 0:
             time.sleep(seconds)
 
-    def run(self, requests: Sequence[GenerationRequest]) -> list[RequestRecord]:
+    def run(
+        self, requests: Sequence[GenerationRequest], plan: ArrivalPlan | None = None
+    ) -> list[RequestRecord]:
         self.runs += 1
         if self.fail_in == "run" or (self.fail_in == "measure" and self.runs > self.warmup_runs):
             raise FakeBackendError("generation failed")
+        if plan is not None and not plan.is_offline:
+            return self._run_arrivals(requests, plan)
         out: list[RequestRecord] = []
         for i in range(0, len(requests), self.batch_size):
-            batch = requests[i : i + self.batch_size]
+            out.extend(self._batch(requests[i : i + self.batch_size]))
+        return out
+
+    def _run_arrivals(
+        self, requests: Sequence[GenerationRequest], plan: ArrivalPlan
+    ) -> list[RequestRecord]:
+        """Batches of whatever is due when the previous batch ends (waits for the first)."""
+        queue: ArrivalQueue[GenerationRequest] = ArrivalQueue(list(requests), plan, self.clock())
+        out: list[RequestRecord] = []
+        while queue.pending:
+            due = queue.next_due_s()
+            assert due is not None
+            self._advance(max(0.0, due - self.clock()))
+            batch = queue.pop_due(self.clock(), limit=self.batch_size)
+            records = self._batch([r for r, _ in batch])
+            for record, (_, arrival) in zip(records, batch, strict=True):
+                record.arrival_s = arrival
+            out.extend(records)
+            queue.completed(len(batch), self.clock())
+        return sorted(out, key=lambda r: r.request_id)
+
+    def _batch(self, batch: Sequence[GenerationRequest]) -> list[RequestRecord]:
+        out: list[RequestRecord] = []
+        if batch:
             submit = self.clock()
             n = max(r.max_new_tokens for r in batch)
             times = []

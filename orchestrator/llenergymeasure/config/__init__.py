@@ -20,6 +20,7 @@ from llenergymeasure.config.experiment import (
     SyntheticDataset,
     WarmupConfig,
 )
+from llenergymeasure.config.traffic import SLOConfig, TrafficConfig
 
 __all__ = [
     "BACKENDS",
@@ -30,8 +31,10 @@ __all__ = [
     "HubDataset",
     "JsonlDataset",
     "PyTorchConfig",
+    "SLOConfig",
     "SyntheticDataset",
     "TensorRTConfig",
+    "TrafficConfig",
     "VLLMConfig",
     "WarmupConfig",
 ]

@@ -21,6 +21,7 @@ from llenergymeasure.config.backends import (
     TensorRTConfig,
     VLLMConfig,
 )
+from llenergymeasure.config.traffic import DEFAULT_TRAFFIC, TrafficConfig
 
 Precision = Literal["float32", "float16", "bfloat16", "auto"]
 PRECISION_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
@@ -163,6 +164,9 @@ class EnergyConfig(_Model):
 # --------------------------------------------------------------------------- experiment
 
 IDENTITY_EXCLUDE = frozenset({"name"})
+#: Sections that joined the schema later: part of the identity only when they differ from
+#: these defaults, so every result measured before they existed keeps its config hash.
+IDENTITY_WHEN_NON_DEFAULT: dict[str, object] = {"traffic": DEFAULT_TRAFFIC}
 
 
 class ExperimentConfig(_Model):
@@ -195,6 +199,9 @@ class ExperimentConfig(_Model):
         description="GPU indices on the host; [] runs on the CPU (pytorch only, no energy).",
     )
     random_seed: int = 42
+    traffic: TrafficConfig = Field(
+        DEFAULT_TRAFFIC, description="How requests arrive: offline (all at t=0) or a process."
+    )
     pytorch: PyTorchConfig | None = None
     vllm: VLLMConfig | None = None
     tensorrt: TensorRTConfig | None = None
@@ -347,7 +354,8 @@ class ExperimentConfig(_Model):
         Canonical because fields serialise in declaration order and every free-form dict is
         key-sorted on validation (:func:`canonical_dict`), so equal configs hash equal.
         """
-        canonical = self.model_dump_json(exclude=set(IDENTITY_EXCLUDE))
+        exclude = set(IDENTITY_EXCLUDE) | self._default_late_sections()
+        canonical = self.model_dump_json(exclude=exclude)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def resolved_input_len(self) -> int:
@@ -373,6 +381,13 @@ class ExperimentConfig(_Model):
             return min(self.n_prompts, self.tensorrt.max_batch_size)
         return 1
 
+    def _default_late_sections(self) -> set[str]:
+        return {k for k, v in IDENTITY_WHEN_NON_DEFAULT.items() if getattr(self, k) == v}
+
     def to_json(self) -> str:
-        """The JSON the harness receives in ``LLEM_CONFIG_JSON``."""
-        return self.model_dump_json()
+        """The JSON the harness receives in ``LLEM_CONFIG_JSON``.
+
+        Sections that joined the schema later are left out at their defaults, so an image
+        built before them still accepts the config of an experiment that does not use them.
+        """
+        return self.model_dump_json(exclude=self._default_late_sections() or None)

@@ -169,12 +169,45 @@ class EfficiencyMetrics(_Model):
 
 
 class LatencyMetrics(_Model):
-    """Per-request latency summaries (seconds); definitions in docs/methodology.md."""
+    """Per-request latency summaries (seconds); definitions in docs/methodology.md.
 
-    ttft_s: Stats | None = None  # submit -> first output token
+    ``mode`` says where TTFT and E2E start: ``offline_queueing`` at the submit time (all
+    requests queued in the engine at once), ``arrivals`` at each request's scheduled arrival.
+    """
+
+    mode: Literal["offline_queueing", "arrivals"] = "offline_queueing"
+    ttft_s: Stats | None = None  # start (see mode) -> first output token
     itl_s: Stats | None = None  # gap between consecutive output tokens, all requests pooled
     tpot_s: Stats | None = None  # per request: (end - first token) / (output_tokens - 1)
-    e2e_s: Stats | None = None  # submit -> last token
+    e2e_s: Stats | None = None  # start (see mode) -> last token
+    queue_s: Stats | None = None  # arrival -> submit (arrivals only): waiting outside the engine
+
+
+class SLOOutcome(_Model):
+    """How many requests met ``traffic.slo``, and what they cost."""
+
+    ttft_s: float | None = None  # the objectives, as configured
+    tpot_s: float | None = None
+    n_requests_meeting_slo: int
+    slo_attainment: float | None = None  # fraction of requests meeting every objective
+    goodput_requests_per_s: float | None = None  # SLO-meeting requests / measured window
+    goodput_output_tokens_per_s: float | None = None
+    j_per_slo_request: float | None = None  # gross GPU energy / SLO-meeting requests
+
+
+class TrafficOutcome(_Model):
+    """The arrival process the run followed, and what it achieved."""
+
+    pattern: str
+    latency_mode: Literal["offline_queueing", "arrivals"]
+    rate_per_s: float | None = None  # configured mean arrival rate
+    burstiness: float | None = None  # gamma shape (gamma only)
+    concurrency: int | None = None  # closed-loop users
+    seed: int | None = None
+    offered_rate_per_s: float | None = None  # (n - 1) / (last arrival - first arrival)
+    arrival_span_s: float | None = None  # first to last scheduled arrival
+    slo: SLOOutcome | None = None
+    server: dict[str, Any] | None = None  # server mode / endpoint: what served the requests
 
 
 class ComputeMetrics(_Model):
@@ -240,6 +273,7 @@ class ExperimentResult(_Model):
     latency: LatencyMetrics
     compute: ComputeMetrics
     steady_state: SteadyState | None = None
+    traffic: TrafficOutcome | None = None
     quality_flags: list[QualityFlag] = Field(default_factory=list)
     environment: EnvironmentSnapshot
     artifacts: dict[str, str] = Field(default_factory=dict)  # kind -> file name in results dir

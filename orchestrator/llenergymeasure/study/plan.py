@@ -186,7 +186,11 @@ def estimate_experiment(config: ExperimentConfig) -> ExperimentEstimate:
     step_s = mem["weights_bytes"] / ASSUMED_BANDWIDTH_BYTES_PER_S
     warmup_steps = config.warmup.n_batches * config.resolved_output_len()
     baseline_s = config.baseline.duration_s if config.baseline.enabled else 0.0
-    duration = ASSUMED_STARTUP_S + baseline_s + (n_steps + warmup_steps) * step_s
+    measure_s = n_steps * step_s
+    rate = config.traffic.rate_per_s
+    if rate:  # arriving traffic: the run lasts at least as long as the arrivals do
+        measure_s = max(measure_s, (config.n_prompts - 1) / rate)
+    duration = ASSUMED_STARTUP_S + baseline_s + warmup_steps * step_s + measure_s
     return ExperimentEstimate(
         parameter_count=arch.parameter_count,
         weights_bytes=mem["weights_bytes"],
@@ -215,6 +219,7 @@ def _estimates(configs: list[ExperimentConfig]) -> list[ExperimentEstimate]:
                 cfg.warmup.n_batches,
                 cfg.baseline.enabled,
                 cfg.baseline.duration_s,
+                cfg.traffic.rate_per_s,
             )
         )
         if key not in cache:
@@ -277,6 +282,7 @@ def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -
         p.index
         for p in planned
         if p.config.backend in ("vllm", "tensorrt")
+        and not p.config.traffic.uses_arrivals
         and p.config.n_prompts < STEADY_STATE_MIN_BATCHES * p.config.concurrency
     ]
     if short:

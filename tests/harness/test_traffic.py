@@ -1,0 +1,272 @@
+"""Arrival processes, the arrival queue, arrival-mode metrics and a whole run with arrivals."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from pydantic import ValidationError
+from tests.harness.conftest import World, harness_env, make_config
+
+from llenergymeasure.config import TrafficConfig
+from llenergymeasure_harness import metrics
+from llenergymeasure_harness.backends.base import RequestRecord
+from llenergymeasure_harness.backends.steady_state import arrival_steady_state_window
+from llenergymeasure_harness.experiment import run_experiment
+from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
+from llenergymeasure_harness.traffic.arrivals import (
+    arrival_offsets,
+    coefficient_of_variation,
+    inter_arrival_gaps,
+)
+
+N_DRAWS = 5000
+
+
+def _traffic(**kw: Any) -> TrafficConfig:
+    return TrafficConfig.model_validate(kw)
+
+
+# --------------------------------------------------------------------------- arrival processes
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 12345])
+@pytest.mark.parametrize("rate", [0.5, 4.0, 250.0])
+def test_poisson_gaps_have_mean_one_over_rate_and_cv_near_one(seed: int, rate: float) -> None:
+    """Poisson: over 5000 draws the mean gap is within 10 % of 1/rate and the CV near 1."""
+    offsets = arrival_offsets(_traffic(pattern="poisson", rate_per_s=rate, seed=seed), N_DRAWS)
+    assert offsets is not None and offsets[0] == 0.0
+    gaps = inter_arrival_gaps(offsets)
+    mean = sum(gaps) / len(gaps)
+    assert mean == pytest.approx(1.0 / rate, rel=0.10)
+    cv = coefficient_of_variation(gaps)
+    assert cv is not None and cv == pytest.approx(1.0, abs=0.08)
+    assert all(g >= 0 for g in gaps)
+
+
+def test_constant_gaps_have_cv_zero() -> None:
+    """Constant: every gap is exactly 1/rate (CV ~ 0)."""
+    offsets = arrival_offsets(_traffic(pattern="constant", rate_per_s=8.0), N_DRAWS)
+    assert offsets is not None
+    gaps = inter_arrival_gaps(offsets)
+    assert sum(gaps) / len(gaps) == pytest.approx(0.125)
+    cv = coefficient_of_variation(gaps)
+    assert cv is not None and cv < 1e-9
+
+
+@pytest.mark.parametrize("shape", [0.25, 1.0, 4.0])
+def test_gamma_gaps_have_the_mean_and_the_cv_of_their_shape(shape: float) -> None:
+    """Gamma(shape): mean 1/rate within 10 %, CV within 10 % of 1/sqrt(shape)."""
+    offsets = arrival_offsets(
+        _traffic(pattern="gamma", rate_per_s=2.0, burstiness=shape, seed=3), N_DRAWS
+    )
+    assert offsets is not None
+    gaps = inter_arrival_gaps(offsets)
+    assert sum(gaps) / len(gaps) == pytest.approx(0.5, rel=0.10)
+    assert coefficient_of_variation(gaps) == pytest.approx(1.0 / math.sqrt(shape), rel=0.10)
+
+
+@pytest.mark.parametrize("pattern", ["poisson", "gamma"])
+def test_same_seed_same_schedule_other_seed_other_schedule(pattern: str) -> None:
+    """The schedule is a pure function of the seed."""
+    kw: dict[str, Any] = {"pattern": pattern, "rate_per_s": 3.0}
+    if pattern == "gamma":
+        kw["burstiness"] = 0.5
+    a = arrival_offsets(_traffic(**kw, seed=11), 500)
+    b = arrival_offsets(_traffic(**kw, seed=11), 500)
+    c = arrival_offsets(_traffic(**kw, seed=12), 500)
+    assert a == b
+    assert a != c
+
+
+def test_the_schedule_is_pinned_across_processes_and_versions() -> None:
+    """The first Poisson offsets of seed 7 are literals: the draw never changes silently."""
+    offsets = arrival_offsets(_traffic(pattern="poisson", rate_per_s=1.0, seed=7), 4)
+    assert offsets is not None
+    assert [round(x, 6) for x in offsets] == [0.0, 0.391315, 0.554833, 1.607329]
+
+
+def test_offline_and_closed_loop_have_no_schedule() -> None:
+    """Offline and closed_loop draw nothing (all at once; next-on-completion)."""
+    assert arrival_offsets(_traffic(), 10) is None
+    assert arrival_offsets(_traffic(pattern="closed_loop", concurrency=2), 10) is None
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"pattern": "poisson"}, "needs traffic.rate_per_s"),
+        ({"pattern": "offline", "rate_per_s": 2.0}, "rate_per_s has no effect"),
+        ({"pattern": "closed_loop"}, "needs traffic.concurrency"),
+        ({"pattern": "poisson", "rate_per_s": 1.0, "concurrency": 4}, "closed_loop only"),
+        ({"pattern": "poisson", "rate_per_s": 1.0, "burstiness": 0.5}, "set pattern: gamma"),
+        ({"pattern": "poisson", "rate_per_s": 0}, "greater than 0"),
+        ({"slo": {}}, "sets no objective"),
+        ({"pattern": "uniform"}, "pattern"),
+    ],
+)
+def test_bad_traffic_sections_say_what_to_fix(kw: dict[str, Any], message: str) -> None:
+    """Each inconsistent traffic section is refused with a message naming the fix."""
+    with pytest.raises(ValidationError, match=message):
+        _traffic(**kw)
+
+
+# --------------------------------------------------------------------------- arrival queue
+
+
+def test_open_loop_queue_releases_requests_at_their_offsets() -> None:
+    """Requests come due at t0 + offset, in order, each with its arrival time."""
+    plan = ArrivalPlan(pattern="constant", offsets_s=(0.0, 1.0, 2.0))
+    q: ArrivalQueue[str] = ArrivalQueue(["a", "b", "c"], plan, t0=10.0)
+    assert q.pop_due(10.0) == [("a", 10.0)]
+    assert q.pop_due(10.5) == []
+    assert q.next_due_s() == 11.0
+    assert q.due_s_of_nth(1) == 12.0
+    assert q.pop_due(12.5) == [("b", 11.0), ("c", 12.0)]
+    assert q.pending == 0 and q.next_due_s() is None
+
+
+def test_closed_loop_queue_sends_the_next_request_when_one_ends() -> None:
+    """Two users: two due at t0; each completion makes one more due at its end time."""
+    plan = ArrivalPlan(pattern="closed_loop", concurrency=2)
+    q: ArrivalQueue[int] = ArrivalQueue([0, 1, 2, 3, 4], plan, t0=0.0)
+    assert q.pop_due(0.0) == [(0, 0.0), (1, 0.0)]
+    assert q.next_due_s() is None  # both users are waiting on their requests
+    q.completed(1, 3.0)
+    assert q.pop_due(5.0) == [(2, 3.0)]
+    q.completed(2, 6.0)
+    assert q.pop_due(6.0) == [(3, 6.0), (4, 6.0)]
+    q.completed(2, 7.0)  # nothing left to send
+    assert q.pending == 0
+
+
+def test_plan_from_config_has_one_offset_per_request() -> None:
+    """ArrivalPlan.from_config draws the offsets of exactly n requests."""
+    plan = ArrivalPlan.from_config(_traffic(pattern="poisson", rate_per_s=5.0, seed=1), 20)
+    assert plan.offsets_s is not None and len(plan.offsets_s) == 20
+    assert not plan.is_offline
+    assert ArrivalPlan.from_config(_traffic(), 20).is_offline
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _rec(
+    i: int, *, arrival: float, submit: float, first: float, end: float, n: int
+) -> RequestRecord:
+    step = (end - first) / (n - 1) if n > 1 else 0.0
+    return RequestRecord(
+        request_id=i,
+        input_tokens=4,
+        output_tokens=n,
+        submit_s=submit,
+        end_s=end,
+        first_token_s=first,
+        token_times_s=[first + k * step for k in range(n)],
+        arrival_s=arrival,
+    )
+
+
+def test_arrival_mode_latency_starts_at_the_arrival() -> None:
+    """With arrivals, TTFT and E2E start at arrival_s and queueing is submit - arrival."""
+    rec = _rec(0, arrival=1.0, submit=1.5, first=2.0, end=3.0, n=3)
+    lat = metrics.latency([rec], "arrivals")
+    assert lat["mode"] == "arrivals"
+    assert lat["ttft_s"]["mean"] == pytest.approx(1.0)
+    assert lat["e2e_s"]["mean"] == pytest.approx(2.0)
+    assert lat["queue_s"]["mean"] == pytest.approx(0.5)
+    assert lat["tpot_s"]["mean"] == pytest.approx(0.5)
+    offline = metrics.latency([rec], "offline_queueing")
+    assert offline["ttft_s"]["mean"] == pytest.approx(0.5)
+
+
+def test_goodput_counts_requests_meeting_every_objective() -> None:
+    """Goodput: SLO-meeting requests per second of the window, and J per such request."""
+    good = _rec(0, arrival=0.0, submit=0.0, first=0.2, end=0.4, n=3)  # ttft 0.2, tpot 0.1
+    slow_first = _rec(1, arrival=0.0, submit=0.0, first=0.9, end=1.1, n=3)  # ttft 0.9
+    slow_tokens = _rec(2, arrival=0.0, submit=0.0, first=0.2, end=1.2, n=3)  # tpot 0.5
+    out = metrics.goodput(
+        [good, slow_first, slow_tokens],
+        duration_s=2.0,
+        gross_j=300.0,
+        ttft_s=0.5,
+        tpot_s=0.2,
+        mode="arrivals",
+    )
+    assert out["n_requests_meeting_slo"] == 1
+    assert out["slo_attainment"] == pytest.approx(1 / 3)
+    assert out["goodput_requests_per_s"] == pytest.approx(0.5)
+    assert out["j_per_slo_request"] == pytest.approx(300.0)
+    none = metrics.goodput(
+        [slow_first], duration_s=2.0, gross_j=None, ttft_s=0.5, tpot_s=None, mode="arrivals"
+    )
+    assert none["n_requests_meeting_slo"] == 0 and none["j_per_slo_request"] is None
+
+
+def test_open_loop_steady_state_spans_first_finish_to_last_arrival() -> None:
+    """The steady state of an open-loop run: first request finished .. last arrival."""
+    recs = [
+        _rec(i, arrival=float(i), submit=float(i), first=i + 0.5, end=i + 2.0, n=3)
+        for i in range(6)
+    ]
+    w = arrival_steady_state_window(recs, min_duration_s=1.0)
+    assert (w.start_s, w.end_s) == (2.0, 5.0)
+    assert w.valid
+    assert w.mean_concurrency == pytest.approx(1.5)
+    short = arrival_steady_state_window(recs[:3], min_duration_s=1.0)
+    assert not short.valid
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+def test_a_poisson_run_records_arrivals_latency_mode_and_goodput(
+    tmp_path: Path, world: World
+) -> None:
+    """A run with poisson traffic stores arrival_s per request and reports the arrival mode."""
+    cfg = make_config(
+        traffic={
+            "pattern": "poisson",
+            "rate_per_s": 0.5,
+            "seed": 3,
+            "slo": {"ttft_s": 1.0, "tpot_s": 0.6},
+        }
+    )
+    result = run_experiment(harness_env(tmp_path, cfg), world.deps())
+    offsets = arrival_offsets(cfg.traffic, cfg.n_prompts)
+    assert offsets is not None
+    assert result.latency.mode == "arrivals"
+    assert result.latency.queue_s is not None
+    assert result.traffic is not None
+    assert result.traffic.pattern == "poisson"
+    assert result.traffic.latency_mode == "arrivals"
+    assert result.traffic.arrival_span_s == pytest.approx(offsets[-1])
+    slo = result.traffic.slo
+    assert slo is not None and slo.ttft_s == 1.0
+    assert 0 <= slo.n_requests_meeting_slo <= cfg.n_prompts
+    assert slo.j_per_slo_request is None or slo.j_per_slo_request > 0
+    # The window opens at the first arrival and closes at the last end: it covers the span.
+    assert result.throughput.duration_s >= offsets[-1]
+    rows = pq.read_table(tmp_path / "out" / "requests.parquet").to_pylist()
+    t0 = rows[0]["arrival_s"]
+    assert [r["arrival_s"] - t0 for r in rows] == pytest.approx(offsets)
+    for r in rows:
+        assert r["submit_s"] >= r["arrival_s"]
+        assert r["queue_s"] == pytest.approx(r["submit_s"] - r["arrival_s"])
+        assert r["ttft_s"] == pytest.approx(r["first_token_s"] - r["arrival_s"])
+    assert result.steady_state is not None  # open-loop steady state, pytorch included
+
+
+def test_an_offline_run_has_no_traffic_block_and_offline_latency(
+    tmp_path: Path, world: World
+) -> None:
+    """The default traffic leaves the result as it was: offline mode, no arrivals."""
+    result = run_experiment(harness_env(tmp_path), world.deps())
+    assert result.latency.mode == "offline_queueing"
+    assert result.latency.queue_s is None
+    assert result.traffic is None
+    rows = pq.read_table(tmp_path / "out" / "requests.parquet").to_pylist()
+    assert all(r["arrival_s"] is None for r in rows)
