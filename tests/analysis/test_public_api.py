@@ -1,6 +1,6 @@
 """``llenergymeasure.analysis`` re-exports its public surface, sorted."""
 
-import llenergymeasure.analysis as analysis
+from llenergymeasure import analysis
 
 
 def test_all_is_sorted_complete_and_resolves() -> None:
