@@ -19,8 +19,8 @@ from llenergymeasure.config.loader import (
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.config.user import load_user_defaults, user_config_path
 from llenergymeasure.errors import UsageError
+from llenergymeasure.study.executor import dry_run_job_scripts, run_study
 from llenergymeasure.study.executor import resume as resume_study
-from llenergymeasure.study.executor import run_study
 from llenergymeasure.study.plan import StudyPlan, build_plan
 
 BATCH_KEYS = {
@@ -165,7 +165,9 @@ def run_command(
     order: str | None = typer.Option(None, "--order", help="sequential | interleaved | shuffled"),
     no_gaps: bool = typer.Option(False, "--no-gaps", help="Skip thermal gaps."),
     results_dir: str | None = typer.Option(None, "--results-dir", help="Where study folders go."),
-    runner: str | None = typer.Option(None, "--runner", help="docker | local | auto"),
+    runner: str | None = typer.Option(
+        None, "--runner", help="docker | local | auto | slurm (see docs/scale-out.md)"
+    ),
     resume: Path | None = typer.Option(
         None, "--resume", help="Resume a study directory: skip completed runs."
     ),
@@ -234,12 +236,18 @@ def run_command(
         results_dir=results_dir,
     )
     if dry_run:
+        scripts = dry_run_job_scripts(plan) if plan.study.runner.runner == "slurm" else None
         if as_json:
-            sys.stdout.write(json.dumps(plan.to_json_dict(), indent=2) + "\n")
+            doc = plan.to_json_dict()
+            if scripts is not None:
+                doc["job_scripts"] = [{"run_id": r, "script": text} for r, text in scripts]
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         else:
             from llenergymeasure.cli.render import plan_table
 
             sys.stdout.write(plan_table(plan) + "\n")
+            for run_id, text in scripts or []:
+                sys.stdout.write(f"\n# ---- job script of run {run_id}\n{text}")
         return 0
 
     result = run_study(plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes)

@@ -15,7 +15,7 @@ Grammar (see ``docs/study-grammar.md``)::
     carbon: {grid_gco2_per_kwh: 250, pue: 1.2}   # optional: gCO2e and cost per 1k tokens
     cost: {price_per_kwh: 0.30, currency: EUR}
     notify: {webhooks: [https://hooks.example.org/llem]}   # optional, see config/notify.py
-    runner: docker                 # docker | local | auto
+    runner: docker                 # docker | local | auto | slurm (slurm: section)
     images: {vllm: my/vllm:dev}
     model: meta-llama/Llama-3.1-8B # ... everything else is a shared experiment field
 
@@ -55,7 +55,7 @@ from llenergymeasure.config.study import (
 from llenergymeasure.config.user import UserDefaults
 from llenergymeasure.errors import ConfigError
 
-RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker")
+RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker", "slurm")
 RESULT_KEYS = ("carbon", "cost", "notify")  # what is done with the results, not measured
 STUDY_KEYS = frozenset(
     {"name", "base", "sweep", "experiments", "execution", "results_dir", *RUNNER_KEYS}

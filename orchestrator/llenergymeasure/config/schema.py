@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from llenergymeasure.config.experiment import ExperimentConfig
 from llenergymeasure.config.impact import CarbonConfig, CostConfig
 from llenergymeasure.config.notify import NotifyConfig
+from llenergymeasure.config.slurm import SlurmSettings
 from llenergymeasure.config.study import DockerSettings, ExecutionConfig, PullPolicy, RunnerName
 
 
@@ -58,6 +59,7 @@ def study_json_schema() -> dict[str, Any]:
         "carbon": (CarbonConfig | None, None),
         "cost": (CostConfig | None, None),
         "notify": (NotifyConfig | None, None),
+        "slurm": (SlurmSettings | None, None),
     }
     study_model: type[BaseModel] = create_model(
         "StudyFile",

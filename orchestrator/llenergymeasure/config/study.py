@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from llenergymeasure.config.experiment import ExperimentConfig
 from llenergymeasure.config.impact import ImpactInputs
 from llenergymeasure.config.notify import NotifyConfig
+from llenergymeasure.config.slurm import SlurmSettings
 
 CycleOrder = Literal["sequential", "interleaved", "shuffled"]
-RunnerName = Literal["docker", "local", "auto"]
+RunnerName = Literal["docker", "local", "auto", "slurm"]
 PullPolicy = Literal["missing", "always", "never"]
 
 
@@ -81,6 +82,7 @@ class RunnerSettings(_Model):
     pull_policy: PullPolicy = "missing"
     cuda_major: int = Field(12, ge=11, le=99, description="CUDA major of the default images.")
     docker: DockerSettings = Field(default_factory=DockerSettings)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
 
 
 class DuplicateExperiment(_Model):

@@ -116,6 +116,8 @@ class RunSummary(_Model):
     model: str | None = None
     precision: str | None = None
     image: str | None = None
+    job_id: str | None = None  # Slurm runner: the job of the last attempt
+    node: str | None = None  # Slurm runner: where it ran
     params: dict[str, Any] = Field(default_factory=dict)  # the sweep values of this experiment
     metrics: RunMetrics | None = None
 

@@ -43,6 +43,8 @@ FailureKind = Literal[
     "start_failed",
     "runner_error",
     "interrupted",
+    "cancelled",  # a scheduler job cancelled (or preempted) by someone else
+    "node_failure",  # the scheduler lost the node under the job
 ]
 
 LogSink = Callable[[str], None]
@@ -70,6 +72,8 @@ class RunOutcome(BaseModel):
     result_path: str | None = None
     error_record: dict[str, Any] | None = None
     container_id: str | None = None
+    job_id: str | None = None  # scheduler (Slurm) job id
+    node: str | None = None  # the node the job ran on
 
     @property
     def ok(self) -> bool:

@@ -71,6 +71,7 @@ from llenergymeasure.runners.preflight import (
 from llenergymeasure.runners.spec import ContainerSettings, RunRequest, _looks_like_host_path
 from llenergymeasure.study.manifest import (
     MANIFEST_FILE,
+    Attempt,
     ManifestStore,
     RunRecord,
     StudyManifest,
@@ -222,7 +223,24 @@ def resume(
             hint="resume with the study file it was started from, or start a new study",
         )
     plan_now = _apply_overrides(saved, execution_overrides or {}, runner_overrides or {})
-    recovered = store.recover_running()
+    jobs = {
+        r.run_id: r.last.job_id
+        for r in store.manifest.runs
+        if r.state == "running" and r.last is not None and r.last.job_id is not None
+    }
+    slurm = (runner.name if runner is not None else None) == "slurm" or (
+        opts.runner or plan_now.study.runner.runner
+    ) == "slurm"
+    if jobs and not slurm:
+        raise ConfigError(
+            f"{study_dir} has Slurm jobs that may still be queued or running "
+            f"({', '.join(sorted(set(jobs.values())))})",
+            hint="resume with --runner slurm (it adopts them), or scancel them first",
+        )
+    # The Slurm runner adopts every run left running: by job id, or by the job's comment when
+    # the id never reached the manifest.
+    keep = {r.run_id for r in store.manifest.runs if r.state == "running"} if slurm else set()
+    recovered = store.recover_running(keep=keep)
     todo = [r for r in store.manifest.runs if r.state != "completed"]
     if dry_run:
         con.print(
@@ -355,6 +373,11 @@ def _make_runner(
     from llenergymeasure.runners.local import LocalRunner
 
     kind = opts.runner or plan.study.runner.runner
+    if kind == "slurm":
+        from llenergymeasure.runners.slurm import SlurmRunner
+
+        settings = _container_settings(plan, opts)
+        return SlurmRunner(plan.study.runner.slurm, settings, base_dir=str(_base_dir(plan))), None
     if kind in ("docker", "auto"):
         try:
             client = client if client is not None else connect()
@@ -418,6 +441,23 @@ def _preflight(
     exps = [e for e in plan.experiments if only is None or e.config_hash in only]
     if not opts.preflight:
         return PreflightReport(images={e.image: ImageFacts(e.image) for e in exps})
+    if runner.name == "slurm":
+        from llenergymeasure.runners.slurm import SlurmRunner
+        from llenergymeasure.runners.slurm_preflight import slurm_preflight
+
+        assert isinstance(runner, SlurmRunner)
+        report = slurm_preflight(
+            runner,
+            exps,
+            results_dir=results_dir,
+            input_paths=sorted({p for e in exps for p in _input_paths(e, _base_dir(plan))}),
+            min_free_bytes=opts.min_free_bytes,
+            probe=only is None,  # a resumed study's folder was proven when it started
+        )
+        if not opts.quiet:
+            for note in report.notes:
+                con.print(f"note: {escape(note)}")
+        return report
     removed = runner.cleanup_leftovers()
     if removed and not opts.quiet:
         con.print(f"removed {len(removed)} leftover container(s) of an earlier run: {removed}")
@@ -574,10 +614,74 @@ def _execute(
         estimates={e.config_hash: e.estimate.duration_s for e in plan.experiments},
         runner=runner.name,
     )
+
+    def make_request(rec: RunRecord, attempt: Attempt | None) -> RunRequest:
+        """The request of a new attempt at ``rec`` (or of ``attempt``, adopted)."""
+        exp = by_hash[rec.config_hash]
+        if attempt is None:
+            run_dir = _run_folder(study_dir, rec.run_id, len(rec.attempts) + 1)
+            log_path = study_dir / "logs" / f"{run_dir.name}.log"
+        else:
+            run_dir, log_path = study_dir / attempt.run_dir, study_dir / attempt.log_path
+        facts = report.images.get(exp.image)
+        return RunRequest(
+            config=exp.config,
+            study_id=store.manifest.study_id,
+            run_id=rec.run_id,
+            cycle=rec.cycle,
+            run_dir=run_dir,
+            log_path=log_path,
+            image=exp.image if runner.name in ("docker", "slurm") else None,
+            image_digest=facts.digest if facts else None,
+            image_labels=dict(facts.labels) if facts else None,
+            study_cache_dir=study_dir / "cache",
+            timeout_s=ex.experiment_timeout_s,
+            host_uid=host_uid,
+            host_gid=host_gid,
+            version=__version__,
+            input_base_dir=base_dir,
+        )
+
     previous: RunRecord | None = None
     current: RunRecord | None = None
+    interrupt_message = "interrupted by the user (Ctrl-C)"
     try:
         with progress:
+            if runner.name == "slurm":
+                from llenergymeasure.study.batch import BatchLoop
+
+                def on_end(rec: RunRecord, outcome: RunOutcome) -> None:
+                    store.finish_attempt(rec.run_id, outcome)
+                    exp = by_hash[rec.config_hash]
+                    metrics = _metrics(outcome)
+                    progress.end_run(rec, exp, outcome, metrics, with_id=True)
+                    if notifier is not None:
+                        notifier.send(
+                            "experiment_end",
+                            _run_payload(store, rec, exp=exp, outcome=outcome, metrics=metrics),
+                        )
+
+                if (ex.config_gap_s or ex.cycle_gap_s) and not opts.no_gaps and not opts.quiet:
+                    con.print(
+                        "note: thermal gaps are not applied between Slurm jobs (consecutive "
+                        "jobs may run on different nodes)"
+                    )
+                loop = BatchLoop(
+                    plan=plan,
+                    store=store,
+                    runner=runner,  # type: ignore[arg-type]
+                    make_request=make_request,
+                    on_end=on_end,
+                    progress=progress,
+                    console=con,
+                    quiet=opts.quiet,
+                    sleep=sleep,
+                )
+                try:
+                    loop.run(todo)
+                finally:
+                    experiments_s += loop.experiments_s
+                todo = []
             for rec in todo:
                 exp = by_hash[rec.config_hash]
                 if previous is not None and not opts.no_gaps:
@@ -586,27 +690,8 @@ def _execute(
                     if gap > 0:
                         kind = "cycle" if between == "cycle" else "experiment"
                         gaps_s += progress.countdown(gap, f"thermal gap between {kind}s", sleep)
-                attempt_no = len(rec.attempts) + 1
-                run_dir = _run_folder(study_dir, rec.run_id, attempt_no)
-                log_path = study_dir / "logs" / f"{run_dir.name}.log"
-                facts = report.images.get(exp.image)
-                request = RunRequest(
-                    config=exp.config,
-                    study_id=store.manifest.study_id,
-                    run_id=rec.run_id,
-                    cycle=rec.cycle,
-                    run_dir=run_dir,
-                    log_path=log_path,
-                    image=exp.image if runner.name == "docker" else None,
-                    image_digest=facts.digest if facts else None,
-                    image_labels=dict(facts.labels) if facts else None,
-                    study_cache_dir=study_dir / "cache",
-                    timeout_s=ex.experiment_timeout_s,
-                    host_uid=host_uid,
-                    host_gid=host_gid,
-                    version=__version__,
-                    input_base_dir=base_dir,
-                )
+                request = make_request(rec, None)
+                run_dir, log_path = request.run_dir, request.log_path
                 current = rec
                 store.start_attempt(rec.run_id, run_dir, log_path)
                 progress.start_run(rec, exp)
@@ -619,9 +704,7 @@ def _execute(
                 if notifier is not None:
                     notifier.send(
                         "experiment_end",
-                        _run_payload(
-                            store, rec, exp=exp, outcome=outcome, metrics=metrics, run_dir=run_dir
-                        ),
+                        _run_payload(store, rec, exp=exp, outcome=outcome, metrics=metrics),
                     )
                 previous = rec
                 if outcome.status == "interrupted":
@@ -635,9 +718,11 @@ def _execute(
                         f"(execution.max_consecutive_failures={limit})",
                     )
                     break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if str(exc):  # the batch loop says which jobs it left running
+            interrupt_message = str(exc)
         _close_running(store, current, "interrupted", "interrupted", "interrupted by the user")
-        store.set_state("interrupted", "interrupted by the user (Ctrl-C)")
+        store.set_state("interrupted", interrupt_message)
         try:
             result = _study_result(
                 plan,
@@ -652,9 +737,11 @@ def _execute(
         except KeyboardInterrupt:
             pass
         done = store.manifest.counts()["completed"]
+        left = store.manifest.counts()["running"]
         raise InterruptedStudy(
             f"study interrupted; {done} of {len(store.manifest.runs)} runs completed and "
-            f"saved in {study_dir}",
+            f"saved in {study_dir}"
+            + (f"; {left} Slurm job(s) left running for --resume to adopt" if left else ""),
             hint=f"resume with: llem run --resume {study_dir}",
         ) from None
     except RunnerError as exc:
@@ -690,10 +777,10 @@ def _run_payload(
     exp: PlannedExperiment,
     outcome: RunOutcome,
     metrics: RunMetrics | None,
-    run_dir: Path,
 ) -> dict[str, Any]:
     """The ``experiment_end`` webhook body: the run's state, key figures and paths."""
     m = store.manifest
+    last = store.run(rec.run_id).last
     return {
         "study_id": m.study_id,
         "study_name": m.study_name,
@@ -710,7 +797,7 @@ def _run_payload(
         "backend": exp.config.backend,
         "model": exp.config.model,
         "params": dict(exp.params),
-        "run_dir": str(run_dir.relative_to(store.study_dir)),
+        "run_dir": last.run_dir if last is not None else None,
         "metrics": metrics.model_dump(mode="json") if metrics is not None else None,
     }
 
@@ -794,7 +881,9 @@ def _study_result(
                 model=exp.config.model if exp else None,
                 precision=exp.config.precision if exp else None,
                 # the local runner runs no image: do not record the planned one as provenance
-                image=exp.image if exp and m.runner == "docker" else None,
+                image=exp.image if exp and _ran_image(plan, m.runner) else None,
+                job_id=last.job_id if last else None,
+                node=last.node if last else None,
                 params=dict(exp.params) if exp else {},
                 metrics=metrics,
             )
@@ -822,6 +911,51 @@ def _study_result(
         runs=runs,
     )
     return enrich(result, plan.study.impact)
+
+
+def dry_run_job_scripts(
+    plan: StudyPlan, options: StudyRunOptions | None = None
+) -> list[tuple[str, str]]:
+    """``(run_id, job script)`` for every run of a ``runner: slurm`` plan, for ``--dry-run``.
+
+    The study folder does not exist yet: the scripts name it with a placeholder time stamp.
+    """
+    from llenergymeasure.runners.slurm import SlurmRunner
+
+    opts = options or StudyRunOptions()
+    base = Path(plan.study.results_dir).expanduser()
+    study_dir = base / f"{_slug(plan.study.name)}_{plan.study_design_hash[:8]}_YYYYMMDDTHHMMSSZ"
+    runner = SlurmRunner(
+        plan.study.runner.slurm, _container_settings(plan, opts), base_dir=str(_base_dir(plan))
+    )
+    by_hash = {e.config_hash: e for e in plan.experiments}
+    out = []
+    for key in plan.runs:
+        exp = by_hash[key.config_hash]
+        run_dir = study_dir / "runs" / key.run_id
+        request = RunRequest(
+            config=exp.config,
+            study_id=study_dir.name,
+            run_id=key.run_id,
+            cycle=key.cycle,
+            run_dir=run_dir,
+            log_path=study_dir / "logs" / f"{key.run_id}.log",
+            image=exp.image,
+            study_cache_dir=study_dir / "cache",
+            timeout_s=plan.study.execution.experiment_timeout_s,
+            host_uid=os.getuid(),
+            host_gid=os.getgid(),
+            input_base_dir=str(_base_dir(plan)),
+        )
+        out.append((key.run_id, runner.job_script(request).text))
+    return out
+
+
+def _ran_image(plan: StudyPlan, runner: str) -> bool:
+    """Whether the runs ran in the planned image (not the local runner or launcher)."""
+    if runner == "slurm":
+        return plan.study.runner.slurm.launcher != "local"
+    return runner == "docker"
 
 
 def _write_outputs(result: StudyResult, study_dir: Path, opts: StudyRunOptions) -> None:

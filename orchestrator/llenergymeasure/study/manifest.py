@@ -4,7 +4,7 @@
 change, so whatever kills the orchestrator, the file on disk is a complete, valid manifest of
 the last change. Run states::
 
-    pending ──► running ──► completed
+    pending ──► running ──► completed     (Slurm: running = submitted; job_state says more)
                    │
                    ├──────► failed        (cause: failure_kind + message)
                    └──────► interrupted   (Ctrl-C)
@@ -47,6 +47,9 @@ class Attempt(_Model):
     failure_kind: FailureKind | None = None
     message: str | None = None
     exit_code: int | None = None
+    job_id: str | None = None  # Slurm runner: the job of this attempt
+    job_state: str | None = None  # Slurm runner: the job's last seen state (PENDING, RUNNING...)
+    node: str | None = None  # Slurm runner: the node it ran on
 
 
 class RunRecord(_Model):
@@ -142,9 +145,27 @@ class ManifestStore:
         attempt.failure_kind = outcome.failure_kind
         attempt.message = outcome.message
         attempt.exit_code = outcome.exit_code
+        attempt.job_id = outcome.job_id or attempt.job_id
+        attempt.node = outcome.node or attempt.node
         rec.state = outcome.status
         self.write()
         return rec
+
+    def set_job(
+        self,
+        run_id: str,
+        *,
+        job_id: str | None = None,
+        job_state: str | None = None,
+        node: str | None = None,
+    ) -> Attempt:
+        """Record the scheduler job of the current attempt (what is given); write."""
+        attempt = self._by_id[run_id].attempts[-1]
+        attempt.job_id = job_id or attempt.job_id
+        attempt.job_state = job_state or attempt.job_state
+        attempt.node = node or attempt.node
+        self.write()
+        return attempt
 
     def set_state(self, state: StudyState, message: str | None = None) -> None:
         """Set the study's own state; write."""
@@ -152,11 +173,14 @@ class ManifestStore:
         self.manifest.message = message
         self.write()
 
-    def recover_running(self) -> list[str]:
-        """Runs left ``running`` by a killed orchestrator become ``interrupted``; write."""
+    def recover_running(self, keep: set[str] | None = None) -> list[str]:
+        """Runs left ``running`` by a killed orchestrator become ``interrupted``; write.
+
+        ``keep`` names runs to leave running (Slurm jobs that a resume adopts).
+        """
         fixed = []
         for rec in self.manifest.runs:
-            if rec.state == "running":
+            if rec.state == "running" and rec.run_id not in (keep or set()):
                 rec.state = "interrupted"
                 if rec.attempts and rec.attempts[-1].state == "running":
                     rec.attempts[-1].state = "interrupted"
