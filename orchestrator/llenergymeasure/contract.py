@@ -30,6 +30,9 @@ ENV_BASELINE_CACHE = "LLEM_BASELINE_CACHE"
 ENV_ENGINE_CACHE_DIR = "LLEM_ENGINE_CACHE_DIR"
 ENV_HOST_UID = "LLEM_HOST_UID"
 ENV_HOST_GID = "LLEM_HOST_GID"
+#: The host's config hash: the identity of the run even when the config handed to the harness
+#: has host paths rewritten to container paths (which would change its own hash).
+ENV_CONFIG_HASH = "LLEM_CONFIG_HASH"
 
 #: Files the harness writes into the results directory.
 RESULT_FILE = "result.json"
@@ -60,6 +63,7 @@ class HarnessEnv(BaseModel):
     engine_cache_dir: str | None = None
     host_uid: int | None = None
     host_gid: int | None = None
+    config_hash: str | None = None
 
     def to_env(self) -> dict[str, str]:
         """The variables to set for the harness process or container."""
@@ -77,6 +81,7 @@ class HarnessEnv(BaseModel):
             ENV_ENGINE_CACHE_DIR: self.engine_cache_dir,
             ENV_HOST_UID: self.host_uid,
             ENV_HOST_GID: self.host_gid,
+            ENV_CONFIG_HASH: self.config_hash,
         }
         env.update({k: str(v) for k, v in optional.items() if v is not None})
         if self.image_labels:
@@ -137,6 +142,7 @@ class HarnessEnv(BaseModel):
             engine_cache_dir=environ.get(ENV_ENGINE_CACHE_DIR) or None,
             host_uid=_int(ENV_HOST_UID),
             host_gid=_int(ENV_HOST_GID),
+            config_hash=environ.get(ENV_CONFIG_HASH) or None,
         )
 
     @property

@@ -69,7 +69,12 @@ class _Worker:
         self.thread = threading.Thread(
             target=self._loop, name=f"llem-notify-{hook.url[:40]}", daemon=True
         )
-        self.thread.start()
+
+    def put(self, item: Any) -> None:
+        """Queue ``item``; the thread starts with the first one (none for an unused hook)."""
+        self.queue.put(item)
+        if not self.thread.is_alive() and self.thread.ident is None:
+            self.thread.start()
 
     def _loop(self) -> None:
         import httpx
@@ -179,7 +184,7 @@ class Notifier:
         body = json.dumps({"event": event, **payload}, default=str).encode()
         for w in self.workers:
             if event in w.hook.events:
-                w.queue.put((event, body))
+                w.put((event, body))
 
     def close(self, wait_s: float | None = None) -> None:
         """Let queued events go for at most ``wait_s`` (default ``timeout_s``), then leave."""
@@ -188,8 +193,11 @@ class Notifier:
         self.closed = True
         deadline = time.monotonic() + (self.cfg.timeout_s if wait_s is None else wait_s)
         for w in self.workers:
-            w.queue.put(_STOP)
+            if w.thread.ident is not None:
+                w.queue.put(_STOP)
         for w in self.workers:
+            if w.thread.ident is None:
+                continue
             w.thread.join(max(0.0, deadline - time.monotonic()))
             if w.thread.is_alive():
                 logger.warning(

@@ -176,6 +176,7 @@ def test_apptainer_script_passes_contract_and_binds(
     henv = HarnessEnv.from_env(inside)
     assert henv.results_dir == "/llem/results" and henv.run_id == request_.run_id
     assert inside["HF_TOKEN"] == "secret-value"  # passed through by name
+    assert inside["SLURM_JOB_ID"] == "77"  # the harness records it
     assert "secret-value" not in text and "HOME" not in inside
 
 

@@ -175,3 +175,51 @@ def test_preflight_without_slurm_commands_and_without_a_shared_dir(tmp_path: Pat
         raise AssertionError("no PreflightError")
     (probe,) = [c for c in slurm.calls if c[0] == "sbatch"]
     assert ".llem-slurm-probe" in probe[-1]
+
+
+def test_squeue_errors_are_retried_with_backoff(tmp_path: Path) -> None:
+    """Three failed polls in a row (slurmctld busy) are waited out; the run still completes."""
+    slurm = FakeSlurm()
+    failures = iter([True, True, True])
+    real = slurm._squeue
+
+    def flaky(args: list[str]) -> tuple[str, str, int]:
+        if next(failures, False):
+            return "", "slurm_load_jobs error: Socket timed out on send/recv operation\n", 1
+        return real(args)
+
+    slurm._squeue = flaky  # type: ignore[method-assign]
+    result = go(plan_for(tmp_path, 1), slurm)
+    assert result.n_completed == 1
+    assert slurm.sleeps[:3] == [1.5, 2.25, 3.375]
+
+
+def test_result_that_shows_up_late_on_the_shared_disk_is_waited_for(tmp_path: Path) -> None:
+    """COMPLETED before result.json is visible here (NFS lag): the loop waits, then completes;
+    a result that never shows is missing_result after the settle time."""
+    from llenergymeasure.testing.fake_docker import write_fake_result
+
+    slurm = FakeSlurm(lives=[["PENDING", "RUNNING", "COMPLETED"]])
+    late: dict[str, int] = {}
+
+    def hide_then_show(fake: FakeSlurm) -> None:
+        job = fake.jobs["100"]
+        results = Path(job.env["LLEM_RESULTS_DIR"])
+        if job.state == "COMPLETED":
+            late["ticks"] = late.get("ticks", 0) + 1
+            if late["ticks"] == 1:
+                (results / "result.json").unlink()  # not visible on this host yet
+            elif late["ticks"] == 3:
+                write_fake_result(results, job.env)
+
+    slurm.on_tick = hide_then_show
+    result = go(plan_for(tmp_path, 1), slurm)
+    assert result.n_completed == 1 and late["ticks"] >= 3
+
+    never = FakeSlurm(lives=[["PENDING", "RUNNING", "COMPLETED"]])
+    never.on_tick = lambda fake: [
+        p.unlink() for p in Path(fake.jobs["100"].env["LLEM_RESULTS_DIR"]).glob("result.json")
+    ]
+    (run,) = go(plan_for(tmp_path / "b", 1), never).runs
+    assert run.failure_kind == "missing_result"
+    assert sum(never.sleeps) >= 30.0  # the settle time, on the loop's clock

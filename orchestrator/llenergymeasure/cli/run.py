@@ -201,10 +201,33 @@ def run_command(
     runner_overrides: dict[str, Any] = {"runner": runner} if runner else {}
 
     if resume is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--model", model),
+                ("--backend", backend),
+                ("--precision", precision),
+                ("--load-format", load_format),
+                ("--n-prompts", n_prompts),
+                ("--max-input-tokens", max_input_tokens),
+                ("--max-output-tokens", max_output_tokens),
+                ("--batch-size", batch_size),
+                ("--gpus", gpus),
+                ("--set", set_items or None),
+                ("--results-dir", results_dir),
+            )
+            if value is not None
+        ]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} cannot change a started study: what it measures and "
+                "where its results go are fixed in its plan.json",
+                hint="resume without them, or start a new study with them",
+            )
         return int(
             resume_study(
-                resume,
-                config=config,
+                resume.absolute(),
+                config=config.absolute() if config is not None else None,
                 execution_overrides=execution_overrides,
                 runner_overrides=runner_overrides,
                 quiet=quiet,
@@ -233,7 +256,8 @@ def run_command(
         overrides=overrides,
         execution_overrides=execution_overrides,
         runner_overrides=runner_overrides,
-        results_dir=results_dir,
+        # relative to where the user typed the command, made absolute once, here
+        results_dir=str(Path(results_dir).expanduser().absolute()) if results_dir else None,
     )
     if dry_run:
         scripts = dry_run_job_scripts(plan) if plan.study.runner.runner == "slurm" else None

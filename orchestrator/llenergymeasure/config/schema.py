@@ -51,6 +51,14 @@ def study_json_schema() -> dict[str, Any]:
         ),
         "execution": (ExecutionConfig | None, None),
         "results_dir": (str | None, None),
+        "max_experiments": (
+            int | None,
+            Field(
+                None,
+                ge=1,
+                description="Refuse to expand to more experiments than this (default 100000).",
+            ),
+        ),
         "runner": (RunnerName | None, None),
         "images": (dict[str, str] | None, Field(None, description="backend -> image")),
         "pull_policy": (PullPolicy | None, None),

@@ -134,11 +134,12 @@ class StudyResult(_Model):
     state: str  # completed | failed | interrupted | aborted
     message: str | None = None
     study_dir: str
-    started_at: str
+    started_at: str  # when the study was first started (a resume keeps it)
     finished_at: str
-    wall_s: float  # this session's wall time, gaps and overhead included
-    experiments_s: float  # sum of this session's run durations
-    gaps_s: float  # thermal gaps actually waited in this session
+    wall_s: float  # wall time over every session (resumes), gaps and overhead included
+    experiments_s: float  # sum of the run durations over every session
+    gaps_s: float  # thermal gaps actually waited, over every session
+    sessions: int = 1  # how many times the study was started or resumed
     n_runs: int
     n_completed: int
     n_failed: int

@@ -4,6 +4,7 @@ A :class:`Runner` takes a :class:`~llenergymeasure.runners.spec.RunRequest`, run
 for it (in a container or a subprocess), and returns a :class:`RunOutcome`. The outcome is
 classified from facts only, in this order::
 
+    interrupted, but result.json valid -> completed (the signal came after the measurement)
     interrupted by us (Ctrl-C)     -> interrupted
     stopped by us at the timeout   -> failed / timeout
     container State.OOMKilled      -> failed / oom_killed
@@ -17,6 +18,7 @@ Logs are kept in the run's log file for people to read; they are never parsed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -42,6 +44,7 @@ FailureKind = Literal[
     "invalid_result",
     "start_failed",
     "runner_error",
+    "storage_error",
     "interrupted",
     "cancelled",  # a scheduler job cancelled (or preempted) by someone else
     "node_failure",  # the scheduler lost the node under the job
@@ -180,6 +183,15 @@ def classify(
         "container_id": container_id,
     }
     see_log = f"; see {log_path}" if log_path is not None else ""
+    if interrupted and not oom_killed and check_result(results_dir)[0]:
+        # The harness had written result.json (last, atomically) when the signal came, so
+        # the measurement is whole, even if the stop caught it tidying up: kept, never re-run.
+        return RunOutcome(
+            status="completed",
+            message="finished before the interruption took effect",
+            result_path=str(results_dir / RESULT_FILE),
+            **base,
+        )
     if interrupted:
         return RunOutcome(
             status="interrupted",
@@ -245,6 +257,7 @@ class LogWriter:
 
     def __init__(self, path: Path, echo: LogSink | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._fh = path.open("ab")
         self._echo = echo
         self._pending = b""
@@ -252,8 +265,11 @@ class LogWriter:
 
     def write(self, chunk: bytes) -> None:
         with self._lock:
-            self._fh.write(chunk)
-            self._fh.flush()
+            try:
+                self._fh.write(chunk)
+                self._fh.flush()
+            except OSError as exc:  # name the file: a bare write error carries no path
+                raise OSError(exc.errno, exc.strerror, str(self._path)) from exc
             if self._echo is None:
                 return
             self._pending += chunk
@@ -270,4 +286,5 @@ class LogWriter:
             if self._pending and self._echo is not None:
                 self._echo(self._pending.decode("utf-8", errors="replace"))
             self._pending = b""
-            self._fh.close()
+            with contextlib.suppress(OSError):  # a full disk: the write already reported it
+                self._fh.close()

@@ -16,15 +16,21 @@ while nothing changes and drops back when something does. Never a process or thr
                                  detach ─► leave them queued/running (manifest keeps the
                                            job ids) ─► exit 130; --resume adopts them
 
+A failing ``squeue`` (slurmctld busy or restarting) is retried with the same backoff; after
+``MAX_POLL_ERRORS`` in a row the study stops with a runner error and its jobs stay in the
+manifest, running, for ``--resume`` to adopt.
 After ``execution.max_consecutive_failures`` failures in a row nothing more is submitted, and
 the jobs already in flight are waited for: they are measurements under way, not lost work.
-Thermal gaps do not apply: consecutive jobs may land on different nodes.
+Thermal gaps do not apply: consecutive jobs may land on different nodes. A job that ended
+COMPLETED or FAILED but whose result.json / error.json this host cannot see yet (a shared
+filesystem lagging the node) is given ``RESULT_SETTLE_S`` to show them before it is judged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +40,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from llenergymeasure.errors import RunnerError
-from llenergymeasure.runners.base import RunOutcome, check_result, utc_now
+from llenergymeasure.runners.base import (
+    ERROR_FILE,
+    RESULT_FILE,
+    RunOutcome,
+    check_result,
+    utc_now,
+)
 from llenergymeasure.runners.slurm import FATAL_PENDING_REASONS, JobInfo, SlurmRunner, wait_terminal
 from llenergymeasure.runners.spec import RunRequest
 from llenergymeasure.study.manifest import Attempt, ManifestStore, RunRecord
@@ -45,6 +57,11 @@ logger = logging.getLogger(__name__)
 
 #: Polls in a row that may not find a job before it counts as forgotten by Slurm.
 MAX_MISSES = 5
+#: Failed polls in a row (squeue erroring) before the study stops; its jobs stay adoptable.
+MAX_POLL_ERRORS = 10
+#: How long a job that ended COMPLETED/FAILED may take to show its result.json/error.json on
+#: this host: a shared filesystem (NFS attribute and dentry caches) can lag the node.
+RESULT_SETTLE_S = 30.0
 
 MakeRequest = Callable[[RunRecord, Attempt | None], RunRequest]
 OnEnd = Callable[[RunRecord, RunOutcome], None]
@@ -63,6 +80,7 @@ class _Flight:
     node: str | None = None
     misses: int = 0
     changed: bool = False  # its state or node changed at the last poll
+    settle_until_s: float | None = None  # on the loop's clock: wait for its files until then
 
 
 @dataclass
@@ -79,7 +97,13 @@ class BatchLoop:
     quiet: bool = False
     sleep: Callable[[float], None] = time.sleep
     experiments_s: float = 0.0
+    settle_s: float = RESULT_SETTLE_S
     _in_flight: dict[str, _Flight] = field(default_factory=dict)
+    _clock_s: float = 0.0  # seconds slept so far (the loop's own clock)
+
+    def _wait(self, seconds: float) -> None:
+        self._clock_s += seconds
+        self.sleep(seconds)
 
     def _say(self, text: str) -> None:
         if not self.quiet:
@@ -141,7 +165,7 @@ class BatchLoop:
     def _loop(self, queue: list[RunRecord]) -> None:
         slurm = self.runner.settings
         ex = self.plan.study.execution
-        consecutive = 0
+        consecutive = poll_errors = 0
         stop_submitting = False
         delay = slurm.poll_min_s
         while queue or self._in_flight:
@@ -152,7 +176,18 @@ class BatchLoop:
                 changed = True
             if not self._in_flight:
                 break
-            states = self.runner.poll(list(self._in_flight))
+            try:
+                states = self.runner.poll(list(self._in_flight))
+            except RunnerError as exc:
+                # slurmctld busy or restarting: keep the jobs, back off, give up after a while
+                poll_errors += 1
+                if poll_errors >= MAX_POLL_ERRORS:
+                    raise
+                logger.warning("polling Slurm failed (%d in a row): %s", poll_errors, exc.message)
+                delay = min(slurm.poll_max_s, delay * 1.5)
+                self._wait(delay)
+                continue
+            poll_errors = 0
             for job_id, flight in list(self._in_flight.items()):
                 outcome = self._observe(flight, states.get(job_id))
                 changed = changed or flight.changed
@@ -178,7 +213,7 @@ class BatchLoop:
             if not self._in_flight and (stop_submitting or not queue):
                 break
             delay = slurm.poll_min_s if changed else min(slurm.poll_max_s, delay * 1.5)
-            self.sleep(delay)
+            self._wait(delay)
 
     def _submit(self, rec: RunRecord) -> None:
         request = self.make_request(rec, None)
@@ -242,6 +277,11 @@ class BatchLoop:
                 job_id=info.job_id,
             )
         if info.terminal:
+            if info.state in ("COMPLETED", "FAILED") and not _files_visible(flight.request):
+                if flight.settle_until_s is None:
+                    flight.settle_until_s = self._clock_s + self.settle_s
+                if self._clock_s < flight.settle_until_s:
+                    return None  # the node wrote them; this host may not see them yet
             flight.changed = True
             return self.runner.outcome(flight.request, info)
         return None
@@ -283,3 +323,14 @@ class BatchLoop:
                 )
             self.on_end(flight.rec, outcome)
         self._in_flight.clear()
+
+
+def _files_visible(request: RunRequest) -> bool:
+    """Whether the run folder shows the harness's result.json or error.json here.
+
+    Listing the folder first makes an NFS client revalidate its cached view of it.
+    """
+    with contextlib.suppress(OSError):
+        names = set(os.listdir(request.run_dir))
+        return RESULT_FILE in names or ERROR_FILE in names
+    return False

@@ -16,15 +16,18 @@ completed ones. Every attempt is kept in ``attempts``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llenergymeasure.errors import ConfigError
 from llenergymeasure.results.schema import write_json_atomic
 from llenergymeasure.runners.base import FailureKind, RunOutcome, utc_now
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1.0"
+
+_M = TypeVar("_M", bound=BaseModel)
 
 RunState = Literal["pending", "running", "completed", "failed", "interrupted"]
 StudyState = Literal["running", "completed", "failed", "interrupted", "aborted"]
@@ -82,6 +85,10 @@ class StudyManifest(_Model):
     created_at: str
     updated_at: str
     sessions: list[str] = Field(default_factory=list)  # start time of each (resumed) session
+    # Totals of the sessions that have ended (a resume adds its own when it ends).
+    wall_s: float = 0.0
+    experiments_s: float = 0.0
+    gaps_s: float = 0.0
     message: str | None = None
     runs: list[RunRecord]
 
@@ -108,9 +115,18 @@ class ManifestStore:
 
     @classmethod
     def load(cls, study_dir: Path) -> ManifestStore:
-        """Read an existing study directory's manifest."""
+        """Read an existing study directory's manifest.
+
+        Raises:
+            ConfigError: the file is missing, unreadable, truncated or not a manifest (the
+                message names the file and what is wrong; nothing is rewritten).
+        """
         path = study_dir / MANIFEST_FILE
-        return cls(study_dir, StudyManifest.model_validate_json(path.read_text(encoding="utf-8")))
+        manifest = read_damage_checked(path, StudyManifest, what="study manifest")
+        ids = [r.run_id for r in manifest.runs]
+        if len(set(ids)) != len(ids):
+            raise damaged(path, "study manifest", ["runs: a run id appears twice"])
+        return cls(study_dir, manifest)
 
     def write(self) -> None:
         """Rewrite ``manifest.json`` atomically."""
@@ -189,3 +205,32 @@ class ManifestStore:
         if fixed:
             self.write()
         return fixed
+
+
+_DAMAGED_HINT = (
+    "the file was truncated or edited by hand; restore it (e.g. from a backup) or start the "
+    "study again. Nothing was changed"
+)
+
+
+def damaged(path: Path, what: str, problems: list[str]) -> ConfigError:
+    """The error for a study file that cannot be trusted (exit 2, nothing rewritten)."""
+    return ConfigError(f"damaged {what}", source=str(path), problems=problems, hint=_DAMAGED_HINT)
+
+
+def read_damage_checked(path: Path, model: type[_M], *, what: str) -> _M:
+    """Parse ``path`` as ``model``; any problem is a :func:`damaged` error naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise damaged(path, what, ["the file is missing"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise damaged(path, what, [f"cannot read it: {exc}"]) from exc
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors()[:10]:
+            loc = ".".join(str(p) for p in err["loc"]) or "<whole file>"
+            problems.append(f"{loc}: {err['msg']}")
+        raise damaged(path, what, problems) from exc
