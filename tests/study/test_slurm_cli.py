@@ -37,7 +37,8 @@ LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main;
 def write_study(cwd: Path, *, batch_sizes: tuple[int, ...] = (1,), **slurm: Any) -> Path:
     """A CPU study of a tiny random-weights Llama through `runner: slurm`."""
     study: dict[str, Any] = {
-        "name": "slurm-cli",
+        # unique per test process: two test sessions on one cluster never share a study id
+        "name": f"slurm-cli-{os.getpid()}",
         "model": "tiny-llama",
         "load_format": "dummy",
         "precision": "float32",
