@@ -66,6 +66,7 @@ class _Worker:
         self.queue: queue.Queue[Any] = queue.Queue()
         self.delivered = 0
         self.failed = 0
+        self.last_error: str | None = None
         self.thread = threading.Thread(
             target=self._loop, name=f"llem-notify-{hook.url[:40]}", daemon=True
         )
@@ -126,6 +127,7 @@ class _Worker:
                 self.sleep(delay)
                 delay *= 2
         self.failed += 1
+        self.last_error = why
         logger.warning("webhook %s: %s not delivered (%s)", self.hook.url, event, why)
 
 
@@ -186,10 +188,14 @@ class Notifier:
             if event in w.hook.events:
                 w.put((event, body))
 
-    def close(self, wait_s: float | None = None) -> None:
-        """Let queued events go for at most ``wait_s`` (default ``timeout_s``), then leave."""
+    def close(self, wait_s: float | None = None) -> list[str]:
+        """Let queued events go for at most ``wait_s`` (default ``timeout_s``), then leave.
+
+        Returns:
+            One line per webhook that lost events, for the console (empty when all arrived).
+        """
         if self.closed:
-            return
+            return []
         self.closed = True
         deadline = time.monotonic() + (self.cfg.timeout_s if wait_s is None else wait_s)
         for w in self.workers:
@@ -205,6 +211,16 @@ class Notifier:
                     w.hook.url,
                     max(0, w.queue.qsize() - 1),
                 )
+        lines = []
+        for w in self.workers:
+            pending = max(0, w.queue.qsize() - 1) + (1 if w.thread.is_alive() else 0)
+            if w.failed or pending:
+                why = f" (last: {w.last_error})" if w.last_error else ""
+                lines.append(
+                    f"webhook {w.hook.url}: {w.delivered} delivered, {w.failed} failed, "
+                    f"{pending} abandoned at the end{why}"
+                )
+        return lines
 
 
 def experiment_payload(study: Mapping[str, Any], run: Any, n_runs: int) -> dict[str, Any]:

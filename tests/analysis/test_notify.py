@@ -61,7 +61,9 @@ def test_500_is_retried_with_backoff_then_dropped() -> None:
         n = Notifier(cfg(hook.url, retries=2, backoff_s=0.1))
         n.send("experiment_end", {"run_id": "r"})
         wait_for(lambda: len(hook.received) == 3)
-        n.close(2.0)
+        wait_for(lambda: n.workers[0].failed == 1)
+        (line,) = n.close(2.0)
+        assert "0 delivered, 1 failed" in line and "HTTP 500" in line
         t = [r["t"] for r in hook.received]
         assert t[1] - t[0] >= 0.09 and t[2] - t[1] >= 0.19
         assert n.workers[0].failed == 1 and n.workers[0].delivered == 0

@@ -322,3 +322,5 @@ def test_webhooks_received_signed_retried_and_never_blocking(cpu_study: CpuStudy
         study_json(cpu_study.study_dir)["finished_at"].replace("Z", "+00:00")
     ).timestamp()
     assert 0 <= cpu_study.exited_at - finished < 6.0
+    # and said so, without failing the study
+    assert f"webhook {cpu_study.hooks['fail'].url}: 0 delivered" in cpu_study.output

@@ -39,7 +39,7 @@ def dataset_card(study: LoadedStudy, runs_schema: Any, experiments_schema: Any) 
     header = {
         "pretty_name": f"llenergymeasure study {res.study_name}",
         "tags": ["llenergymeasure", "energy", "llm", "inference", "benchmark"],
-        "size_categories": ["n<1K"],
+        "size_categories": ["n<1K" if len(res.runs) < 1000 else "1K<n<10K"],
         "configs": [
             {
                 "config_name": "runs",

@@ -881,7 +881,8 @@ def _execute(
                 logger.warning("no study result to notify: %s", exc)
             else:
                 notifier.send("study_end", study_payload(written))
-            notifier.close()
+            for line in notifier.close():  # never fails the study: said, not raised
+                con.print(f"note: {escape(line)}", highlight=False)
 
 
 def _execute_saving(
