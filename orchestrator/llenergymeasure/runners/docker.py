@@ -38,6 +38,7 @@ from llenergymeasure.runners.spec import (
     ContainerSpec,
     RunRequest,
     build_container_spec,
+    host_compile_cache_dir,
 )
 
 logger = logging.getLogger(__name__)
@@ -413,11 +414,14 @@ def _prepare_host_dirs(request: RunRequest, settings: ContainerSettings) -> None
     request.run_dir.mkdir(parents=True, exist_ok=True)
     writable = [request.run_dir]
     engines = settings.engine_cache_dir if request.config.backend == "tensorrt" else None
-    for d in (request.study_cache_dir, settings.hf_cache_dir, engines):
+    compiled = host_compile_cache_dir(request, settings)
+    for d in (request.study_cache_dir, settings.hf_cache_dir, engines, compiled):
         if d is not None:
             Path(d).mkdir(parents=True, exist_ok=True)
     if request.study_cache_dir is not None:
         writable.append(request.study_cache_dir)
+    if compiled is not None:
+        writable.append(Path(compiled))
     uid = request.host_uid
     if (
         os.geteuid() == 0
