@@ -162,8 +162,13 @@ class ExperimentRow:
 
     @property
     def flags(self) -> list[str]:
-        """Every flag of the experiment: statistics flags, then quality flags with counts."""
-        out = list(self.stats.flags)
+        """Every flag: runs not completed (by state), statistics flags, then quality flags."""
+        out = [
+            f"{state} ({n}/{self.n_runs})"
+            for state, n in sorted(self.states.items())
+            if state != "completed"
+        ]
+        out.extend(self.stats.flags)
         out.extend(f"{code} ({n}/{self.n_runs})" for code, n in sorted(self.quality_flags.items()))
         return out
 
