@@ -314,7 +314,10 @@ def test_webhooks_received_signed_retried_and_never_blocking(cpu_study: CpuStudy
         body = json.loads(r["body"])
         if body["event"] == "experiment_end":
             per_run[body["run_id"]] = per_run.get(body["run_id"], 0) + 1
-    assert sorted(per_run.values()) == [3] * 6  # first try + retries: 2
+    # first try + retries: 2, for every run (the last run's retries may still be going when
+    # the study ends and llem stops waiting: it gets at least its first try)
+    assert len(per_run) == 6 and all(1 <= n <= 3 for n in per_run.values())
+    assert sum(n == 3 for n in per_run.values()) >= 5
     assert cpu_study.hooks["hang"].received  # it was called, and never answered
     # the never-answering endpoint still had events queued at the end; llem waited at most
     # notify.timeout_s (1 s) for them, then exited: a few seconds at most, interpreter included
