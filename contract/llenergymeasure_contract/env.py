@@ -46,6 +46,16 @@ ENV_CONTRACT_VERSION = "LLEM_CONTRACT_VERSION"
 #: has host paths rewritten to container paths (which would change its own hash).
 ENV_CONFIG_HASH = "LLEM_CONFIG_HASH"
 
+#: Name -> value that turns NVLink multicast (NVLS) off in NCCL, PyTorch's symmetric memory and
+#: NVSHMEM. On shared NVSwitch hosts a program that uses multicast can put the host's GPUs out
+#: of service, and nothing we measure needs it. The runners put these into every container and
+#: harness subprocess, and the harness into every process it starts; a value the user set wins.
+MULTICAST_OFF: dict[str, str] = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
+
 #: The image label holding the contract version the image was built with, and the one every
 #: llenergymeasure image carries (its backend).
 LABEL_CONTRACT_VERSION = "io.llenergymeasure.contract.version"
@@ -228,6 +238,7 @@ __all__ = [
     "EXIT_OK",
     "LABEL_BACKEND",
     "LABEL_CONTRACT_VERSION",
+    "MULTICAST_OFF",
     "REQUESTS_FILE",
     "RESULT_FILE",
     "TIMESERIES_FILE",

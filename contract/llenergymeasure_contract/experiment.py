@@ -22,7 +22,7 @@ from llenergymeasure_contract.sections import (
     TensorRTConfig,
     VLLMConfig,
 )
-from llenergymeasure_contract.serving import ServerConfig
+from llenergymeasure_contract.serving import EndpointConfig, ServerConfig
 from llenergymeasure_contract.traffic import DEFAULT_TRAFFIC, TrafficConfig
 
 Precision = Literal["float32", "float16", "bfloat16", "auto"]
@@ -169,7 +169,11 @@ IDENTITY_EXCLUDE = frozenset({"name"})
 DEFAULT_BACKEND: BackendName = "pytorch"
 #: Sections that joined the schema later: part of the identity only when they differ from
 #: these defaults, so every result measured before they existed keeps its config hash.
-IDENTITY_WHEN_NON_DEFAULT: dict[str, object] = {"traffic": DEFAULT_TRAFFIC, "server": None}
+IDENTITY_WHEN_NON_DEFAULT: dict[str, object] = {
+    "traffic": DEFAULT_TRAFFIC,
+    "server": None,
+    "endpoint": None,
+}
 
 
 class ExperimentConfig(_Model):
@@ -213,6 +217,7 @@ class ExperimentConfig(_Model):
     pytorch: PyTorchConfig | None = None
     vllm: VLLMConfig | None = None
     tensorrt: TensorRTConfig | None = None
+    endpoint: EndpointConfig | None = None
 
     @field_validator("model")
     @classmethod
@@ -262,6 +267,11 @@ class ExperimentConfig(_Model):
                     f"section '{other}:' does not match backend '{self.backend}'; "
                     f"move those settings under '{self.backend}:' or set backend: {other}"
                 )
+        if self.server is not None and self.backend == "endpoint":
+            raise ValueError(
+                "server: starts the engine's own server; backend endpoint measures one that is "
+                "already running; remove server: or pick backend pytorch/vllm/tensorrt"
+            )
         if self.server is not None and self.backend == "pytorch" and self.load_format == "dummy":
             raise ValueError(
                 "server mode with backend pytorch runs `transformers serve`, which loads a "

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from llenergymeasure_contract.errors import ConfigError
 from llenergymeasure_contract.sections import PyTorchConfig, TensorRTConfig, VLLMConfig
+from llenergymeasure_contract.serving import EndpointConfig
 
 Ulimit = int | tuple[int, int]  # a value, or (soft, hard); -1 is unlimited
 
@@ -193,6 +194,19 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         # there is no CUDA 12 variant.
         release_bases=(ReleaseBase("nvcr.io/nvidia/tensorrt-llm/release:1.2.1", "1.2.1"),),
         untagged_base_cuda=((r"^nvcr\.io/nvidia/tensorrt-llm/release:1\.2\.\d+$", "13.0"),),
+    ),
+    # An OpenAI-compatible server that is already running: only the streaming client runs
+    # here (in the pytorch image, or locally); energy from NVML on the listed gpus.
+    BackendSpec(
+        name="endpoint",
+        section=EndpointConfig,
+        concurrency_key="max_concurrency",
+        image="pytorch",
+        engine="OpenAI-compatible server",
+        modules=("aiohttp",),
+        needs_gpu=False,
+        container=ContainerDefaults(ipc_mode=None, shm_size="1g"),
+        oom_hint="the server ran out of memory: lower its own batch or context limits",
     ),
 )
 

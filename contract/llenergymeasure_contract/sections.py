@@ -366,4 +366,4 @@ class TensorRTConfig(_Section):
 
 #: Names of the built-in backends (the registry, :mod:`llenergymeasure_contract.registry`,
 #: holds their specs).
-BackendName = Literal["pytorch", "vllm", "tensorrt"]
+BackendName = Literal["pytorch", "vllm", "tensorrt", "endpoint"]

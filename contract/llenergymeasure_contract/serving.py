@@ -65,6 +65,12 @@ class EndpointConfig(_Model):
         "path), else token ids; text needs a tokenizer for synthetic prompts.",
     )
     request_timeout_s: float = Field(600.0, gt=0.0, description="Per-request read timeout.")
+    max_concurrency: int = Field(
+        256,
+        ge=1,
+        description="Offline traffic: requests in flight at once (like vllm bench serve "
+        "--max-concurrency); the arrival patterns set their own.",
+    )
 
     @field_validator("url")
     @classmethod

@@ -14,12 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 
-#: Name -> value that turns NVLink multicast off in NCCL, PyTorch and NVSHMEM.
-MULTICAST_OFF = {
-    "NCCL_NVLS_ENABLE": "0",
-    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-    "NVSHMEM_DISABLE_NVLS": "1",
-}
+from llenergymeasure_contract.env import MULTICAST_OFF
 
 
 def apply_child_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:

@@ -191,6 +191,7 @@ GAMMA = {"traffic": {"pattern": "gamma", "rate_per_s": 4.0, "burstiness": 2.0}}
 CLOSED = {"traffic": {"pattern": "closed_loop", "concurrency": 4}}
 SLO = {"traffic": {"slo": {"ttft_s": 1.0, "tpot_s": 0.05}}}
 SERVED = {"backend": "vllm", "server": {}}
+EP = {"backend": "endpoint", "gpus": [], "endpoint": {"url": "http://127.0.0.1:8000"}}
 
 #: (leaf it covers, extra base settings, changes): every leaf of ExperimentConfig appears.
 KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
@@ -243,6 +244,11 @@ KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("server.port", SERVED, {"server.port": 8123}),
     ("server.startup_timeout_s", SERVED, {"server.startup_timeout_s": 60.0}),
     ("server.args", SERVED, {"server.args": ["--max-log-len", "10"]}),
+    ("endpoint.url", EP, {"endpoint.url": "http://127.0.0.1:9000"}),
+    ("endpoint.api_key_env", EP, {"endpoint.api_key_env": "MY_KEY"}),
+    ("endpoint.prompt_format", EP, {"endpoint.prompt_format": "text"}),
+    ("endpoint.request_timeout_s", EP, {"endpoint.request_timeout_s": 30.0}),
+    ("endpoint.max_concurrency", EP, {"endpoint.max_concurrency": 8}),
     ("pytorch.batch_size", PT, {"pytorch.batch_size": 2}),
     ("pytorch.attn_implementation", PT, {"pytorch.attn_implementation": "eager"}),
     ("pytorch.static_kv_cache", PT, {"pytorch.static_kv_cache": True}),

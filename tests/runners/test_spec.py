@@ -131,3 +131,29 @@ def test_local_spec_uses_host_paths(
     assert henv.results_dir == str(req.run_dir)
     assert henv.baseline_cache == str(tmp_path / "cache" / "baseline.json")
     assert spec.env["PATH"] == "/bin"
+
+
+def test_every_container_and_harness_subprocess_has_nvlink_multicast_off(
+    make_request: Callable[..., RunRequest],
+) -> None:
+    """NCCL/PyTorch/NVSHMEM multicast is off in a container and a local harness by default."""
+    from llenergymeasure_contract.env import MULTICAST_OFF
+
+    container = build_container_spec(make_request(), ContainerSettings())
+    local = build_local_spec(make_request(), python="python3", base_env={"PATH": "/bin"})
+    for env in (container.env, local.env):
+        assert {k: env[k] for k in MULTICAST_OFF} == {
+            "NCCL_NVLS_ENABLE": "0",
+            "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+            "NVSHMEM_DISABLE_NVLS": "1",
+        }
+
+
+def test_a_user_setting_turns_multicast_back_on(make_request: Callable[..., RunRequest]) -> None:
+    """docker.env and the host's own environment win over the multicast-off default."""
+    container = build_container_spec(
+        make_request(), ContainerSettings(extra_env={"NCCL_NVLS_ENABLE": "1"})
+    )
+    local = build_local_spec(make_request(), python="python3", base_env={"NCCL_NVLS_ENABLE": "1"})
+    assert container.env["NCCL_NVLS_ENABLE"] == "1"
+    assert local.env["NCCL_NVLS_ENABLE"] == "1"

@@ -25,6 +25,7 @@ ENGINES: dict[str, str] = {
     "tensorrt": "llenergymeasure_harness.backends.tensorrt:TensorRTBackend",
     # Server mode of any of the above (experiment has server:), driven over HTTP.
     "server": "llenergymeasure_harness.serving.backends:ServerBackend",
+    "endpoint": "llenergymeasure_harness.serving.backends:EndpointBackend",
 }
 
 

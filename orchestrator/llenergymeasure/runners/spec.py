@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure._version import __version__
-from llenergymeasure_contract.env import ENV_CONFIG_JSON
+from llenergymeasure_contract.env import ENV_CONFIG_JSON, MULTICAST_OFF
 from llenergymeasure_contract.registry import REGISTRY
 
 if TYPE_CHECKING:
@@ -355,6 +355,7 @@ def build_container_spec(
         mounts.append(Mount(str(request.study_cache_dir), CONTAINER_STUDY_CACHE))
         baseline_cache = f"{CONTAINER_STUDY_CACHE}/baseline.json"
     env: dict[str, str] = dict(_WRITABLE_CACHE_ENV)
+    env.update(MULTICAST_OFF)  # before the user's docker.env, which may turn NVLS back on
     env.update({k: v.replace("$HOME", CONTAINER_HOME) for k, v in spec.container.env.items()})
     if settings.hf_cache_dir:
         mounts.append(Mount(settings.hf_cache_dir, CONTAINER_HF_CACHE))
@@ -441,6 +442,8 @@ def build_local_spec(
     """Build the subprocess description for ``request``: host paths, same env contract."""
     env = dict(base_env)
     env["PYTHONUNBUFFERED"] = "1"
+    for name, value in MULTICAST_OFF.items():
+        env.setdefault(name, value)  # the host's own setting wins
     if hf_cache_dir:
         env["HF_HOME"] = hf_cache_dir
     baseline_cache = (
