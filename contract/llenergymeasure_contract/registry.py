@@ -202,6 +202,7 @@ class BackendRegistry:
 
     def __init__(self, specs: tuple[BackendSpec, ...] = ()) -> None:
         self._specs: dict[str, BackendSpec] = {}
+        self._names: tuple[str, ...] = ()
         for spec in specs:
             self.register(spec)
 
@@ -214,10 +215,12 @@ class BackendRegistry:
         if spec.name in self._specs:
             raise ValueError(f"backend {spec.name!r} is already registered")
         self._specs[spec.name] = spec
+        self._names = tuple(self._specs)
 
     def unregister(self, name: str) -> None:
         """Remove a backend (tests that register a toy one)."""
         self._specs.pop(name, None)
+        self._names = tuple(self._specs)
 
     def get(self, name: str) -> BackendSpec:
         """The spec of ``name``.
@@ -232,13 +235,9 @@ class BackendRegistry:
                 f"unknown backend {name!r}; expected one of {', '.join(self._specs)}"
             ) from None
 
-    def by_image(self, image: str) -> BackendSpec | None:
-        """The spec whose image name is ``image``, if any."""
-        return next((s for s in self._specs.values() if s.image == image), None)
-
     def names(self) -> tuple[str, ...]:
         """Registered names, in registration order."""
-        return tuple(self._specs)
+        return self._names
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs

@@ -1,7 +1,7 @@
 """Runners: run one experiment's harness in a container (:class:`DockerRunner`) or a
 subprocess (:class:`LocalRunner`), behind the :class:`Runner` protocol."""
 
-from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunStatus, classify
+from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunState, classify
 from llenergymeasure.runners.docker import DockerRunner
 from llenergymeasure.runners.local import LocalRunner
 from llenergymeasure.runners.spec import (
@@ -24,7 +24,7 @@ __all__ = [
     "Mount",
     "RunOutcome",
     "RunRequest",
-    "RunStatus",
+    "RunState",
     "Runner",
     "build_container_spec",
     "build_local_spec",

@@ -34,7 +34,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ from llenergymeasure.results.study import (
     RunSummary,
     StudyResult,
 )
-from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunStatus, utc_now
+from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunState
 from llenergymeasure.runners.preflight import (
     DEFAULT_MIN_FREE_BYTES,
     HARNESS_MODULE,
@@ -74,7 +73,9 @@ from llenergymeasure.study.manifest import (
 )
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan, gap_after
 from llenergymeasure.study.progress import StudyProgress
+from llenergymeasure_contract.files import RESULT_FILE
 from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
+from llenergymeasure_contract.timestamps import utc_compact, utc_iso
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,6 @@ class StudyRunOptions:
         verbose: Stream harness/container logs to the console (``-v``).
         export_csv: Also write ``summary.csv``.
         assume_yes: Answer yes to questions (pulling a missing image).
-        no_gaps: Skip the thermal gaps between runs and cycles.
         interactive: May ask questions; ``None``: when stdin is a terminal.
         runner: ``docker`` | ``local`` | ``auto``; ``None``: the study's ``runner.runner``.
         request_gpus: ``False`` runs containers without any GPU (CPU-only hosts);
@@ -107,7 +107,6 @@ class StudyRunOptions:
     verbose: bool = False
     export_csv: bool = True
     assume_yes: bool = False
-    no_gaps: bool = False
     interactive: bool | None = None
     runner: str | None = None
     request_gpus: bool | None = None
@@ -133,7 +132,7 @@ def run_study(
     Args:
         plan: The study plan (``llenergymeasure.study.plan.build_plan``).
         options: Execution options; keyword ``flags`` (``quiet``, ``verbose``,
-            ``export_csv``, ``assume_yes``, ``no_gaps``, ``runner``, ...) override its fields.
+            ``export_csv``, ``assume_yes``, ``runner``, ...) override its fields.
         runner: A ready runner (tests); default: chosen from the options/study.
         docker_client: A docker client to use instead of connecting (tests).
         console: Where to draw progress; default: stderr-free stdout console.
@@ -153,7 +152,7 @@ def run_study(
     runner_obj, client = _make_runner(plan, opts, runner, docker_client, con=con)
     report = _preflight(plan, opts, runner=runner_obj, client=client, results_dir=base, con=con)
     study_dir = _new_study_dir(base, plan)
-    now = utc_now()
+    now = utc_iso()
     manifest = StudyManifest(
         study_id=study_dir.name,
         study_name=plan.study.name,
@@ -220,7 +219,7 @@ def resume(
         return _study_result(
             plan_now,
             store,
-            started_at=utc_now(),
+            started_at=utc_iso(),
             t0=time.monotonic(),
             experiments_s=0.0,
             gaps_s=0.0,
@@ -439,7 +438,7 @@ def _slug(text: str) -> str:
 
 
 def _new_study_dir(base: Path, plan: StudyPlan) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_compact()
     name = f"{_slug(plan.study.name)}_{plan.study_design_hash[:8]}_{stamp}"
     try:
         base.mkdir(parents=True, exist_ok=True)
@@ -536,11 +535,11 @@ def _execute(
 ) -> StudyResult:
     study_dir = store.study_dir
     ex = plan.study.execution
-    store.manifest.sessions.append(utc_now())
+    store.manifest.sessions.append(utc_iso())
     store.set_state("running")
     todo = [r for r in store.manifest.runs if r.state != "completed"]
     by_hash = {e.config_hash: e for e in plan.experiments}
-    started_at = utc_now()
+    started_at = utc_iso()
     t0 = time.monotonic()
     experiments_s = gaps_s = 0.0
     host_uid, host_gid = os.getuid(), os.getgid()
@@ -558,11 +557,12 @@ def _execute(
     )
     previous: RunRecord | None = None
     current: RunRecord | None = None
+    metrics_by_run: dict[str, RunMetrics] = {}
     try:
         with progress:
             for rec in todo:
                 exp = by_hash[rec.config_hash]
-                if previous is not None and not opts.no_gaps:
+                if previous is not None:
                     between = gap_after(previous, rec, ex.cycle_order)
                     gap = ex.cycle_gap_s if between == "cycle" else ex.config_gap_s
                     if gap > 0:
@@ -597,6 +597,8 @@ def _execute(
                 store.finish_attempt(rec.run_id, outcome)
                 current = None
                 metrics = _metrics(outcome)
+                if metrics is not None:
+                    metrics_by_run[rec.run_id] = metrics
                 progress.end_run(rec, exp, outcome, metrics)
                 previous = rec
                 if outcome.status == "interrupted":
@@ -621,6 +623,7 @@ def _execute(
                 t0=t0,
                 experiments_s=experiments_s,
                 gaps_s=gaps_s,
+                metrics_by_run=metrics_by_run,
             )
             _write_outputs(result, study_dir, opts)
         except KeyboardInterrupt:
@@ -635,7 +638,13 @@ def _execute(
         _close_running(store, current, "failed", "runner_error", exc.message)
         store.set_state("failed", exc.message)
         result = _study_result(
-            plan, store, started_at=started_at, t0=t0, experiments_s=experiments_s, gaps_s=gaps_s
+            plan,
+            store,
+            started_at=started_at,
+            t0=t0,
+            experiments_s=experiments_s,
+            gaps_s=gaps_s,
+            metrics_by_run=metrics_by_run,
         )
         _write_outputs(result, study_dir, opts)
         raise RunnerError(
@@ -648,7 +657,13 @@ def _execute(
             "completed" if counts["completed"] == len(store.manifest.runs) else "failed"
         )
     result = _study_result(
-        plan, store, started_at=started_at, t0=t0, experiments_s=experiments_s, gaps_s=gaps_s
+        plan,
+        store,
+        started_at=started_at,
+        t0=t0,
+        experiments_s=experiments_s,
+        gaps_s=gaps_s,
+        metrics_by_run=metrics_by_run,
     )
     _write_outputs(result, study_dir, opts)
     progress.summary(result)
@@ -658,7 +673,7 @@ def _execute(
 def _close_running(
     store: ManifestStore,
     current: RunRecord | None,
-    status: RunStatus,
+    status: RunState,
     kind: FailureKind,
     message: str,
 ) -> None:
@@ -670,18 +685,13 @@ def _close_running(
                 status=status,
                 failure_kind=kind,
                 message=message,
-                finished_at=utc_now(),
+                finished_at=utc_iso(),
             ),
         )
 
 
 def _metrics(outcome: RunOutcome) -> RunMetrics | None:
-    if not outcome.ok or outcome.result_path is None:
-        return None
-    try:
-        return RunMetrics.from_result(ExperimentResult.load(outcome.result_path))
-    except (OSError, ValueError):
-        return None
+    return RunMetrics.from_result(outcome.result) if outcome.result is not None else None
 
 
 def _study_result(
@@ -692,8 +702,13 @@ def _study_result(
     t0: float,
     experiments_s: float,
     gaps_s: float,
+    metrics_by_run: dict[str, RunMetrics] | None = None,
 ) -> StudyResult:
+    """The study's result from the manifest; ``metrics_by_run`` holds the metrics of runs this
+    session completed (from their outcomes' typed results), so only runs completed in an
+    earlier session have their ``result.json`` read here, once."""
     m = store.manifest
+    known = metrics_by_run or {}
     by_hash = {e.config_hash: e for e in plan.experiments}
     runs = []
     for rec in m.runs:
@@ -702,12 +717,15 @@ def _study_result(
         metrics = None
         result_rel = None
         if rec.state == "completed" and last is not None:
-            path = store.study_dir / last.run_dir / "result.json"
-            try:
-                metrics = RunMetrics.from_result(ExperimentResult.load(path))
-                result_rel = str(Path(last.run_dir) / "result.json")
-            except (OSError, ValueError) as exc:
-                logger.warning("cannot read %s: %s", path, exc)
+            result_rel = str(Path(last.run_dir) / RESULT_FILE)
+            metrics = known.get(rec.run_id)
+            if metrics is None:
+                path = store.study_dir / result_rel
+                try:
+                    metrics = RunMetrics.from_result(ExperimentResult.load(path))
+                except (OSError, ValueError) as exc:
+                    logger.warning("cannot read %s: %s", path, exc)
+                    result_rel = None
         runs.append(
             RunSummary(
                 index=rec.index,
@@ -742,7 +760,7 @@ def _study_result(
         message=m.message,
         study_dir=str(store.study_dir),
         started_at=started_at,
-        finished_at=utc_now(),
+        finished_at=utc_iso(),
         wall_s=time.monotonic() - t0,
         experiments_s=experiments_s,
         gaps_s=gaps_s,

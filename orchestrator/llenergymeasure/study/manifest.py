@@ -20,13 +20,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llenergymeasure.runners.base import FailureKind, RunOutcome, utc_now
+from llenergymeasure.runners.base import FailureKind, RunOutcome, RunState
 from llenergymeasure_contract.results import write_json_atomic
+from llenergymeasure_contract.timestamps import utc_iso
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1.0"
 
-RunState = Literal["pending", "running", "completed", "failed", "interrupted"]
 StudyState = Literal["running", "completed", "failed", "interrupted", "aborted"]
 
 
@@ -111,7 +111,7 @@ class ManifestStore:
 
     def write(self) -> None:
         """Rewrite ``manifest.json`` atomically."""
-        self.manifest.updated_at = utc_now()
+        self.manifest.updated_at = utc_iso()
         write_json_atomic(self.path, self.manifest.model_dump_json(indent=2))
 
     def run(self, run_id: str) -> RunRecord:
@@ -125,7 +125,7 @@ class ManifestStore:
             attempt=len(rec.attempts) + 1,
             run_dir=str(run_dir.relative_to(self.study_dir)),
             log_path=str(log_path.relative_to(self.study_dir)),
-            started_at=utc_now(),
+            started_at=utc_iso(),
         )
         rec.attempts.append(attempt)
         rec.state = "running"
@@ -137,7 +137,7 @@ class ManifestStore:
         rec = self._by_id[run_id]
         attempt = rec.attempts[-1]
         attempt.state = outcome.status
-        attempt.finished_at = outcome.finished_at or utc_now()
+        attempt.finished_at = outcome.finished_at or utc_iso()
         attempt.duration_s = outcome.duration_s
         attempt.failure_kind = outcome.failure_kind
         attempt.message = outcome.message
