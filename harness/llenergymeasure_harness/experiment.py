@@ -28,6 +28,7 @@ from typing import Any
 from llenergymeasure_contract.env import REQUESTS_FILE, RESULT_FILE, TIMESERIES_FILE, HarnessEnv
 from llenergymeasure_contract.errors import ConfigError, MeasurementError
 from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.results import ExperimentResult
 from llenergymeasure_contract.timestamps import utc_iso
 from llenergymeasure_harness import metrics
@@ -386,7 +387,7 @@ def _assemble(
         "peak_memory_bytes_per_gpu": {str(k): v for k, v in (peak or {}).items()},
     }
     steady = None
-    if cfg.backend != "pytorch" or cfg.traffic.uses_arrivals:
+    if REGISTRY.get(cfg.backend).continuous_batching or cfg.traffic.uses_arrivals:
         steady = _steady_state(
             cfg,
             records=records,
