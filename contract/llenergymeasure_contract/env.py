@@ -41,6 +41,9 @@ ENV_ENGINE_CACHE_DIR = "LLEM_ENGINE_CACHE_DIR"
 ENV_HOST_UID = "LLEM_HOST_UID"
 ENV_HOST_GID = "LLEM_HOST_GID"
 ENV_CONTRACT_VERSION = "LLEM_CONTRACT_VERSION"
+#: The host's config hash: the identity of the run even when the config handed to the harness
+#: has host paths rewritten to container paths (which would change its own hash).
+ENV_CONFIG_HASH = "LLEM_CONFIG_HASH"
 
 #: The image label holding the contract version the image was built with, and the one every
 #: llenergymeasure image carries (its backend).
@@ -65,6 +68,7 @@ class HarnessEnv(BaseModel):
     engine_cache_dir: str | None = None
     host_uid: int | None = None
     host_gid: int | None = None
+    config_hash: str | None = None
 
     def to_env(self) -> dict[str, str]:
         """The variables to set for the harness process or container."""
@@ -83,6 +87,7 @@ class HarnessEnv(BaseModel):
             ENV_ENGINE_CACHE_DIR: self.engine_cache_dir,
             ENV_HOST_UID: self.host_uid,
             ENV_HOST_GID: self.host_gid,
+            ENV_CONFIG_HASH: self.config_hash,
         }
         env.update({k: str(v) for k, v in optional.items() if v is not None})
         if self.image_labels:
@@ -144,6 +149,7 @@ class HarnessEnv(BaseModel):
             engine_cache_dir=environ.get(ENV_ENGINE_CACHE_DIR) or None,
             host_uid=_int(ENV_HOST_UID),
             host_gid=_int(ENV_HOST_GID),
+            config_hash=environ.get(ENV_CONFIG_HASH) or None,
         )
 
     @property
@@ -198,6 +204,7 @@ def _as_int(value: str | int) -> int:
 
 __all__ = [
     "ENV_BASELINE_CACHE",
+    "ENV_CONFIG_HASH",
     "ENV_CONFIG_JSON",
     "ENV_CONTRACT_VERSION",
     "ENV_CYCLE",

@@ -7,9 +7,10 @@
      ├── UsageError                bad command-line usage                → exit 2
      ├── PreflightError            host not ready (Docker, GPUs, images)  → exit 1
      ├── RunnerError               a runner could not run an experiment  → exit 1
+     ├── StorageError              writing the study's files failed      → exit 1
      ├── ExperimentError           an experiment ran and failed          → exit 1
      │    └── MeasurementError     the measurement itself is unusable    → exit 1
-     └── InterruptedStudy          Ctrl-C; the manifest is saved         → exit 130
+     └── InterruptedStudy          Ctrl-C / SIGTERM; the manifest saved  → exit 130 / 143
 
 Third-party errors (pydantic, yaml, docker, NVML) are translated into these at one boundary
 with ``raise ... from exc``; callers branch on these classes only.
@@ -83,6 +84,18 @@ class RunnerError(LLEMError):
     """A runner (Docker or local) could not start or supervise an experiment."""
 
 
+class StorageError(LLEMError):
+    """Writing the study's files failed (disk full, permissions, a vanished mount).
+
+    Attributes:
+        path: The file or directory that could not be written.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
+        self.path = path
+        super().__init__(message, hint=hint)
+
+
 class ExperimentError(LLEMError):
     """An experiment ran but failed (harness error, OOM, timeout, missing result)."""
 
@@ -92,9 +105,16 @@ class MeasurementError(ExperimentError):
 
 
 class InterruptedStudy(LLEMError):
-    """The user interrupted the study; completed results and the manifest are saved."""
+    """The user interrupted the study; completed results and the manifest are saved.
+
+    ``exit_code`` is 130 for Ctrl-C (SIGINT) and 143 for SIGTERM.
+    """
 
     exit_code = 130
+
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = 130) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code
 
 
 __all__ = [
@@ -105,5 +125,6 @@ __all__ = [
     "MeasurementError",
     "PreflightError",
     "RunnerError",
+    "StorageError",
     "UsageError",
 ]

@@ -23,6 +23,7 @@ from llenergymeasure_contract.sections import (
     TensorRTConfig,
     VLLMConfig,
 )
+from llenergymeasure_contract.serving import ServerConfig
 from llenergymeasure_contract.traffic import DEFAULT_TRAFFIC, TrafficConfig
 
 Precision = Literal["float32", "float16", "bfloat16", "auto"]
@@ -169,7 +170,7 @@ IDENTITY_EXCLUDE = frozenset({"name"})
 DEFAULT_BACKEND: BackendName = "pytorch"
 #: Sections that joined the schema later: part of the identity only when they differ from
 #: these defaults, so every result measured before they existed keeps its config hash.
-IDENTITY_WHEN_NON_DEFAULT: dict[str, object] = {"traffic": DEFAULT_TRAFFIC}
+IDENTITY_WHEN_NON_DEFAULT: dict[str, object] = {"traffic": DEFAULT_TRAFFIC, "server": None}
 
 
 class ExperimentConfig(_Model):
@@ -205,9 +206,24 @@ class ExperimentConfig(_Model):
     traffic: TrafficConfig = Field(
         DEFAULT_TRAFFIC, description="How requests arrive: offline (all at t=0) or a process."
     )
+    server: ServerConfig | None = Field(
+        None,
+        description="Server mode: run the engine's OpenAI-compatible server and measure it "
+        "over HTTP (transformers serve / vllm serve / trtllm-serve).",
+    )
     pytorch: PyTorchConfig | None = None
     vllm: VLLMConfig | None = None
     tensorrt: TensorRTConfig | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "must not be empty: give a hub id (org/name), a local path or a built-in "
+                "architecture such as tiny-llama"
+            )
+        return value
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -247,6 +263,12 @@ class ExperimentConfig(_Model):
                     f"section '{other}:' does not match backend '{self.backend}'; "
                     f"move those settings under '{self.backend}:' or set backend: {other}"
                 )
+        if self.server is not None and self.backend == "pytorch" and self.load_format == "dummy":
+            raise ValueError(
+                "server mode with backend pytorch runs `transformers serve`, which loads a "
+                "checkpoint (weights and tokenizer) and cannot build dummy weights; use "
+                "load_format: auto with a local model directory or hub id"
+            )
         spec = REGISTRY.get(self.backend)
         if not self.gpus and spec.needs_gpu:
             raise ValueError(

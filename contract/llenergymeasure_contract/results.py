@@ -45,10 +45,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 def write_json_atomic(path: Path, payload: str) -> None:
     """Write ``payload`` to ``path`` durably (fsync) and atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        if exc.filename is not None and Path(exc.filename).parent != path.parent:
+            raise
+        # A failed write to the temp file (disk full) names no path, or the temp file's:
+        # name the file being written instead.
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 class _Model(BaseModel):

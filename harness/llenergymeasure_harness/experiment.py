@@ -135,7 +135,10 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         requests: list[GenerationRequest] | None = None
         if cfg.dataset.source != "synthetic" or vocab_size_for(cfg) is not None:
             requests = build_requests(cfg)
-        backend = d.make_backend(cfg.backend)
+        # Server mode: the engine's own server behind the streaming client, same timeline.
+        backend = d.make_backend("server" if cfg.server is not None else cfg.backend)
+        if hasattr(backend, "output_dir"):
+            backend.output_dir = out_dir  # where a server keeps its log
         t0 = d.clock()
         info = backend.load(run_cfg)
         timings["load_s"] = d.clock() - t0
@@ -180,7 +183,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
                 if env.baseline_cache
                 else None
             )
-            key = BaselineCache.key(uuids, STATE_MODEL_LOADED)
+            key = BaselineCache.key(uuids, STATE_MODEL_LOADED, BaselineCache.workload_of(cfg))
             cached = cache.get(key) if cache is not None else None
             if cached is not None:
                 baseline = {**cached, "source": "cache"}
@@ -281,6 +284,8 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             metrics.request_columns(records, cfg.traffic.latency_mode),
         )
         artifacts["requests"] = REQUESTS_FILE
+        if (out_dir / "server.log").is_file():
+            artifacts["server_log"] = "server.log"
         result = result.model_copy(update={"artifacts": artifacts})
         result.write(out_dir / RESULT_FILE)
         chown_outputs(out_dir, env.host_uid, env.host_gid)
@@ -411,10 +416,24 @@ def _assemble(
         warmup_converged=warm.get("converged"),
         baseline_source=(baseline or {}).get("source"),
     )
-    load_extra = {k: v for k, v in info.extra.items() if k != "hf_config"}
+    server = info.extra.get("server")
+    if isinstance(server, dict) and server.get("output_length_forced") is False:
+        flags.append(
+            {
+                "code": "output_length_not_forced",
+                "severity": "warning",
+                "message": (
+                    "ignore_eos asked for fixed output lengths, but the server "
+                    f"({server.get('engine')}, forcing: {server.get('output_length_forcing')}) "
+                    "returned other lengths; token counts differ from in-process runs"
+                ),
+            }
+        )
+    load_extra = {k: v for k, v in info.extra.items() if k not in ("hf_config", "server")}
     return ExperimentResult(
         run_id=env.run_id,
-        config_hash=cfg.config_hash,
+        # the host's hash: the config seen here may have container paths (runners/spec.py)
+        config_hash=env.config_hash or cfg.config_hash,
         cycle=env.cycle,
         study_id=env.study_id,
         config=cfg,

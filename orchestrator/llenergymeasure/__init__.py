@@ -21,6 +21,7 @@ from llenergymeasure.errors import (
     MeasurementError,
     PreflightError,
     RunnerError,
+    StorageError,
     UsageError,
 )
 from llenergymeasure.results import ExperimentResult, StudyResult
@@ -38,6 +39,7 @@ __all__ = [
     "MeasurementError",
     "PreflightError",
     "RunnerError",
+    "StorageError",
     "StudyConfig",
     "StudyPlan",
     "StudyResult",

@@ -8,6 +8,7 @@ from llenergymeasure_contract.errors import (
     MeasurementError,
     PreflightError,
     RunnerError,
+    StorageError,
     UsageError,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "MeasurementError",
     "PreflightError",
     "RunnerError",
+    "StorageError",
     "UsageError",
 ]

@@ -653,7 +653,7 @@ def test_built_in_defaults_apply_without_a_user_file(
 ) -> None:
     """With the user file disabled, the plan shows the built-in defaults."""
     plan = dry_run_json(capsys, str(write("s.yaml", TINY)))
-    assert plan["results_dir"] == "./results"
+    assert plan["results_dir"] == str(Path.cwd() / "results")  # ./results, made absolute
     assert plan["runner"]["runner"] == "auto"
     assert plan["runner"]["pull_policy"] == "missing"
     assert (plan["execution"]["config_gap_s"], plan["execution"]["cycle_gap_s"]) == (60.0, 120.0)

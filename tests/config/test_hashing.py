@@ -173,6 +173,9 @@ def test_config_hash_of_the_default_traffic_is_the_hash_from_before_traffic_exis
     )
     poisson = {**PINNED_CONFIG, "traffic": {"pattern": "poisson", "rate_per_s": 2.0}}
     assert config_hash(poisson) != PINNED_HASH
+    assert config_hash({**PINNED_CONFIG, "server": None}) == PINNED_HASH
+    served = {**PINNED_CONFIG, "backend": "vllm", "gpus": [0]}
+    assert config_hash({**served, "server": {}}) != config_hash(served)
 
 
 # --------------------------------------------------------------------------- sensitivity
@@ -187,6 +190,7 @@ POISSON = {"traffic": {"pattern": "poisson", "rate_per_s": 4.0}}
 GAMMA = {"traffic": {"pattern": "gamma", "rate_per_s": 4.0, "burstiness": 2.0}}
 CLOSED = {"traffic": {"pattern": "closed_loop", "concurrency": 4}}
 SLO = {"traffic": {"slo": {"ttft_s": 1.0, "tpot_s": 0.05}}}
+SERVED = {"backend": "vllm", "server": {}}
 
 #: (leaf it covers, extra base settings, changes): every leaf of ExperimentConfig appears.
 KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
@@ -236,6 +240,9 @@ KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("traffic.max_wait_s", POISSON, {"traffic.max_wait_s": 0.2}),
     ("traffic.slo.ttft_s", SLO, {"traffic.slo.ttft_s": 0.5}),
     ("traffic.slo.tpot_s", SLO, {"traffic.slo.tpot_s": 0.01}),
+    ("server.port", SERVED, {"server.port": 8123}),
+    ("server.startup_timeout_s", SERVED, {"server.startup_timeout_s": 60.0}),
+    ("server.args", SERVED, {"server.args": ["--max-log-len", "10"]}),
     ("pytorch.batch_size", PT, {"pytorch.batch_size": 2}),
     ("pytorch.attn_implementation", PT, {"pytorch.attn_implementation": "eager"}),
     ("pytorch.static_kv_cache", PT, {"pytorch.static_kv_cache": True}),

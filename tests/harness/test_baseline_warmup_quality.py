@@ -83,6 +83,36 @@ def test_cache_ttl_zero_always_measures(tmp_path: Path) -> None:
     assert cache.get("k") is None
 
 
+def test_cache_key_separates_workloads() -> None:
+    """One model's loaded-idle power is never reused for another model, backend or precision."""
+    from llenergymeasure.config import ExperimentConfig
+
+    base = ExperimentConfig(model="tiny-llama", load_format="dummy")
+    gpus = ["GPU-a", "GPU-b"]
+
+    def key(cfg: ExperimentConfig, uuids: list[str | None] = gpus) -> str:
+        return BaselineCache.key(uuids, "s", BaselineCache.workload_of(cfg))
+
+    same_workload = base.model_copy(update={"n_prompts": 99})  # a batch/prompt sweep shares
+    assert key(base) == key(same_workload)
+    assert key(base) == key(base, ["GPU-b", "GPU-a"])
+    others = [
+        ExperimentConfig(model="llama-3.2-1b", load_format="dummy"),
+        ExperimentConfig(model="tiny-llama", load_format="dummy", precision="float16"),
+        ExperimentConfig(model="tiny-llama", load_format="dummy", backend="vllm"),
+    ]
+    assert len({key(base), *(key(c) for c in others)}) == 1 + len(others)
+    assert key(base) != key(base, ["GPU-a"])
+    assert key(base) != BaselineCache.key(gpus, "other", BaselineCache.workload_of(base))
+
+
+def test_old_cache_version_is_not_reused(tmp_path: Path) -> None:
+    """A version-1 file (keys without the workload) is treated as empty."""
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps({"version": 1, "entries": {"k": {"measured_at_epoch": 0.0}}}))
+    assert BaselineCache(path, ttl_s=60, clock=lambda: 0.0).get("k") is None
+
+
 def test_corrupt_cache_is_ignored_and_rewritten(tmp_path: Path) -> None:
     """A corrupt file reads as empty and the next put replaces it with valid JSON."""
     path = tmp_path / "b.json"
@@ -90,7 +120,7 @@ def test_corrupt_cache_is_ignored_and_rewritten(tmp_path: Path) -> None:
     cache = BaselineCache(path, ttl_s=60, clock=lambda: 0.0)
     assert cache.get("k") is None
     cache.put("k", _m(90.0))
-    assert json.loads(path.read_text())["version"] == 1
+    assert json.loads(path.read_text())["version"] == BaselineCache.VERSION
     assert cache.get("k")["total_power_w"] == 90.0
 
 

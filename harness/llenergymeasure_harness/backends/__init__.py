@@ -23,6 +23,8 @@ ENGINES: dict[str, str] = {
     "pytorch": "llenergymeasure_harness.backends.pytorch:PyTorchBackend",
     "vllm": "llenergymeasure_harness.backends.vllm:VLLMBackend",
     "tensorrt": "llenergymeasure_harness.backends.tensorrt:TensorRTBackend",
+    # Server mode of any of the above (experiment has server:), driven over HTTP.
+    "server": "llenergymeasure_harness.serving.backends:ServerBackend",
 }
 
 

@@ -9,8 +9,10 @@ model is loaded and before warmup, and records that state as ``"cuda_context_mod
 
 Idle-adjusted (net) energy = gross − baseline power × measured duration. Both are reported.
 
-The cache (``LLEM_BASELINE_CACHE``, a JSON file) is keyed by the GPU UUIDs and the state, so a
-study reuses one measurement across containers for ``baseline.cache_ttl_s`` seconds.
+The cache (``LLEM_BASELINE_CACHE``, a JSON file) is keyed by the GPU UUIDs, the state and the
+loaded workload (model, revision, backend, precision, quantization), so a study reuses one
+measurement across containers of the same workload (e.g. a batch-size sweep) for
+``baseline.cache_ttl_s`` seconds, and never one model's loaded-idle power for another.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llenergymeasure_contract.results import write_json_atomic
 from llenergymeasure_contract.timestamps import utc_iso
 from llenergymeasure_harness.energy.meter import NvmlEnergyMeter
+
+if TYPE_CHECKING:
+    from llenergymeasure_contract.experiment import ExperimentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +87,7 @@ class BaselineCache:
     writes are atomic (temp file + rename), last writer wins.
     """
 
-    VERSION = 1
+    VERSION = 2  # 2: keys name the workload (model, backend, precision, quantization)
 
     def __init__(
         self, path: str | Path, ttl_s: float, clock: Callable[[], float] = time.time
@@ -92,8 +97,31 @@ class BaselineCache:
         self.clock = clock
 
     @staticmethod
-    def key(uuids: list[str | None], state: str) -> str:
-        return ",".join(sorted(str(u) for u in uuids)) + "|" + state
+    def key(
+        uuids: list[str | None], state: str, workload: Mapping[str, object] | None = None
+    ) -> str:
+        """The cache key: the GPU set, the GPU state, and what is loaded in that state.
+
+        Idle power with a model loaded depends on the model and how it is held in memory, so
+        ``workload`` (model, revision, backend, precision, quantization) is part of the key:
+        one model's loaded-idle power is never reused for another.
+        """
+        gpus = ",".join(sorted(str(u) for u in uuids))
+        if not workload:
+            return f"{gpus}|{state}"
+        what = json.dumps(dict(workload), sort_keys=True, separators=(",", ":"), default=str)
+        return f"{gpus}|{state}|{what}"
+
+    @staticmethod
+    def workload_of(config: ExperimentConfig) -> dict[str, object]:
+        """The parts of an experiment that change idle power once its model is loaded."""
+        return {
+            "model": config.model,
+            "revision": config.revision,
+            "backend": str(config.backend),
+            "precision": str(config.precision),
+            "quantization": getattr(config.backend_section, "quantization", None),
+        }
 
     def _load(self) -> dict[str, Any]:
         try:

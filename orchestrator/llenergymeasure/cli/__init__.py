@@ -2,7 +2,8 @@
 
 Commands live one per module (``run``, ``config_cmd``, ``images``); each parses its options,
 calls one library function and renders the outcome. Exit codes: 0 success, 1 an experiment or
-runtime failure, 2 bad config or usage, 130 interrupted. Tracebacks only with ``-v``.
+runtime failure, 2 bad config or usage, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
+Tracebacks only with ``-v``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from llenergymeasure import __version__
 from llenergymeasure.cli.config_cmd import config_app
 from llenergymeasure.cli.run import run_command
 from llenergymeasure.errors import LLEMError
+from llenergymeasure.study.signals import Terminated
 
 app = typer.Typer(
     name="llem",
@@ -80,9 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ctx is not None:
             err.print(f"  see: {ctx.command_path} --help")
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         err.print("[yellow]interrupted[/yellow]")
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     except LLEMError as exc:
         err.print(f"[red]error:[/red] {_escape(str(exc))}", markup=True)
         if verbose:

@@ -19,8 +19,8 @@ from llenergymeasure.config.loader import (
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.config.user import load_user_defaults, user_config_path
 from llenergymeasure.errors import UsageError
+from llenergymeasure.study.executor import dry_run_job_scripts, run_study
 from llenergymeasure.study.executor import resume as resume_study
-from llenergymeasure.study.executor import run_study
 from llenergymeasure.study.plan import StudyPlan, build_plan
 from llenergymeasure_contract.experiment import DEFAULT_BACKEND
 from llenergymeasure_contract.registry import REGISTRY
@@ -165,7 +165,9 @@ def run_command(
     order: str | None = typer.Option(None, "--order", help="sequential | interleaved | shuffled"),
     no_gaps: bool = typer.Option(False, "--no-gaps", help="Skip thermal gaps."),
     results_dir: str | None = typer.Option(None, "--results-dir", help="Where study folders go."),
-    runner: str | None = typer.Option(None, "--runner", help="docker | local | auto"),
+    runner: str | None = typer.Option(
+        None, "--runner", help="docker | local | auto | slurm (see docs/scale-out.md)"
+    ),
     resume: Path | None = typer.Option(
         None, "--resume", help="Resume a study directory: skip completed runs."
     ),
@@ -199,10 +201,33 @@ def run_command(
     runner_overrides: dict[str, Any] = {"runner": runner} if runner else {}
 
     if resume is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--model", model),
+                ("--backend", backend),
+                ("--precision", precision),
+                ("--load-format", load_format),
+                ("--n-prompts", n_prompts),
+                ("--max-input-tokens", max_input_tokens),
+                ("--max-output-tokens", max_output_tokens),
+                ("--batch-size", batch_size),
+                ("--gpus", gpus),
+                ("--set", set_items or None),
+                ("--results-dir", results_dir),
+            )
+            if value is not None
+        ]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} cannot change a started study: what it measures and "
+                "where its results go are fixed in its plan.json",
+                hint="resume without them, or start a new study with them",
+            )
         return int(
             resume_study(
-                resume,
-                config=config,
+                resume.absolute(),
+                config=config.absolute() if config is not None else None,
                 execution_overrides=execution_overrides,
                 runner_overrides=runner_overrides,
                 quiet=quiet,
@@ -231,15 +256,22 @@ def run_command(
         overrides=overrides,
         execution_overrides=execution_overrides,
         runner_overrides=runner_overrides,
-        results_dir=results_dir,
+        # relative to where the user typed the command, made absolute once, here
+        results_dir=str(Path(results_dir).expanduser().absolute()) if results_dir else None,
     )
     if dry_run:
+        scripts = dry_run_job_scripts(plan) if plan.study.runner.runner == "slurm" else None
         if as_json:
-            sys.stdout.write(json.dumps(plan.to_json_dict(), indent=2) + "\n")
+            doc = plan.to_json_dict()
+            if scripts is not None:
+                doc["job_scripts"] = [{"run_id": r, "script": text} for r, text in scripts]
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         else:
             from llenergymeasure.cli.render import plan_table
 
             sys.stdout.write(plan_table(plan) + "\n")
+            for run_id, text in scripts or []:
+                sys.stdout.write(f"\n# ---- job script of run {run_id}\n{text}")
         return 0
 
     result = run_study(plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes)

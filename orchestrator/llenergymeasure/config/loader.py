@@ -12,7 +12,7 @@ Grammar (see ``docs/study-grammar.md``)::
     experiments:                   # explicit list, each merged over the shared fields,
       - {model: tiny-llama, n_prompts: 4}   # appended after the grid
     execution: {n_cycles: 3, cycle_order: interleaved}
-    runner: docker                 # docker | local | auto
+    runner: docker                 # docker | local | auto | slurm (slurm: section)
     images: {vllm: my/vllm:dev}
     model: meta-llama/Llama-3.1-8B # ... everything else is a shared experiment field
 
@@ -26,6 +26,7 @@ import copy
 import difflib
 import itertools
 import json
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -62,11 +63,24 @@ from llenergymeasure_contract.experiment import (
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.traffic import TrafficConfig
 
-RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker")
+RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker", "slurm")
 STUDY_KEYS = frozenset(
-    {"name", "base", "sweep", "experiments", "execution", "results_dir", *RUNNER_KEYS}
+    {
+        "name",
+        "base",
+        "sweep",
+        "experiments",
+        "execution",
+        "results_dir",
+        "max_experiments",
+        *RUNNER_KEYS,
+    }
 )
 COMMAND_LINE = "<command line>"
+#: Default cap on the experiments a study may expand to (``max_experiments:`` raises it).
+#: A 10,000-point sweep expands and plans in about 0.6 s; 10^8 points would take hours and
+#: tens of GB, so the size is computed from the list lengths and refused before expanding.
+DEFAULT_MAX_EXPERIMENTS = 100_000
 
 
 # --------------------------------------------------------------------------- reading files
@@ -79,6 +93,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
+        if isinstance(key_node, yaml.MappingNode | yaml.SequenceNode):
+            mark = key_node.start_mark
+            kind = "mapping" if isinstance(key_node, yaml.MappingNode) else "list"
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"a {kind} is used as a key (line {mark.line + 1}); keys must be plain names "
+                "(a stray '?', or '{' / '[' at the start of a key?)",
+                mark,
+            )
         key = loader.construct_object(key_node)
         if key in seen:
             mark = key_node.start_mark
@@ -408,6 +432,28 @@ def _resolve_paths(
             dataset["path"] = resolve(path, "dataset.path", must_exist=True)
 
 
+def _expansion_size(
+    sweep: Mapping[str, list[Any]], entries: list[dict[str, Any]], default_backend: Any
+) -> int:
+    """How many experiments the sweep and entries expand to, from the list lengths alone."""
+    size = len(entries)
+    if not sweep:
+        return size
+    unscoped = 1
+    for key, values in sweep.items():
+        if key != "backend" and key.split(".")[0] not in REGISTRY:
+            unscoped *= len(values)
+    backends = sweep.get("backend", [default_backend])
+    per_backend = 0
+    for backend in backends:
+        n = 1
+        for key, values in sweep.items():
+            if key.split(".")[0] in REGISTRY and key.split(".")[0] == backend:
+                n *= len(values)
+        per_backend += n
+    return size + unscoped * per_backend
+
+
 def _label_point(assignments: list[tuple[str, Any, str]], n: int) -> str:
     desc = ", ".join(f"{k}={v}" for k, v, _ in assignments)
     return f"sweep point {n} ({desc})" if desc else f"sweep point {n}"
@@ -542,6 +588,23 @@ def expand_study(
             shared_prov[key] = {k: k for k in _flatten_keys(base)}
         return _Candidate(data=base, label=label, provenance=dict(shared_prov[key]))
 
+    limit = raw.get("max_experiments", DEFAULT_MAX_EXPERIMENTS)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        problems.append(f"max_experiments: must be a positive integer, got {limit!r}")
+        limit = DEFAULT_MAX_EXPERIMENTS
+    size = _expansion_size(sweep, entries, default_backend)
+    if size > limit:
+        raise ConfigError(
+            f"the study expands to {size:,} experiments, more than the limit of {limit:,}",
+            source=source,
+            problems=[
+                "sweep: "
+                + " x ".join(f"{k} ({len(v)})" for k, v in sweep.items())
+                + (f" + {len(entries)} experiments" if entries else "")
+            ],
+            hint="shrink the sweep, or raise the limit with max_experiments: N at the top of "
+            "the study file (each experiment runs n_cycles times)",
+        )
     if sweep:
         unscoped = [(k, v) for k, v in sweep.items() if k.split(".")[0] not in REGISTRY]
         scoped: dict[str, list[tuple[str, list[Any]]]] = {}
@@ -700,9 +763,12 @@ def expand_study(
         problems.append(f"name: must be a non-empty string, got {name!r}")
         name = "study"
     results = results_dir or raw.get("results_dir") or user.results_dir or "./results"
-    if not isinstance(results, str):
+    if not isinstance(results, str) or not results.strip():
         problems.append(f"results_dir: must be a path string, got {results!r}")
         results = "./results"
+    # Made absolute once, here (relative to the working directory, as typed): bind mounts,
+    # the manifest and a resume from another directory all need the absolute path.
+    results = os.path.abspath(os.path.expanduser(results))
 
     if problems:
         raise ConfigError(
@@ -752,9 +818,9 @@ def load_study(
     """Read, merge (``base:``), expand and validate a study file. See the module docstring."""
     p = Path(path).expanduser()
     data = _read_with_bases(p)
-    return expand_study(
+    study = expand_study(
         data,
-        source=str(path),
+        source=str(path),  # error messages name the file as the user typed it
         base_dir=p.resolve().parent,
         user=user,
         overrides=overrides,
@@ -762,3 +828,5 @@ def load_study(
         runner_overrides=runner_overrides,
         results_dir=results_dir,
     )
+    # ...and the study records it absolute, so a resume from another directory finds it.
+    return study.model_copy(update={"source": os.path.abspath(p)})

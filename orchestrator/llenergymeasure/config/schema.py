@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from llenergymeasure.config.slurm import SlurmSettings
 from llenergymeasure.config.study import DockerSettings, ExecutionConfig, PullPolicy, RunnerName
 from llenergymeasure_contract.experiment import ExperimentConfig
 
@@ -48,11 +49,20 @@ def study_json_schema() -> dict[str, Any]:
         ),
         "execution": (ExecutionConfig | None, None),
         "results_dir": (str | None, None),
+        "max_experiments": (
+            int | None,
+            Field(
+                None,
+                ge=1,
+                description="Refuse to expand to more experiments than this (default 100000).",
+            ),
+        ),
         "runner": (RunnerName | None, None),
         "images": (dict[str, str] | None, Field(None, description="backend -> image")),
         "pull_policy": (PullPolicy | None, None),
         "cuda_major": (int | None, None),
         "docker": (DockerSettings | None, None),
+        "slurm": (SlurmSettings | None, None),
     }
     study_model: type[BaseModel] = create_model(
         "StudyFile",

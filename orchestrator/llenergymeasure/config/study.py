@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llenergymeasure.config.slurm import SlurmSettings
 from llenergymeasure_contract.experiment import ExperimentConfig
 
 CycleOrder = Literal["sequential", "interleaved", "shuffled"]
-RunnerName = Literal["docker", "local", "auto"]
+RunnerName = Literal["docker", "local", "auto", "slurm"]
 PullPolicy = Literal["missing", "always", "never"]
+
+
+#: A ``docker.env`` key that names a credential (its value must not be written anywhere).
+SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSW(OR)?D|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH", re.IGNORECASE
+)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Model(BaseModel):
@@ -73,8 +82,40 @@ class DockerSettings(_Model):
     )
     run_as_host_user: bool = Field(True, description="Run as the invoking uid:gid.")
     env: dict[str, str] = Field(
-        default_factory=dict, description="Extra environment (non-secret) for the harness."
+        default_factory=dict,
+        description="Extra environment (non-secret) for the harness. Written into plan.json: "
+        "credentials go in env_passthrough instead.",
     )
+    env_passthrough: list[str] = Field(
+        default_factory=list,
+        description="Names of host environment variables (e.g. HF_TOKEN) handed to every "
+        "container by name; their values are never written to any file, log or printed plan.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _no_literal_secrets(cls, env: dict[str, str]) -> dict[str, str]:
+        # The message names the key only: the value must not reach the console either.
+        secret = sorted(k for k, v in env.items() if v != "" and SECRET_NAME.search(k))
+        if secret:
+            names = ", ".join(secret)
+            raise ValueError(
+                f"{names}: looks like a credential, and docker.env values are written into "
+                f"plan.json; pass it by name from your environment instead: "
+                f"docker: {{env_passthrough: [{names}]}} (and export it before llem run)"
+            )
+        return env
+
+    @field_validator("env_passthrough")
+    @classmethod
+    def _env_names(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if not ENV_NAME.fullmatch(n)]
+        if bad:
+            raise ValueError(
+                f"{bad}: not environment variable names (letters, digits, _; e.g. HF_TOKEN); "
+                "give the name, not the value"
+            )
+        return names
 
 
 class RunnerSettings(_Model):
@@ -87,6 +128,7 @@ class RunnerSettings(_Model):
     pull_policy: PullPolicy = "missing"
     cuda_major: int = Field(12, ge=11, le=99, description="CUDA major of the default images.")
     docker: DockerSettings = Field(default_factory=DockerSettings)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
 
 
 class DuplicateExperiment(_Model):

@@ -33,6 +33,8 @@ _IDENTITY = [
     "model",
     "precision",
     "image",
+    "job_id",
+    "node",
     "run_dir",
 ]
 _METRICS = [name for name in RunMetrics.model_fields if name != "quality_flags"]

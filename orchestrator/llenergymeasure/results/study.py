@@ -83,6 +83,8 @@ class RunSummary(_Model):
     model: str | None = None
     precision: str | None = None
     image: str | None = None
+    job_id: str | None = None  # Slurm runner: the job of the last attempt
+    node: str | None = None  # Slurm runner: where it ran
     params: dict[str, Any] = Field(default_factory=dict)  # the sweep values of this experiment
     metrics: RunMetrics | None = None
 
@@ -99,11 +101,12 @@ class StudyResult(_Model):
     state: str  # completed | failed | interrupted | aborted
     message: str | None = None
     study_dir: str
-    started_at: str
+    started_at: str  # when the study was first started (a resume keeps it)
     finished_at: str
-    wall_s: float  # this session's wall time, gaps and overhead included
-    experiments_s: float  # sum of this session's run durations
-    gaps_s: float  # thermal gaps actually waited in this session
+    wall_s: float  # wall time over every session (resumes), gaps and overhead included
+    experiments_s: float  # sum of the run durations over every session
+    gaps_s: float  # thermal gaps actually waited, over every session
+    sessions: int = 1  # how many times the study was started or resumed
     n_runs: int
     n_completed: int
     n_failed: int

@@ -1,9 +1,11 @@
-"""Runners: run one experiment's harness in a container (:class:`DockerRunner`) or a
-subprocess (:class:`LocalRunner`), behind the :class:`Runner` protocol."""
+"""Runners: run one experiment's harness in a container (:class:`DockerRunner`), a
+subprocess (:class:`LocalRunner`) or a Slurm job (:class:`SlurmRunner`), behind the
+:class:`Runner` protocol."""
 
 from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunState, classify
 from llenergymeasure.runners.docker import DockerRunner
 from llenergymeasure.runners.local import LocalRunner
+from llenergymeasure.runners.slurm import JobInfo, SlurmCli, SlurmRunner, render_job_script
 from llenergymeasure.runners.spec import (
     ContainerSettings,
     ContainerSpec,
@@ -19,6 +21,7 @@ __all__ = [
     "ContainerSpec",
     "DockerRunner",
     "FailureKind",
+    "JobInfo",
     "LocalRunner",
     "LocalSpec",
     "Mount",
@@ -26,7 +29,10 @@ __all__ = [
     "RunRequest",
     "RunState",
     "Runner",
+    "SlurmCli",
+    "SlurmRunner",
     "build_container_spec",
     "build_local_spec",
     "classify",
+    "render_job_script",
 ]

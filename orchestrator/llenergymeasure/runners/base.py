@@ -4,6 +4,7 @@ A :class:`Runner` takes a :class:`~llenergymeasure.runners.spec.RunRequest`, run
 for it (in a container or a subprocess), and returns a :class:`RunOutcome`. The outcome is
 classified from facts only, in this order::
 
+    interrupted, but result.json valid -> completed (the signal came after the measurement)
     interrupted by us (Ctrl-C)     -> interrupted
     stopped by us at the timeout   -> failed / timeout
     container State.OOMKilled      -> failed / oom_killed
@@ -19,6 +20,7 @@ every later step (progress line, study result) reads that object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -46,7 +48,10 @@ FailureKind = Literal[
     "invalid_result",
     "start_failed",
     "runner_error",
+    "storage_error",
     "interrupted",
+    "cancelled",  # a scheduler job cancelled (or preempted) by someone else
+    "node_failure",  # the scheduler lost the node under the job
 ]
 
 LogSink = Callable[[str], None]
@@ -68,6 +73,8 @@ class RunOutcome(BaseModel):
     finished_at: str | None = None
     result_path: str | None = None
     container_id: str | None = None
+    job_id: str | None = None  # scheduler (Slurm) job id
+    node: str | None = None  # the node the job ran on
     #: The parsed ``result.json`` of a completed run (never serialised with the outcome).
     result: ExperimentResult | None = Field(default=None, exclude=True, repr=False)
 
@@ -179,6 +186,17 @@ def classify(
         "container_id": container_id,
     }
     see_log = f"; see {log_path}" if log_path is not None else ""
+    result, why = (None, None) if oom_killed else load_result(results_dir)
+    if interrupted and result is not None:
+        # The harness had written result.json (last, atomically) when the signal came, so
+        # the measurement is whole, even if the stop caught it tidying up: kept, never re-run.
+        return RunOutcome(
+            status="completed",
+            message="finished before the interruption took effect",
+            result_path=str(results_dir / RESULT_FILE),
+            result=result,
+            **base,
+        )
     if interrupted:
         return RunOutcome(
             status="interrupted",
@@ -204,7 +222,6 @@ def classify(
             **base,
         )
     if exit_code == 0:
-        result, why = load_result(results_dir)
         if result is not None:
             return RunOutcome(
                 status="completed",
@@ -247,6 +264,7 @@ class LogWriter:
 
     def __init__(self, path: Path, echo: LogSink | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._fh = path.open("ab")
         self._echo = echo
         self._pending = b""
@@ -254,8 +272,11 @@ class LogWriter:
 
     def write(self, chunk: bytes) -> None:
         with self._lock:
-            self._fh.write(chunk)
-            self._fh.flush()
+            try:
+                self._fh.write(chunk)
+                self._fh.flush()
+            except OSError as exc:  # name the file: a bare write error carries no path
+                raise OSError(exc.errno, exc.strerror, str(self._path)) from exc
             if self._echo is None:
                 return
             self._pending += chunk
@@ -272,4 +293,5 @@ class LogWriter:
             if self._pending and self._echo is not None:
                 self._echo(self._pending.decode("utf-8", errors="replace"))
             self._pending = b""
-            self._fh.close()
+            with contextlib.suppress(OSError):  # a full disk: the write already reported it
+                self._fh.close()

@@ -59,6 +59,19 @@ def connect(factory: Callable[[], Any] | None = None) -> Any:
             hint="pip install docker, or use --runner local",
         ) from exc
 
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    fix = (
+        "start Docker (or set DOCKER_HOST), or use --runner local on a host with the "
+        "backends installed"
+    )
+    if factory is None and host.startswith("unix://"):
+        path = host.removeprefix("unix://")
+        if not os.path.exists(path):
+            # Said without trying: docker-py leaks the socket of a failed connect (an unclosed
+            # socket ResourceWarning later, somewhere unrelated).
+            raise RunnerError(
+                f"cannot reach the Docker daemon at {host}: no socket at {path}", hint=fix
+            )
     client: Any = None
     try:
         client = factory() if factory is not None else docker.from_env(timeout=60)
@@ -67,13 +80,26 @@ def connect(factory: Callable[[], Any] | None = None) -> Any:
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        _collect_leaked_socket()
         raise RunnerError(
             f"cannot reach the Docker daemon at {host}: {str(exc).splitlines()[0][:200]}",
-            hint="start Docker (or set DOCKER_HOST), or use --runner local on a host with the "
-            "backends installed",
+            hint=fix,
         ) from exc
     return client
+
+
+def _collect_leaked_socket() -> None:
+    """Free the socket docker-py leaves behind after a failed connect, without a warning.
+
+    ``UnixHTTPConnection.connect`` drops its socket unclosed when ``connect`` raises; the
+    garbage collector would then warn (an error under pytest) in whatever code runs next.
+    """
+    import gc
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def to_create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
@@ -172,11 +198,12 @@ class DockerRunner:
     def cleanup_leftovers(self) -> list[str]:
         """Remove containers of this tool whose owning process is gone (earlier crashes)."""
         from docker.errors import DockerException, NotFound
+        from requests.exceptions import RequestException
 
         removed: list[str] = []
         try:
             containers = self.client.containers.list(all=True, filters={"label": LABEL_STUDY})
-        except DockerException as exc:
+        except (DockerException, RequestException) as exc:
             raise RunnerError(f"cannot list containers: {exc}") from exc
         host = socket.gethostname()
         for ct in containers:
@@ -201,6 +228,7 @@ class DockerRunner:
     ) -> RunOutcome:
         """Run one experiment in a container; see the module docstring for the sequence."""
         from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+        from requests.exceptions import RequestException
 
         spec = self.spec_for(request)
         _prepare_host_dirs(request, self.settings)
@@ -208,10 +236,12 @@ class DockerRunner:
         started_at = utc_iso()
         t0 = time.monotonic()
         ct: Any = None
+        creating = False
         try:
             writer.note(f"run {request.run_id}: image {spec.image}, gpus {list(spec.gpu_ids)}")
             if not self.settings.request_gpus:
                 writer.note("GPU requests are disabled for this study (CPU-only run)")
+            creating = True
             try:
                 ct = self.client.containers.create(**to_create_kwargs(spec))
             except ImageNotFound:
@@ -247,15 +277,24 @@ class DockerRunner:
                 t0=t0,
                 cancel=cancel,
             )
-        except DockerException as exc:
-            writer.note(f"docker error: {exc}")
+        except (DockerException, RequestException) as exc:
+            # docker-py raises requests' errors (not DockerException) when the socket goes
+            # away mid-call: a daemon restart, a vanished socket, an API timeout.
+            writer.note(f"docker error: {type(exc).__name__}: {exc}")
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
             raise RunnerError(
-                f"run {request.run_id}: lost contact with Docker: {str(exc).splitlines()[0]}",
-                hint="check that the Docker daemon is running, then resume the study",
+                f"run {request.run_id}: lost contact with Docker: {first}",
+                hint="check that the Docker daemon is running, then resume the study (its "
+                "leftover container is removed then)",
             ) from exc
         finally:
+            if ct is None and creating:
+                # A signal (or a broken connection) inside ``create`` can leave a container
+                # the daemon made but we never got a handle to: find it by its unique name.
+                with contextlib.suppress(NotFound, DockerException, RequestException):
+                    ct = self.client.containers.get(spec.name)
             if ct is not None:
-                with contextlib.suppress(NotFound, DockerException):
+                with contextlib.suppress(NotFound, DockerException, RequestException):
                     ct.remove(force=True, v=True)
             writer.close()
 

@@ -3,6 +3,9 @@
 Docker runner::
 
     daemon reachable ─► each image present (pull policy missing|always|never; never implicit)
+                    ─► per image whose runs get ulimits: start ``true`` with those ulimits
+                       (a host that refuses one is one problem with the fix, not N failed
+                       runs)
                     ─► per image with GPU runs: run the image's own ``nvidia-smi`` with the
                        same device request (proves the NVIDIA runtime + those GPUs), and list
                        processes already on them
@@ -127,6 +130,8 @@ class PreflightRequest:
     pull_policy: PullPolicy = "missing"
     request_gpus: bool = True
     min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
+    #: image -> the ulimits its containers get (name -> value or (soft, hard)); empty: none.
+    ulimits: Mapping[str, Mapping[str, int | tuple[int, int]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -176,6 +181,9 @@ def run_preflight(
                 report=report,
                 problems=problems,
             )
+            for image, limits in sorted(request.ulimits.items()):
+                if limits and image in report.images:
+                    _probe_ulimits(image, limits, client=client, problems=problems)
             if request.request_gpus:
                 for image, gpu_ids in request.images.items():
                     if gpu_ids and image in report.images:
@@ -345,6 +353,64 @@ def _probe_gpus(
     if len(gpus) != len(ids):
         problems.append(f"requested GPUs {ids} but nvidia-smi in {image} sees {len(gpus)}")
     _busy(gpus, procs, ids, problems)
+
+
+def _probe_ulimits(
+    image: str,
+    limits: Mapping[str, int | tuple[int, int]],
+    *,
+    client: Any,
+    problems: list[str],
+) -> None:
+    """Start ``true`` in ``image`` with the runs' ulimits; a refusal is one clear problem.
+
+    Only a refusal of the limits themselves is reported here (``error setting rlimit``);
+    anything else about starting the image is left to the run, which explains it.
+    """
+    from docker.errors import APIError, DockerException
+    from docker.types import Ulimit
+    from requests.exceptions import RequestException
+
+    ulimits = [
+        Ulimit(name=k, soft=v[0], hard=v[1])
+        if isinstance(v, tuple)
+        else Ulimit(name=k, soft=v, hard=v)
+        for k, v in limits.items()
+    ]
+    ct: Any = None
+    try:
+        ct = client.containers.create(
+            image,
+            entrypoint=["true"],
+            command=[],
+            ulimits=ulimits,
+            network_mode="none",
+            labels={LABEL_STUDY: "preflight", LABEL_OWNER_PID: str(os.getpid())},
+            detach=True,
+        )
+        ct.start()
+        _wait(ct, 60.0)
+    except APIError as exc:
+        text = str(getattr(exc, "explanation", None) or exc)
+        if "rlimit" in text.lower() or "ulimit" in text.lower():
+            shown = ", ".join(
+                f"{k}={v[0]}:{v[1]}" if isinstance(v, tuple) else f"{k}={v}"
+                for k, v in limits.items()
+            )
+            problems.append(
+                f"this host refuses the ulimits that containers of {image} would get ({shown}): "
+                f"{text.strip().splitlines()[0][-160:]}. Fix: set the ulimits this host allows "
+                "in the study, e.g. docker: {ulimits: {}} (none); raising memlock needs "
+                "CAP_SYS_RESOURCE for dockerd"
+            )
+        else:
+            logger.debug("ulimit probe of %s did not start: %s", image, text)
+    except (DockerException, RequestException, RunnerError) as exc:
+        logger.debug("ulimit probe of %s failed: %s", image, exc)
+    finally:
+        if ct is not None:
+            with contextlib.suppress(Exception):
+                ct.remove(force=True)
 
 
 def _wait(ct: Any, timeout_s: float) -> int:

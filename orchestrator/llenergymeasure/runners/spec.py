@@ -274,6 +274,7 @@ def harness_env(
         engine_cache_dir=engine_cache_dir,
         host_uid=request.host_uid,
         host_gid=request.host_gid,
+        config_hash=request.config.config_hash,  # the host's, whatever paths were rewritten
     )
     return env.to_env()
 
@@ -341,7 +342,7 @@ def build_container_spec(
 
     labels = {
         LABEL_STUDY: request.study_id,
-        LABEL_EXPERIMENT: str(config.config_hash),
+        LABEL_EXPERIMENT: str(request.config.config_hash),  # the host's identity
         LABEL_RUN: request.run_id,
         LABEL_CYCLE: str(request.cycle),
         LABEL_VERSION: request.version,

@@ -19,6 +19,9 @@ Study directory::
         logs/<run folder>.log
         cache/baseline.json                 (shared by the study's runs)
 
+With ``runner: slurm`` the loop is :class:`~llenergymeasure.study.batch.BatchLoop` instead:
+several runs in flight as Slurm jobs, one poller (docs/scale-out.md).
+
 Ctrl-C stops the running container cleanly (SIGTERM, grace, SIGKILL; a second Ctrl-C kills),
 marks the run interrupted, writes the manifest and raises
 :class:`~llenergymeasure.errors.InterruptedStudy` (exit 130). Resuming skips completed runs and
@@ -46,6 +49,8 @@ from llenergymeasure.errors import (
     InterruptedStudy,
     PreflightError,
     RunnerError,
+    StorageError,
+    UsageError,
 )
 from llenergymeasure.results.aggregate import export_study
 from llenergymeasure.results.study import (
@@ -54,7 +59,7 @@ from llenergymeasure.results.study import (
     RunSummary,
     StudyResult,
 )
-from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunState
+from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunState, load_result
 from llenergymeasure.runners.preflight import (
     DEFAULT_MIN_FREE_BYTES,
     HARNESS_MODULE,
@@ -65,16 +70,22 @@ from llenergymeasure.runners.preflight import (
     run_preflight,
 )
 from llenergymeasure.runners.spec import ContainerSettings, RunRequest, _looks_like_host_path
+from llenergymeasure.study.lock import StudyLock
 from llenergymeasure.study.manifest import (
     MANIFEST_FILE,
+    Attempt,
     ManifestStore,
     RunRecord,
     StudyManifest,
+    StudyState,
+    damaged,
+    read_damage_checked,
 )
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan, gap_after
 from llenergymeasure.study.progress import StudyProgress
+from llenergymeasure.study.signals import StopSignals, Terminated
 from llenergymeasure_contract.files import RESULT_FILE
-from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
+from llenergymeasure_contract.results import write_json_atomic
 from llenergymeasure_contract.timestamps import utc_compact, utc_iso
 
 logger = logging.getLogger(__name__)
@@ -129,6 +140,9 @@ def run_study(
 ) -> StudyResult:
     """Execute ``plan`` in a new study directory under the study's ``results_dir``.
 
+    A relative ``results_dir`` is taken relative to the working directory, once, here: every
+    path handed on (bind mounts, the manifest's study dir) is absolute.
+
     Args:
         plan: The study plan (``llenergymeasure.study.plan.build_plan``).
         options: Execution options; keyword ``flags`` (``quiet``, ``verbose``,
@@ -143,33 +157,57 @@ def run_study(
 
     Raises:
         PreflightError: the host is not ready (every problem listed).
-        InterruptedStudy: Ctrl-C; the manifest is saved and the study can be resumed.
+        InterruptedStudy: Ctrl-C or SIGTERM; the manifest is saved and the study can be resumed.
         RunnerError: Docker went away mid-study (the manifest is saved).
+        StorageError: a study file could not be written (the study is saved as aborted).
     """
     opts = _merge_options(options, flags)
     con = console or Console()
-    base = Path(plan.study.results_dir).expanduser()
-    runner_obj, client = _make_runner(plan, opts, runner, docker_client, con=con)
-    report = _preflight(plan, opts, runner=runner_obj, client=client, results_dir=base, con=con)
-    study_dir = _new_study_dir(base, plan)
-    now = utc_iso()
-    manifest = StudyManifest(
-        study_id=study_dir.name,
-        study_name=plan.study.name,
-        study_design_hash=plan.study_design_hash,
-        source=plan.study.source,
-        llem_version=__version__,
-        runner=runner_obj.name,
-        created_at=now,
-        updated_at=now,
-        runs=[
-            RunRecord(index=i, run_id=r.run_id, config_hash=r.config_hash, cycle=r.cycle)
-            for i, r in enumerate(plan.runs, start=1)
-        ],
-    )
-    write_json_atomic(study_dir / PLAN_FILE, plan.model_dump_json(indent=1))
-    store = ManifestStore(study_dir, manifest)
-    return _execute(plan, store, runner=runner_obj, report=report, opts=opts, con=con, sleep=sleep)
+    base = _absolute(plan.study.results_dir)
+    with StopSignals() as signals:
+        runner_obj, client = _make_runner(plan, opts, runner, docker_client, con=con)
+        report = _preflight(plan, opts, runner=runner_obj, client=client, results_dir=base, con=con)
+        study_dir = _new_study_dir(base, plan)
+        with StudyLock(study_dir):
+            now = utc_iso()
+            manifest = StudyManifest(
+                study_id=study_dir.name,
+                study_name=plan.study.name,
+                study_design_hash=plan.study_design_hash,
+                source=plan.study.source,
+                llem_version=__version__,
+                runner=runner_obj.name,
+                created_at=now,
+                updated_at=now,
+                runs=[
+                    RunRecord(index=i, run_id=r.run_id, config_hash=r.config_hash, cycle=r.cycle)
+                    for i, r in enumerate(plan.runs, start=1)
+                ],
+            )
+            try:
+                write_json_atomic(study_dir / PLAN_FILE, plan.model_dump_json(indent=1))
+                store = ManifestStore(study_dir, manifest)
+                store.write()
+            except OSError as exc:
+                raise _storage_error(exc, study_dir, resumable=False) from exc
+            return _execute(
+                plan,
+                store,
+                runner=runner_obj,
+                report=report,
+                opts=opts,
+                con=con,
+                sleep=sleep,
+                signals=signals,
+            )
+
+
+#: Execution overrides that would change which runs exist or their order (fixed in plan.json).
+_FIXED_ON_RESUME = {
+    "n_cycles": "--cycles",
+    "cycle_order": "--order",
+    "shuffle_seed": "execution.shuffle_seed",
+}
 
 
 def resume(
@@ -191,14 +229,32 @@ def resume(
 
     ``target`` is a study directory (with ``manifest.json``), or a study file: then the most
     recent unfinished study under its ``results_dir`` with the same design hash is resumed.
-    ``config`` (optional) is checked to have the study's design hash. Execution and runner
-    overrides (gaps, timeout, runner kind) apply; the run order is the original one.
+    A relative ``target`` is relative to the working directory. ``config`` (optional) is
+    checked to have the study's design hash. Execution and runner overrides (gaps, timeout,
+    runner kind) are validated exactly as for a new study; ``n_cycles`` and ``cycle_order``
+    cannot change a started study and are refused. The run order is the original one.
+
+    Only one process may run a study: a second one is refused (``PreflightError``) at once.
+    A run whose ``result.json`` was written before the study stopped (a signal right after
+    the harness finished, a lost Docker connection) counts as completed and is not re-run.
+
+    Raises:
+        ConfigError: the study directory's ``manifest.json`` or ``plan.json`` is damaged, or
+            an override is invalid (exit 2; nothing is rewritten).
+        UsageError: an override that cannot apply to a started study (``--cycles``).
     """
     opts = _merge_options(options, flags)
     con = console or Console()
-    study_dir = _find_study_dir(target, plan)
-    store = ManifestStore.load(study_dir)
-    saved = StudyPlan.model_validate_json((study_dir / PLAN_FILE).read_text(encoding="utf-8"))
+    execution_overrides = dict(execution_overrides or {})
+    fixed = [flag for key, flag in _FIXED_ON_RESUME.items() if key in execution_overrides]
+    if fixed:
+        raise UsageError(
+            f"{' and '.join(fixed)} cannot change a started study: its runs and their order "
+            "are fixed in its plan.json",
+            hint="resume without them, or start a new study with them",
+        )
+    study_dir = _find_study_dir(_absolute(target), plan)
+    store, saved = _open_study_dir(study_dir)
     check = plan
     if check is None and config is not None and config.is_file():
         check = _plan_from_file(config)
@@ -208,44 +264,172 @@ def resume(
             f"({store.manifest.study_design_hash}, this one {check.study_design_hash})",
             hint="resume with the study file it was started from, or start a new study",
         )
-    plan_now = _apply_overrides(saved, execution_overrides or {}, runner_overrides or {})
-    recovered = store.recover_running()
+    plan_now = _apply_overrides(saved, execution_overrides, runner_overrides or {})
+    jobs = {
+        r.run_id: r.last.job_id
+        for r in store.manifest.runs
+        if r.state == "running" and r.last is not None and r.last.job_id is not None
+    }
+    slurm = (runner.name if runner is not None else None) == "slurm" or (
+        opts.runner or plan_now.study.runner.runner
+    ) == "slurm"
+    if jobs and not slurm:
+        raise ConfigError(
+            f"{study_dir} has Slurm jobs that may still be queued or running "
+            f"({', '.join(sorted(set(jobs.values())))})",
+            hint="resume with --runner slurm (it adopts them), or scancel them first",
+        )
+    # The Slurm runner adopts every run left running: by job id, or by the job's comment when
+    # the id never reached the manifest.
+    keep = {r.run_id for r in store.manifest.runs if r.state == "running"} if slurm else set()
     todo = [r for r in store.manifest.runs if r.state != "completed"]
-    if dry_run:
+    if dry_run:  # reads only: no lock, no recovery written
         con.print(
             f"[bold]{study_dir}[/]: {len(todo)} of {len(store.manifest.runs)} runs to do "
             f"({', '.join(r.run_id for r in todo[:10])}{' ...' if len(todo) > 10 else ''})"
         )
-        return _study_result(
+        return _study_result(plan_now, store)
+    with StopSignals() as signals, StudyLock(study_dir):
+        if not todo:
+            con.print(
+                f"{study_dir}: all {len(store.manifest.runs)} runs are already completed; "
+                "nothing to do"
+            )
+            return _study_result(plan_now, store)
+        try:
+            recovered = store.recover_running(keep=keep)
+        except OSError as exc:
+            raise _storage_error(exc, study_dir) from exc
+        if recovered:
+            con.print(f"runs left running by an earlier crash, now interrupted: {recovered}")
+        base = study_dir.parent
+        runner_obj, client = _make_runner(plan_now, opts, runner, docker_client, con=con)
+        todo_hashes = {r.config_hash for r in todo}
+        report = _preflight(
+            plan_now,
+            opts,
+            runner=runner_obj,
+            client=client,
+            results_dir=base,
+            con=con,
+            only=todo_hashes,
+        )
+        try:
+            adopted = _adopt_finished(store)
+        except OSError as exc:
+            raise _storage_error(exc, study_dir) from exc
+        if adopted:
+            con.print(
+                f"runs whose result.json was written before the study stopped, now completed: "
+                f"{adopted}"
+            )
+        if store.manifest.runner != runner_obj.name:
+            con.print(
+                f"note: resuming with the {runner_obj.name} runner (started with "
+                f"{store.manifest.runner})"
+            )
+        return _execute(
             plan_now,
             store,
-            started_at=utc_iso(),
-            t0=time.monotonic(),
-            experiments_s=0.0,
-            gaps_s=0.0,
+            runner=runner_obj,
+            report=report,
+            opts=opts,
+            con=con,
+            sleep=sleep,
+            signals=signals,
         )
-    if recovered:
-        con.print(f"runs left running by an earlier crash, now interrupted: {recovered}")
-    base = study_dir.parent
-    runner_obj, client = _make_runner(plan_now, opts, runner, docker_client, con=con)
-    todo_hashes = {r.config_hash for r in todo}
-    report = _preflight(
-        plan_now,
-        opts,
-        runner=runner_obj,
-        client=client,
-        results_dir=base,
-        con=con,
-        only=todo_hashes,
-    )
-    if store.manifest.runner != runner_obj.name:
-        con.print(
-            f"note: resuming with the {runner_obj.name} runner (started with "
-            f"{store.manifest.runner})"
+
+
+def _absolute(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded, made absolute against the working directory (no resolve:
+    a symlinked results folder keeps the name the user gave it)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def _open_study_dir(study_dir: Path) -> tuple[ManifestStore, StudyPlan]:
+    """The manifest and plan of ``study_dir``, checked against each other before any write.
+
+    Raises:
+        ConfigError: either file is missing, truncated, of the wrong schema, or they disagree
+            (a run the plan does not know, another design); names the file and the problem.
+    """
+    store = ManifestStore.load(study_dir)
+    plan_path = study_dir / PLAN_FILE
+    saved = read_damage_checked(plan_path, StudyPlan, what="study plan")
+    m = store.manifest
+    if saved.study_design_hash != m.study_design_hash:
+        raise damaged(
+            store.path,
+            "study manifest",
+            [
+                f"study_design_hash {m.study_design_hash} differs from {plan_path}'s "
+                f"{saved.study_design_hash}"
+            ],
         )
-    return _execute(
-        plan_now, store, runner=runner_obj, report=report, opts=opts, con=con, sleep=sleep
-    )
+    known = {r.run_id for r in saved.runs}
+    hashes = {e.config_hash for e in saved.experiments}
+    unknown = [r.run_id for r in m.runs if r.run_id not in known or r.config_hash not in hashes]
+    if unknown:
+        raise damaged(
+            store.path,
+            "study manifest",
+            [f"runs {unknown[:5]} are not in {plan_path}"],
+        )
+    missing = sorted(known - {r.run_id for r in m.runs})
+    if missing:
+        raise damaged(
+            store.path,
+            "study manifest",
+            [f"runs {missing[:5]} of {plan_path} have no record here"],
+        )
+    return store, saved
+
+
+def _adopt_finished(store: ManifestStore) -> list[str]:
+    """Runs not marked completed whose last folder holds this run's valid ``result.json``.
+
+    The harness writes ``result.json`` last and atomically, so its presence means the
+    measurement finished; this happens when the study stopped (a signal, a lost Docker
+    connection) after the harness had written it. Such a run is marked completed, so it is
+    neither lost nor measured twice. Called after the leftover containers were removed.
+    """
+    adopted = []
+    for rec in store.manifest.runs:
+        last = rec.last
+        if rec.state == "completed" or last is None:
+            continue
+        run_dir = store.study_dir / last.run_dir
+        result, _ = load_result(run_dir)
+        if result is None or result.run_id != rec.run_id:
+            continue
+        store.finish_attempt(
+            rec.run_id,
+            RunOutcome(
+                status="completed",
+                message=f"{last.state} ({last.failure_kind}) when the study stopped, but its "
+                f"{RESULT_FILE} had been written: counted as completed",
+                exit_code=last.exit_code,
+                started_at=last.started_at,
+                finished_at=last.finished_at or utc_iso(),
+                duration_s=last.duration_s,
+                result_path=str(run_dir / RESULT_FILE),
+                result=result,
+            ),
+        )
+        adopted.append(rec.run_id)
+    return adopted
+
+
+def _storage_error(exc: OSError, study_dir: Path, *, resumable: bool = True) -> StorageError:
+    """A :class:`StorageError` naming the path that could not be written."""
+    path = exc.filename or study_dir
+    why = exc.strerror or str(exc)
+    hint = "free some space (or fix the permissions)"
+    if resumable:
+        hint += f", then resume with: llem run --resume {study_dir}"
+    else:
+        hint += " and run the study again"
+    return StorageError(f"cannot write {path}: {why}", path=str(path), hint=hint)
 
 
 # --------------------------------------------------------------------------- setup helpers
@@ -278,6 +462,7 @@ def _container_settings(plan: StudyPlan, opts: StudyRunOptions) -> ContainerSett
     hf = d.hf_cache_dir or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     engines = d.engine_cache_dir or "~/.cache/llenergymeasure/trt-engines"
     env = dict(d.env)
+    env.update(_passthrough_env(plan))
     env.update(opts.extra_env)
     return ContainerSettings(
         network_mode=d.network_mode,
@@ -285,13 +470,23 @@ def _container_settings(plan: StudyPlan, opts: StudyRunOptions) -> ContainerSett
         ipc_mode=d.ipc_mode,
         ulimits=ulimits,
         mem_limit=d.mem_limit,
-        hf_cache_dir=str(Path(hf).expanduser()),
-        engine_cache_dir=str(Path(engines).expanduser()),
+        hf_cache_dir=str(_absolute(hf)),
+        engine_cache_dir=str(_absolute(engines)),
         run_as_host_user=d.run_as_host_user,
         extra_env=env,
         command=opts.container_command,
         request_gpus=_request_gpus(opts),
     )
+
+
+def _passthrough_env(plan: StudyPlan) -> dict[str, str]:
+    """``docker.env_passthrough``: the named variables' values from this process's environment.
+
+    The values exist only in memory and in the container's environment: never in the plan,
+    the manifest, a log or the console (only the names are).
+    """
+    names = plan.study.runner.docker.env_passthrough
+    return {name: os.environ[name] for name in names if name in os.environ}
 
 
 def _missing_images(plan: StudyPlan, client: Any) -> list[str]:
@@ -337,6 +532,11 @@ def _make_runner(
     from llenergymeasure.runners.local import LocalRunner
 
     kind = opts.runner or plan.study.runner.runner
+    if kind == "slurm":
+        from llenergymeasure.runners.slurm import SlurmRunner
+
+        settings = _container_settings(plan, opts)
+        return SlurmRunner(plan.study.runner.slurm, settings, base_dir=str(_base_dir(plan))), None
     if kind in ("docker", "auto"):
         try:
             client = client if client is not None else connect()
@@ -400,6 +600,23 @@ def _preflight(
     exps = [e for e in plan.experiments if only is None or e.config_hash in only]
     if not opts.preflight:
         return PreflightReport(images={e.image: ImageFacts(e.image) for e in exps})
+    if runner.name == "slurm":
+        from llenergymeasure.runners.slurm import SlurmRunner
+        from llenergymeasure.runners.slurm_preflight import slurm_preflight
+
+        assert isinstance(runner, SlurmRunner)
+        report = slurm_preflight(
+            runner,
+            exps,
+            results_dir=results_dir,
+            input_paths=sorted({p for e in exps for p in _input_paths(e, _base_dir(plan))}),
+            min_free_bytes=opts.min_free_bytes,
+            probe=only is None,  # a resumed study's folder was proven when it started
+        )
+        if not opts.quiet:
+            for note in report.notes:
+                con.print(f"note: {escape(note)}")
+        return report
     removed = runner.cleanup_leftovers()
     if removed and not opts.quiet:
         con.print(f"removed {len(removed)} leftover container(s) of an earlier run: {removed}")
@@ -416,6 +633,7 @@ def _preflight(
             return bool(Confirm.ask(question, console=con, default=False))
 
     request = PreflightRequest(
+        ulimits=_ulimits_by_image(exps, runner),
         runner="docker" if runner.name == "docker" else "local",
         results_dir=results_dir,
         images={k: frozenset(v) for k, v in images.items()} if runner.name == "docker" else {},
@@ -427,10 +645,40 @@ def _preflight(
         min_free_bytes=opts.min_free_bytes,
     )
     report = run_preflight(request, client=client, confirm=confirm, assume_yes=opts.assume_yes)
+    unset = [n for n in plan.study.runner.docker.env_passthrough if n not in os.environ]
+    if unset and runner.name == "docker":
+        report.notes.append(
+            f"docker.env_passthrough: {', '.join(unset)} not set in this environment; the "
+            "containers run without it"
+        )
     if not opts.quiet:
         for note in report.notes:
             con.print(f"note: {escape(note)}")
     return report
+
+
+def _ulimits_by_image(
+    exps: list[PlannedExperiment], runner: Runner
+) -> dict[str, dict[str, int | tuple[int, int]]]:
+    """The ulimits each image's containers will get, from the runner's own container spec."""
+    spec_for = getattr(runner, "spec_for", None)
+    if runner.name != "docker" or spec_for is None:
+        return {}
+    out: dict[str, dict[str, int | tuple[int, int]]] = {}
+    for e in exps:
+        if e.image in out:
+            continue
+        probe = RunRequest(
+            config=e.config,
+            study_id="preflight",
+            run_id="preflight",
+            cycle=1,
+            run_dir=Path("/nonexistent/preflight"),
+            log_path=Path("/nonexistent/preflight.log"),
+            image=e.image,
+        )
+        out[e.image] = dict(spec_for(probe).ulimits)
+    return out
 
 
 def _slug(text: str) -> str:
@@ -465,12 +713,12 @@ def _find_study_dir(target: Path, plan: StudyPlan | None) -> Path:
         return target
     if target.is_file() or plan is not None:
         wanted = plan or _plan_from_file(target)
-        base = Path(wanted.study.results_dir).expanduser()
+        base = _absolute(wanted.study.results_dir)
         candidates = []
         for manifest_path in sorted(base.glob(f"*/{MANIFEST_FILE}")):
             try:
                 m = ManifestStore.load(manifest_path.parent).manifest
-            except (OSError, ValueError):
+            except ConfigError:  # a damaged one is reported when resumed by its folder
                 continue
             if m.study_design_hash == wanted.study_design_hash and m.state != "completed":
                 candidates.append((m.updated_at, manifest_path.parent))
@@ -498,15 +746,36 @@ def _plan_from_file(path: Path) -> StudyPlan:
 def _apply_overrides(
     plan: StudyPlan, execution: dict[str, Any], runner: dict[str, Any]
 ) -> StudyPlan:
+    """The saved plan with resume overrides applied, validated exactly as for a new study.
+
+    Raises:
+        ConfigError: an override is invalid (``--runner dockr``, a negative ``--timeout``).
+    """
     if not execution and not runner:
         return plan
-    execution = {k: v for k, v in execution.items() if k not in ("n_cycles", "cycle_order")}
-    study = plan.study.model_copy(
-        update={
-            "execution": plan.study.execution.model_copy(update=execution),
-            "runner": plan.study.runner.model_copy(update=runner),
-        }
-    )
+    from pydantic import ValidationError
+
+    from llenergymeasure.config.loader import COMMAND_LINE, _section_problems
+    from llenergymeasure.config.study import ExecutionConfig, RunnerSettings
+
+    problems: list[str] = []
+    ex = plan.study.execution
+    rs = plan.study.runner
+    try:
+        ex = ExecutionConfig.model_validate({**ex.model_dump(), **execution})
+    except ValidationError as exc:
+        problems.extend(_section_problems(exc, "execution"))
+    try:
+        rs = RunnerSettings.model_validate({**rs.model_dump(), **runner})
+    except ValidationError as exc:
+        problems.extend(_section_problems(exc, ""))
+    if problems:
+        raise ConfigError(
+            f"invalid override{'s' if len(problems) != 1 else ''} for the resumed study",
+            source=COMMAND_LINE,
+            problems=problems,
+        )
+    study = plan.study.model_copy(update={"execution": ex, "runner": rs})
     return plan.model_copy(update={"study": study})
 
 
@@ -523,6 +792,26 @@ def _run_folder(study_dir: Path, run_id: str, attempt: int) -> Path:
     return candidate
 
 
+@dataclass
+class _Session:
+    """This session's clock: added to the manifest's totals when the session ends."""
+
+    t0: float = field(default_factory=time.monotonic)
+    experiments_s: float = 0.0
+    gaps_s: float = 0.0
+    closed: bool = False
+
+    def close(self, store: ManifestStore) -> None:
+        """Add this session's times to the manifest (in memory; the next write saves them)."""
+        if self.closed:
+            return
+        self.closed = True
+        m = store.manifest
+        m.wall_s += time.monotonic() - self.t0
+        m.experiments_s += self.experiments_s
+        m.gaps_s += self.gaps_s
+
+
 def _execute(
     plan: StudyPlan,
     store: ManifestStore,
@@ -532,16 +821,145 @@ def _execute(
     opts: StudyRunOptions,
     con: Console,
     sleep: Callable[[float], None],
+    signals: StopSignals | None = None,
 ) -> StudyResult:
     study_dir = store.study_dir
+    session = _Session()
+    current: list[RunRecord] = []  # the run in flight, if any
+    try:
+        store.manifest.sessions.append(utc_iso())
+        store.set_state("running")
+        progress = _run_loop(
+            plan,
+            store,
+            runner=runner,
+            report=report,
+            opts=opts,
+            con=con,
+            sleep=sleep,
+            signals=signals,
+            session=session,
+            current=current,
+        )
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated) or (
+            signals is not None and signals.exit_code == 143
+        )
+        how = "SIGTERM" if terminated else "Ctrl-C"
+        # the batch loop (Slurm) says which jobs it left running
+        message = str(exc) or f"interrupted by the user ({how})"
+        try:
+            _close_running(store, current, "interrupted", "interrupted", f"stopped by {how}")
+            session.close(store)
+            store.set_state("interrupted", message)
+            _write_outputs(_study_result(plan, store), study_dir, opts)
+        except (KeyboardInterrupt, OSError) as late:  # a second signal, or a full disk
+            logger.warning("saving the interrupted study did not finish: %r", late)
+        done = store.manifest.counts()["completed"]
+        left = store.manifest.counts()["running"]
+        raise InterruptedStudy(
+            f"study interrupted ({how}); {done} of {len(store.manifest.runs)} runs completed "
+            f"and saved in {study_dir}"
+            + (f"; {left} Slurm job(s) left running for --resume to adopt" if left else ""),
+            hint=f"resume with: llem run --resume {study_dir}",
+            exit_code=143 if terminated else 130,
+        ) from None
+    except RunnerError as exc:
+        _stop_saving(
+            store,
+            current,
+            session,
+            state="failed",
+            kind="runner_error",
+            message=exc.message,
+            plan=plan,
+            opts=opts,
+        )
+        raise RunnerError(
+            f"{exc.message} (study saved in {study_dir})",
+            hint=f"{exc.hint + '; ' if exc.hint else ''}resume with: llem run --resume {study_dir}",
+        ) from exc
+    except OSError as exc:
+        err = _storage_error(exc, study_dir)
+        _stop_saving(
+            store,
+            current,
+            session,
+            state="aborted",
+            kind="storage_error",
+            message=err.message,
+            plan=plan,
+            opts=opts,
+        )
+        raise err from exc
+    try:
+        if store.manifest.state == "running":
+            counts = store.manifest.counts()
+            done = counts["completed"] == len(store.manifest.runs)
+            store.manifest.state = "completed" if done else "failed"
+        session.close(store)
+        store.write()
+        result = _study_result(plan, store)
+        _write_outputs(result, study_dir, opts)
+    except OSError as exc:
+        err = _storage_error(exc, study_dir)
+        _stop_saving(
+            store,
+            current,
+            session,
+            state="aborted",
+            kind="storage_error",
+            message=err.message,
+            plan=plan,
+            opts=opts,
+        )
+        raise err from exc
+    progress.summary(result)
+    return result
+
+
+def _stop_saving(
+    store: ManifestStore,
+    current: list[RunRecord],
+    session: _Session,
+    *,
+    state: StudyState,
+    kind: FailureKind,
+    message: str,
+    plan: StudyPlan,
+    opts: StudyRunOptions,
+) -> None:
+    """Close the run in flight and save the study as ``state``, as far as the disk allows.
+
+    Each write is atomic, so whatever fails here leaves the previous manifest intact.
+    """
+    try:
+        _close_running(store, current, "failed", kind, message)
+        session.close(store)
+        store.set_state(state, message)
+        _write_outputs(_study_result(plan, store), store.study_dir, opts)
+    except OSError as exc:
+        logger.warning("saving the study after %s did not finish: %s", message, exc)
+
+
+def _run_loop(
+    plan: StudyPlan,
+    store: ManifestStore,
+    *,
+    runner: Runner,
+    report: PreflightReport,
+    opts: StudyRunOptions,
+    con: Console,
+    sleep: Callable[[float], None],
+    signals: StopSignals | None,
+    session: _Session,
+    current: list[RunRecord],
+) -> StudyProgress:
+    """Every run not yet completed, in plan order; the progress display (for the summary)."""
+    study_dir = store.study_dir
     ex = plan.study.execution
-    store.manifest.sessions.append(utc_iso())
-    store.set_state("running")
     todo = [r for r in store.manifest.runs if r.state != "completed"]
     by_hash = {e.config_hash: e for e in plan.experiments}
-    started_at = utc_iso()
-    t0 = time.monotonic()
-    experiments_s = gaps_s = 0.0
     host_uid, host_gid = os.getuid(), os.getgid()
     base_dir = str(_base_dir(plan))
     consecutive = 0
@@ -555,160 +973,143 @@ def _execute(
         estimates={e.config_hash: e.estimate.duration_s for e in plan.experiments},
         runner=runner.name,
     )
+
+    def make_request(rec: RunRecord, attempt: Attempt | None) -> RunRequest:
+        """The request of a new attempt at ``rec`` (or of ``attempt``, adopted)."""
+        exp = by_hash[rec.config_hash]
+        if attempt is None:
+            run_dir = _run_folder(study_dir, rec.run_id, len(rec.attempts) + 1)
+            log_path = study_dir / "logs" / f"{run_dir.name}.log"
+        else:
+            run_dir, log_path = study_dir / attempt.run_dir, study_dir / attempt.log_path
+        facts = report.images.get(exp.image)
+        return RunRequest(
+            config=exp.config,
+            study_id=store.manifest.study_id,
+            run_id=rec.run_id,
+            cycle=rec.cycle,
+            run_dir=run_dir,
+            log_path=log_path,
+            image=exp.image if runner.name in ("docker", "slurm") else None,
+            image_digest=facts.digest if facts else None,
+            image_labels=dict(facts.labels) if facts else None,
+            study_cache_dir=study_dir / "cache",
+            timeout_s=ex.experiment_timeout_s,
+            host_uid=host_uid,
+            host_gid=host_gid,
+            version=__version__,
+            input_base_dir=base_dir,
+        )
+
     previous: RunRecord | None = None
-    current: RunRecord | None = None
-    metrics_by_run: dict[str, RunMetrics] = {}
-    try:
-        with progress:
-            for rec in todo:
-                exp = by_hash[rec.config_hash]
-                if previous is not None:
-                    between = gap_after(previous, rec, ex.cycle_order)
-                    gap = ex.cycle_gap_s if between == "cycle" else ex.config_gap_s
-                    if gap > 0:
-                        kind = "cycle" if between == "cycle" else "experiment"
-                        gaps_s += progress.countdown(gap, f"thermal gap between {kind}s", sleep)
-                attempt_no = len(rec.attempts) + 1
-                run_dir = _run_folder(study_dir, rec.run_id, attempt_no)
-                log_path = study_dir / "logs" / f"{run_dir.name}.log"
-                facts = report.images.get(exp.image)
-                request = RunRequest(
-                    config=exp.config,
-                    study_id=store.manifest.study_id,
-                    run_id=rec.run_id,
-                    cycle=rec.cycle,
-                    run_dir=run_dir,
-                    log_path=log_path,
-                    image=exp.image if runner.name == "docker" else None,
-                    image_digest=facts.digest if facts else None,
-                    image_labels=dict(facts.labels) if facts else None,
-                    study_cache_dir=study_dir / "cache",
-                    timeout_s=ex.experiment_timeout_s,
-                    host_uid=host_uid,
-                    host_gid=host_gid,
-                    version=__version__,
-                    input_base_dir=base_dir,
-                )
-                current = rec
-                store.start_attempt(rec.run_id, run_dir, log_path)
-                progress.start_run(rec, exp)
-                outcome = runner.run(request, echo=progress.echo if opts.verbose else None)
-                experiments_s += outcome.duration_s or 0.0
+    with progress:
+        if runner.name == "slurm":
+            from llenergymeasure.study.batch import BatchLoop
+
+            def on_end(rec: RunRecord, outcome: RunOutcome) -> None:
                 store.finish_attempt(rec.run_id, outcome)
-                current = None
-                metrics = _metrics(outcome)
-                if metrics is not None:
-                    metrics_by_run[rec.run_id] = metrics
-                progress.end_run(rec, exp, outcome, metrics)
-                previous = rec
-                if outcome.status == "interrupted":
-                    raise KeyboardInterrupt
-                consecutive = 0 if outcome.ok else consecutive + 1
-                limit = ex.max_consecutive_failures
-                if limit and consecutive >= limit:
-                    store.set_state(
-                        "aborted",
-                        f"stopped after {consecutive} consecutive failures "
-                        f"(execution.max_consecutive_failures={limit})",
-                    )
-                    break
-    except KeyboardInterrupt:
-        _close_running(store, current, "interrupted", "interrupted", "interrupted by the user")
-        store.set_state("interrupted", "interrupted by the user (Ctrl-C)")
-        try:
-            result = _study_result(
-                plan,
-                store,
-                started_at=started_at,
-                t0=t0,
-                experiments_s=experiments_s,
-                gaps_s=gaps_s,
-                metrics_by_run=metrics_by_run,
+                exp = by_hash[rec.config_hash]
+                progress.end_run(rec, exp, outcome, _metrics(outcome), with_id=True)
+
+            if (ex.config_gap_s or ex.cycle_gap_s) and not opts.quiet:
+                con.print(
+                    "note: thermal gaps are not applied between Slurm jobs (consecutive "
+                    "jobs may run on different nodes)"
+                )
+            loop = BatchLoop(
+                plan=plan,
+                store=store,
+                runner=runner,  # type: ignore[arg-type]
+                make_request=make_request,
+                on_end=on_end,
+                progress=progress,
+                console=con,
+                quiet=opts.quiet,
+                sleep=sleep,
             )
-            _write_outputs(result, study_dir, opts)
-        except KeyboardInterrupt:
-            pass
-        done = store.manifest.counts()["completed"]
-        raise InterruptedStudy(
-            f"study interrupted; {done} of {len(store.manifest.runs)} runs completed and "
-            f"saved in {study_dir}",
-            hint=f"resume with: llem run --resume {study_dir}",
-        ) from None
-    except RunnerError as exc:
-        _close_running(store, current, "failed", "runner_error", exc.message)
-        store.set_state("failed", exc.message)
-        result = _study_result(
-            plan,
-            store,
-            started_at=started_at,
-            t0=t0,
-            experiments_s=experiments_s,
-            gaps_s=gaps_s,
-            metrics_by_run=metrics_by_run,
-        )
-        _write_outputs(result, study_dir, opts)
-        raise RunnerError(
-            f"{exc.message} (study saved in {study_dir})",
-            hint=f"{exc.hint + '; ' if exc.hint else ''}resume with: llem run --resume {study_dir}",
-        ) from exc
-    if store.manifest.state == "running":
-        counts = store.manifest.counts()
-        store.set_state(
-            "completed" if counts["completed"] == len(store.manifest.runs) else "failed"
-        )
-    result = _study_result(
-        plan,
-        store,
-        started_at=started_at,
-        t0=t0,
-        experiments_s=experiments_s,
-        gaps_s=gaps_s,
-        metrics_by_run=metrics_by_run,
-    )
-    _write_outputs(result, study_dir, opts)
-    progress.summary(result)
-    return result
+            try:
+                loop.run(todo)
+            finally:
+                session.experiments_s += loop.experiments_s
+            todo = []
+        for rec in todo:
+            exp = by_hash[rec.config_hash]
+            if previous is not None:
+                between = gap_after(previous, rec, ex.cycle_order)
+                gap = ex.cycle_gap_s if between == "cycle" else ex.config_gap_s
+                if gap > 0:
+                    kind = "cycle" if between == "cycle" else "experiment"
+                    session.gaps_s += progress.countdown(gap, f"thermal gap between {kind}s", sleep)
+            request = make_request(rec, None)
+            current[:] = [rec]
+            store.start_attempt(rec.run_id, request.run_dir, request.log_path)
+            progress.start_run(rec, exp)
+            outcome = runner.run(request, echo=progress.echo if opts.verbose else None)
+            session.experiments_s += outcome.duration_s or 0.0
+            store.finish_attempt(rec.run_id, outcome)
+            current.clear()
+            metrics = _metrics(outcome)
+            progress.end_run(rec, exp, outcome, metrics)
+            previous = rec
+            # A signal that arrived after the harness had finished leaves the run completed
+            # (its result.json is whole); the study still stops here.
+            if outcome.status == "interrupted" or (signals is not None and signals.received):
+                raise KeyboardInterrupt
+            consecutive = 0 if outcome.ok else consecutive + 1
+            limit = ex.max_consecutive_failures
+            if limit and consecutive >= limit:
+                store.set_state(
+                    "aborted",
+                    f"stopped after {consecutive} consecutive failures "
+                    f"(execution.max_consecutive_failures={limit})",
+                )
+                break
+    return progress
 
 
 def _close_running(
     store: ManifestStore,
-    current: RunRecord | None,
+    current: list[RunRecord],
     status: RunState,
     kind: FailureKind,
     message: str,
 ) -> None:
-    """Record how the run in flight ended when the study itself stops around it."""
-    if current is not None and store.run(current.run_id).state == "running":
+    """Record how the run in flight ended when the study itself stops around it.
+
+    When its ``result.json`` was already written (the signal came after the harness
+    finished, before the runner returned), the run is completed, not interrupted.
+    """
+    if not current or store.run(current[0].run_id).state != "running":
+        return
+    rec = current[0]
+    last = rec.last
+    run_dir = store.study_dir / last.run_dir if last is not None else None
+    result = load_result(run_dir)[0] if run_dir is not None else None
+    if run_dir is not None and result is not None:
         store.finish_attempt(
-            current.run_id,
+            rec.run_id,
             RunOutcome(
-                status=status,
-                failure_kind=kind,
-                message=message,
+                status="completed",
+                message=f"{RESULT_FILE} written before the study stopped ({message})",
                 finished_at=utc_iso(),
+                result_path=str(run_dir / RESULT_FILE),
+                result=result,
             ),
         )
+        return
+    store.finish_attempt(
+        rec.run_id,
+        RunOutcome(status=status, failure_kind=kind, message=message, finished_at=utc_iso()),
+    )
 
 
 def _metrics(outcome: RunOutcome) -> RunMetrics | None:
     return RunMetrics.from_result(outcome.result) if outcome.result is not None else None
 
 
-def _study_result(
-    plan: StudyPlan,
-    store: ManifestStore,
-    *,
-    started_at: str,
-    t0: float,
-    experiments_s: float,
-    gaps_s: float,
-    metrics_by_run: dict[str, RunMetrics] | None = None,
-) -> StudyResult:
-    """The study's result from the manifest; ``metrics_by_run`` holds the metrics of runs this
-    session completed (from their outcomes' typed results), so only runs completed in an
-    earlier session have their ``result.json`` read here, once."""
+def _study_result(plan: StudyPlan, store: ManifestStore) -> StudyResult:
+    """The StudyResult of the manifest as it stands; times are the totals of ended sessions."""
     m = store.manifest
-    known = metrics_by_run or {}
     by_hash = {e.config_hash: e for e in plan.experiments}
     runs = []
     for rec in m.runs:
@@ -717,15 +1118,12 @@ def _study_result(
         metrics = None
         result_rel = None
         if rec.state == "completed" and last is not None:
-            result_rel = str(Path(last.run_dir) / RESULT_FILE)
-            metrics = known.get(rec.run_id)
-            if metrics is None:
-                path = store.study_dir / result_rel
-                try:
-                    metrics = RunMetrics.from_result(ExperimentResult.load(path))
-                except (OSError, ValueError) as exc:
-                    logger.warning("cannot read %s: %s", path, exc)
-                    result_rel = None
+            # This session's results ride in the store (from their outcomes); a run completed
+            # in an earlier session is read here, once.
+            result = store.result_of(rec.run_id)
+            if result is not None:
+                metrics = RunMetrics.from_result(result)
+                result_rel = str(Path(last.run_dir) / RESULT_FILE)
         runs.append(
             RunSummary(
                 index=rec.index,
@@ -744,7 +1142,9 @@ def _study_result(
                 model=exp.config.model if exp else None,
                 precision=exp.config.precision if exp else None,
                 # the local runner runs no image: do not record the planned one as provenance
-                image=exp.image if exp and m.runner == "docker" else None,
+                image=exp.image if exp and _ran_image(plan, m.runner) else None,
+                job_id=last.job_id if last else None,
+                node=last.node if last else None,
                 params=dict(exp.params) if exp else {},
                 metrics=metrics,
             )
@@ -759,11 +1159,12 @@ def _study_result(
         state=m.state,
         message=m.message,
         study_dir=str(store.study_dir),
-        started_at=started_at,
+        started_at=m.created_at,
         finished_at=utc_iso(),
-        wall_s=time.monotonic() - t0,
-        experiments_s=experiments_s,
-        gaps_s=gaps_s,
+        wall_s=m.wall_s,
+        experiments_s=m.experiments_s,
+        gaps_s=m.gaps_s,
+        sessions=max(1, len(m.sessions)),
         n_runs=len(m.runs),
         n_completed=counts["completed"],
         n_failed=counts["failed"],
@@ -771,6 +1172,51 @@ def _study_result(
         n_pending=counts["pending"],
         runs=runs,
     )
+
+
+def dry_run_job_scripts(
+    plan: StudyPlan, options: StudyRunOptions | None = None
+) -> list[tuple[str, str]]:
+    """``(run_id, job script)`` for every run of a ``runner: slurm`` plan, for ``--dry-run``.
+
+    The study folder does not exist yet: the scripts name it with a placeholder time stamp.
+    """
+    from llenergymeasure.runners.slurm import SlurmRunner
+
+    opts = options or StudyRunOptions()
+    base = _absolute(plan.study.results_dir)
+    study_dir = base / f"{_slug(plan.study.name)}_{plan.study_design_hash[:8]}_YYYYMMDDTHHMMSSZ"
+    runner = SlurmRunner(
+        plan.study.runner.slurm, _container_settings(plan, opts), base_dir=str(_base_dir(plan))
+    )
+    by_hash = {e.config_hash: e for e in plan.experiments}
+    out = []
+    for key in plan.runs:
+        exp = by_hash[key.config_hash]
+        run_dir = study_dir / "runs" / key.run_id
+        request = RunRequest(
+            config=exp.config,
+            study_id=study_dir.name,
+            run_id=key.run_id,
+            cycle=key.cycle,
+            run_dir=run_dir,
+            log_path=study_dir / "logs" / f"{key.run_id}.log",
+            image=exp.image,
+            study_cache_dir=study_dir / "cache",
+            timeout_s=plan.study.execution.experiment_timeout_s,
+            host_uid=os.getuid(),
+            host_gid=os.getgid(),
+            input_base_dir=str(_base_dir(plan)),
+        )
+        out.append((key.run_id, runner.job_script(request).text))
+    return out
+
+
+def _ran_image(plan: StudyPlan, runner: str) -> bool:
+    """Whether the runs ran in the planned image (not the local runner or launcher)."""
+    if runner == "slurm":
+        return plan.study.runner.slurm.launcher != "local"
+    return runner == "docker"
 
 
 def _write_outputs(result: StudyResult, study_dir: Path, opts: StudyRunOptions) -> None:

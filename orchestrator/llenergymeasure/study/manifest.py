@@ -4,7 +4,7 @@
 change, so whatever kills the orchestrator, the file on disk is a complete, valid manifest of
 the last change. Run states::
 
-    pending ──► running ──► completed
+    pending ──► running ──► completed     (Slurm: running = submitted; job_state says more)
                    │
                    ├──────► failed        (cause: failure_kind + message)
                    └──────► interrupted   (Ctrl-C)
@@ -15,17 +15,24 @@ completed ones. Every attempt is kept in ``attempts``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llenergymeasure.errors import ConfigError
 from llenergymeasure.runners.base import FailureKind, RunOutcome, RunState
-from llenergymeasure_contract.results import write_json_atomic
+from llenergymeasure_contract.files import RESULT_FILE
+from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
 from llenergymeasure_contract.timestamps import utc_iso
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1.0"
+
+_M = TypeVar("_M", bound=BaseModel)
 
 StudyState = Literal["running", "completed", "failed", "interrupted", "aborted"]
 
@@ -47,6 +54,9 @@ class Attempt(_Model):
     failure_kind: FailureKind | None = None
     message: str | None = None
     exit_code: int | None = None
+    job_id: str | None = None  # Slurm runner: the job of this attempt
+    job_state: str | None = None  # Slurm runner: the job's last seen state (PENDING, RUNNING...)
+    node: str | None = None  # Slurm runner: the node it ran on
 
 
 class RunRecord(_Model):
@@ -79,6 +89,10 @@ class StudyManifest(_Model):
     created_at: str
     updated_at: str
     sessions: list[str] = Field(default_factory=list)  # start time of each (resumed) session
+    # Totals of the sessions that have ended (a resume adds its own when it ends).
+    wall_s: float = 0.0
+    experiments_s: float = 0.0
+    gaps_s: float = 0.0
     message: str | None = None
     runs: list[RunRecord]
 
@@ -91,12 +105,17 @@ class StudyManifest(_Model):
 
 
 class ManifestStore:
-    """Holds the manifest in memory and writes it atomically after every change."""
+    """Holds the manifest in memory and writes it atomically after every change.
+
+    It also keeps the typed result of every run completed through it (from the outcome, which
+    parsed ``result.json`` once), so the study result never parses those files again.
+    """
 
     def __init__(self, study_dir: Path, manifest: StudyManifest) -> None:
         self.study_dir = study_dir
         self.manifest = manifest
         self._by_id = {r.run_id: r for r in manifest.runs}
+        self._results: dict[str, ExperimentResult] = {}
 
     @property
     def path(self) -> Path:
@@ -105,9 +124,18 @@ class ManifestStore:
 
     @classmethod
     def load(cls, study_dir: Path) -> ManifestStore:
-        """Read an existing study directory's manifest."""
+        """Read an existing study directory's manifest.
+
+        Raises:
+            ConfigError: the file is missing, unreadable, truncated or not a manifest (the
+                message names the file and what is wrong; nothing is rewritten).
+        """
         path = study_dir / MANIFEST_FILE
-        return cls(study_dir, StudyManifest.model_validate_json(path.read_text(encoding="utf-8")))
+        manifest = read_damage_checked(path, StudyManifest, what="study manifest")
+        ids = [r.run_id for r in manifest.runs]
+        if len(set(ids)) != len(ids):
+            raise damaged(path, "study manifest", ["runs: a run id appears twice"])
+        return cls(study_dir, manifest)
 
     def write(self) -> None:
         """Rewrite ``manifest.json`` atomically."""
@@ -142,9 +170,48 @@ class ManifestStore:
         attempt.failure_kind = outcome.failure_kind
         attempt.message = outcome.message
         attempt.exit_code = outcome.exit_code
+        attempt.job_id = outcome.job_id or attempt.job_id
+        attempt.node = outcome.node or attempt.node
         rec.state = outcome.status
+        if outcome.result is not None:
+            self._results[run_id] = outcome.result
+        else:
+            self._results.pop(run_id, None)
         self.write()
         return rec
+
+    def result_of(self, run_id: str) -> ExperimentResult | None:
+        """The typed result of a completed run: kept from its outcome, or (a run completed in
+        an earlier session) read from its ``result.json`` once; ``None`` if unreadable."""
+        if run_id in self._results:
+            return self._results[run_id]
+        rec = self._by_id[run_id]
+        if rec.state != "completed" or rec.last is None:
+            return None
+        path = self.study_dir / rec.last.run_dir / RESULT_FILE
+        try:
+            result = ExperimentResult.load(path)
+        except (OSError, ValueError) as exc:
+            logger.warning("cannot read %s: %s", path, exc)
+            return None
+        self._results[run_id] = result
+        return result
+
+    def set_job(
+        self,
+        run_id: str,
+        *,
+        job_id: str | None = None,
+        job_state: str | None = None,
+        node: str | None = None,
+    ) -> Attempt:
+        """Record the scheduler job of the current attempt (what is given); write."""
+        attempt = self._by_id[run_id].attempts[-1]
+        attempt.job_id = job_id or attempt.job_id
+        attempt.job_state = job_state or attempt.job_state
+        attempt.node = node or attempt.node
+        self.write()
+        return attempt
 
     def set_state(self, state: StudyState, message: str | None = None) -> None:
         """Set the study's own state; write."""
@@ -152,11 +219,14 @@ class ManifestStore:
         self.manifest.message = message
         self.write()
 
-    def recover_running(self) -> list[str]:
-        """Runs left ``running`` by a killed orchestrator become ``interrupted``; write."""
+    def recover_running(self, keep: set[str] | None = None) -> list[str]:
+        """Runs left ``running`` by a killed orchestrator become ``interrupted``; write.
+
+        ``keep`` names runs to leave running (Slurm jobs that a resume adopts).
+        """
         fixed = []
         for rec in self.manifest.runs:
-            if rec.state == "running":
+            if rec.state == "running" and rec.run_id not in (keep or set()):
                 rec.state = "interrupted"
                 if rec.attempts and rec.attempts[-1].state == "running":
                     rec.attempts[-1].state = "interrupted"
@@ -165,3 +235,32 @@ class ManifestStore:
         if fixed:
             self.write()
         return fixed
+
+
+_DAMAGED_HINT = (
+    "the file was truncated or edited by hand; restore it (e.g. from a backup) or start the "
+    "study again. Nothing was changed"
+)
+
+
+def damaged(path: Path, what: str, problems: list[str]) -> ConfigError:
+    """The error for a study file that cannot be trusted (exit 2, nothing rewritten)."""
+    return ConfigError(f"damaged {what}", source=str(path), problems=problems, hint=_DAMAGED_HINT)
+
+
+def read_damage_checked(path: Path, model: type[_M], *, what: str) -> _M:
+    """Parse ``path`` as ``model``; any problem is a :func:`damaged` error naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise damaged(path, what, ["the file is missing"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise damaged(path, what, [f"cannot read it: {exc}"]) from exc
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors()[:10]:
+            loc = ".".join(str(p) for p in err["loc"]) or "<whole file>"
+            problems.append(f"{loc}: {err['msg']}")
+        raise damaged(path, what, problems) from exc

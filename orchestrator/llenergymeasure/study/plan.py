@@ -80,6 +80,13 @@ class StudyPlan(BaseModel):
     estimated_duration_s: float | None = None
     notes: list[str] = Field(default_factory=list)
 
+    def experiment(self, config_hash: str) -> PlannedExperiment:
+        """The planned experiment with this hash."""
+        for exp in self.experiments:
+            if exp.config_hash == config_hash:
+                return exp
+        raise KeyError(config_hash)
+
     def to_json_dict(self) -> dict[str, Any]:
         """The ``--dry-run --json`` document."""
         return {

@@ -139,8 +139,10 @@ class StudyProgress:
         exp: PlannedExperiment,
         outcome: RunOutcome,
         metrics: RunMetrics | None,
+        *,
+        with_id: bool = False,
     ) -> None:
-        """A run ended."""
+        """A run ended (``with_id``: name it in the line, when runs overlap)."""
         if outcome.duration_s is not None:
             self._durations.append(outcome.duration_s)
         self._run_t0 = None
@@ -157,8 +159,10 @@ class StudyProgress:
                 f"  [{color}]{outcome.status}[/] ({outcome.failure_kind}) after "
                 f"{fmt_duration(outcome.duration_s)}: {escape(outcome.message or '')}"
             )
+        if with_id:
+            line = f"  {rec.run_id}:{line[1:]}"
         if not self.quiet:
-            if self.live_mode:
+            if self.live_mode and not with_id:
                 self.console.print(f"[{self._position}/{self.total}] {rec.run_id}")
             self.console.print(line, highlight=False)
 

@@ -322,7 +322,7 @@ def make_fake_result(
     energy_j = 0.5 * output_tokens
     return ExperimentResult(
         run_id=henv.run_id,
-        config_hash=cfg.config_hash,
+        config_hash=henv.config_hash or cfg.config_hash,  # the host's, as the harness does
         cycle=henv.cycle,
         study_id=henv.study_id,
         config=cfg,

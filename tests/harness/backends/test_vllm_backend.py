@@ -395,7 +395,8 @@ def test_oom_on_load_becomes_engine_oom_error(fake: FakeVLLM, backend: VLLMBacke
     assert isinstance(info.value, ExperimentError)
     assert "vLLM ran out of GPU memory during load" in str(info.value)
     assert "max_num_seqs" in (info.value.hint or "")
-    assert type(info.value.__cause__).__name__ == "OutOfMemoryError"
+    # torch.cuda.OutOfMemoryError, or the fake engines' stand-in on a host without torch
+    assert type(info.value.__cause__).__name__ in ("OutOfMemoryError", "FakeOutOfMemoryError")
 
 
 def test_kv_cache_too_small_is_oom(fake: FakeVLLM, backend: VLLMBackend) -> None:

@@ -1,0 +1,90 @@
+"""Serving over HTTP: server mode (:class:`ServerConfig`) and the endpoint backend's section
+(:class:`EndpointConfig`).
+
+* ``server:`` on a pytorch/vllm/tensorrt experiment runs the engine's own OpenAI-compatible
+  server inside the experiment's container (``transformers serve``, ``vllm serve``,
+  ``trtllm-serve``) and measures it through the harness's streaming client; start-up is
+  outside the energy window, the server's log is kept, and the server is always stopped.
+* ``backend: endpoint`` measures a server that is already running (any engine), at
+  ``endpoint.url``; energy comes from NVML on ``gpus`` (on this host), and the result says the
+  server is external. An API key is given by the NAME of an environment variable
+  (``endpoint.api_key_env``) and is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Flags of the serve commands the experiment itself decides.
+RESERVED_SERVER_ARGS = ("--host", "--port", "--model", "--dtype", "--seed")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Model):
+    """Run the backend's own OpenAI-compatible server and drive it over localhost."""
+
+    port: int = Field(0, ge=0, le=65535, description="Port on 127.0.0.1; 0 picks a free one.")
+    startup_timeout_s: float = Field(
+        900.0, gt=0.0, description="How long to wait for the server's health endpoint."
+    )
+    args: list[str] = Field(
+        default_factory=list,
+        description="Extra command-line arguments for the serve command, appended as given.",
+    )
+
+    @field_validator("args")
+    @classmethod
+    def _no_reserved(cls, value: list[str]) -> list[str]:
+        taken = [a for a in value if a.split("=", 1)[0] in RESERVED_SERVER_ARGS]
+        if taken:
+            raise ValueError(
+                f"server.args may not set {', '.join(taken)}: the experiment decides host, "
+                "port, model, dtype and seed (set model/precision/random_seed/server.port)"
+            )
+        return value
+
+
+class EndpointConfig(_Model):
+    """An OpenAI-compatible server that is already running (``backend: endpoint``)."""
+
+    url: str = Field(description="Base URL, e.g. http://127.0.0.1:8000 (without /v1).")
+    api_key_env: str | None = Field(
+        None,
+        description="NAME of the environment variable holding the API key (never the key).",
+    )
+    prompt_format: Literal["auto", "text", "token_ids"] = Field(
+        "auto",
+        description="auto: text when a tokenizer is available (tokenizer: or a local model "
+        "path), else token ids; text needs a tokenizer for synthetic prompts.",
+    )
+    request_timeout_s: float = Field(600.0, gt=0.0, description="Per-request read timeout.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        v = value.strip().rstrip("/")
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint.url must start with http:// or https://, got {value!r}")
+        if v.endswith("/v1"):
+            v = v[: -len("/v1")]
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            raise ValueError(
+                "endpoint.api_key_env is the NAME of an environment variable (letters, digits, "
+                "underscores), not the key itself; e.g. api_key_env: OPENAI_API_KEY"
+            )
+        return value
+
+
+__all__ = ["RESERVED_SERVER_ARGS", "EndpointConfig", "ServerConfig"]

@@ -1,0 +1,875 @@
+"""The Slurm runner: one Slurm job per run, submitted, watched and read back from a shared disk.
+
+The job script is built without I/O (:func:`render_job_script`) from the same
+:class:`~llenergymeasure.runners.spec.RunRequest`, environment contract
+(:class:`~llenergymeasure.contract.HarnessEnv`) and per-run directory as the Docker and local
+runners; only the *launcher* inside the job differs::
+
+    local       exec python3 -m llenergymeasure_harness        (host paths, the harness on the node)
+    docker      docker run --rm ... <image> (the Docker runner's ContainerSpec, as CLI flags)
+    apptainer   apptainer exec --cleanenv --nv --bind ... docker://<image> | <file>.sif
+    singularity the same with singularity and SINGULARITYENV_
+    enroot      srun --container-image=<image> --container-mounts=... (pyxis)
+
+Per study (see :mod:`llenergymeasure.study.batch` for the loop)::
+
+    render script ─► runs/…/ + jobs/<run folder>.sbatch ─► sbatch --parsable ─► job id (manifest)
+        one poller for all jobs in flight: squeue --states=all -j id,id,… (backoff 2 s … 30 s),
+        sacct for jobs slurmctld has forgotten
+    terminal state ─► classify from result.json / error.json in the run folder + the job state
+
+Job states map to outcomes (:func:`job_outcome`)::
+
+    COMPLETED                      -> classify(exit 0): completed | missing/invalid result
+    FAILED                         -> classify(exit N): harness_error | exit_nonzero
+    TIMEOUT, DEADLINE              -> failed / timeout (the Slurm time limit)
+    OUT_OF_MEMORY                  -> failed / oom_killed
+    CANCELLED by us (Ctrl-C)       -> interrupted
+    CANCELLED, PREEMPTED by others -> failed / cancelled
+    NODE_FAIL, BOOT_FAIL           -> failed / node_failure
+
+Only :class:`SlurmCli` runs Slurm commands; tests and the preflight use it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import math
+import os
+import shlex
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llenergymeasure._version import __version__
+from llenergymeasure.errors import RunnerError
+from llenergymeasure.runners.base import FailureKind, LogSink, RunOutcome, classify
+from llenergymeasure.runners.spec import (
+    HARNESS_COMMAND,
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    ContainerSettings,
+    ContainerSpec,
+    RunRequest,
+    build_container_spec,
+    harness_env,
+)
+from llenergymeasure_contract.registry import REGISTRY
+from llenergymeasure_contract.timestamps import utc_iso
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.slurm import SlurmSettings
+
+JOB_PREFIX = "llem-"
+JOBS_DIR = "jobs"
+#: The job's comment carries the study id and run folder, so a resume can find a job that was
+#: submitted but whose id never reached the manifest.
+COMMENT_STUDY = "llem.study"
+COMMENT_DIR = "llem.dir"
+LABEL_SLURM_JOB = "llem.slurm_job"
+#: Passed into the container by name from the job's environment, never written into a job
+#: script: secrets (sbatch exports the submitter's environment) and the job id the harness
+#: records in result.json.
+PASSTHROUGH_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "SLURM_JOB_ID")
+#: Seconds `docker stop` waits in a cancelled job; below Slurm's default KillWait (30 s), so
+#: the container is gone before Slurm SIGKILLs the job's processes.
+DOCKER_STOP_GRACE_S = 8
+
+PENDING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESIZING"})
+ACTIVE_STATES = frozenset({"RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING"})
+TERMINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "TIMEOUT",
+        "DEADLINE",
+        "CANCELLED",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "BOOT_FAIL",
+        "PREEMPTED",
+        "REVOKED",
+        "SPECIAL_EXIT",
+    }
+)
+#: Pending reasons that mean the job can never start as submitted.
+FATAL_PENDING_REASONS = frozenset(
+    {
+        "BadConstraints",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "InvalidAccount",
+        "InvalidQOS",
+        "QOSJobLimit",
+        "AccountNotAllowed",
+        "PartitionDown",
+        "ReqNodeNotAvail, UnavailableNodes",
+        "Nodes_required_for_job_are_DOWN,_DRAINED_or_reserved_for_jobs_in_higher_priority_partitions",
+    }
+)
+
+_SQUEUE_FIELDS = "JobID,State,Reason,NodeList,exit_code,StartTime,EndTime,Name,Comment"
+_SQUEUE_FORMAT = ",".join(f"{f}:|" for f in _SQUEUE_FIELDS.split(","))
+_SACCT_FIELDS = "JobID,State,Reason,NodeList,ExitCode,Start,End,JobName,Comment"
+
+CommandRunner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+# --------------------------------------------------------------------------- job states
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """One job as squeue or sacct reported it."""
+
+    job_id: str
+    state: str  # the base state: CANCELLED, not "CANCELLED by 0"
+    reason: str | None = None
+    node: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    start: str | None = None
+    end: str | None = None
+    name: str | None = None
+    comment: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """The job has ended (whatever the way)."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def pending(self) -> bool:
+        """The job waits in the queue."""
+        return self.state in PENDING_STATES
+
+    @property
+    def duration_s(self) -> float | None:
+        """Run time from start to end, when both are known."""
+        from datetime import datetime
+
+        try:
+            start = datetime.fromisoformat(self.start or "")
+            end = datetime.fromisoformat(self.end or "")
+        except ValueError:
+            return None
+        return max(0.0, (end - start).total_seconds())
+
+
+def _clean(value: str) -> str | None:
+    value = value.strip()
+    return None if value in ("", "(null)", "None", "N/A", "Unknown") else value
+
+
+def parse_squeue(text: str) -> dict[str, JobInfo]:
+    """Parse ``squeue --noheader -O <_SQUEUE_FORMAT>`` output (``|``-separated)."""
+    out: dict[str, JobInfo] = {}
+    for line in text.splitlines():
+        cols = line.split("|")
+        if len(cols) < 9 or not cols[0].strip():
+            continue
+        job_id, state, reason, node, raw_exit, start, end, name, comment = (
+            c.strip() for c in cols[:9]
+        )
+        exit_code: int | None = None
+        sig: int | None = None
+        if raw_exit.isdigit():  # squeue reports the raw wait status
+            status = int(raw_exit)
+            if status & 0x7F:
+                sig = status & 0x7F
+            else:
+                exit_code = status >> 8
+        out[job_id] = JobInfo(
+            job_id=job_id,
+            state=state.split()[0] if state else "UNKNOWN",
+            reason=_clean(reason),
+            node=_clean(node),
+            exit_code=exit_code,
+            signal=sig,
+            start=_clean(start),
+            end=_clean(end),
+            name=_clean(name),
+            comment=_clean(comment),
+        )
+    return out
+
+
+def parse_sacct(text: str) -> dict[str, JobInfo]:
+    """Parse ``sacct --noheader --parsable2 -X -o <_SACCT_FIELDS>`` output."""
+    out: dict[str, JobInfo] = {}
+    for line in text.splitlines():
+        cols = line.split("|")
+        if len(cols) < 9 or not cols[0].strip() or "." in cols[0]:
+            continue
+        job_id, state, reason, node, raw_exit, start, end, name = (c.strip() for c in cols[:8])
+        comment = "|".join(cols[8:]).strip()
+        exit_code: int | None = None
+        sig: int | None = None
+        code, _, signal_text = raw_exit.partition(":")
+        if code.isdigit():
+            exit_code = int(code)
+        if signal_text.isdigit() and int(signal_text):
+            sig = int(signal_text)
+        out[job_id] = JobInfo(
+            job_id=job_id,
+            state=state.split()[0] if state else "UNKNOWN",
+            reason=_clean(reason),
+            node=_clean(node),
+            exit_code=exit_code,
+            signal=sig,
+            start=_clean(start),
+            end=_clean(end),
+            name=_clean(name),
+            comment=_clean(comment),
+        )
+    return out
+
+
+def comment_for(study_id: str, run_folder: str) -> str:
+    """The job comment naming the study and the run folder (no spaces: sbatch-safe)."""
+    return f"{COMMENT_STUDY}={study_id},{COMMENT_DIR}={run_folder}"
+
+
+def parse_comment(comment: str | None) -> dict[str, str]:
+    """The ``key=value`` pairs of a job comment written by :func:`comment_for`."""
+    out: dict[str, str] = {}
+    for part in (comment or "").split(","):
+        key, sep, value = part.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+# --------------------------------------------------------------------------- Slurm commands
+
+
+def _run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+class SlurmCli:
+    """The Slurm commands the runner and preflight use (sbatch, squeue, sacct, scancel, sinfo).
+
+    Args:
+        run: Runs one command and returns its completed process (tests replace it).
+    """
+
+    def __init__(self, run: CommandRunner | None = None) -> None:
+        self._run = run or _run_command
+        self._sacct_ok: bool | None = None
+
+    def _call(self, argv: Sequence[str], what: str) -> subprocess.CompletedProcess[str]:
+        try:
+            return self._run(argv)
+        except FileNotFoundError as exc:
+            raise RunnerError(
+                f"{argv[0]} is not installed or not on PATH ({what})",
+                hint="run llem on a Slurm login node, or load the Slurm module",
+            ) from exc
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise RunnerError(f"{argv[0]} failed ({what}): {exc}") from exc
+
+    def submit(self, script: Path) -> str:
+        """``sbatch --parsable script``; the job id."""
+        proc = self._call(["sbatch", "--parsable", str(script)], "submitting a job")
+        job_id = proc.stdout.strip().split(";")[0]
+        if proc.returncode != 0 or not job_id.isdigit():
+            text = (proc.stderr or proc.stdout).strip().splitlines()
+            raise RunnerError(
+                f"sbatch refused {script}: {text[-1] if text else f'exit {proc.returncode}'}",
+                hint="check the slurm: section (partition, account, qos, sbatch_args)",
+            )
+        return job_id
+
+    def query(self, job_ids: Iterable[str]) -> dict[str, JobInfo]:
+        """The state of each job: squeue (slurmctld's memory), then sacct for the rest."""
+        ids = sorted(set(job_ids), key=lambda j: (len(j), j))
+        if not ids:
+            return {}
+        proc = self._call(
+            [
+                "squeue",
+                "--noheader",
+                "--states=all",
+                f"--jobs={','.join(ids)}",
+                "-O",
+                _SQUEUE_FORMAT,
+            ],
+            "polling jobs",
+        )
+        if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+            raise RunnerError(
+                f"squeue failed: {proc.stderr.strip() or f'exit {proc.returncode}'}",
+                hint="is slurmctld reachable from here? (sinfo)",
+            )
+        found = parse_squeue(proc.stdout) if proc.returncode == 0 else {}
+        missing = [j for j in ids if j not in found]
+        if missing and self.accounting():
+            proc = self._call(
+                [
+                    "sacct",
+                    "--noheader",
+                    "--parsable2",
+                    "-X",
+                    f"--jobs={','.join(missing)}",
+                    "-o",
+                    _SACCT_FIELDS,
+                ],
+                "reading finished jobs",
+            )
+            if proc.returncode == 0:
+                found.update({k: v for k, v in parse_sacct(proc.stdout).items() if k in missing})
+        return found
+
+    def accounting(self) -> bool:
+        """Whether sacct answers (a cluster without slurmdbd says accounting is disabled)."""
+        if self._sacct_ok is None:
+            try:
+                proc = self._run(["sacct", "--noheader", "-X", "-j", "1", "-o", "JobID"])
+            except (OSError, subprocess.SubprocessError):
+                self._sacct_ok = False
+            else:
+                self._sacct_ok = proc.returncode == 0 and "disabled" not in (
+                    proc.stdout + proc.stderr
+                )
+        return self._sacct_ok
+
+    def find(self, study_id: str) -> dict[str, JobInfo]:
+        """Jobs slurmctld knows of this study, by run folder (from their comments)."""
+        proc = self._call(
+            ["squeue", "--noheader", "--states=all", f"--user={_user()}", "-O", _SQUEUE_FORMAT],
+            "looking for the study's jobs",
+        )
+        if proc.returncode != 0:
+            return {}
+        out: dict[str, JobInfo] = {}
+        for info in parse_squeue(proc.stdout).values():
+            tags = parse_comment(info.comment)
+            if tags.get(COMMENT_STUDY) == study_id and COMMENT_DIR in tags:
+                out[tags[COMMENT_DIR]] = info
+        return out
+
+    def cancel(self, job_ids: Iterable[str]) -> None:
+        """``scancel`` the jobs (one call)."""
+        ids = sorted(set(job_ids))
+        if ids:
+            proc = self._call(["scancel", *ids], "cancelling jobs")
+            if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+                raise RunnerError(f"scancel {' '.join(ids)} failed: {proc.stderr.strip()}")
+
+    def sinfo(self, partition: str | None) -> subprocess.CompletedProcess[str]:
+        """``sinfo`` rows ``partition|gres|nodes|state`` (of one partition, or all)."""
+        argv = ["sinfo", "--noheader", "-o", "%P|%G|%D|%a"]
+        if partition:
+            argv.append(f"--partition={partition}")
+        return self._call(argv, "reading partitions")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+# --------------------------------------------------------------------------- job scripts
+
+
+def time_limit_min(settings: SlurmSettings, experiment_timeout_s: float | None) -> int:
+    """The ``--time`` in minutes: the explicit limit, or the experiment timeout + margin."""
+    seconds = settings.time_limit_s
+    if seconds is None:
+        seconds = (experiment_timeout_s or 3600.0) + settings.startup_margin_s
+    return max(1, math.ceil(seconds / 60.0))
+
+
+def gpu_request(settings: SlurmSettings, n_gpus: int) -> str | None:
+    """``--gres=gpu[:type]:N`` or ``--gpus=[type:]N``; ``None`` for a CPU experiment."""
+    if n_gpus <= 0:
+        return None
+    kind = f"{settings.gpu_type}:" if settings.gpu_type else ""
+    if settings.gpu_request == "gpus":
+        return f"--gpus={kind}{n_gpus}"
+    return f"--gres=gpu:{kind}{n_gpus}"
+
+
+def _sbatch_line(option: str) -> str:
+    # sbatch reads #SBATCH lines with shell-like quoting; quote values with spaces.
+    key, sep, value = option.partition("=")
+    if sep and any(c.isspace() for c in value):
+        return f'#SBATCH {key}="{value}"'
+    return f"#SBATCH {option}"
+
+
+def _q(value: str) -> str:
+    return shlex.quote(value)
+
+
+def apptainer_image(image: str) -> str:
+    """An image reference Apptainer can run: files as they are, registry images as docker://."""
+    if "://" in image or image.startswith(("/", "./", "../")) or image.endswith(".sif"):
+        return image
+    return f"docker://{image}"
+
+
+def pyxis_image(image: str) -> str:
+    """An image reference for pyxis: files as they are, ``registry#path`` for a registry host."""
+    if image.startswith(("/", "./", "../")) or image.endswith(".sqsh") or "#" in image:
+        return image
+    image = image.removeprefix("docker://")
+    first, sep, rest = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return f"{first}#{rest}"
+    return image
+
+
+@dataclass(frozen=True)
+class JobScript:
+    """A rendered job script and what the runner needs to know about it."""
+
+    text: str
+    run_folder: str
+    launcher: str
+    n_gpus: int
+    time_limit_min: int
+    env_names: tuple[str, ...] = field(default_factory=tuple)
+
+
+def render_job_script(
+    request: RunRequest,
+    slurm: SlurmSettings,
+    container: ContainerSettings,
+    *,
+    base_dir: str,
+) -> JobScript:
+    """The batch script for ``request``. Pure: no filesystem or Slurm access.
+
+    Every path in it is absolute (the job runs on another machine, from another directory).
+    Secrets are never written: ``HF_TOKEN`` and friends reach the harness by name from the
+    job's environment.
+    """
+    run_dir = os.path.abspath(request.run_dir)
+    log_path = os.path.abspath(request.log_path)
+    folder = os.path.basename(run_dir)
+    study_dir = os.path.dirname(os.path.dirname(run_dir))
+    n_gpus = len(request.config.gpus) if container.request_gpus else 0
+    minutes = time_limit_min(slurm, request.timeout_s)
+    request = _absolute(request)
+
+    options = [
+        f"--job-name={JOB_PREFIX}{request.run_id}",
+        f"--comment={comment_for(request.study_id, folder)}",
+        f"--output={log_path}",
+        "--open-mode=append",
+        f"--chdir={study_dir}",
+        f"--time={minutes}",
+        "--nodes=1",
+        "--ntasks=1",
+    ]
+    for flag, value in (
+        ("--partition", slurm.partition),
+        ("--account", slurm.account),
+        ("--qos", slurm.qos),
+        ("--cpus-per-task", slurm.cpus_per_task),
+        ("--mem", slurm.mem),
+    ):
+        if value is not None:
+            options.append(f"{flag}={value}")
+    gpus = gpu_request(slurm, n_gpus)
+    if gpus:
+        options.append(gpus)
+    if slurm.exclusive:
+        options.append("--exclusive")
+    options.extend(slurm.sbatch_args)
+
+    lines = [
+        "#!/bin/bash",
+        f"# llenergymeasure {__version__} job: study {request.study_id}, run {request.run_id}",
+        f"# run folder: runs/{folder}; launcher: {slurm.launcher}. Submitted by llem with",
+        "# `sbatch --parsable <this file>`; the harness writes result.json (or error.json) there.",
+        *(_sbatch_line(o) for o in options),
+        "set -uo pipefail",
+        'echo "[llem] slurm job ${SLURM_JOB_ID:-?} on ${SLURMD_NODENAME:-$(hostname)}: '
+        f'run {request.run_id} (launcher {slurm.launcher})"',
+        *slurm.setup,
+    ]
+    dirs = [run_dir]
+    if request.study_cache_dir is not None:
+        dirs.append(str(request.study_cache_dir))
+    if slurm.launcher == "local":
+        env, body = _local_launcher(request, slurm, container)
+    else:
+        spec = build_container_spec(request, container, base_dir=base_dir)
+        # every writable bind source must exist before the container starts
+        dirs.extend(m.source for m in spec.mounts if not m.read_only and m.source not in dirs)
+        env = dict(spec.env)
+        if slurm.launcher == "docker":
+            body = _docker_launcher(spec, n_gpus)
+        elif slurm.launcher in ("apptainer", "singularity"):
+            env, body = _apptainer_launcher(spec, slurm.launcher, n_gpus)
+        else:
+            body = _enroot_launcher(spec)
+    lines.append("mkdir -p " + " ".join(_q(d) for d in dirs))
+    lines.append("# the harness environment contract (llenergymeasure.contract.HarnessEnv)")
+    lines.extend(f"export {k}={_q(v)}" for k, v in sorted(env.items()))
+    lines.extend(body)
+    return JobScript(
+        text="\n".join(lines) + "\n",
+        run_folder=folder,
+        launcher=slurm.launcher,
+        n_gpus=n_gpus,
+        time_limit_min=minutes,
+        env_names=tuple(sorted(env)),
+    )
+
+
+def _absolute(request: RunRequest) -> RunRequest:
+    cache = request.study_cache_dir
+    return replace(
+        request,
+        run_dir=Path(os.path.abspath(request.run_dir)),
+        log_path=Path(os.path.abspath(request.log_path)),
+        study_cache_dir=Path(os.path.abspath(cache)) if cache is not None else None,
+    )
+
+
+def _local_launcher(
+    request: RunRequest, slurm: SlurmSettings, container: ContainerSettings
+) -> tuple[dict[str, str], list[str]]:
+    # The harness on the node, like the local runner: no image (its provenance would be
+    # wrong), and the job's own environment (sbatch exports the submitter's) for the rest.
+    request = replace(request, image=None, image_digest=None, image_labels=None)
+    env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+    env.update(container.extra_env)
+    baseline = (
+        str(request.study_cache_dir / "baseline.json")
+        if request.study_cache_dir is not None
+        else None
+    )
+    uses_cache = REGISTRY.get(str(request.config.backend)).uses_engine_cache
+    engines = container.engine_cache_dir if uses_cache else None
+    env.update(
+        harness_env(
+            request,
+            config=request.config,
+            results_dir=str(request.run_dir),
+            baseline_cache=baseline,
+            engine_cache_dir=engines,
+        )
+    )
+    command = container.command or (slurm.python, "-m", "llenergymeasure_harness")
+    return env, ["exec " + " ".join(_q(c) for c in command)]
+
+
+def docker_run_options(spec: ContainerSpec) -> list[str]:
+    """``docker run`` options for ``spec`` (no name, no GPUs); env passed by name only."""
+    argv = ["--rm", f"--network={spec.network_mode}"]
+    if spec.init:
+        argv.append("--init")
+    for key, value in sorted(spec.labels.items()):
+        argv.append(f"--label={key}={value}")
+    for m in spec.mounts:
+        argv.append(
+            f"--mount=type=bind,source={m.source},target={m.target}"
+            + (",readonly" if m.read_only else "")
+        )
+    if spec.ipc_mode is not None:
+        argv.append(f"--ipc={spec.ipc_mode}")
+    if spec.shm_size is not None:
+        argv.append(f"--shm-size={spec.shm_size}")
+    for key, limit in sorted(spec.ulimits.items()):
+        soft, hard = limit if isinstance(limit, tuple) else (limit, limit)
+        argv.append(f"--ulimit={key}={soft}:{hard}")
+    if spec.user is not None:
+        argv.append(f"--user={spec.user}")
+    if spec.mem_limit is not None:
+        argv.extend([f"--memory={spec.mem_limit}", f"--memory-swap={spec.mem_limit}"])
+    argv.extend(f"--env={k}" for k in sorted(spec.env))
+    return argv
+
+
+def docker_command(spec: ContainerSpec) -> list[str]:
+    """The image and the command after it (the image keeps its own entrypoint)."""
+    return [spec.image, *(spec.command or HARNESS_COMMAND)]
+
+
+def _docker_launcher(spec: ContainerSpec, n_gpus: int) -> list[str]:
+    words = [
+        "docker",
+        "run",
+        '--name="$container"',
+        f'--label={LABEL_SLURM_JOB}="${{SLURM_JOB_ID:-none}}"',
+        # The owner is this script: llem's leftover cleanup on the node spares the container
+        # while the job lives (and removes it if the job was SIGKILLed before stopping it).
+        f'--label={LABEL_OWNER_PID}="$$"',
+        f'--label={LABEL_OWNER_HOST}="$(hostname)"',
+        *(_q(o) for o in docker_run_options(spec)),
+        *(f"${{{n}:+--env={n}}}" for n in PASSTHROUGH_ENV),
+    ]
+    lines = [f'container={_q(spec.name)}-"${{SLURM_JOB_ID:-$$}}"']
+    if n_gpus:
+        # Docker names host GPUs; SLURM_JOB_GPUS holds the allocated host indices.
+        words.append('--gpus="\\"device=$gpus\\""')
+        lines += [
+            'gpus="${SLURM_JOB_GPUS:-${CUDA_VISIBLE_DEVICES:-}}"',
+            'if [ -z "$gpus" ]; then echo "[llem] no GPUs allocated to this job (asked for '
+            f'{n_gpus})" >&2; exit 1; fi',
+        ]
+    words.extend(_q(w) for w in docker_command(spec))
+    lines += [
+        "# scancel and the time limit SIGTERM this script: stop the container before Slurm's",
+        "# KillWait runs out (a killed `docker run` client would leave the container running).",
+        f'stop_container() {{ docker stop --time {DOCKER_STOP_GRACE_S} "$container" '
+        ">/dev/null 2>&1 || true; }",
+        "trap stop_container TERM INT",
+        " ".join(words) + " &",
+        "child=$!",
+        'wait "$child"; rc=$?',
+        'while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done',
+        'exit "$rc"',
+    ]
+    return lines
+
+
+def _apptainer_launcher(
+    spec: ContainerSpec, binary: str, n_gpus: int
+) -> tuple[dict[str, str], list[str]]:
+    # --cleanenv: only what we pass reaches the harness; APPTAINERENV_X becomes X inside.
+    # HOME is Apptainer's own (--no-home keeps the real one unmounted); caches are under /tmp.
+    prefix = "APPTAINERENV_" if binary == "apptainer" else "SINGULARITYENV_"
+    env = {f"{prefix}{k}": v for k, v in spec.env.items() if k != "HOME"}
+    argv = [binary, "exec", "--cleanenv", "--no-home"]
+    if n_gpus:
+        argv.append("--nv")
+    for m in spec.mounts:
+        argv.append(f"--bind={m.source}:{m.target}" + (":ro" if m.read_only else ""))
+    argv.append(apptainer_image(spec.image))
+    argv.extend(spec.command or HARNESS_COMMAND)
+    quoted = [_q(a) for a in argv]
+    passthrough = [f'[ -z "${{{n}:-}}" ] || export {prefix}{n}="${n}"' for n in PASSTHROUGH_ENV]
+    return env, [*passthrough, "exec " + " ".join(quoted)]
+
+
+def _enroot_launcher(spec: ContainerSpec) -> list[str]:
+    mounts = ",".join(
+        f"{m.source}:{m.target}" + (":ro" if m.read_only else "") for m in spec.mounts
+    )
+    names = ",".join(sorted({*spec.env, *PASSTHROUGH_ENV}))
+    argv = [
+        "srun",
+        "--ntasks=1",
+        f"--container-image={pyxis_image(spec.image)}",
+        f"--container-mounts={mounts}",
+        "--no-container-mount-home",
+        "--container-workdir=/tmp",
+        f"--container-env={names}",
+        *(spec.command or HARNESS_COMMAND),
+    ]
+    return ["exec " + " ".join(_q(a) for a in argv)]
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def job_outcome(
+    request: RunRequest,
+    info: JobInfo,
+    *,
+    cancelled_by_us: bool = False,
+    timeout_min: int | None = None,
+) -> RunOutcome:
+    """Classify a finished job from its state and the run folder (see the module docstring)."""
+    state = info.state
+    if state == "COMPLETED":
+        exit_code: int | None = 0
+    elif info.signal is not None:
+        exit_code = 128 + info.signal
+    else:
+        exit_code = info.exit_code
+    outcome = classify(
+        results_dir=request.run_dir,
+        exit_code=exit_code,
+        interrupted=state == "CANCELLED" and cancelled_by_us,
+        started_at=info.start,
+        duration_s=info.duration_s,
+        log_path=request.log_path,
+    ).model_copy(update={"job_id": info.job_id, "node": info.node})
+    if state in ("COMPLETED", "FAILED") or outcome.status == "interrupted" or outcome.ok:
+        return outcome  # (a harness that finished before the job was stopped: the result stands)
+    where = f"Slurm job {info.job_id}" + (f" on {info.node}" if info.node else "")
+    limit = f" of {timeout_min} min" if timeout_min else ""
+    kinds: dict[str, tuple[FailureKind, str]] = {
+        "TIMEOUT": (
+            "timeout",
+            f"{where} reached its Slurm time limit{limit} and was stopped; raise "
+            "slurm.time_limit_s or execution.experiment_timeout_s",
+        ),
+        "DEADLINE": ("timeout", f"{where} reached its deadline and was stopped"),
+        "OUT_OF_MEMORY": (
+            "oom_killed",
+            f"{where} ran out of memory (Slurm OUT_OF_MEMORY); raise slurm.mem or lower the "
+            "batch size",
+        ),
+        "CANCELLED": ("cancelled", f"{where} was cancelled outside llem (scancel or an admin)"),
+        "PREEMPTED": ("cancelled", f"{where} was preempted by Slurm"),
+        "NODE_FAIL": ("node_failure", f"{where} failed: Slurm lost the node (NODE_FAIL)"),
+        "BOOT_FAIL": ("node_failure", f"{where} failed: the node did not boot (BOOT_FAIL)"),
+    }
+    kind, message = kinds.get(state, ("exit_nonzero", f"{where} ended in state {state}"))
+    return outcome.model_copy(
+        update={
+            "status": "failed",
+            "failure_kind": kind,
+            "message": f"{message}; see {request.log_path}",
+            "timed_out": kind == "timeout",
+            "oom_killed": kind == "oom_killed",
+        }
+    )
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+@dataclass
+class Submitted:
+    """A run whose job was submitted."""
+
+    request: RunRequest
+    job_id: str
+    script: JobScript
+
+
+class SlurmRunner:
+    """Submits each run as a Slurm job and reads its outcome from the shared results dir.
+
+    :meth:`submit`, :meth:`poll`, :meth:`cancel` and :meth:`outcome` are what the study's
+    batch loop uses (many jobs in flight, one poller); :meth:`run` does one run start to end.
+    """
+
+    name = "slurm"
+
+    def __init__(
+        self,
+        settings: SlurmSettings,
+        container: ContainerSettings | None = None,
+        *,
+        cli: SlurmCli | None = None,
+        base_dir: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.container = container or ContainerSettings()
+        self.cli = cli or SlurmCli()
+        self.base_dir = base_dir
+
+    def job_script(self, request: RunRequest) -> JobScript:
+        """The job script this runner would submit for ``request``."""
+        return render_job_script(
+            request,
+            self.settings,
+            self.container,
+            base_dir=request.input_base_dir or self.base_dir or os.getcwd(),
+        )
+
+    def cleanup_leftovers(self) -> list[str]:
+        """Nothing: a study's jobs outlive the orchestrator on purpose (``--resume`` adopts
+        them); cancel strays with ``scancel --name=llem-<run id>``."""
+        return []
+
+    def submit(self, request: RunRequest) -> Submitted:
+        """Write the run's job script next to the study's runs and ``sbatch`` it."""
+        script = self.job_script(request)
+        study_dir = Path(os.path.abspath(request.run_dir)).parent.parent
+        path = study_dir / JOBS_DIR / f"{script.run_folder}.sbatch"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        request.run_dir.mkdir(parents=True, exist_ok=True)
+        request.log_path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(script.text, encoding="utf-8")
+        return Submitted(request=request, job_id=self.cli.submit(path), script=script)
+
+    def poll(self, job_ids: Iterable[str]) -> dict[str, JobInfo]:
+        """One query for every job in flight."""
+        return self.cli.query(job_ids)
+
+    def cancel(self, job_ids: Iterable[str]) -> None:
+        """Cancel jobs (one scancel)."""
+        self.cli.cancel(job_ids)
+
+    def outcome(
+        self, request: RunRequest, info: JobInfo, *, cancelled_by_us: bool = False
+    ) -> RunOutcome:
+        """How the run of a finished job ended; a line about the job goes into its log."""
+        outcome = job_outcome(
+            request,
+            info,
+            cancelled_by_us=cancelled_by_us,
+            timeout_min=time_limit_min(self.settings, request.timeout_s),
+        )
+        with contextlib.suppress(OSError), request.log_path.open("a", encoding="utf-8") as fh:
+            fh.write(
+                f"[llem] slurm job {info.job_id} ended: {info.state}"
+                f" (exit {info.exit_code}, signal {info.signal}, node {info.node}) -> "
+                f"{outcome.status}{f' / {outcome.failure_kind}' if outcome.failure_kind else ''}\n"
+            )
+        return outcome
+
+    def run(
+        self,
+        request: RunRequest,
+        *,
+        echo: LogSink | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RunOutcome:
+        """Submit one job and wait for it (the :class:`~llenergymeasure.runners.base.Runner`
+        protocol); Ctrl-C or ``cancel`` scancels it and returns ``interrupted``."""
+        started = utc_iso()
+        sub = self.submit(request)
+        delay = self.settings.poll_min_s
+        try:
+            while True:
+                info = self.poll([sub.job_id]).get(sub.job_id)
+                if info is not None and info.terminal:
+                    return self.outcome(request, info)
+                if cancel is not None and cancel.is_set():
+                    raise KeyboardInterrupt
+                time.sleep(delay)
+                delay = min(self.settings.poll_max_s, delay * 1.5)
+        except KeyboardInterrupt:
+            self.cancel([sub.job_id])
+            info = wait_terminal(self, [sub.job_id]).get(sub.job_id)
+            if info is not None:
+                return self.outcome(request, info, cancelled_by_us=True)
+            return RunOutcome(
+                status="interrupted",
+                failure_kind="interrupted",
+                message="interrupted by the user; the job was cancelled",
+                started_at=started,
+                finished_at=utc_iso(),
+                job_id=sub.job_id,
+            )
+
+
+def wait_terminal(
+    runner: SlurmRunner, job_ids: Sequence[str], timeout_s: float = 60.0
+) -> dict[str, JobInfo]:
+    """Poll until every job has ended (after a cancel), or the timeout; the last states."""
+    deadline = time.monotonic() + timeout_s
+    states: dict[str, JobInfo] = {}
+    while True:
+        states = runner.poll(job_ids)
+        if all(j in states and states[j].terminal for j in job_ids):
+            return states
+        if time.monotonic() >= deadline:
+            return states
+        time.sleep(1.0)

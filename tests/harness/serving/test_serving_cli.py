@@ -1,0 +1,63 @@
+"""Server mode as a user runs it: `llem run study.yaml` (local runner) from a working directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llenergymeasure.results import ExperimentResult
+from llenergymeasure.results.study import StudyResult
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main; sys.exit(main())"]
+
+
+def test_llem_run_server_mode_with_poisson_traffic(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative checkpoint path, server: {}, poisson traffic: the server is measured."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_checkpoint, "ckpt")
+    study = {
+        "name": "served",
+        "model": "./ckpt",
+        "precision": "float32",
+        "gpus": [],
+        "n_prompts": 6,
+        "max_input_tokens": 8,
+        "max_output_tokens": 4,
+        "warmup": {"n_batches": 1},
+        "baseline": {"enabled": False},
+        "server": {"startup_timeout_s": 180},
+        "traffic": {"pattern": "poisson", "rate_per_s": 8.0, "seed": 2},
+        "execution": {"n_cycles": 1, "config_gap_s": 0, "cycle_gap_s": 0},
+        "runner": "local",
+    }
+    Path("study.yaml").write_text(yaml.safe_dump(study), encoding="utf-8")
+    env = {**os.environ, "LLEM_NO_GPU": "1", "LLEM_USER_CONFIG": str(tmp_path / "none.yaml")}
+    proc = subprocess.run(
+        [*LLEM, "run", "study.yaml"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (study_dir,) = Path("results").iterdir()
+    run = StudyResult.load(study_dir).runs[0]
+    assert run.state == "completed" and run.result_path is not None
+    res = ExperimentResult.load(study_dir / run.result_path)
+    assert res.traffic is not None and res.traffic.server is not None
+    assert res.traffic.server["mode"] == "server"
+    assert res.traffic.server["output_length_forced"] is True
+    assert res.latency.mode == "arrivals"
+    run_dir = (study_dir / run.result_path).parent
+    assert (run_dir / "server.log").is_file()
