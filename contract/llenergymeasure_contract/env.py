@@ -38,6 +38,7 @@ ENV_IMAGE_DIGEST = "LLEM_IMAGE_DIGEST"
 ENV_IMAGE_LABELS_JSON = "LLEM_IMAGE_LABELS_JSON"
 ENV_BASELINE_CACHE = "LLEM_BASELINE_CACHE"
 ENV_ENGINE_CACHE_DIR = "LLEM_ENGINE_CACHE_DIR"
+ENV_COMPILE_CACHE_DIR = "LLEM_COMPILE_CACHE_DIR"
 ENV_HOST_UID = "LLEM_HOST_UID"
 ENV_HOST_GID = "LLEM_HOST_GID"
 ENV_CONTRACT_VERSION = "LLEM_CONTRACT_VERSION"
@@ -66,6 +67,7 @@ class HarnessEnv(BaseModel):
     image_labels: dict[str, str] = {}
     baseline_cache: str | None = None
     engine_cache_dir: str | None = None
+    compile_cache_dir: str | None = None  # torch.compile / Triton / vLLM caches, per image
     host_uid: int | None = None
     host_gid: int | None = None
     config_hash: str | None = None
@@ -85,6 +87,7 @@ class HarnessEnv(BaseModel):
             ENV_IMAGE_DIGEST: self.image_digest,
             ENV_BASELINE_CACHE: self.baseline_cache,
             ENV_ENGINE_CACHE_DIR: self.engine_cache_dir,
+            ENV_COMPILE_CACHE_DIR: self.compile_cache_dir,
             ENV_HOST_UID: self.host_uid,
             ENV_HOST_GID: self.host_gid,
             ENV_CONFIG_HASH: self.config_hash,
@@ -147,6 +150,7 @@ class HarnessEnv(BaseModel):
             image_labels=labels,
             baseline_cache=environ.get(ENV_BASELINE_CACHE) or None,
             engine_cache_dir=environ.get(ENV_ENGINE_CACHE_DIR) or None,
+            compile_cache_dir=environ.get(ENV_COMPILE_CACHE_DIR) or None,
             host_uid=_int(ENV_HOST_UID),
             host_gid=_int(ENV_HOST_GID),
             config_hash=environ.get(ENV_CONFIG_HASH) or None,
@@ -204,6 +208,7 @@ def _as_int(value: str | int) -> int:
 
 __all__ = [
     "ENV_BASELINE_CACHE",
+    "ENV_COMPILE_CACHE_DIR",
     "ENV_CONFIG_HASH",
     "ENV_CONFIG_JSON",
     "ENV_CONTRACT_VERSION",

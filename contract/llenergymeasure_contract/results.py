@@ -246,6 +246,62 @@ class SteadyState(_Model):
     gpu_energy_j: float | None = None
     j_per_output_token: float | None = None
     output_tokens_per_s: float | None = None
+    # n_prompts that would give a 30 s window at the throughput this run measured (invalid
+    # windows only; None when valid or not estimable).
+    suggested_n_prompts: int | None = None
+
+
+class PrefixCacheUsage(_Model):
+    """Prompt tokens of the measured window that the engine served from its prefix cache."""
+
+    requested: bool | None = None  # vllm.enable_prefix_caching as configured (None: default)
+    input_tokens: int
+    cached_input_tokens: int | None = None  # None: the engine does not report it
+    hit_rate: float | None = None  # cached / input tokens
+
+
+class PhaseMethod(_Model):
+    """One method's prefill/decode split (see llenergymeasure_harness.phase_energy)."""
+
+    method: Literal["prefill_pass_difference", "timeline_decode_fit"]
+    prefill_energy_j: float | None = None
+    decode_energy_j: float | None = None
+    prefill_tokens: int
+    decode_tokens: int
+    j_per_prefill_token: float | None = None
+    j_per_decode_token: float | None = None
+    reason: str | None = None  # why the figures are None
+    prefill_pass_duration_s: float | None = None  # prefill_pass_difference only
+    n_steps: int | None = None  # timeline_decode_fit only
+    n_clean_decode_steps: int | None = None
+    decode_fit_j: dict[str, float] | None = None
+
+
+class PhaseEnergy(_Model):
+    """Energy per prefill and per decode token; ``method`` names the headline figures'."""
+
+    method: Literal["prefill_pass_difference", "timeline_decode_fit"]
+    prefill_energy_j: float | None = None
+    decode_energy_j: float | None = None
+    prefill_tokens: int
+    decode_tokens: int
+    j_per_prefill_token: float | None = None
+    j_per_decode_token: float | None = None
+    prefill_pass: PhaseMethod | None = None
+    timeline: PhaseMethod | None = None
+
+
+class CompileCacheInfo(_Model):
+    """The host compile/kernel cache the experiment loaded with (llenergymeasure_harness
+    .compile_cache): ``cold`` (empty before load), ``warm`` or ``off``."""
+
+    state: Literal["cold", "warm", "off"]
+    key: str | None = None
+    path: str | None = None
+    files_before: int = 0
+    bytes_before: int = 0
+    files_after: int = 0
+    bytes_after: int = 0
 
 
 class Timings(_Model):
@@ -258,6 +314,7 @@ class Timings(_Model):
     warmup_s: float | None = None
     baseline_s: float | None = None
     measure_s: float | None = None
+    prefill_pass_s: float | None = None  # the prefill-only pass after the measured window
     total_s: float | None = None
 
 
@@ -279,6 +336,9 @@ class ExperimentResult(_Model):
     latency: LatencyMetrics
     compute: ComputeMetrics
     steady_state: SteadyState | None = None
+    prefix_cache: PrefixCacheUsage | None = None
+    phase_energy: PhaseEnergy | None = None
+    compile_cache: CompileCacheInfo | None = None
     traffic: TrafficOutcome | None = None
     quality_flags: list[QualityFlag] = Field(default_factory=list)
     environment: EnvironmentSnapshot

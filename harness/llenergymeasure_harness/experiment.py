@@ -2,8 +2,18 @@
 
 ::
 
-    load ──► baseline (idle, model loaded) ──► warmup (measured shapes) ──► measure ──► write
-             └────────── sampler thread running, rows labelled by phase ──────────┘
+    load ──► baseline (idle, model loaded) ──► warmup ──► measure ──► prefill pass ──► write
+             └────────────── sampler thread running, rows labelled by phase ──────────┘
+
+* Before load, NVLink multicast is turned off for every process the engine starts
+  (:mod:`~llenergymeasure_harness.child_env`) and the compile caches are pointed at the host
+  cache directory, when one is given (:mod:`~llenergymeasure_harness.compile_cache`).
+* Warmup runs requests of the measured shapes whose prompts share no prefix with the measured
+  ones (:func:`~llenergymeasure_harness.prompts.distinct_requests`), so a prefix cache cannot
+  serve measured prefills from warmup's work.
+* After the measured window, a prefill-only pass (the same shapes, ``max_new_tokens=1``, its
+  own prompts) is measured in its own counter window; it gives energy per prefill token, and
+  decode by difference (:mod:`~llenergymeasure_harness.phase_energy`).
 
 * The baseline is taken after load and before warmup, so its GPU state is defined
   ("cuda_context_model_loaded", nothing running) and is not the cooling tail of warmup; the
@@ -30,11 +40,13 @@ from llenergymeasure_contract.errors import ConfigError, MeasurementError
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.results import ExperimentResult
+from llenergymeasure_contract.sizing import steady_state_n_prompts
 from llenergymeasure_contract.timestamps import utc_iso
-from llenergymeasure_harness import metrics
+from llenergymeasure_harness import compile_cache, metrics
 from llenergymeasure_harness.backends import get_backend
-from llenergymeasure_harness.backends.base import GenerationRequest
+from llenergymeasure_harness.backends.base import GenerationRequest, RequestRecord
 from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
+from llenergymeasure_harness.child_env import apply_child_env
 from llenergymeasure_harness.energy.baseline import (
     STATE_MODEL_LOADED,
     BaselineCache,
@@ -47,7 +59,8 @@ from llenergymeasure_harness.energy.sampler import integrate_power
 from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_kind
 from llenergymeasure_harness.environment import snapshot
 from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
-from llenergymeasure_harness.prompts import build_requests, vocab_size_for
+from llenergymeasure_harness.phase_energy import phase_energy, prefill_pass_split, timeline_split
+from llenergymeasure_harness.prompts import build_requests, distinct_requests, vocab_size_for
 from llenergymeasure_harness.quality import quality_flags
 from llenergymeasure_harness.traffic import ArrivalPlan
 from llenergymeasure_harness.warmup import run_warmup
@@ -122,6 +135,8 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
     sampler: Any = None
     try:
         # ------------------------------------------------------------------ load
+        apply_child_env()
+        compiled = compile_cache.activate(env.compile_cache_dir, str(cfg.backend))
         # gpus: [] is a CPU-only experiment: no NVML, so energy is None (not measured), never 0.
         nvml = d.open_nvml() if cfg.gpus else None
         if nvml is not None:
@@ -199,7 +214,13 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         # ------------------------------------------------------------------ warmup
         phase = "warmup"
         sampler.phase = "warmup"
-        unit = requests[: max(1, backend.warmup_unit)]
+        vocab = info.extra.get("vocab_size") or vocab_size_for(cfg)
+        unit = distinct_requests(
+            requests[: max(1, backend.warmup_unit)],
+            "warmup",
+            random_seed=cfg.random_seed,
+            vocab_size=vocab,
+        )
         warm = run_warmup(cfg.warmup, lambda: backend.run(unit), clock=d.clock)
         timings["warmup_s"] = warm["duration_s"]
 
@@ -234,13 +255,33 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         if meter is not None:
             window = meter.end_window("measure", sync)
             t_m0, t_m1 = window.start_s, window.end_s
-        sampler.phase = "done"
-        sampler.stop()
         timings["measure_s"] = t_m1 - t_m0
         if len(records) != len(requests):
             raise MeasurementError(
                 f"backend returned {len(records)} records for {len(requests)} requests"
             )
+
+        # ------------------------------------------------------------------ prefill pass
+        sampler.phase = "prefill_pass"
+        pass_requests = distinct_requests(
+            requests,
+            "prefill_pass",
+            random_seed=cfg.random_seed,
+            vocab_size=vocab,
+            max_new_tokens=1,
+        )
+        pass_window: WindowResult | None = None
+        if meter is not None:
+            meter.begin_window("prefill_pass", sync)
+        t_p0 = d.clock()
+        pass_records = backend.run(pass_requests)
+        t_p1 = d.clock()
+        if meter is not None:
+            pass_window = meter.end_window("prefill_pass", sync)
+            t_p0, t_p1 = pass_window.start_s, pass_window.end_s
+        timings["prefill_pass_s"] = t_p1 - t_p0
+        sampler.phase = "done"
+        sampler.stop()
         pids = (
             {lab: nvml.compute_pids(i) for lab, i in zip(labels, nvml_idx, strict=True)}
             if nvml
@@ -268,6 +309,10 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             peak=peak,
             extra_result=extra_result,
             timings=timings,
+            pass_records=pass_records,
+            pass_window=pass_window,
+            pass_duration_s=t_p1 - t_p0,
+            compiled=compiled,
             started_epoch=started_epoch,
             ended_epoch=d.epoch(),
             total_s=d.clock() - t_begin,
@@ -336,6 +381,10 @@ def _assemble(
     peak: dict[int, int] | None,
     extra_result: dict[str, Any] | None,
     timings: dict[str, float | None],
+    pass_records: list[RequestRecord],
+    pass_window: WindowResult | None,
+    pass_duration_s: float,
+    compiled: compile_cache.CompileCache,
     started_epoch: float,
     ended_epoch: float,
     total_s: float,
@@ -392,7 +441,8 @@ def _assemble(
         "peak_memory_bytes_per_gpu": {str(k): v for k, v in (peak or {}).items()},
     }
     steady = None
-    if REGISTRY.get(cfg.backend).continuous_batching or cfg.traffic.uses_arrivals:
+    continuous = REGISTRY.get(cfg.backend).continuous_batching
+    if continuous or cfg.traffic.uses_arrivals:
         steady = _steady_state(
             cfg,
             records=records,
@@ -402,6 +452,25 @@ def _assemble(
             gross=gross,
             integrated=integrated,
         )
+    prefix = _prefix_cache(cfg, records)
+    pass_split = prefill_pass_split(
+        total_j=gross,
+        pass_j=pass_window.gpu_energy_j if pass_window is not None else None,
+        records=records,
+        pass_records=pass_records,
+        pass_duration_s=pass_duration_s,
+    )
+    timeline = None
+    if continuous:
+        timeline = timeline_split(
+            records,
+            [sampler.power_series(lab, t_m0, t_m1) for lab in labels],
+            t0=t_m0,
+            t1=t_m1,
+            total_j=gross,
+            guard_s=max(0.05, 2.0 / cfg.energy.sample_rate_hz),
+        )
+    phases = phase_energy(str(cfg.backend), pass_split=pass_split, timeline=timeline)
     mode = cfg.traffic.latency_mode
     traffic = _traffic_outcome(cfg, records, duration_s=duration_s, gross=gross, info=info)
     flags = quality_flags(
@@ -415,7 +484,14 @@ def _assemble(
         mismatch_pct=diff_pct,
         warmup_converged=warm.get("converged"),
         baseline_source=(baseline or {}).get("source"),
+        cached_input_tokens=prefix["cached_input_tokens"],
+        input_tokens=prefix["input_tokens"],
+        prefix_caching_requested=prefix["requested"],
     )
+    if continuous and records and not cfg.traffic.uses_arrivals:
+        flag = steady_state_flag(cfg, records)
+        if flag is not None:
+            flags.append(flag)
     server = info.extra.get("server")
     if isinstance(server, dict) and server.get("output_length_forced") is False:
         flags.append(
@@ -453,6 +529,9 @@ def _assemble(
         compute=compute,
         steady_state=steady,
         traffic=traffic,
+        prefix_cache=prefix,
+        phase_energy=phases,
+        compile_cache=compiled.to_dict(),
         quality_flags=flags,
         environment=env_snap,
         extra={
@@ -470,6 +549,20 @@ def _assemble(
             "energy_source": "nvml_total_energy_counter" if gross is not None else None,
         },
     )
+
+
+def _prefix_cache(cfg: ExperimentConfig, records: list[Any]) -> dict[str, Any]:
+    """Prefix-cache use over the measured window (vLLM reports it per request)."""
+    input_tokens = sum(r.input_tokens for r in records)
+    reported = [r.cached_input_tokens for r in records if r.cached_input_tokens is not None]
+    cached = sum(reported) if reported else None
+    requested = cfg.vllm.enable_prefix_caching if cfg.vllm is not None else None
+    return {
+        "requested": requested,
+        "input_tokens": input_tokens,
+        "cached_input_tokens": cached,
+        "hit_rate": cached / input_tokens if cached is not None and input_tokens else None,
+    }
 
 
 def _traffic_outcome(
@@ -567,4 +660,42 @@ def _steady_state(
         "gpu_energy_j": energy,
         "j_per_output_token": energy / out_tok if energy is not None and out_tok else None,
         "output_tokens_per_s": out_tok / duration if out_tok and duration > 0 else None,
+        "suggested_n_prompts": (
+            None if w.valid or traffic.uses_arrivals else suggest_n_prompts(cfg, records, w)
+        ),
+    }
+
+
+def suggest_n_prompts(cfg: ExperimentConfig, records: list[Any], window: Any) -> int | None:
+    """n_prompts for a 30 s steady state at the throughput this run measured.
+
+    The window's own throughput when it has one (the full-batch rate), else the whole run's
+    (lower, so the suggestion errs towards more prompts).
+    """
+    reason = window.reason or ""
+    if reason and "lasted" not in reason and "too few requests" not in reason:
+        return None  # too short is what more prompts fix; an unfilled batch they do not
+    rate = window.output_tokens_per_s
+    if not rate and records:
+        produced = sum(r.output_tokens for r in records)
+        span = max(r.end_s for r in records) - min(r.submit_s for r in records)
+        rate = produced / span if produced and span > 0 else None
+    if not rate:
+        return None
+    return steady_state_n_prompts(cfg.concurrency, cfg.resolved_output_len(), rate)
+
+
+def steady_state_flag(cfg: ExperimentConfig, records: list[Any]) -> dict[str, str] | None:
+    """A ``steady_state_invalid`` quality flag with the reason and a sized n_prompts."""
+    from llenergymeasure_harness.backends.steady_state import steady_state_window
+
+    w = steady_state_window(records, cfg.concurrency)
+    if w.valid:
+        return None
+    need = suggest_n_prompts(cfg, records, w)
+    hint = f"; use n_prompts >= {need} (sized from this run's throughput)" if need else ""
+    return {
+        "code": "steady_state_invalid",
+        "severity": "warning",
+        "message": f"continuous-batching steady state invalid: {w.reason}{hint}",
     }

@@ -219,6 +219,7 @@ def request_columns(
             "e2e_s",
             "finish_reason",
             "token_times_s",
+            "cached_input_tokens",
         )
     }
     for r in records:
@@ -238,4 +239,5 @@ def request_columns(
         cols["e2e_s"].append(r.end_s - start)
         cols["finish_reason"].append(r.finish_reason)
         cols["token_times_s"].append(list(r.token_times_s))
+        cols["cached_input_tokens"].append(r.cached_input_tokens)
     return cols

@@ -8,6 +8,13 @@
 
 Text datasets with fewer rows than ``n_prompts`` are cycled. Every request asks for
 ``resolved_output_len()`` new tokens.
+
+Warmup and the prefill-only pass never reuse measured prompts: :func:`distinct_requests` gives
+requests of the same shapes (lengths, ``max_new_tokens``) whose first token differs from the
+first token of every measured prompt. An engine's prefix cache keys its blocks by a hash chained
+from the first token, so no block of such a request can match a block of a measured one, and a
+measured prefill never finds work that warmup already did (vLLM enables prefix caching by
+default; TensorRT-LLM has KV-cache reuse).
 """
 
 from __future__ import annotations
@@ -57,6 +64,65 @@ def synthetic_requests(config: ExperimentConfig, vocab_size: int) -> list[Genera
         )
         for i in range(config.n_prompts)
     ]
+
+
+#: Seed offsets of the request families that must not share prefixes with measured prompts.
+FAMILY_SEEDS = {"warmup": 0x5EED_0001, "prefill_pass": 0x5EED_0002}
+
+
+def distinct_requests(
+    measured: list[GenerationRequest],
+    family: str,
+    *,
+    random_seed: int,
+    vocab_size: int | None = None,
+    max_new_tokens: int | None = None,
+) -> list[GenerationRequest]:
+    """Requests with the shapes of ``measured`` but no token prefix in common with any of them.
+
+    Each request keeps its length and ``max_new_tokens`` (or ``max_new_tokens`` when given: the
+    prefill-only pass asks for 1); its ids are drawn from a seeded stream of their own (one per
+    ``family``), and its first token is one that starts no measured prompt. Request ids stay
+    the same so a backend's bookkeeping is unchanged.
+
+    Args:
+        measured: The measured run's requests.
+        family: ``"warmup"`` or ``"prefill_pass"`` (each has its own seed, so the families do
+            not share prefixes with each other either, beyond chance).
+        random_seed: The experiment's seed.
+        vocab_size: Token ids are drawn below it; default one past the largest measured id
+            (every id below that is a valid token of the measured prompts' tokenizer).
+        max_new_tokens: Override for every request.
+
+    Raises:
+        ConfigError: the vocabulary has no token id that starts no measured prompt.
+    """
+    if not measured:
+        return []
+    bound = vocab_size or (max(max(r.prompt_token_ids, default=0) for r in measured) + 1)
+    low = SYNTHETIC_LOW if bound > SYNTHETIC_LOW + 1 else 0
+    taken = {r.prompt_token_ids[0] for r in measured if r.prompt_token_ids}
+    free = [t for t in range(low, min(bound, low + len(taken) + 64)) if t not in taken]
+    if not free:
+        raise ConfigError(
+            f"no token id below {bound} starts no measured prompt; cannot build {family} "
+            "prompts that share no prefix with the measured ones"
+        )
+    rng = random.Random(random_seed ^ FAMILY_SEEDS[family])
+    out: list[GenerationRequest] = []
+    for r in measured:
+        n = len(r.prompt_token_ids)
+        ids = [rng.randrange(low, bound) for _ in range(n)]
+        if ids:
+            ids[0] = free[rng.randrange(len(free))]
+        out.append(
+            GenerationRequest(
+                request_id=r.request_id,
+                prompt_token_ids=ids,
+                max_new_tokens=r.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            )
+        )
+    return out
 
 
 def _jsonl_texts(ds: JsonlDataset, base_dir: Path | None) -> list[str]:

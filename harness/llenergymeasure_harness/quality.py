@@ -14,6 +14,13 @@ Thresholds and why:
   ``MISMATCH_PCT`` (10 %). Some gap is expected (power samples are 10 Hz, the counter is exact),
   a large one means one of them is wrong.
 * ``no_energy`` — energy was not measured (no NVML/GPU); energy fields are None.
+* ``prefix_cache_hits`` — measured prompts were served partly from the engine's prefix cache
+  although the experiment did not ask for prefix caching (``vllm.enable_prefix_caching`` left
+  at vLLM's default, which is on): those prefills were skipped, so energy per token is lower
+  than the workload's. Warmup prompts share no prefix with measured ones by construction, so
+  hits come from the dataset itself (repeated prompts, a shared system prompt). Set
+  ``enable_prefix_caching: true`` to measure with the cache on purpose, ``false`` to measure
+  every prefill.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ def quality_flags(
     mismatch_pct: float | None = None,
     warmup_converged: bool | None = None,
     baseline_source: str | None = None,
+    cached_input_tokens: int | None = None,
+    input_tokens: int = 0,
+    prefix_caching_requested: bool | None = None,
 ) -> list[dict[str, str]]:
     """All flags that apply (fields of ``QualityFlag``)."""
     flags: list[dict[str, str]] = []
@@ -113,6 +123,16 @@ def quality_flags(
         )
     if warmup_converged is False:
         flags.append(_flag("warmup_not_converged", "warmup hit max_batches before converging"))
+    if cached_input_tokens and prefix_caching_requested is not True:
+        share = cached_input_tokens / input_tokens if input_tokens else 0.0
+        flags.append(
+            _flag(
+                "prefix_cache_hits",
+                f"{cached_input_tokens} of {input_tokens} measured prompt tokens "
+                f"({share:.1%}) came from the prefix cache, which the experiment did not ask "
+                "for; set vllm.enable_prefix_caching to true (measure with it) or false",
+            )
+        )
     if baseline_source == "cache":
         flags.append(_flag("baseline_cached", "idle baseline reused from the cache", "info"))
     return flags

@@ -5,6 +5,7 @@ Re-exported here so host code keeps one import path; see the contract package fo
 
 from llenergymeasure_contract.env import (
     ENV_BASELINE_CACHE,
+    ENV_COMPILE_CACHE_DIR,
     ENV_CONFIG_HASH,
     ENV_CONFIG_JSON,
     ENV_CONTRACT_VERSION,
@@ -33,6 +34,7 @@ from llenergymeasure_contract.files import (
 
 __all__ = [
     "ENV_BASELINE_CACHE",
+    "ENV_COMPILE_CACHE_DIR",
     "ENV_CONFIG_HASH",
     "ENV_CONFIG_JSON",
     "ENV_CONTRACT_VERSION",

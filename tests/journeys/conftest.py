@@ -30,7 +30,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main; sys.exit(main())"]
-TINY_CONFIG = REPO / "orchestrator" / "llenergymeasure" / "architectures" / "tiny-llama.json"
+TINY_CONFIG = REPO / "contract" / "llenergymeasure_contract" / "architectures" / "tiny-llama.json"
 
 BASE_STUDY: dict[str, Any] = {
     "name": "journey",

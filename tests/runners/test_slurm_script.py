@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +86,19 @@ def test_every_launcher_script_is_valid_bash_with_sbatch_header(
     comment = next(h for h in header if h.startswith("#SBATCH --comment="))
     tags = parse_comment(comment.split("=", 1)[1])
     assert tags == {"llem.study": request_.study_id, "llem.dir": request_.run_dir.name}
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+@pytest.mark.parametrize("launcher", ["local", "docker", "apptainer", "singularity", "enroot"])
+def test_every_launcher_script_passes_shellcheck(
+    request_: RunRequest, launcher: str, tmp_path: Path
+) -> None:
+    """shellcheck finds nothing in any launcher's script (the ones we cannot run included)."""
+    path = tmp_path / "job.sbatch"
+    path.write_text(render(request_, launcher=launcher, setup=["module load x"]))
+    argv = ["shellcheck", "-s", "bash", str(path)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout
 
 
 def test_gpus_option_type_and_cpu_experiment(

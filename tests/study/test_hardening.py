@@ -198,3 +198,38 @@ def test_study_lock_refuses_a_second_holder_and_survives_a_crash(tmp_path: Path)
         pass
     with StudyLock(tmp_path):  # released on exit, reusable
         pass
+
+
+def test_sigterm_before_any_run_exits_143(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """SIGTERM while the study is still preparing (preflight) exits 143, not 130."""
+    from llenergymeasure.cli import main
+    from llenergymeasure.study import executor
+    from llenergymeasure.study.signals import Terminated
+
+    def stop(*args: Any, **kwargs: Any) -> Any:
+        raise Terminated
+
+    monkeypatch.setattr(executor, "_make_runner", stop)
+    study = tmp_path / "s.yaml"
+    study.write_text("model: tiny-llama\nload_format: dummy\n")
+    monkeypatch.setenv("LLEM_USER_CONFIG", "")
+    assert main(["run", str(study), "--results-dir", str(tmp_path / "r")]) == 143
+
+
+def test_load_study_takes_relative_paths_from_the_working_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_study("study.yaml") from a working dir: source, results_dir, model all absolute."""
+    import shutil
+
+    from llenergymeasure.config.loader import load_study
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    arch = Path(__file__).resolve().parents[2] / "contract/llenergymeasure_contract/architectures"
+    shutil.copy(arch / "tiny-llama.json", tmp_path / "models" / "tiny" / "config.json")
+    Path("study.yaml").write_text("model: ./models/tiny\nload_format: dummy\n")
+    study = load_study("study.yaml")
+    assert study.source == str(tmp_path / "study.yaml")
+    assert study.results_dir == str(tmp_path / "results")
+    assert study.experiments[0].model == str(tmp_path / "models" / "tiny")

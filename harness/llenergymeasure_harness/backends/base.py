@@ -54,6 +54,9 @@ class RequestRecord:
     first_token_s: float | None = None
     token_times_s: list[float] = field(default_factory=list)
     finish_reason: str | None = None  # "length", "stop", ...
+    # Prompt tokens the engine served from its prefix cache (vLLM's num_cached_tokens);
+    # None when the engine does not report it (PyTorch has no cross-request cache).
+    cached_input_tokens: int | None = None
     # When the request was due under the traffic plan (None: offline, all due at the start).
     arrival_s: float | None = None
 

@@ -14,14 +14,26 @@
       anything else                         → ExperimentError
 
   Engine exceptions are matched by class name and message rather than imported classes, so
-  this module imports no engine, and a wrapped worker-process error (vLLM's multiprocess
-  engine core re-raises worker failures as ``RuntimeError``) is still recognised.
+  this module imports no engine. A failure inside an engine's own process is a different
+  case: vLLM's multiprocess engine core dies during start-up and the front end raises only
+  ``RuntimeError("Engine core initialization failed. See root cause above.")``; the root cause
+  (a CUDA OOM, "No available memory for the cache blocks") exists only in the child's stderr.
+  :class:`StderrTail` tees file descriptor 2 (which the children inherit) through a pipe and
+  keeps its last bytes, and the translation searches them too. Seen on the H200 with vLLM
+  0.26.0 (docs/gpu-results.md).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +68,7 @@ class RequestTimeline:
     token_times_s: list[float] = field(default_factory=list)
     end_s: float | None = None
     finish_reason: str | None = None
+    cached_input_tokens: int | None = None
     arrival_s: float | None = None  # scheduled arrival (None offline)
 
     def add_tokens(self, count: int, now: float) -> None:
@@ -86,6 +99,7 @@ class RequestTimeline:
             first_token_s=self.token_times_s[0] if self.token_times_s else None,
             token_times_s=list(self.token_times_s),
             finish_reason=self.finish_reason,
+            cached_input_tokens=self.cached_input_tokens,
             arrival_s=self.arrival_s,
         )
 
@@ -199,6 +213,98 @@ _UNSUPPORTED_MARKERS = (
 )
 
 
+class StderrTail:
+    """Tee this process's fd 2 through a pipe and keep its last ``limit`` bytes.
+
+    Child processes started while it runs inherit the pipe as their stderr, so their log lines
+    (the engine core's traceback) pass through here on their way to the real stderr, which
+    still gets every byte. The reader thread runs until every writer has closed the pipe (the
+    children exit), so :meth:`stop` only restores fd 2 for this process. Never raises: a tee
+    that cannot start leaves stderr alone and :meth:`text` returns "".
+    """
+
+    def __init__(self, limit: int = 65536) -> None:
+        self.limit = limit
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._received = 0
+        self._lock = threading.Lock()
+        self._saved: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> StderrTail:
+        """Begin teeing (idempotent)."""
+        if self._saved is not None:
+            return self
+        try:
+            saved = os.dup(2)
+            out = os.dup(saved)
+            read_fd, write_fd = os.pipe()
+            os.dup2(write_fd, 2)
+            os.close(write_fd)
+        except OSError:
+            logger.debug("stderr tee unavailable", exc_info=True)
+            return self
+        self._saved = saved
+        self._thread = threading.Thread(
+            target=self._pump, args=(read_fd, out), name="llem-stderr-tail", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _pump(self, read_fd: int, out: int) -> None:
+        while True:
+            try:
+                chunk = os.read(read_fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            # Keep draining even if the real stderr is gone: a full pipe blocks every writer.
+            with contextlib.suppress(OSError):
+                os.write(out, chunk)
+            with self._lock:
+                self._chunks.append(chunk)
+                self._size += len(chunk)
+                self._received += len(chunk)
+                while self._size > self.limit and len(self._chunks) > 1:
+                    self._size -= len(self._chunks.popleft())
+        for fd in (read_fd, out):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def text(self) -> str:
+        """What passed through so far (the last ``limit`` bytes), decoded leniently."""
+        with self._lock:
+            data = b"".join(self._chunks)
+        return data[-self.limit :].decode("utf-8", errors="replace")
+
+    def wait_for(
+        self, predicate: Callable[[str], bool], timeout_s: float, poll_s: float = 0.05
+    ) -> str:
+        """The text once ``predicate`` holds for it (or ``timeout_s`` passed), plus 0.2 s more.
+
+        A dead engine process can write its traceback after the front end has already raised:
+        on the H200 (vLLM 0.26.0) the "Engine core initialization failed" error came before
+        the child's ``ValueError`` line in one of two runs.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not predicate(self.text()):
+            time.sleep(poll_s)
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return self.text()
+
+    def stop(self) -> None:
+        """Give this process its own stderr back (children keep the pipe until they exit)."""
+        saved, self._saved = self._saved, None
+        if saved is None:
+            return
+        try:
+            os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     current: BaseException | None = exc
@@ -208,28 +314,55 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True when ``exc`` (or what it wraps) is a GPU out-of-memory condition."""
+def is_out_of_memory(exc: BaseException, log: str = "") -> bool:
+    """True when ``exc`` (or what it wraps, or the engine's ``log``) is a GPU OOM condition."""
     for err in _chain(exc):
         if type(err).__name__ == "OutOfMemoryError":
             return True
         text = str(err).lower()
         if any(marker in text for marker in _OOM_MARKERS):
             return True
-    return False
+    lowered = log.lower()
+    return "outofmemoryerror" in lowered or any(m in lowered for m in _OOM_MARKERS)
 
 
-def is_unsupported_model(exc: BaseException) -> bool:
-    """True when ``exc`` says the engine has no implementation of the architecture."""
-    for err in _chain(exc):
-        text = str(err).lower()
-        if any(marker in text for marker in _UNSUPPORTED_MARKERS):
-            return True
-    return False
+def is_unsupported_model(exc: BaseException, log: str = "") -> bool:
+    """True when ``exc`` (or the engine's ``log``) says the architecture is not implemented."""
+    texts = [str(err).lower() for err in _chain(exc)] + [log.lower()]
+    return any(marker in text for text in texts for marker in _UNSUPPORTED_MARKERS)
+
+
+#: "ValueError: ...", "torch.OutOfMemoryError: ..." anywhere in a line (vLLM prefixes its
+#: child processes' lines with "(EngineCore pid=N)" and, for log records, a timestamp).
+_EXCEPTION_LINE = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): \S")
+
+
+def _root_cause_line(log: str) -> str | None:
+    """The last exception line of an engine log ("ValueError: ..."), for the message."""
+    for line in reversed(log.splitlines()):
+        if _EXCEPTION_LINE.search(line):
+            return line.strip()[:500]
+    return None
+
+
+def is_generic_engine_failure(exc: BaseException) -> bool:
+    """True for an error that says the root cause is elsewhere (an engine process's log)."""
+    text = str(exc).lower()
+    return "engine core initialization failed" in text or "root cause" in text
+
+
+def has_root_cause(log: str) -> bool:
+    """True once an engine log holds an exception line (see :class:`StderrTail.wait_for`)."""
+    return _root_cause_line(log) is not None
 
 
 def translate_engine_error(
-    exc: BaseException, *, engine: str, phase: str, config: ExperimentConfig
+    exc: BaseException,
+    *,
+    engine: str,
+    phase: str,
+    config: ExperimentConfig,
+    log: str = "",
 ) -> LLEMError:
     """Map an engine exception to the llenergymeasure error a caller branches on.
 
@@ -238,6 +371,8 @@ def translate_engine_error(
         engine: "vLLM" or "TensorRT-LLM", for the message.
         phase: "load", "build" or "run".
         config: The experiment, for hints that name the right knobs.
+        log: The engine's recent stderr (:class:`StderrTail`), where a child process's root
+            cause is; searched only when ``exc`` is the generic start-up failure.
 
     Returns:
         The error to raise ``from exc``; an ``LLEMError`` passes through unchanged.
@@ -245,16 +380,21 @@ def translate_engine_error(
     if isinstance(exc, LLEMError):
         return exc
     detail = f"{type(exc).__name__}: {exc}".strip()
+    if not is_generic_engine_failure(exc):
+        log = ""
+    cause = _root_cause_line(log) if log else None
+    if cause:
+        detail = f"{detail} (root cause in the engine process: {cause})"
     if len(detail) > 2000:
         detail = detail[:2000] + "..."
-    if is_out_of_memory(exc):
+    if is_out_of_memory(exc, log):
         hint = REGISTRY.get(config.backend).oom_hint
         return EngineOutOfMemoryError(
             f"{engine} ran out of GPU memory during {phase} ({config.model}, "
             f"precision={config.precision}): {detail}",
             hint=hint,
         )
-    if is_unsupported_model(exc):
+    if is_unsupported_model(exc, log):
         return UnsupportedModelError(
             f"{engine} does not support the architecture of {config.model!r}: {detail}",
             hint=f"pick a model {engine} implements, or run it with backend: pytorch",
@@ -278,8 +418,11 @@ __all__ = [
     "EngineOutOfMemoryError",
     "ModelSource",
     "RequestTimeline",
+    "StderrTail",
     "UnsupportedModelError",
     "eos_token_id",
+    "has_root_cause",
+    "is_generic_engine_failure",
     "is_out_of_memory",
     "is_unsupported_model",
     "jsonable",

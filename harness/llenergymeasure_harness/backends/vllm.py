@@ -2,7 +2,22 @@
 
 Written against **vLLM 0.33.0** (V1 engine; ``vllm/entrypoints/llm.py``,
 ``vllm/engine/arg_utils.py``, ``vllm/v1/engine/llm_engine.py``, ``vllm/sampling_params.py``,
-``vllm/outputs.py``). ``vllm`` is imported inside :meth:`VLLMBackend.load` only.
+``vllm/outputs.py``) and run for real on **vLLM 0.26.0** (the newest release for torch 2.11,
+on the lent H200; docs/gpu-results.md). ``vllm`` is imported inside :meth:`VLLMBackend.load`
+only. What differs between the two at this boundary, and how the backend copes:
+
+* prompt rendering: both have the private ``LLM._preprocess_cmpl_one`` (0.26 in
+  ``entrypoints/offline_utils.py``, 0.33 in ``entrypoints/llm.py``), which turns a
+  ``TokensPrompt`` into the ``EngineInput`` that ``add_request`` wants; 0.33 deprecates raw
+  prompts there. Releases without it, or a renderer that raises ``TypeError``/``AttributeError``
+  on its (private, changing) signature, fall back to the raw ``TokensPrompt``, which both
+  releases' ``add_request`` still accept. ``LoadInfo.extra["prompt_path"]`` records which one
+  ran ("rendered" or "raw");
+* ``add_request``: 0.33 added ``session_id`` and ``kv_hints``; the backend passes only the
+  three positional arguments both share;
+* ``EngineArgs``: 0.26 lacks some 0.33 fields (none that the ``vllm:`` section sets); a
+  passthrough ``engine_args`` key the installed release does not have is refused by vLLM
+  (``TypeError``, translated to a ``ConfigError``).
 
 Why a streaming loop instead of ``LLM.generate``: ``generate`` forces
 ``RequestOutputKind.FINAL_ONLY`` and the offline ``LLM`` turns per-request stats off
@@ -48,6 +63,9 @@ from llenergymeasure_harness.backends.base import (
 from llenergymeasure_harness.backends.engine_common import (
     ModelSource,
     RequestTimeline,
+    StderrTail,
+    has_root_cause,
+    is_generic_engine_failure,
     jsonable,
     prepare_model_source,
     translate_engine_error,
@@ -216,9 +234,14 @@ class VLLMBackend:
         clock: Callable[[], float] = time.perf_counter,
         sleep: Callable[[float], None] = time.sleep,
         workdir: Path | None = None,
+        render_prompts: bool = True,
     ) -> None:
         self._clock = clock
         self._sleep = sleep
+        self._render_prompts = render_prompts
+        self.prompt_path: str | None = None
+        self._render_next: Callable[[Any], Any] = _raw
+        self._stderr: StderrTail | None = None
         self._workdir = workdir
         self._own_workdir: Path | None = None
         self._config: ExperimentConfig | None = None
@@ -258,11 +281,25 @@ class VLLMBackend:
         self.engine_args = build_engine_args(config, source)
         self.steady_state_target = section.max_num_seqs
         logger.info("vLLM %s: building engine for %s", vllm.__version__, source.model)
+        # The engine core and its workers are child processes: their stderr runs through a
+        # tee so that a start-up failure's root cause can be read (see engine_common).
+        self._stderr = StderrTail().start()
         start = self._clock()
         try:
             self._llm = vllm.LLM(**self.engine_args)
         except Exception as exc:
-            raise translate_engine_error(exc, engine=ENGINE, phase="load", config=config) from exc
+            log = (
+                self._stderr.wait_for(has_root_cause, timeout_s=10.0)
+                if is_generic_engine_failure(exc)
+                else self._stderr.text()
+            )
+            self._stderr.stop()
+            raise translate_engine_error(
+                exc, engine=ENGINE, phase="load", config=config, log=log
+            ) from exc
+        finally:
+            if self._stderr is not None:
+                self._stderr.stop()  # this process's own stderr back; children keep the tee
         load_s = self._clock() - start
         model_config = getattr(self._llm, "model_config", None)
         dtype = _dtype_name(getattr(model_config, "dtype", None)) or self.engine_args["dtype"]
@@ -275,6 +312,9 @@ class VLLMBackend:
             "vllm_version": vllm.__version__,
             "mirrored_vllm_version": MIRRORED_VLLM_VERSION,
             "steady_state_target": section.max_num_seqs,
+            "prompt_path": "rendered"
+            if self._render_prompts and callable(getattr(self._llm, "_preprocess_cmpl_one", None))
+            else "raw",
             "max_model_len": getattr(model_config, "max_model_len", None),
             "timestamps": "harness perf_counter at receipt of each engine step's outputs",
         }
@@ -316,7 +356,7 @@ class VLLMBackend:
         from vllm.sampling_params import RequestOutputKind
 
         engine = self._llm.llm_engine
-        render = self._prompt_renderer()
+        self._prompt_renderer()
         self._runs += 1
         prefix = f"llem{self._runs}-"
         # One prefix-cache salt per run: warmup repeats the measured prompts, and without a
@@ -337,7 +377,7 @@ class VLLMBackend:
                     **build_sampling_kwargs(config, request.max_new_tokens, request.request_id),
                     output_kind=RequestOutputKind.DELTA,
                 )
-                prompt = render(
+                prompt = self._render_next(
                     vllm.TokensPrompt(
                         prompt_token_ids=list(request.prompt_token_ids), cache_salt=salt
                     )
@@ -374,6 +414,9 @@ class VLLMBackend:
                         continue
                     if output.prompt_token_ids is not None:
                         timeline.input_tokens = len(output.prompt_token_ids)
+                    cached = getattr(output, "num_cached_tokens", None)
+                    if isinstance(cached, int) and not isinstance(cached, bool):
+                        timeline.cached_input_tokens = cached
                     completion = output.outputs[0]
                     timeline.add_tokens(len(completion.token_ids), now)
                     if output.finished:
@@ -386,7 +429,16 @@ class VLLMBackend:
             raise
         except Exception as exc:
             self._abort(engine, order)
-            raise translate_engine_error(exc, engine=ENGINE, phase="run", config=config) from exc
+            log = ""
+            if self._stderr is not None:
+                log = (
+                    self._stderr.wait_for(has_root_cause, timeout_s=10.0)
+                    if is_generic_engine_failure(exc)
+                    else self._stderr.text()
+                )
+            raise translate_engine_error(
+                exc, engine=ENGINE, phase="run", config=config, log=log
+            ) from exc
         unfinished = [timelines[k].request_id for k in order if timelines[k].end_s is None]
         if unfinished:
             raise ExperimentError(
@@ -427,18 +479,37 @@ class VLLMBackend:
 
     # ----------------------------------------------------------------- helpers
 
-    def _prompt_renderer(self) -> Callable[[Any], Any]:
-        """How a TokensPrompt becomes what ``llm_engine.add_request`` takes.
+    def _prompt_renderer(self) -> None:
+        """Set how a TokensPrompt becomes what ``llm_engine.add_request`` takes (``_render_next``).
 
         vLLM 0.33 deprecates raw prompts in ``add_request`` ("will be removed in the future")
         and renders them first, as ``LLM.generate`` does with ``LLM._preprocess_cmpl_one``
-        (token ids pass through unchanged as ``{"type": "token", ...}``). Older releases have
-        no renderer and take the raw prompt.
+        (token ids pass through unchanged as ``{"type": "token", ...}``; 0.26 has the same
+        method). Releases without it take the raw prompt. The method is private: if it exists
+        but fails on its signature for the first prompt of a run, the run falls back to raw
+        prompts (logged once) rather than failing on a renamed internal.
         """
-        render = getattr(self._llm, "_preprocess_cmpl_one", None)
-        if callable(render):
-            return render  # type: ignore[no-any-return]
-        return lambda prompt: prompt
+        render = getattr(self._llm, "_preprocess_cmpl_one", None) if self._render_prompts else None
+        if not callable(render):
+            self.prompt_path = "raw"
+            self._render_next = _raw
+            return
+
+        def first(prompt: Any) -> Any:
+            try:
+                rendered = render(prompt)
+            except (TypeError, AttributeError) as exc:
+                logger.warning(
+                    "vLLM's LLM._preprocess_cmpl_one failed (%s); passing raw prompts", exc
+                )
+                self.prompt_path = "raw"
+                self._render_next = _raw
+                return prompt
+            self.prompt_path = "rendered"
+            self._render_next = render
+            return rendered
+
+        self._render_next = first
 
     @staticmethod
     def _abort(engine: Any, request_ids: list[str]) -> None:
@@ -448,6 +519,10 @@ class VLLMBackend:
             engine.abort_request(list(request_ids))
         except Exception:
             logger.debug("abort after a failed run failed too", exc_info=True)
+
+
+def _raw(prompt: Any) -> Any:
+    return prompt
 
 
 __all__ = [

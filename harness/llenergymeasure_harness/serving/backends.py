@@ -187,6 +187,9 @@ class ServerBackend(_HTTPBackend):
             self._client.forcing = "generation_config" if config.ignore_eos else "none"
         elif config.backend in ("vllm", "tensorrt"):
             self._client.forcing = "min_tokens" if config.ignore_eos else "none"
+        if config.backend == "vllm":
+            # Without a tokenizer (dummy weights) vLLM streams empty text; ask for the ids.
+            self._client.settings.extra_body["return_token_ids"] = True
         self.server_info = {
             "mode": "server",
             "external": False,

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -211,8 +212,6 @@ class ManagedServer:
         Raises:
             ExperimentError: the server exited, or did not answer within ``timeout_s``.
         """
-        import httpx
-
         assert self.proc is not None, "start() first"
         t0 = self._clock()
         url = self.base_url + self.health_path
@@ -224,12 +223,9 @@ class ManagedServer:
                     f"the server exited with code {code} before it was healthy; its log: "
                     f"{self.log_path}\n{self.log_tail()}"
                 )
-            try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
-                    self.startup_s = self._clock() - t0
-                    return self.startup_s
-            except httpx.HTTPError:
-                pass
+            if _answers_200(url):
+                self.startup_s = self._clock() - t0
+                return self.startup_s
             if self._clock() - t0 > timeout_s:
                 raise ExperimentError(
                     f"the server did not answer {url} within {timeout_s:g} s; its log: "
@@ -274,6 +270,15 @@ class ManagedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _answers_200(url: str) -> bool:
+    """True when GET ``url`` answers 200 within 2 s (stdlib: no event loop needed here)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as resp:
+            return bool(resp.status == 200)
+    except (OSError, ValueError):  # URLError, connection refused, reset, timeout
+        return False
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

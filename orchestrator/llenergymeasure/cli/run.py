@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,11 @@ from llenergymeasure.config.loader import (
 )
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.config.user import load_user_defaults, user_config_path
-from llenergymeasure.errors import UsageError
+from llenergymeasure.errors import InterruptedStudy, UsageError
 from llenergymeasure.study.executor import dry_run_job_scripts, run_study
 from llenergymeasure.study.executor import resume as resume_study
 from llenergymeasure.study.plan import StudyPlan, build_plan
+from llenergymeasure.study.signals import Terminated
 from llenergymeasure_contract.experiment import DEFAULT_BACKEND
 from llenergymeasure_contract.registry import REGISTRY
 
@@ -224,8 +227,8 @@ def run_command(
                 "where its results go are fixed in its plan.json",
                 hint="resume without them, or start a new study with them",
             )
-        return int(
-            resume_study(
+        with _sigterm_is_143():
+            resumed = resume_study(
                 resume.absolute(),
                 config=config.absolute() if config is not None else None,
                 execution_overrides=execution_overrides,
@@ -236,7 +239,7 @@ def run_command(
                 assume_yes=yes,
                 dry_run=dry_run,
             )
-        )
+        return int(resumed)
 
     overrides = collect_overrides(
         config=config,
@@ -274,5 +277,20 @@ def run_command(
                 sys.stdout.write(f"\n# ---- job script of run {run_id}\n{text}")
         return 0
 
-    result = run_study(plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes)
+    with _sigterm_is_143():
+        result = run_study(
+            plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes
+        )
     return int(result)  # 0 when every run completed, else 1
+
+
+@contextlib.contextmanager
+def _sigterm_is_143() -> Iterator[None]:
+    """SIGTERM before the first run (preflight, images) exits 143, as it does mid-study.
+
+    typer turns every ``KeyboardInterrupt`` into exit 130, and ``Terminated`` is one.
+    """
+    try:
+        yield
+    except Terminated:
+        raise InterruptedStudy("stopped by SIGTERM before any run started", exit_code=143) from None

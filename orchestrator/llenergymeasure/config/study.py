@@ -80,6 +80,11 @@ class DockerSettings(_Model):
     engine_cache_dir: str | None = Field(
         None, description="Host directory for built TensorRT-LLM engines."
     )
+    compile_cache_dir: str | None = Field(
+        None,
+        description="Host root for torch.compile/Triton/vLLM compile caches, one "
+        "subdirectory per image (default ~/.cache/llenergymeasure/compile); '' turns it off.",
+    )
     run_as_host_user: bool = Field(True, description="Run as the invoking uid:gid.")
     env: dict[str, str] = Field(
         default_factory=dict,

@@ -38,6 +38,7 @@ from llenergymeasure.runners.spec import (
     ContainerSpec,
     RunRequest,
     build_container_spec,
+    host_compile_cache_dir,
 )
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.timestamps import utc_iso
@@ -414,11 +415,14 @@ def _prepare_host_dirs(request: RunRequest, settings: ContainerSettings) -> None
     writable = [request.run_dir]
     uses_cache = REGISTRY.get(str(request.config.backend)).uses_engine_cache
     engines = settings.engine_cache_dir if uses_cache else None
-    for d in (request.study_cache_dir, settings.hf_cache_dir, engines):
+    compiled = host_compile_cache_dir(request, settings)
+    for d in (request.study_cache_dir, settings.hf_cache_dir, engines, compiled):
         if d is not None:
             Path(d).mkdir(parents=True, exist_ok=True)
     if request.study_cache_dir is not None:
         writable.append(request.study_cache_dir)
+    if compiled is not None:
+        writable.append(Path(compiled))
     uid = request.host_uid
     if os.geteuid() == 0 and uid not in (None, 0) and settings.run_as_host_user:
         gid = request.host_gid if request.host_gid is not None else -1

@@ -38,6 +38,7 @@ class LocalRunner:
         stop_grace_s: float = 10.0,
         hf_cache_dir: str | None = None,
         engine_cache_dir: str | None = None,
+        compile_cache_dir: str | None = None,
         poll_s: float = 0.1,
     ) -> None:
         self.python = python or sys.executable
@@ -46,6 +47,7 @@ class LocalRunner:
         self.stop_grace_s = stop_grace_s
         self.hf_cache_dir = hf_cache_dir
         self.engine_cache_dir = engine_cache_dir
+        self.compile_cache_dir = compile_cache_dir
         self._poll_s = poll_s
 
     def spec_for(self, request: RunRequest) -> LocalSpec:
@@ -58,6 +60,7 @@ class LocalRunner:
             stop_grace_s=self.stop_grace_s,
             hf_cache_dir=self.hf_cache_dir,
             engine_cache_dir=self.engine_cache_dir,
+            compile_cache_dir=self.compile_cache_dir,
         )
 
     def cleanup_leftovers(self) -> list[str]:

@@ -631,6 +631,7 @@ def _docker_launcher(spec: ContainerSpec, n_gpus: int) -> list[str]:
     lines += [
         "# scancel and the time limit SIGTERM this script: stop the container before Slurm's",
         "# KillWait runs out (a killed `docker run` client would leave the container running).",
+        "# shellcheck disable=SC2329  # invoked by the trap",
         f'stop_container() {{ docker stop --time {DOCKER_STOP_GRACE_S} "$container" '
         ">/dev/null 2>&1 || true; }",
         "trap stop_container TERM INT",

@@ -19,6 +19,10 @@ Container layout::
     /llem/cache/hf         host Hugging Face cache (rw)  HF_HOME
     /llem/cache/llem       study cache dir (rw)          LLEM_BASELINE_CACHE (baseline.json in it)
     /llem/cache/engines    TensorRT-LLM engine cache     LLEM_ENGINE_CACHE_DIR
+    /llem/cache/compile    compile caches of this image  LLEM_COMPILE_CACHE_DIR (host dir
+                           <compile_cache_dir>/<image key>; the harness keys it further by
+                           engine/torch/Triton version and points Inductor, Triton and vLLM
+                           at it: llenergymeasure_harness.compile_cache)
     /llem/inputs/<role>/   host paths named in the config (ro)
     HOME=/tmp              writable for any uid
 """
@@ -44,6 +48,7 @@ CONTAINER_RESULTS_DIR = "/llem/results"
 CONTAINER_HF_CACHE = "/llem/cache/hf"
 CONTAINER_STUDY_CACHE = "/llem/cache/llem"
 CONTAINER_ENGINE_CACHE = "/llem/cache/engines"
+CONTAINER_COMPILE_CACHE = "/llem/cache/compile"
 CONTAINER_INPUTS = "/llem/inputs"
 CONTAINER_HOME = "/tmp"
 
@@ -95,6 +100,7 @@ class ContainerSettings:
     mem_limit: str | None = None
     hf_cache_dir: str | None = None
     engine_cache_dir: str | None = None
+    compile_cache_dir: str | None = None  # host root; one subdirectory per image
     run_as_host_user: bool = True
     init: bool = True
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -250,6 +256,23 @@ def rewrite_host_paths(
     return out, tuple(mounter.mounts.values())
 
 
+def compile_cache_key(image: str | None, digest: str | None) -> str:
+    """The per-image subdirectory of the host compile cache (pure).
+
+    The image reference, made path-safe, plus the first 12 hex of its digest when known: a
+    rebuilt image under the same tag gets a fresh directory, so compiled kernels of one
+    engine build are never loaded by another.
+    """
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in (image or "local"))
+    tail = (digest or "").rsplit(":", 1)[-1][:12]
+    return f"{name[:100]}-{tail}" if tail else name[:100]
+
+
+def local_compile_cache_key(python: str) -> str:
+    """The subdirectory for the local runner: one per Python interpreter (its environment)."""
+    return "local-" + hashlib.sha1(python.encode()).hexdigest()[:12]
+
+
 def harness_env(
     request: RunRequest,
     *,
@@ -257,6 +280,7 @@ def harness_env(
     results_dir: str,
     baseline_cache: str | None,
     engine_cache_dir: str | None = None,
+    compile_cache_dir: str | None = None,
 ) -> dict[str, str]:
     """The harness environment contract (``llenergymeasure.contract``) for one run."""
     from llenergymeasure.contract import HarnessEnv
@@ -272,6 +296,7 @@ def harness_env(
         image_labels=dict(request.image_labels or {}),
         baseline_cache=baseline_cache,
         engine_cache_dir=engine_cache_dir,
+        compile_cache_dir=compile_cache_dir,
         host_uid=request.host_uid,
         host_gid=request.host_gid,
         config_hash=request.config.config_hash,  # the host's, whatever paths were rewritten
@@ -289,6 +314,14 @@ def container_name(request: RunRequest, owner_pid: int | None = None) -> str:
     study = hashlib.sha1(request.study_id.encode()).hexdigest()[:8]
     pid = f"-{owner_pid}" if owner_pid is not None else ""
     return f"llem-{safe[:80]}-{study}{pid}"
+
+
+def host_compile_cache_dir(request: RunRequest, settings: ContainerSettings) -> str | None:
+    """The host directory mounted as the container's compile cache (None: no cache)."""
+    if not settings.compile_cache_dir:
+        return None
+    key = compile_cache_key(request.image, request.image_digest)
+    return posixpath.join(settings.compile_cache_dir, key)
 
 
 def build_container_spec(
@@ -327,6 +360,11 @@ def build_container_spec(
     if settings.engine_cache_dir and spec.uses_engine_cache:
         mounts.append(Mount(settings.engine_cache_dir, CONTAINER_ENGINE_CACHE))
         engine_cache = CONTAINER_ENGINE_CACHE
+    compile_cache: str | None = None
+    host_compile = host_compile_cache_dir(request, settings)
+    if host_compile is not None:
+        mounts.append(Mount(host_compile, CONTAINER_COMPILE_CACHE))
+        compile_cache = CONTAINER_COMPILE_CACHE
     mounts.extend(input_mounts)
     env.update(settings.extra_env)
     env.update(
@@ -336,6 +374,7 @@ def build_container_spec(
             results_dir=CONTAINER_RESULTS_DIR,
             baseline_cache=baseline_cache,
             engine_cache_dir=engine_cache,
+            compile_cache_dir=compile_cache,
         )
     )
     config_json = env[ENV_CONFIG_JSON]
@@ -393,6 +432,7 @@ def build_local_spec(
     stop_grace_s: float = 10.0,
     hf_cache_dir: str | None = None,
     engine_cache_dir: str | None = None,
+    compile_cache_dir: str | None = None,
 ) -> LocalSpec:
     """Build the subprocess description for ``request``: host paths, same env contract."""
     env = dict(base_env)
@@ -413,6 +453,11 @@ def build_local_spec(
             engine_cache_dir=engine_cache_dir
             if REGISTRY.get(str(request.config.backend)).uses_engine_cache
             else None,
+            compile_cache_dir=(
+                posixpath.join(compile_cache_dir, local_compile_cache_key(python))
+                if compile_cache_dir
+                else None
+            ),
         )
     )
     return LocalSpec(

@@ -451,6 +451,18 @@ def _request_gpus(opts: StudyRunOptions) -> bool:
     return os.environ.get(ENV_NO_GPU, "") in ("", "0", "false", "no")
 
 
+#: Where compiled kernels are kept between experiments unless the study says otherwise.
+DEFAULT_COMPILE_CACHE_DIR = "~/.cache/llenergymeasure/compile"
+
+
+def _compile_cache_root(plan: StudyPlan) -> str | None:
+    """The host compile-cache root (None when the study turned it off with '')."""
+    configured = plan.study.runner.docker.compile_cache_dir
+    if configured == "":
+        return None
+    return str(_absolute(configured or DEFAULT_COMPILE_CACHE_DIR))
+
+
 def _container_settings(plan: StudyPlan, opts: StudyRunOptions) -> ContainerSettings:
     d = plan.study.runner.docker
     ulimits: dict[str, int | tuple[int, int]] | None = None
@@ -461,6 +473,7 @@ def _container_settings(plan: StudyPlan, opts: StudyRunOptions) -> ContainerSett
         }
     hf = d.hf_cache_dir or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     engines = d.engine_cache_dir or "~/.cache/llenergymeasure/trt-engines"
+    compiled = _compile_cache_root(plan)
     env = dict(d.env)
     env.update(_passthrough_env(plan))
     env.update(opts.extra_env)
@@ -472,6 +485,7 @@ def _container_settings(plan: StudyPlan, opts: StudyRunOptions) -> ContainerSett
         mem_limit=d.mem_limit,
         hf_cache_dir=str(_absolute(hf)),
         engine_cache_dir=str(_absolute(engines)),
+        compile_cache_dir=compiled,
         run_as_host_user=d.run_as_host_user,
         extra_env=env,
         command=opts.container_command,
@@ -566,6 +580,7 @@ def _make_runner(
             base_env=base_env,
             hf_cache_dir=d.hf_cache_dir,
             engine_cache_dir=d.engine_cache_dir,
+            compile_cache_dir=_compile_cache_root(plan),
         ),
         None,
     )

@@ -21,6 +21,11 @@ from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.config.study import CycleOrder, StudyConfig
 from llenergymeasure_contract.architecture import DTYPE_BYTES, resolve_architecture
 from llenergymeasure_contract.registry import REGISTRY
+from llenergymeasure_contract.sizing import (
+    MIN_STEADY_STATE_S,
+    steady_state_duration_s,
+    steady_state_n_prompts,
+)
 
 #: Assumed sustained HBM bandwidth for the decode-time estimate (H100-class).
 ASSUMED_BANDWIDTH_BYTES_PER_S = 2.0e12
@@ -155,6 +160,56 @@ def gap_after(previous: _HasCycle, following: _HasCycle, order: CycleOrder) -> s
 STEADY_STATE_MIN_BATCHES = 3
 
 
+def planned_tokens_per_s(config: ExperimentConfig, estimate: ExperimentEstimate) -> float | None:
+    """Full-batch output throughput from the decode roofline (weights + KV per step).
+
+    Faster than real engines (the H200's 8B runs reached about half of it), so sizing from it
+    errs towards more prompts than needed, never fewer.
+    """
+    if estimate.weights_bytes is None or estimate.kv_cache_bytes is None:
+        return None
+    step_s = (estimate.weights_bytes + estimate.kv_cache_bytes) / ASSUMED_BANDWIDTH_BYTES_PER_S
+    return config.concurrency / step_s if step_s > 0 else None
+
+
+def steady_state_notes(planned: list[PlannedExperiment]) -> list[str]:
+    """Plan notes for continuous-batching experiments whose steady state will be too short.
+
+    Sized with :func:`llenergymeasure_contract.sizing.steady_state_n_prompts` at the roofline
+    throughput; without an architecture to size from, the rule of thumb of
+    ``STEADY_STATE_MIN_BATCHES`` batches applies.
+    """
+    notes: list[str] = []
+    rough: list[int] = []
+    for p in planned:
+        cfg = p.config
+        if cfg.backend not in ("vllm", "tensorrt"):
+            continue
+        k = cfg.concurrency
+        out = cfg.resolved_output_len()
+        rate = planned_tokens_per_s(cfg, p.estimate)
+        if rate is None:
+            if cfg.n_prompts < STEADY_STATE_MIN_BATCHES * cfg.concurrency:
+                rough.append(p.index)
+            continue
+        expected = steady_state_duration_s(cfg.n_prompts, k, out, rate)
+        if expected < MIN_STEADY_STATE_S:
+            need = steady_state_n_prompts(k, out, rate)
+            notes.append(
+                f"experiment {p.index}: n_prompts {cfg.n_prompts} gives a steady state of about "
+                f"{expected:.0f} s at the roofline's {rate:,.0f} output tok/s (a window under "
+                f"{MIN_STEADY_STATE_S:g} s is flagged invalid); use n_prompts >= {need} "
+                "(docs/methodology.md, 'Steady state')"
+            )
+    if rough:
+        notes.append(
+            f"experiments {', '.join(map(str, rough[:20]))}{' ...' if len(rough) > 20 else ''}: "
+            f"n_prompts < {STEADY_STATE_MIN_BATCHES} x concurrency, so the continuous-batching "
+            "steady-state window will be flagged too short; raise n_prompts"
+        )
+    return notes
+
+
 def estimate_experiment(config: ExperimentConfig) -> ExperimentEstimate:
     """Memory from the architecture (weights + KV cache); duration from a decode roofline."""
     try:
@@ -274,19 +329,7 @@ def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -
         f"{d.source} duplicates {d.same_as} (config {d.config_hash}); it runs once"
         for d in study.duplicates
     ]
-    short = [
-        p.index
-        for p in planned
-        if REGISTRY.get(p.config.backend).continuous_batching
-        and not p.config.traffic.uses_arrivals
-        and p.config.n_prompts < STEADY_STATE_MIN_BATCHES * p.config.concurrency
-    ]
-    if short:
-        notes.append(
-            f"experiments {', '.join(map(str, short[:20]))}{' ...' if len(short) > 20 else ''}: "
-            f"n_prompts < {STEADY_STATE_MIN_BATCHES} x concurrency, so the continuous-batching "
-            "steady-state window will be flagged too short; raise n_prompts"
-        )
+    notes.extend(steady_state_notes(planned))
     return StudyPlan.model_construct(
         study=study,
         study_design_hash=study.study_design_hash,

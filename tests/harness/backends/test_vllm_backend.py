@@ -467,3 +467,111 @@ def test_wrong_section_is_config_error(fake: FakeVLLM, backend: VLLMBackend) -> 
     """A config for another backend is refused before anything loads."""
     with pytest.raises(ConfigError, match="not 'vllm'"):
         backend.load(ExperimentConfig(model="tiny-llama", load_format="dummy"))
+
+
+# --------------------------------------------------------------------------- 0.26 and 0.33
+
+
+@pytest.mark.parametrize("version", ["0.26.0", "0.33.0"])
+def test_both_releases_take_the_rendered_path(version: str, tmp_path: Path) -> None:
+    """0.26 and 0.33 both have LLM._preprocess_cmpl_one: prompts go in rendered."""
+    controller = FakeVLLM(FakeVLLMBehaviour(version=version))
+    with controller.installed():
+        backend = VLLMBackend(clock=controller.behaviour.clock, workdir=tmp_path)
+        info = backend.load(_config(vllm={"max_num_seqs": 4}))
+        records = backend.run(_requests(3))
+        backend.close()
+    assert info.backend_version == version
+    assert info.extra["prompt_path"] == "rendered" and backend.prompt_path == "rendered"
+    assert controller.prompt_forms == ["rendered"] * 3
+    assert [r.output_tokens for r in records] == [5, 5, 5]
+
+
+def test_broken_private_renderer_falls_back_to_raw_prompts(tmp_path: Path) -> None:
+    """A renderer whose private signature changed: logged, raw TokensPrompt, run completes."""
+    controller = FakeVLLM(FakeVLLMBehaviour(renderer="broken"))
+    with controller.installed():
+        backend = VLLMBackend(clock=controller.behaviour.clock, workdir=tmp_path)
+        backend.load(_config(vllm={"max_num_seqs": 4}))
+        records = backend.run(_requests(3))
+        backend.close()
+    assert backend.prompt_path == "raw"
+    assert controller.prompt_forms == ["raw"] * 3
+    assert controller.cache_salts == ["llem-run-1"] * 3  # the salt travels either way
+    assert len(records) == 3
+
+
+def test_render_prompts_false_forces_the_raw_path(fake: FakeVLLM, tmp_path: Path) -> None:
+    """The fallback can be chosen (the real-engine test runs both paths on one release)."""
+    backend = VLLMBackend(clock=fake.behaviour.clock, workdir=tmp_path, render_prompts=False)
+    info = backend.load(_config(vllm={"max_num_seqs": 4}))
+    backend.run(_requests(2))
+    backend.close()
+    assert info.extra["prompt_path"] == "raw" and fake.prompt_forms == ["raw", "raw"]
+
+
+def test_num_cached_tokens_become_cached_input_tokens(fake: FakeVLLM, backend: VLLMBackend) -> None:
+    """Identical prompts in one run: whole 16-token blocks hit, never the last prompt token."""
+    backend.load(_config(vllm={"max_num_seqs": 1}))
+    same = [
+        GenerationRequest(request_id=i, prompt_token_ids=[7] * 40, max_new_tokens=2)
+        for i in range(2)
+    ]
+    records = backend.run(same)
+    assert [r.cached_input_tokens for r in records] == [0, 32]
+    exact = [
+        GenerationRequest(request_id=i, prompt_token_ids=[9] * 32, max_new_tokens=2)
+        for i in range(2)
+    ]
+    assert [r.cached_input_tokens for r in backend.run(exact)] == [0, 16]
+
+
+@pytest.mark.parametrize(
+    ("root_cause", "expected"),
+    [
+        (
+            "ValueError: No available memory for the cache blocks. Try increasing "
+            "`gpu_memory_utilization` when initializing the engine.",
+            EngineOutOfMemoryError,
+        ),
+        (
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+            EngineOutOfMemoryError,
+        ),
+    ],
+)
+@pytest.mark.parametrize("delay_s", [0.0, 0.5])
+def test_engine_core_root_cause_in_its_stderr_is_translated(
+    fake: FakeVLLM,
+    backend: VLLMBackend,
+    root_cause: str,
+    expected: type[Exception],
+    delay_s: float,
+) -> None:
+    """vLLM's engine core dies in its own process; its stderr names the cause, also when it
+    arrives after the front end raised (seen on the H200): OOM is found."""
+    fake.behaviour.engine_init_failure = True
+    fake.behaviour.engine_init_root_cause = root_cause
+    fake.behaviour.engine_init_root_cause_delay_s = delay_s
+    with pytest.raises(expected) as info:
+        backend.load(_config())
+    assert "root cause in the engine process" in str(info.value)
+    assert root_cause.split(":", maxsplit=1)[0] in str(info.value)
+
+
+def test_stderr_tail_passes_everything_through_and_keeps_the_end(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The tee hands every byte on to the real stderr and keeps the last ones."""
+    import os
+    import time
+
+    from llenergymeasure_harness.backends.engine_common import StderrTail
+
+    tail = StderrTail(limit=64).start()
+    os.write(2, b"x" * 100 + b"\nValueError: the end\n")
+    text = tail.wait_for(lambda t: "the end" in t, timeout_s=2.0)
+    tail.stop()
+    time.sleep(0.1)
+    assert text.endswith("ValueError: the end\n") and len(text) <= 64 + 100
+    assert "ValueError: the end" in capfd.readouterr().err

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-SERVE_MODULES = ("torch", "transformers", "fastapi", "uvicorn", "openai", "httpx")
+SERVE_MODULES = ("torch", "transformers", "fastapi", "uvicorn", "openai", "aiohttp")
 
 
 def serving_unavailable_reason() -> str | None:

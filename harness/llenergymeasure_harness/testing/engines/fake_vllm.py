@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
+import threading
 import types
 import uuid
 from collections.abc import Iterator, Sequence
@@ -284,9 +286,22 @@ class FakeVLLMBehaviour:
             blocks" ``ValueError``.
         engine_init_failure: ``LLM(...)`` raises the multiprocess "Engine core initialization
             failed" ``RuntimeError`` (what a worker-side OOM looks like from the front end).
+        engine_init_root_cause: With ``engine_init_failure``, what the engine core process
+            writes to stderr (file descriptor 2) first, as the real child does, e.g.
+            ``"ValueError: No available memory for the cache blocks. ..."``, in vLLM's log
+            format, ``engine_init_root_cause_delay_s`` after ``LLM(...)`` raised.
         oom_at_step: ``step()`` raises ``torch.cuda.OutOfMemoryError`` from this step on.
         engine_dead_at_step: ``step()`` raises ``EngineDeadError`` from this step on.
         unsupported_architectures: Architectures (config.json ``architectures``) to reject.
+        version: ``vllm.__version__``; "0.26.0" also drops the ``add_request`` parameters
+            0.33 added (``session_id``, ``kv_hints``), as the real 0.26.0 has them not.
+        renderer: "present" (``LLM._preprocess_cmpl_one`` as in 0.26 and 0.33), "absent" (an
+            older release) or "broken" (present, raises ``TypeError``: a changed signature).
+
+    Prefix caching is on unless ``enable_prefix_caching=False`` (vLLM's default for generative
+    models): a prompt's full blocks (``block_size``, default 16) are looked up by their token
+    prefix and cache salt, and ``RequestOutput.num_cached_tokens`` says how many prompt tokens
+    hit, whole blocks only and never the last prompt token (it must be computed), as in vLLM.
     """
 
     clock: FakeClock = field(default_factory=FakeClock)
@@ -301,9 +316,13 @@ class FakeVLLMBehaviour:
     oom_on_load: bool = False
     kv_cache_too_small: bool = False
     engine_init_failure: bool = False
+    engine_init_root_cause: str | None = None
+    engine_init_root_cause_delay_s: float = 0.0
     oom_at_step: int | None = None
     engine_dead_at_step: int | None = None
     unsupported_architectures: frozenset[str] = frozenset({"FancyNewForCausalLM"})
+    version: str = VLLM_VERSION
+    renderer: str = "present"
 
 
 # --------------------------------------------------------------------------- engine
@@ -351,6 +370,9 @@ class LLMEngine:
         )
         self._states: dict[str, dict[str, Any]] = {}
         self._steps = 0
+        self._prefix_caching = engine_args.get("enable_prefix_caching") is not False
+        self._block_size = int(engine_args.get("block_size") or 16)
+        self._cached_blocks: set[tuple[Any, ...]] = set()
         self.max_model_len = engine_args.get("max_model_len") or behaviour.model_max_len
 
     @property
@@ -371,6 +393,12 @@ class LLMEngine:
         prompt_text: str | None = None,
         kv_hints: Any | None = None,
     ) -> str:
+        if self._behaviour.version.startswith("0.26") and (
+            session_id is not None or kv_hints is not None
+        ):
+            bad = "session_id" if session_id is not None else "kv_hints"
+            raise TypeError(f"LLMEngine.add_request() got an unexpected keyword argument '{bad}'")
+        salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
         if not isinstance(request_id, str):
             raise TypeError(f"request_id must be a string, got {type(request_id)}")
         if not isinstance(params, SamplingParams):
@@ -421,10 +449,32 @@ class LLMEngine:
             ignore_eos=params.ignore_eos,
             eos_token_id=self._behaviour.eos_token_id,
         )
-        self._states[request_id] = {"sim": sim, "params": params, "stats": stats}
+        self._states[request_id] = {
+            "sim": sim,
+            "params": params,
+            "stats": stats,
+            "cached": self._lookup_prefix(token_ids, salt),
+        }
         self._batcher.add(sim)
         self._controller.added_requests.append((request_id, token_ids, params))
         return f"{request_id}-{uuid.uuid4().hex[:8]}"
+
+    def _lookup_prefix(self, token_ids: list[int], salt: Any) -> int:
+        """Prompt tokens served from the prefix cache; caches this prompt's full blocks."""
+        if not self._prefix_caching:
+            return 0
+        block = self._block_size
+        hit = 0
+        missed = False
+        for end in range(block, len(token_ids) + 1, block):
+            key = (salt, tuple(token_ids[:end]))
+            if not missed and key in self._cached_blocks:
+                hit = end
+            else:
+                missed = True
+            self._cached_blocks.add(key)
+        # The last prompt token is always computed (its logits give the first output token).
+        return min(hit, ((len(token_ids) - 1) // block) * block)
 
     def has_unfinished_requests(self) -> bool:
         return self._batcher.has_unfinished
@@ -487,7 +537,7 @@ class LLMEngine:
                     outputs=[completion],
                     finished=sim.finished,
                     metrics=stats,
-                    num_cached_tokens=0,
+                    num_cached_tokens=state["cached"],
                 )
             )
             if sim.finished:
@@ -577,6 +627,18 @@ class LLM:
                 "`gpu_memory_utilization` when initializing the engine."
             )
         if behaviour.engine_init_failure:
+            if behaviour.engine_init_root_cause:
+                # As on the H200: the child's traceback may land after the front end raised.
+                text = (
+                    "(EngineCore pid=1234) ERROR 12-01 22:49:29 [core.py:1330] EngineCore "
+                    "failed to start.\n(EngineCore pid=1234) ERROR 12-01 22:49:29 "
+                    f"[core.py:1330] {behaviour.engine_init_root_cause}\n"
+                ).encode()
+                delay = behaviour.engine_init_root_cause_delay_s
+                if delay > 0:
+                    threading.Timer(delay, os.write, args=(2, text)).start()
+                else:
+                    os.write(2, text)
             raise RuntimeError(
                 "Engine core initialization failed. See root cause above. "
                 "Failed core proc(s): {'EngineCore_DP0': 1}"
@@ -602,6 +664,8 @@ class LLM:
         mm_processor_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """``LLM._preprocess_cmpl_one``: render one prompt into an ``EngineInput``."""
+        if type(self)._controller.behaviour.renderer == "broken":
+            raise TypeError("_preprocess_cmpl_one() missing 1 required positional argument")
         if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
             rendered = {"type": "token", "prompt_token_ids": list(prompt["prompt_token_ids"])}
             if "cache_salt" in prompt:
@@ -680,11 +744,15 @@ class FakeVLLM:
 
     def modules(self) -> dict[str, types.ModuleType]:
         """The ``sys.modules`` entries that make ``import vllm`` resolve to this fake."""
-        llm_cls = type("LLM", (LLM,), {"_controller": self, "__module__": "vllm.entrypoints.llm"})
-        root = types.ModuleType("vllm", "Fake vLLM " + VLLM_VERSION)
+        attrs: dict[str, Any] = {"_controller": self, "__module__": "vllm.entrypoints.llm"}
+        if self.behaviour.renderer == "absent":
+            attrs["_preprocess_cmpl_one"] = None  # an older release: no renderer at all
+        llm_cls = type("LLM", (LLM,), attrs)
+        version_string = self.behaviour.version
+        root = types.ModuleType("vllm", "Fake vLLM " + version_string)
         root.__path__ = []  # a package, so submodules import
         for key, value in {
-            "__version__": VLLM_VERSION,
+            "__version__": version_string,
             "LLM": llm_cls,
             "SamplingParams": SamplingParams,
             "TokensPrompt": TokensPrompt,
@@ -724,7 +792,7 @@ class FakeVLLM:
         sub("vllm.v1.engine.llm_engine", LLMEngine=LLMEngine)
         sub("vllm.v1.metrics")
         sub("vllm.v1.metrics.stats", RequestStateStats=RequestStateStats)
-        version = sub("vllm.version", __version__=VLLM_VERSION, __commit__=VLLM_COMMIT)
+        version = sub("vllm.version", __version__=version_string, __commit__=VLLM_COMMIT)
         setattr(root, "version", version)  # noqa: B010  # ModuleType has no declared attribute
         return mods
 
