@@ -22,14 +22,16 @@ def test_result_reports_the_engines_window(tmp_path: Path) -> None:
     backend: Any = w.backend
     inner = backend.run
 
+    windows: dict[int, SteadyStateWindow] = {}  # by output tokens per request of the call
+
     def run(requests: Any, *args: Any) -> Any:
         records = inner(requests, *args)
-        start, end = records[0].submit_s, records[-1].end_s
-        backend.last_steady_state = SteadyStateWindow(
-            start_s=start,
-            end_s=end,
+        tokens = records[0].output_tokens
+        windows[tokens] = backend.last_steady_state = SteadyStateWindow(
+            start_s=records[0].submit_s,
+            end_s=records[-1].end_s,
             valid=False,
-            reason="the engine's own verdict",
+            reason=f"the engine's own verdict ({tokens} tokens)",
             target_concurrency=2,
             n_requests=len(records),
         )
@@ -38,9 +40,10 @@ def test_result_reports_the_engines_window(tmp_path: Path) -> None:
     backend.run = run
     cfg = make_config(backend="vllm", pytorch=None, vllm={"max_num_seqs": 2}, n_prompts=8)
     result = run_experiment(harness_env(tmp_path, cfg), w.deps())
-    engine = backend.last_steady_state
+    measured = windows[cfg.resolved_output_len()]  # the measured run's (not warmup, prefill)
     on_disk = ExperimentResult.load(tmp_path / "out").steady_state
     for steady in (result.steady_state, on_disk):
         assert steady is not None
-        assert (steady.start_s, steady.end_s) == (engine.start_s, engine.end_s)
-        assert steady.reason == "the engine's own verdict" and steady.valid is False
+        assert (steady.start_s, steady.end_s) == (measured.start_s, measured.end_s)
+        assert steady.reason is not None and steady.reason.startswith(measured.reason or "-")
+        assert steady.valid is False
