@@ -4,7 +4,7 @@
 # Idempotent: if `sinfo` already answers and shows an idle/mixed/allocated node, do nothing.
 # Otherwise: install slurmctld, slurmd, slurm-client and munge from the distribution's
 # packages (only those missing), write /etc/slurm/slurm.conf for this host alone (its short
-# hostname on 127.0.0.1, every CPU, no GPUs, proctrack/linuxproc, task/none, no cgroups:
+# hostname on 127.0.0.1, every CPU but at least 4, no GPUs, proctrack/linuxproc, task/none, no cgroups:
 # sandboxes and CI containers refuse cgroup delegation), create a munge key if there is
 # none, and start munged, slurmctld and slurmd as daemons. Jobs stay known to slurmctld for
 # an hour after they end (MinJobAge), which lets `squeue --states=all` report how they
@@ -54,7 +54,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 host="$(hostname -s)"
+# At least 4 CPUs even on a smaller box (config_overrides below: slurmd believes slurm.conf),
+# so the tests' two 1-CPU jobs and the preflight probe run side by side anywhere.
 cpus="$(nproc)"
+[ "$cpus" -ge 4 ] || cpus=4
 mem_mb="$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)"
 "${sudo_cmd[@]}" mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd "$log_dir" \
     /run/munge /var/log/munge /var/lib/munge
@@ -86,6 +89,7 @@ SelectTypeParameters=CR_Core_Memory
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
+SlurmdParameters=config_overrides
 ReturnToService=2
 MinJobAge=3600
 KillWait=10

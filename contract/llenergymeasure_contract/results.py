@@ -103,6 +103,7 @@ class EnvironmentSnapshot(_Model):
     harness_version: str | None = None
     backend: str | None = None
     backend_version: str | None = None
+    backend_library: str | None = None  # what backend_version is the version of (transformers)
     library_versions: dict[str, str] = Field(default_factory=dict)
     image: str | None = None
     image_digest: str | None = None

@@ -94,6 +94,7 @@ def snapshot(
     image_digest: str | None,
     image_labels: dict[str, str],
     cuda_runtime_version: str | None = None,
+    backend_library: str | None = None,
 ) -> dict[str, Any]:
     """Fields of ``EnvironmentSnapshot``. ``gpus`` pairs (harness label, NVML index)."""
     gpu_infos: list[dict[str, Any]] = []
@@ -113,6 +114,7 @@ def snapshot(
         "harness_version": harness_version,
         "backend": backend,
         "backend_version": backend_version,
+        "backend_library": backend_library,
         "library_versions": library_versions(),
         "image": image,
         "image_digest": image_digest,

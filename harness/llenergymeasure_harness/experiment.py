@@ -179,6 +179,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             harness_version=_harness_version(),
             backend=cfg.backend,
             backend_version=info.backend_version,
+            backend_library=info.backend_library,
             image=env.image,
             image_digest=env.image_digest,
             image_labels=env.image_labels,

@@ -517,6 +517,8 @@ pull_policy: never
 config_gap_s: 7
 cycle_gap_s: 9
 energy_sampler: zeus
+carbon: {grid_gco2_per_kwh: 321, pue: 1.3}
+cost: {price_per_kwh: 0.4, currency: GBP}
 """
 
 #: Every key of the user defaults file, and where a dry-run JSON plan shows it.
@@ -529,6 +531,8 @@ USER_KEY_CHECKS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "config_gap_s": lambda p: p["execution"]["config_gap_s"],
     "cycle_gap_s": lambda p: p["execution"]["cycle_gap_s"],
     "energy_sampler": lambda p: p["experiments"][0]["config"]["energy"]["sampler"],
+    "carbon": lambda p: p["impact"]["carbon"],
+    "cost": lambda p: p["impact"]["cost"],
 }
 
 
@@ -563,6 +567,8 @@ def test_every_user_default_is_used(
         "config_gap_s": 7.0,
         "cycle_gap_s": 9.0,
         "energy_sampler": "zeus",
+        "carbon": {"grid_gco2_per_kwh": 321.0, "pue": 1.3},
+        "cost": {"price_per_kwh": 0.4, "currency": "GBP"},
     }
     assert {k: get(plan) for k, get in USER_KEY_CHECKS.items()} == expected
     assert plan["experiments"][0]["image"] == "registry.example/llem-vllm:user"
@@ -594,6 +600,8 @@ images: {vllm: study/vllm:1}
 cuda_major: 12
 pull_policy: always
 execution: {config_gap_s: 1, cycle_gap_s: 2}
+carbon: {grid_gco2_per_kwh: 50}
+cost: {price_per_kwh: 0.1, currency: EUR}
 """,
     )
     plan = dry_run_json(capsys, str(study))
@@ -606,6 +614,9 @@ execution: {config_gap_s: 1, cycle_gap_s: 2}
         "config_gap_s": 1.0,
         "cycle_gap_s": 2.0,
         "energy_sampler": "nvml",
+        # key by key: the study's grid intensity, the user's PUE (the study gives none)
+        "carbon": {"grid_gco2_per_kwh": 50.0, "pue": 1.3},
+        "cost": {"price_per_kwh": 0.1, "currency": "EUR"},
     }
 
 

@@ -75,7 +75,7 @@ def test_rows_are_rectangular_with_params_and_nulls() -> None:
     rows = summary_rows(study())
     assert len({tuple(r) for r in rows}) == 1
     assert rows[0]["param.pytorch.batch_size"] == 1 and rows[0]["gpu_energy_j"] is None
-    assert rows[0]["quality_flags"] == "short_run"
+    assert rows[0]["quality_flags"] == ["short_run"]
     assert rows[2]["param.pytorch.batch_size"] is None and rows[2]["state"] == "pending"
 
 

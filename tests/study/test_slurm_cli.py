@@ -31,13 +31,16 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 #: A setup line that keeps an experiment job busy (not the preflight probe job).
 SLEEP = 'case "$SLURM_JOB_NAME" in llem-preflight) ;; *) sleep 300 ;; esac'
+#: How long a job may wait in the queue: other test sessions may share the one-node cluster.
+QUEUE_WAIT_S = 300
 LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main; sys.exit(main())"]
 
 
 def write_study(cwd: Path, *, batch_sizes: tuple[int, ...] = (1,), **slurm: Any) -> Path:
     """A CPU study of a tiny random-weights Llama through `runner: slurm`."""
     study: dict[str, Any] = {
-        "name": "slurm-cli",
+        # unique per test process: two test sessions on one cluster never share a study id
+        "name": f"slurm-cli-{os.getpid()}",
         "model": "tiny-llama",
         "load_format": "dummy",
         "precision": "float32",
@@ -83,7 +86,7 @@ def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def finish(proc: subprocess.Popen[str], timeout_s: float = 240) -> tuple[int, str]:
+def finish(proc: subprocess.Popen[str], timeout_s: float = 480) -> tuple[int, str]:
     out, _ = proc.communicate(timeout=timeout_s)
     return proc.returncode, out
 
@@ -195,7 +198,7 @@ def test_ctrl_c_detaches_then_resume_adopts_running_jobs(cwd: Path) -> None:
     write_study(cwd, batch_sizes=(1, 2), max_concurrent=2, on_interrupt="detach")
     with ManifestWatcher(cwd) as watch:
         proc = start(cwd, "run", "study.yaml")
-        watch.wait_for(lambda d: all_job_states(d, "RUNNING"), proc, 120)
+        watch.wait_for(lambda d: all_job_states(d, "RUNNING"), proc, QUEUE_WAIT_S)
         proc.send_signal(signal.SIGINT)
         rc, out = finish(proc, 60)
         assert rc == 130, out
@@ -263,7 +266,7 @@ def test_scancel_from_outside_and_time_limit(cwd: Path) -> None:
     write_study(cwd, batch_sizes=(1, 2), max_concurrent=2, time_limit_s=60, setup=[SLEEP])
     with ManifestWatcher(cwd) as watch:
         proc = start(cwd, "run", "study.yaml")
-        watch.wait_for(lambda d: all_job_states(d, "RUNNING"), proc, 120)
+        watch.wait_for(lambda d: all_job_states(d, "RUNNING"), proc, QUEUE_WAIT_S)
         sdir = study_dir(cwd)
         data = json.loads((sdir / "manifest.json").read_text())
         victim = data["runs"][0]["attempts"][0]["job_id"]
@@ -285,7 +288,7 @@ def test_ctrl_c_cancels_the_jobs(cwd: Path) -> None:
     write_study(cwd, setup=[SLEEP])
     with ManifestWatcher(cwd) as watch:
         proc = start(cwd, "run", "study.yaml")
-        watch.wait_for(lambda d: all_job_states(d, "RUNNING"), proc, 120)
+        watch.wait_for(lambda d: all_job_states(d, "RUNNING"), proc, QUEUE_WAIT_S)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         rc, out = finish(proc, 90)

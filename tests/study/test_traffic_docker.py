@@ -69,10 +69,9 @@ def test_poisson_study_runs_in_docker_and_records_arrivals(
     monkeypatch.chdir(tmp_path)
     Path("study.yaml").write_text(yaml.safe_dump(study), encoding="utf-8")
     env = {**os.environ, "LLEM_NO_GPU": "1", "LLEM_USER_CONFIG": str(tmp_path / "none.yaml")}
-    # An absolute results dir: relative bind mounts are issue 9's (the journeys helper's) fix.
-    root = tmp_path / "results"
+    root = Path("results")  # the default, relative to the working directory
     proc = subprocess.run(
-        [*LLEM, "run", "study.yaml", "--results-dir", str(root)],
+        [*LLEM, "run", "study.yaml"],
         env=env,
         capture_output=True,
         text=True,

@@ -70,6 +70,7 @@ class LoadInfo:
     dtype: str  # the dtype actually used, e.g. "bfloat16"
     load_duration_s: float
     devices: Sequence[int]  # device indices the model was placed on (harness-visible indices)
+    backend_library: str | None = None  # the library backend_version is of: transformers, vllm
     engine_build_s: float | None = None  # TensorRT-LLM engine build, reported apart from the run
     engine_cache_hit: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # library versions, resolved engine args

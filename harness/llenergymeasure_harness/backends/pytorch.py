@@ -200,6 +200,7 @@ class PyTorchBackend:
         n_params = sum(p.numel() for p in self.model.parameters())
         return LoadInfo(
             backend_version=transformers.__version__,
+            backend_library="transformers",
             parameter_count=int(n_params),
             dtype=str(dtype).replace("torch.", ""),
             load_duration_s=time.perf_counter() - t0,

@@ -496,6 +496,7 @@ class TensorRTBackend:
         world = section.tensor_parallel_size * section.pipeline_parallel_size
         return LoadInfo(
             backend_version=version,
+            backend_library="tensorrt_llm",
             parameter_count=source.parameter_count,
             dtype=config.precision,
             load_duration_s=load_s,

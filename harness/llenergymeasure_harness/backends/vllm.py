@@ -320,6 +320,7 @@ class VLLMBackend:
         }
         return LoadInfo(
             backend_version=str(vllm.__version__),
+            backend_library="vllm",
             parameter_count=source.parameter_count,
             dtype=dtype,
             load_duration_s=load_s,

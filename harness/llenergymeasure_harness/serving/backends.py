@@ -266,6 +266,8 @@ class EndpointBackend(_HTTPBackend):
         if config.dataset.source != "synthetic":
             self._prompt_format = "text"
         self._client = self._make_client(config, section.url, config.model, api_key)
+        # Offline traffic: at most max_concurrency requests in flight, as the registry says.
+        self._client.settings.max_in_flight = getattr(section, "max_concurrency", None)
         self.server_info = {
             "mode": "endpoint",
             "external": True,

@@ -81,6 +81,9 @@ class ClientSettings:
     # Server-specific request fields, e.g. vLLM's return_token_ids (its text is empty when
     # it runs without a tokenizer, as with dummy weights).
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # Offline traffic only: at most this many requests in flight (the rest wait their turn,
+    # like `vllm bench serve --max-concurrency`); None sends them all at once.
+    max_in_flight: int | None = None
 
 
 @dataclass
@@ -168,7 +171,12 @@ class StreamingClient:
     async def _drive(
         self, http: Any, requests: Sequence[GenerationRequest], plan: ArrivalPlan
     ) -> list[RequestRecord]:
-        users = asyncio.Semaphore(plan.concurrency or 1) if plan.pattern == "closed_loop" else None
+        closed = plan.pattern == "closed_loop"
+        users: asyncio.Semaphore | None = None
+        if closed:
+            users = asyncio.Semaphore(plan.concurrency or 1)
+        elif plan.is_offline and self.settings.max_in_flight:
+            users = asyncio.Semaphore(self.settings.max_in_flight)
         streams: list[_Stream] = []
         tasks: list[asyncio.Task[None]] = []
         t0 = self._clock()
@@ -185,7 +193,7 @@ class StreamingClient:
                 arrival: float | None = None
                 if users is not None:
                     await users.acquire()
-                    arrival = self._clock()
+                    arrival = self._clock() if closed else None
                 elif plan.offsets_s is not None:
                     arrival = t0 + plan.offsets_s[i]
                     await self._wait_until(arrival)

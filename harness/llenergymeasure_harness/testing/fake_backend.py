@@ -59,6 +59,7 @@ class FakeBackend:
         self.loaded = True
         return LoadInfo(
             backend_version="0.0-fake",
+            backend_library="fake",
             parameter_count=1000,
             dtype="float32",
             load_duration_s=0.0,

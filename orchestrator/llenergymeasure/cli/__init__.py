@@ -1,9 +1,9 @@
 """The ``llem`` command line. :func:`main` maps every :class:`LLEMError` to its exit code.
 
-Commands live one per module (``run``, ``config_cmd``, ``images``); each parses its options,
-calls one library function and renders the outcome. Exit codes: 0 success, 1 an experiment or
-runtime failure, 2 bad config or usage, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
-Tracebacks only with ``-v``.
+Commands live one per module (``run``, ``config_cmd``, ``images``, ``results``); each parses
+its options, calls one library function and renders the outcome. Exit codes: 0 success, 1 an
+experiment or runtime failure, 2 bad config or usage, 130 interrupted (Ctrl-C), 143 stopped by
+SIGTERM. Tracebacks only with ``-v``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ app.add_typer(config_app, name="config")
 from llenergymeasure.cli.images import images_app  # noqa: E402 (after app is defined)
 
 app.add_typer(images_app, name="images")
+from llenergymeasure.cli.results import results_app  # noqa: E402
+
+app.add_typer(results_app, name="results")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

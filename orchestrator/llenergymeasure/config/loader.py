@@ -12,6 +12,9 @@ Grammar (see ``docs/study-grammar.md``)::
     experiments:                   # explicit list, each merged over the shared fields,
       - {model: tiny-llama, n_prompts: 4}   # appended after the grid
     execution: {n_cycles: 3, cycle_order: interleaved}
+    carbon: {grid_gco2_per_kwh: 250, pue: 1.2}   # optional: gCO2e and cost per 1k tokens
+    cost: {price_per_kwh: 0.30, currency: EUR}
+    notify: {webhooks: [https://hooks.example.org/llem]}   # optional, see config/notify.py
     runner: docker                 # docker | local | auto | slurm (slurm: section)
     images: {vllm: my/vllm:dev}
     model: meta-llama/Llama-3.1-8B # ... everything else is a shared experiment field
@@ -37,6 +40,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from llenergymeasure.config.impact import CarbonConfig, CostConfig, ImpactInputs
+from llenergymeasure.config.notify import NotifyConfig
 from llenergymeasure.config.study import (
     DuplicateExperiment,
     ExecutionConfig,
@@ -64,6 +69,7 @@ from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.traffic import TrafficConfig
 
 RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker", "slurm")
+RESULT_KEYS = ("carbon", "cost", "notify")  # what is done with the results, not measured
 STUDY_KEYS = frozenset(
     {
         "name",
@@ -75,6 +81,7 @@ STUDY_KEYS = frozenset(
         "max_experiments",
         *RUNNER_KEYS,
     }
+    | set(RESULT_KEYS)
 )
 COMMAND_LINE = "<command line>"
 #: Default cap on the experiments a study may expand to (``max_experiments:`` raises it).
@@ -770,6 +777,9 @@ def expand_study(
     # the manifest and a resume from another directory all need the absolute path.
     results = os.path.abspath(os.path.expanduser(results))
 
+    impact = _impact_inputs(raw, user, source, problems)
+    notify = _notify(raw, problems)
+
     if problems:
         raise ConfigError(
             f"invalid study ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
@@ -789,7 +799,69 @@ def expand_study(
         runner=runner,
         results_dir=results,
         duplicates=duplicates,
+        impact=impact,
+        notify=notify,
     )
+
+
+def _impact_inputs(
+    raw: Mapping[str, Any], user: UserDefaults, source: str, problems: list[str]
+) -> ImpactInputs:
+    """``carbon:`` and ``cost:``: the study file over the user defaults, key by key."""
+    sections: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, model in (("carbon", CarbonConfig), ("cost", CostConfig)):
+        merged: dict[str, Any] = {}
+        defaults = getattr(user, key)
+        if defaults is not None:
+            for k, v in defaults.model_dump(exclude_none=True).items():
+                merged[k] = v
+                sources[f"{key}.{k}"] = f"user config {user.source or '(defaults)'}"
+        given = raw.get(key)
+        if given is not None and not isinstance(given, dict):
+            problems.append(f"{key}: must be a mapping, got {given!r}")
+            given = None
+        for k, v in (given or {}).items():
+            merged[k] = v
+            if v is not None:
+                sources[f"{key}.{k}"] = f"study file {source}"
+            else:
+                sources.pop(f"{key}.{k}", None)
+        try:
+            sections[key] = model.model_validate(merged)
+        except ValidationError as exc:
+            problems.extend(_section_problems(exc, key))
+            sections[key] = model()
+    return ImpactInputs(carbon=sections["carbon"], cost=sections["cost"], sources=sources)
+
+
+#: The optional extra that brings the webhook HTTP client.
+WEBHOOKS_EXTRA = "llenergymeasure[webhooks]"
+
+
+def _notify(raw: Mapping[str, Any], problems: list[str]) -> NotifyConfig:
+    given = raw.get("notify")
+    if given is None:
+        return NotifyConfig()
+    if not isinstance(given, dict):
+        problems.append(
+            f"notify: must be a mapping (notify: {{webhooks: [URL, ...]}}), got {given!r}"
+        )
+        return NotifyConfig()
+    try:
+        cfg = NotifyConfig.model_validate(given)
+    except ValidationError as exc:
+        problems.extend(_section_problems(exc, "notify"))
+        return NotifyConfig()
+    if cfg.webhooks:
+        import importlib.util
+
+        if importlib.util.find_spec("httpx") is None:
+            problems.append(
+                "notify.webhooks: needs the HTTP client of the webhooks extra, which is not "
+                f"installed; run: pip install '{WEBHOOKS_EXTRA}' (or remove notify:)"
+            )
+    return cfg
 
 
 def _section_problems(exc: ValidationError, prefix: str) -> list[str]:

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from llenergymeasure.config.impact import CarbonConfig, CostConfig
+from llenergymeasure.config.notify import NotifyConfig
 from llenergymeasure.config.slurm import SlurmSettings
 from llenergymeasure.config.study import DockerSettings, ExecutionConfig, PullPolicy, RunnerName
 from llenergymeasure_contract.experiment import ExperimentConfig
@@ -62,6 +64,9 @@ def study_json_schema() -> dict[str, Any]:
         "pull_policy": (PullPolicy | None, None),
         "cuda_major": (int | None, None),
         "docker": (DockerSettings | None, None),
+        "carbon": (CarbonConfig | None, None),
+        "cost": (CostConfig | None, None),
+        "notify": (NotifyConfig | None, None),
         "slurm": (SlurmSettings | None, None),
     }
     study_model: type[BaseModel] = create_model(

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llenergymeasure.config.impact import ImpactInputs
+from llenergymeasure.config.notify import NotifyConfig
 from llenergymeasure.config.slurm import SlurmSettings
 from llenergymeasure_contract.experiment import ExperimentConfig
 
@@ -158,6 +160,11 @@ class StudyConfig(_Model):
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     results_dir: str = "./results"
     duplicates: list[DuplicateExperiment] = Field(default_factory=list)
+    impact: ImpactInputs = Field(
+        default_factory=ImpactInputs,
+        description="carbon: and cost: inputs (study file over user defaults), with sources.",
+    )
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, description="Webhooks.")
 
     @cached_property
     def study_design_hash(self) -> str:

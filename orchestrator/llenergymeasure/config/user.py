@@ -13,6 +13,8 @@ a default that a study file and then the command line may override:
     config_gap_s: 30
     cycle_gap_s: 60
     energy_sampler: nvml      # default energy.sampler of every experiment
+    carbon: {grid_gco2_per_kwh: 250, pue: 1.2}     # defaults of a study's carbon: and cost:
+    cost: {price_per_kwh: 0.30, currency: EUR}
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from llenergymeasure.config.impact import CarbonConfig, CostConfig
 from llenergymeasure.config.study import PullPolicy, RunnerName
 from llenergymeasure.errors import ConfigError
 
@@ -44,6 +47,14 @@ class UserDefaults(BaseModel):
     config_gap_s: float | None = Field(None, ge=0.0)
     cycle_gap_s: float | None = Field(None, ge=0.0)
     energy_sampler: Literal["auto", "nvml", "zeus", "codecarbon", "null"] | None = None
+    carbon: CarbonConfig | None = None
+    cost: CostConfig | None = None
+    _source: str | None = PrivateAttr(None)  # the file read, for provenance
+
+    @property
+    def source(self) -> str | None:
+        """The file these defaults were read from (None: built-in)."""
+        return self._source
 
 
 def user_config_path(environ: Mapping[str, str] | None = None) -> Path | None:
@@ -71,7 +82,7 @@ def load_user_defaults(path: Path | None) -> UserDefaults:
     if not isinstance(data, dict):
         raise ConfigError("the user defaults file must be a mapping", source=str(path))
     try:
-        return UserDefaults.model_validate(data)
+        defaults = UserDefaults.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
             "invalid user defaults",
@@ -79,3 +90,5 @@ def load_user_defaults(path: Path | None) -> UserDefaults:
             problems=[f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()],
             hint=f"fix or remove {path} (or point {ENV_USER_CONFIG} elsewhere)",
         ) from exc
+    defaults._source = str(path)
+    return defaults

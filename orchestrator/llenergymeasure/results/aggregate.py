@@ -2,12 +2,17 @@
 
 One row per planned run (completed or not), columns in a fixed order: identity, state and
 cause, experiment parameters (``param.<key>``), then the key figures with units in their names.
-Parquet keeps types (``None`` → null); CSV writes ``None`` as an empty cell.
+Parquet has an explicit schema (:func:`arrow_schema`): every column keeps its real type even
+when no run measured it (``gpu_energy_j`` is ``double`` full of nulls on a CPU host, not
+Arrow's ``null`` type), and ``quality_flags`` is a ``list<string>`` as in JSON. CSV writes
+``None`` as an empty cell and joins ``quality_flags`` with commas (one cell).
 """
 
 from __future__ import annotations
 
 import csv
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +45,74 @@ _IDENTITY = [
 _METRICS = [name for name in RunMetrics.model_fields if name != "quality_flags"]
 
 
+_IDENTITY_TYPES = {
+    "index": int,
+    "cycle": int,
+    "attempts": int,
+    "exit_code": int,
+    "duration_s": float,
+}
+
+
+def _arrow_type(py: Any) -> Any:
+    import pyarrow as pa
+
+    if py is bool:
+        return pa.bool_()
+    if py is int:
+        return pa.int64()
+    if py is float:
+        return pa.float64()
+    return pa.string()
+
+
+def _field_type(annotation: Any) -> Any:
+    """Arrow type of a ``RunMetrics`` field annotation (``float | None`` -> float64)."""
+    import pyarrow as pa
+
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _field_type(args[0]) if len(args) == 1 else pa.string()
+    if origin is list:
+        return pa.list_(_field_type(typing.get_args(annotation)[0]))
+    return _arrow_type(annotation)
+
+
+def _param_type(values: list[Any]) -> Any:
+    """Arrow type of a ``param.<key>`` column from its values (all None: string)."""
+    seen = [v for v in values if v is not None]
+    if seen and all(isinstance(v, bool) for v in seen):
+        return _arrow_type(bool)
+    if seen and all(isinstance(v, int) and not isinstance(v, bool) for v in seen):
+        return _arrow_type(int)
+    if seen and all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen):
+        return _arrow_type(float)
+    return _arrow_type(str)
+
+
+def arrow_schema(rows: list[dict[str, Any]]) -> Any:
+    """The Parquet schema of :func:`summary_rows` (see the module docstring)."""
+    import pyarrow as pa
+
+    fields = []
+    columns = list(rows[0]) if rows else ["study_id", *_IDENTITY[1:], *_METRICS, "quality_flags"]
+    for name in columns:
+        if name.startswith("param."):
+            t = _param_type([r.get(name) for r in rows])
+        elif name in RunMetrics.model_fields:
+            t = _field_type(RunMetrics.model_fields[name].annotation)
+        else:
+            t = _arrow_type(_IDENTITY_TYPES.get(name, str))
+        fields.append(pa.field(name, t))
+    return pa.schema(fields)
+
+
 def summary_rows(study: StudyResult) -> list[dict[str, Any]]:
-    """One flat dict per run, all with the same keys in the same order."""
+    """One flat dict per run, all with the same keys in the same order.
+
+    ``quality_flags`` is a list (Parquet ``list<string>``); :func:`write_csv` joins it.
+    """
     param_keys = sorted({k for r in study.runs for k in r.params})
     rows = []
     for run in study.runs:
@@ -53,13 +124,13 @@ def summary_rows(study: StudyResult) -> list[dict[str, Any]]:
             value = run.params.get(key)
             row[f"param.{key}"] = (
                 value
-                if isinstance(value, (int, float, str, bool))
+                if isinstance(value, int | float | str | bool)
                 else (None if value is None else str(value))
             )
         metrics = run.metrics.model_dump() if run.metrics is not None else {}
         for key in _METRICS:
             row[key] = metrics.get(key)
-        row["quality_flags"] = ",".join(metrics.get("quality_flags") or [])
+        row["quality_flags"] = list(metrics.get("quality_flags") or [])
         rows.append(row)
     return rows
 
@@ -68,21 +139,29 @@ def write_csv(study: StudyResult, path: Path) -> Path:
     """Write the summary table as CSV (atomically)."""
     rows = summary_rows(study)
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
-        fields = list(rows[0]) if rows else ["study_id", *_IDENTITY[1:], *_METRICS]
+        fields = list(rows[0]) if rows else ["study_id", *_IDENTITY[1:], *_METRICS, "quality_flags"]
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
     return path
 
 
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return value
+
+
 def write_parquet(study: StudyResult, path: Path) -> Path:
-    """Write the summary table as Parquet (atomically)."""
+    """Write the summary table as Parquet (atomically), with :func:`arrow_schema`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = summary_rows(study)
-    table = pa.Table.from_pylist(rows) if rows else pa.table({})
+    table = pa.Table.from_pylist(rows, schema=arrow_schema(rows))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path

@@ -13,11 +13,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llenergymeasure.config.impact import ImpactInputs
+from llenergymeasure.results.stats import ConfidenceIntervals
 from llenergymeasure.runners.base import FailureKind, RunState
 from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
 
 STUDY_RESULT_FILE = "study_result.json"
-STUDY_RESULT_SCHEMA_VERSION = "1.0"
+STUDY_RESULT_SCHEMA_VERSION = "1.1"  # 1.1: confidence_intervals, impact_inputs, impact metrics
+#: How a table shows the harness's "null" sampler (no energy sampler ran): pandas and Arrow CSV
+#: readers turn the string "null" into a missing value, which is not what it means.
+NO_SAMPLER = "none"
 
 
 class _Model(BaseModel):
@@ -25,8 +30,15 @@ class _Model(BaseModel):
 
 
 class RunMetrics(_Model):
-    """Key figures of a completed run (``None``: not measured)."""
+    """Key figures of a completed run (``None``: not measured, or no input to compute it).
 
+    The carbon and cost figures (``gco2e_*``, ``cost_*``) exist only when the study gave the
+    inputs (``carbon:``, ``cost:``; see :class:`~llenergymeasure.config.impact.ImpactInputs`):
+    gCO2e = kWh x PUE x grid intensity, cost = kWh x PUE x price, from the gross (or, for
+    ``net_*``, the idle-adjusted) GPU energy. ``cost_*`` are in ``cost_currency``.
+    """
+
+    n_requests: int | None = None
     output_tokens: int | None = None
     measure_s: float | None = None
     output_tokens_per_s: float | None = None
@@ -36,17 +48,34 @@ class RunMetrics(_Model):
     avg_power_w: float | None = None
     j_per_output_token: float | None = None
     net_j_per_output_token: float | None = None
+    j_per_request: float | None = None
+    net_j_per_request: float | None = None
     ttft_p50_s: float | None = None
+    ttft_p99_s: float | None = None
     tpot_p50_s: float | None = None
     e2e_p50_s: float | None = None
-    energy_sampler: str | None = None
+    gco2e_per_1k_output_tokens: float | None = None
+    net_gco2e_per_1k_output_tokens: float | None = None
+    gco2e_per_request: float | None = None
+    net_gco2e_per_request: float | None = None
+    cost_per_1k_output_tokens: float | None = None
+    net_cost_per_1k_output_tokens: float | None = None
+    cost_per_request: float | None = None
+    net_cost_per_request: float | None = None
+    cost_currency: str | None = None
+    energy_sampler: str | None = None  # nvml | zeus | codecarbon | none (no sampler ran)
+    backend_library: str | None = None  # the library backend_version is of, e.g. transformers
+    backend_version: str | None = None
     quality_flags: list[str] = Field(default_factory=list)
 
     @classmethod
     def from_result(cls, result: ExperimentResult) -> RunMetrics:
         """Pick the key figures out of a full result."""
         lat = result.latency
+        sampler = result.energy.sampler
+        env = result.environment
         return cls(
+            n_requests=result.throughput.n_requests,
             output_tokens=result.throughput.output_tokens,
             measure_s=result.throughput.duration_s,
             output_tokens_per_s=result.throughput.output_tokens_per_s,
@@ -56,10 +85,15 @@ class RunMetrics(_Model):
             avg_power_w=result.energy.avg_power_w,
             j_per_output_token=result.efficiency.j_per_output_token,
             net_j_per_output_token=result.efficiency.net_j_per_output_token,
+            j_per_request=result.efficiency.j_per_request,
+            net_j_per_request=result.efficiency.net_j_per_request,
             ttft_p50_s=lat.ttft_s.p50 if lat.ttft_s is not None else None,
+            ttft_p99_s=lat.ttft_s.p99 if lat.ttft_s is not None else None,
             tpot_p50_s=lat.tpot_s.p50 if lat.tpot_s is not None else None,
             e2e_p50_s=lat.e2e_s.p50 if lat.e2e_s is not None else None,
-            energy_sampler=result.energy.sampler,
+            energy_sampler=NO_SAMPLER if sampler == "null" else sampler,
+            backend_library=env.backend_library,
+            backend_version=env.backend_version,
             quality_flags=[f.code for f in result.quality_flags],
         )
 
@@ -113,6 +147,8 @@ class StudyResult(_Model):
     n_interrupted: int
     n_pending: int
     runs: list[RunSummary]
+    impact_inputs: ImpactInputs | None = None  # carbon/cost inputs and their sources; None: none
+    confidence_intervals: ConfidenceIntervals | None = None  # per experiment, across cycles
 
     @property
     def exit_code(self) -> int:

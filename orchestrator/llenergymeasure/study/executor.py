@@ -44,6 +44,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from llenergymeasure import __version__
+from llenergymeasure.analysis.enrich import enrich
 from llenergymeasure.errors import (
     ConfigError,
     InterruptedStudy,
@@ -52,6 +53,7 @@ from llenergymeasure.errors import (
     StorageError,
     UsageError,
 )
+from llenergymeasure.notify import Notifier, study_payload
 from llenergymeasure.results.aggregate import export_study
 from llenergymeasure.results.study import (
     STUDY_RESULT_FILE,
@@ -162,6 +164,7 @@ def run_study(
         StorageError: a study file could not be written (the study is saved as aborted).
     """
     opts = _merge_options(options, flags)
+    notifier = Notifier.for_study(plan.study.notify)  # a missing secret: refused before anything
     con = console or Console()
     base = _absolute(plan.study.results_dir)
     with StopSignals() as signals:
@@ -199,6 +202,7 @@ def run_study(
                 con=con,
                 sleep=sleep,
                 signals=signals,
+                notifier=notifier,
             )
 
 
@@ -300,6 +304,7 @@ def resume(
             recovered = store.recover_running(keep=keep)
         except OSError as exc:
             raise _storage_error(exc, study_dir) from exc
+        notifier = Notifier.for_study(plan_now.study.notify)
         if recovered:
             con.print(f"runs left running by an earlier crash, now interrupted: {recovered}")
         base = study_dir.parent
@@ -337,6 +342,7 @@ def resume(
             con=con,
             sleep=sleep,
             signals=signals,
+            notifier=notifier,
         )
 
 
@@ -837,6 +843,48 @@ def _execute(
     con: Console,
     sleep: Callable[[float], None],
     signals: StopSignals | None = None,
+    notifier: Notifier | None = None,
+) -> StudyResult:
+    """Run the study, then send ``study_end`` with the study_result.json written (if any).
+
+    The webhooks get a bounded moment (``notify.timeout_s``) however the study ended; a
+    failing or slow webhook changes nothing here (see :mod:`llenergymeasure.notify`).
+    """
+    try:
+        return _execute_saving(
+            plan,
+            store,
+            runner=runner,
+            report=report,
+            opts=opts,
+            con=con,
+            sleep=sleep,
+            signals=signals,
+            notifier=notifier,
+        )
+    finally:
+        if notifier is not None:
+            try:
+                written = StudyResult.load(store.study_dir / STUDY_RESULT_FILE)
+            except (OSError, ValueError) as exc:
+                logger.warning("no study result to notify: %s", exc)
+            else:
+                notifier.send("study_end", study_payload(written))
+            for line in notifier.close():  # never fails the study: said, not raised
+                con.print(f"note: {escape(line)}", highlight=False)
+
+
+def _execute_saving(
+    plan: StudyPlan,
+    store: ManifestStore,
+    *,
+    runner: Runner,
+    report: PreflightReport,
+    opts: StudyRunOptions,
+    con: Console,
+    sleep: Callable[[float], None],
+    signals: StopSignals | None,
+    notifier: Notifier | None,
 ) -> StudyResult:
     study_dir = store.study_dir
     session = _Session()
@@ -855,6 +903,7 @@ def _execute(
             signals=signals,
             session=session,
             current=current,
+            notifier=notifier,
         )
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated) or (
@@ -969,6 +1018,7 @@ def _run_loop(
     signals: StopSignals | None,
     session: _Session,
     current: list[RunRecord],
+    notifier: Notifier | None = None,
 ) -> StudyProgress:
     """Every run not yet completed, in plan order; the progress display (for the summary)."""
     study_dir = store.study_dir
@@ -1024,7 +1074,13 @@ def _run_loop(
             def on_end(rec: RunRecord, outcome: RunOutcome) -> None:
                 store.finish_attempt(rec.run_id, outcome)
                 exp = by_hash[rec.config_hash]
-                progress.end_run(rec, exp, outcome, _metrics(outcome), with_id=True)
+                metrics = _metrics(outcome)
+                progress.end_run(rec, exp, outcome, metrics, with_id=True)
+                if notifier is not None:
+                    notifier.send(
+                        "experiment_end",
+                        _run_payload(store, rec, exp=exp, outcome=outcome, metrics=metrics),
+                    )
 
             if (ex.config_gap_s or ex.cycle_gap_s) and not opts.quiet:
                 con.print(
@@ -1065,6 +1121,11 @@ def _run_loop(
             current.clear()
             metrics = _metrics(outcome)
             progress.end_run(rec, exp, outcome, metrics)
+            if notifier is not None:
+                notifier.send(
+                    "experiment_end",
+                    _run_payload(store, rec, exp=exp, outcome=outcome, metrics=metrics),
+                )
             previous = rec
             # A signal that arrived after the harness had finished leaves the run completed
             # (its result.json is whole); the study still stops here.
@@ -1080,6 +1141,38 @@ def _run_loop(
                 )
                 break
     return progress
+
+
+def _run_payload(
+    store: ManifestStore,
+    rec: RunRecord,
+    *,
+    exp: PlannedExperiment,
+    outcome: RunOutcome,
+    metrics: RunMetrics | None,
+) -> dict[str, Any]:
+    """The ``experiment_end`` webhook body: the run's state, key figures and paths."""
+    m = store.manifest
+    last = store.run(rec.run_id).last
+    return {
+        "study_id": m.study_id,
+        "study_name": m.study_name,
+        "study_dir": str(store.study_dir),
+        "n_runs": len(m.runs),
+        "run_id": rec.run_id,
+        "index": rec.index,
+        "config_hash": rec.config_hash,
+        "cycle": rec.cycle,
+        "state": outcome.status,
+        "failure_kind": outcome.failure_kind,
+        "message": outcome.message,
+        "duration_s": outcome.duration_s,
+        "backend": exp.config.backend,
+        "model": exp.config.model,
+        "params": dict(exp.params),
+        "run_dir": last.run_dir if last is not None else None,
+        "metrics": metrics.model_dump(mode="json") if metrics is not None else None,
+    }
 
 
 def _close_running(
@@ -1135,9 +1228,9 @@ def _study_result(plan: StudyPlan, store: ManifestStore) -> StudyResult:
         if rec.state == "completed" and last is not None:
             # This session's results ride in the store (from their outcomes); a run completed
             # in an earlier session is read here, once.
-            result = store.result_of(rec.run_id)
-            if result is not None:
-                metrics = RunMetrics.from_result(result)
+            run_result = store.result_of(rec.run_id)
+            if run_result is not None:
+                metrics = RunMetrics.from_result(run_result)
                 result_rel = str(Path(last.run_dir) / RESULT_FILE)
         runs.append(
             RunSummary(
@@ -1165,7 +1258,7 @@ def _study_result(plan: StudyPlan, store: ManifestStore) -> StudyResult:
             )
         )
     counts = m.counts()
-    return StudyResult(
+    result = StudyResult(
         study_id=m.study_id,
         study_name=m.study_name,
         study_design_hash=m.study_design_hash,
@@ -1187,6 +1280,7 @@ def _study_result(plan: StudyPlan, store: ManifestStore) -> StudyResult:
         n_pending=counts["pending"],
         runs=runs,
     )
+    return enrich(result, plan.study.impact)
 
 
 def dry_run_job_scripts(

@@ -101,6 +101,8 @@ class StudyPlan(BaseModel):
             "execution": self.study.execution.model_dump(mode="json"),
             "runner": self.study.runner.model_dump(mode="json"),
             "results_dir": self.study.results_dir,
+            "impact": self.study.impact.model_dump(mode="json"),
+            "notify": self.study.notify.model_dump(mode="json"),
             "experiments": [
                 {
                     "index": e.index,

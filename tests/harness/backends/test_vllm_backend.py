@@ -575,3 +575,19 @@ def test_stderr_tail_passes_everything_through_and_keeps_the_end(
     time.sleep(0.1)
     assert text.endswith("ValueError: the end\n") and len(text) <= 64 + 100
     assert "ValueError: the end" in capfd.readouterr().err
+
+
+def test_real_unsupported_architecture_error_shape_is_translated(tmp_path: Path) -> None:
+    """vLLM 0.26 on the H200 raised pydantic's ValidationError around the registry message
+    (not a bare ValueError as the fake does): still UnsupportedModelError, not 'rejected'."""
+    from llenergymeasure_harness.backends.engine_common import translate_engine_error
+
+    class ValidationError(ValueError):  # pydantic_core's name, as the real engine raised it
+        pass
+
+    exc = ValidationError(
+        "1 validation error for ModelConfig\n  Value error, Model architectures "
+        "['FancyNewForCausalLM'] are not supported for now. Supported architectures: ..."
+    )
+    err = translate_engine_error(exc, engine="vLLM", phase="load", config=_config())
+    assert isinstance(err, UnsupportedModelError)

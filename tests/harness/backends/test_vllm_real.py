@@ -204,9 +204,10 @@ def test_prefix_caching_off_256_seqs_half_memory(tmp_path: Path) -> None:
 
 def _tokenizer_dir(tmp_path: Path) -> Path:
     """A Llama-3.2-1B config plus a word-level tokenizer built here (no download)."""
-    from llenergymeasure.architecture import resolve_architecture
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
+    from llenergymeasure_contract.architecture import resolve_architecture
 
     words = [f"w{i}" for i in range(2000)]
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
@@ -297,7 +298,7 @@ def test_out_of_memory_is_translated(tmp_path: Path) -> None:
 
 def test_unsupported_architecture_is_translated(tmp_path: Path) -> None:
     """An architecture vLLM does not implement: UnsupportedModelError (a ConfigError)."""
-    from llenergymeasure.architecture import resolve_architecture
+    from llenergymeasure_contract.architecture import resolve_architecture
 
     spec = resolve_architecture("llama-3.2-1b")
     assert spec is not None

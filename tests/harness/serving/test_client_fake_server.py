@@ -88,3 +88,12 @@ def test_an_unknown_model_fails_with_the_server_answer(server: FakeSSEServer) ->
     client = StreamingClient(settings, prompt_of=lambda r: list(r.prompt_token_ids))
     with pytest.raises(EndpointError, match="answered 400"):
         client.run(_requests(1))
+
+
+def test_offline_with_max_in_flight_caps_the_requests_in_flight(server: FakeSSEServer) -> None:
+    """Offline traffic with max_in_flight 2: no request starts before one of two has ended."""
+    records = _client(server, max_in_flight=2).run(_requests(6, 3))
+    assert all(r.arrival_s is None for r in records)  # offline: no arrival times
+    for r in records:
+        in_flight = sum(1 for o in records if o.submit_s <= r.submit_s < o.end_s)
+        assert in_flight <= 2

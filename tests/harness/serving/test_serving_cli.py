@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -56,8 +58,22 @@ def test_llem_run_server_mode_with_poisson_traffic(
     assert run.state == "completed" and run.result_path is not None
     res = ExperimentResult.load(study_dir / run.result_path)
     assert res.traffic is not None and res.traffic.server is not None
-    assert res.traffic.server["mode"] == "server"
-    assert res.traffic.server["output_length_forced"] is True
+    server = res.traffic.server
+    assert server["mode"] == "server" and server["external"] is False
+    assert server["command"][3:5] == ["serve", str(Path("ckpt").resolve())]
+    assert server["models"]["data"][0]["id"] == str(Path("ckpt").resolve())
+    assert server["output_length_forcing"] == "generation_config"
+    assert server["output_length_forced"] is True
+    # Start-up was in the load phase, outside the measured window.
+    assert res.timings.load_s is not None and res.timings.load_s >= server["startup_s"] > 0
+    port = int(server["url"].rsplit(":", 1)[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # stopped, not left running
     assert res.latency.mode == "arrivals"
+    assert res.throughput.output_tokens == 6 * 4
+    assert res.energy.gpu_energy_j is None  # CPU: not measured, never 0
     run_dir = (study_dir / run.result_path).parent
-    assert (run_dir / "server.log").is_file()
+    assert res.artifacts["server_log"] == "server.log"
+    assert "serve" in (run_dir / "server.log").read_text()
+    rows = pq.read_table(run_dir / "requests.parquet").to_pylist()
+    assert all(r["submit_s"] >= r["arrival_s"] for r in rows)

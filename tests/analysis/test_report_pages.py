@@ -1,0 +1,130 @@
+"""The HTML report in headless Chromium without torch: the committed docs study, and the same
+study with GPU figures added (a CPU has no energy counter: the GPU edge is faked here).
+
+``docs/studies/*/`` holds real study directories; each one's report is built with
+``llem results report`` and opened in Chromium (console errors, plots present and drawn, no
+network request), its screenshot kept in ``build/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tests.analysis.chromium import ARTIFACTS, PLOT_CHECK, need_chromium, open_page
+from tests.analysis.conftest import REPO, run_llem
+
+from llenergymeasure.results import ExperimentResult
+from llenergymeasure.results.study import RunMetrics, StudyResult
+
+DOC_STUDIES = sorted(p for p in (REPO / "docs" / "studies").glob("*/") if p.is_dir())
+
+
+def open_report(study_dir: Path, tmp_path: Path, shot_name: str) -> dict:
+    out = tmp_path / "report.html"
+    done = run_llem("results", "report", str(study_dir), "-o", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    page = open_page(out, PLOT_CHECK, ARTIFACTS / shot_name)
+    assert page.console_errors == [] and page.exceptions == []
+    assert page.requests == [out.resolve().as_uri()]
+    for p in page.value["plots"]:
+        assert p["points"] > 0 and p["traces"] > 0 and p["drawn"] > 0, p
+        assert p["width"] > 300 and p["height"] > 200, p
+    return dict(page.value)
+
+
+def test_docs_studies_exist() -> None:
+    """docs/studies has at least the CPU example study, each with its study_result.json."""
+    assert DOC_STUDIES and all((d / "study_result.json").is_file() for d in DOC_STUDIES)
+
+
+@pytest.mark.parametrize("study_dir", DOC_STUDIES, ids=[d.name for d in DOC_STUDIES])
+def test_docs_study_report(study_dir: Path, tmp_path: Path) -> None:
+    """The report of each docs study renders in Chromium (screenshot: docs-<name>.png)."""
+    need_chromium()
+    value = open_report(study_dir, tmp_path, f"docs-{study_dir.name}.png")
+    assert value["summary_rows"] >= 1 and value["plots"]
+
+
+def fake_gpu_figures(src: Path, dst: Path) -> Path:
+    """Copy a CPU study and give every run GPU energy and a time series, as NVML would.
+
+    Batch 1: 2.0 J/output token, cycles ±1 %; batch 4: 0.6 J/token, cycles ±5 % (flagged).
+    """
+    shutil.copytree(src, dst)
+    study = StudyResult.load(dst)
+    runs = []
+    for run in study.runs:
+        assert run.result_path is not None and run.run_dir is not None
+        path = dst / run.result_path
+        res = ExperimentResult.load(path)
+        batch = int(run.params["pytorch.batch_size"])
+        spread = 0.01 if batch == 1 else 0.05
+        jpt = (2.0 if batch == 1 else 0.6) * (1 + spread * (run.cycle - 2))
+        tokens = res.throughput.output_tokens
+        energy_j = jpt * tokens
+        power_w = energy_j / res.throughput.duration_s
+        res = res.model_copy(
+            update={
+                "energy": res.energy.model_copy(
+                    update={
+                        "sampler": "nvml",
+                        "gpu_energy_j": energy_j,
+                        "avg_power_w": power_w,
+                        "gpu_energy_j_per_gpu": {"0": energy_j},
+                    }
+                ),
+                "efficiency": res.efficiency.model_copy(
+                    update={
+                        "j_per_output_token": jpt,
+                        "j_per_request": energy_j / res.throughput.n_requests,
+                    }
+                ),
+                "quality_flags": [f for f in res.quality_flags if f.code != "no_energy"],
+            }
+        )
+        res.write(path)
+        n = 60
+        pq.write_table(
+            pa.table(
+                {
+                    "t_s": [1000.0 + i / 10 for i in range(n)],
+                    "phase": ["measure"] * n,
+                    "gpu": [0] * n,
+                    "power_w": [power_w * (1 + 0.1 * math.sin(i / 5)) for i in range(n)],
+                    "sm_clock_mhz": [1980 - (i % 7) for i in range(n)],
+                    "temperature_c": [45 + i / 10 for i in range(n)],
+                }
+            ),
+            dst / run.run_dir / "timeseries.parquet",
+        )
+        runs.append(run.model_copy(update={"metrics": RunMetrics.from_result(res)}))
+    study = study.model_copy(update={"runs": runs, "confidence_intervals": None})
+    (dst / "study_result.json").write_text(study.model_dump_json(indent=1))
+    return dst
+
+
+def test_report_with_gpu_figures(tmp_path: Path) -> None:
+    """With energy: both Pareto plots, J per axis, one time series per run, the CV flag."""
+    need_chromium()
+    study_dir = fake_gpu_figures(DOC_STUDIES[0], tmp_path / "study")
+    value = open_report(study_dir, tmp_path, "report-gpu-figures.png")
+    titles = [p["title"] for p in value["plots"]]
+    for t in (
+        "J/output token against output throughput",
+        "J/output token against TTFT p99",
+        "pytorch.batch_size against J/output token",
+    ):
+        assert t in titles
+    assert sum(t.endswith(("_c1", "_c2", "_c3")) for t in titles) == 6  # time series
+    assert not any("not measured" in n for n in value["notes"])
+    shown = run_llem("results", "show", str(study_dir), "--json", cwd=tmp_path)
+    rows = json.loads(shown.stdout)
+    assert [r["flags"] for r in rows] == [[], ["high_cycle_cv"]]
+    assert rows[0]["j_per_output_token_cv"] == pytest.approx(0.01)
+    assert rows[1]["metrics"]["j_per_output_token"]["low"] == pytest.approx(0.6 * 0.95)
