@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from llenergymeasure_contract.architecture import builtin_name_for
 from llenergymeasure_contract.registry import REGISTRY
@@ -407,3 +408,21 @@ class ExperimentConfig(_Model):
         built before them still accepts the config of an experiment that does not use them.
         """
         return self.model_dump_json(exclude=self._default_late_sections() or None)
+
+
+def _add_plugin_sections() -> None:
+    """One optional section field per backend a plugin registered, and ``backend:`` accepting
+    every registered name (the built-in ones are declared in the class body above)."""
+    fields = ExperimentConfig.model_fields
+    plugins = [spec for spec in REGISTRY if spec.name not in fields]
+    if not plugins:
+        return
+    for spec in plugins:
+        optional: Any = spec.section | None
+        fields[spec.name] = FieldInfo(annotation=optional, default=None)
+    literal: Any = Literal  # subscripted at run time with the registered names
+    fields["backend"] = FieldInfo(annotation=literal[REGISTRY.names()], default=DEFAULT_BACKEND)
+    ExperimentConfig.model_rebuild(force=True)
+
+
+_add_plugin_sections()

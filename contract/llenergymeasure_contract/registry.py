@@ -6,11 +6,17 @@ defaults (IPC, shared memory, ulimits), its image name, the Python modules it ne
 hints and the section fields the planner reads. The harness keeps its own registry of
 engine classes keyed by the same names (``llenergymeasure_harness.backends.ENGINES``).
 
-Adding a backend is its section model, its harness engine module and one :func:`register`
-call (or one entry in :data:`BUILTIN_BACKENDS`)::
+Adding a backend is its section model, its harness engine class and one registry entry:
+either in :data:`BUILTIN_BACKENDS`, or from another distribution through two entry points,
+read when this module is first imported (so host, harness and every subprocess agree)::
 
-    register(BackendSpec(name="toy", section=ToyConfig, concurrency_key="batch_size",
-                         image="toy", engine="toy", modules=("toy",)))
+    [project.entry-points."llenergymeasure.backends"]
+    toy = "toy_backend:SPEC"           # a BackendSpec (its section is a frozen pydantic model)
+    [project.entry-points."llenergymeasure.engines"]
+    toy = "toy_backend:ToyEngine"      # the harness's engine class
+
+:class:`~llenergymeasure_contract.experiment.ExperimentConfig` gets one optional section
+field per registered backend, and ``backend:`` accepts exactly the registered names.
 """
 
 from __future__ import annotations
@@ -216,6 +222,7 @@ class BackendRegistry:
 
     def __init__(self, specs: tuple[BackendSpec, ...] = ()) -> None:
         self._specs: dict[str, BackendSpec] = {}
+        self._names: tuple[str, ...] = ()
         for spec in specs:
             self.register(spec)
 
@@ -228,10 +235,7 @@ class BackendRegistry:
         if spec.name in self._specs:
             raise ValueError(f"backend {spec.name!r} is already registered")
         self._specs[spec.name] = spec
-
-    def unregister(self, name: str) -> None:
-        """Remove a backend (tests that register a toy one)."""
-        self._specs.pop(name, None)
+        self._names = tuple(self._specs)
 
     def get(self, name: str) -> BackendSpec:
         """The spec of ``name``.
@@ -246,13 +250,9 @@ class BackendRegistry:
                 f"unknown backend {name!r}; expected one of {', '.join(self._specs)}"
             ) from None
 
-    def by_image(self, image: str) -> BackendSpec | None:
-        """The spec whose image name is ``image``, if any."""
-        return next((s for s in self._specs.values() if s.image == image), None)
-
     def names(self) -> tuple[str, ...]:
         """Registered names, in registration order."""
-        return tuple(self._specs)
+        return self._names
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs
@@ -264,8 +264,39 @@ class BackendRegistry:
         return len(self._specs)
 
 
-#: The registry every consumer reads.
-REGISTRY = BackendRegistry(BUILTIN_BACKENDS)
+#: Entry-point group of :class:`BackendSpec` objects from other distributions.
+BACKENDS_ENTRY_POINTS = "llenergymeasure.backends"
+
+
+def _plugin_specs() -> list[BackendSpec]:
+    """The specs other installed distributions register (entry points), in name order.
+
+    Raises:
+        ConfigError: an entry point does not load or is not a :class:`BackendSpec` (a broken
+            plugin must not be skipped silently: its experiments would vanish from a study).
+    """
+    from importlib.metadata import entry_points
+
+    specs = []
+    for ep in sorted(entry_points(group=BACKENDS_ENTRY_POINTS), key=lambda e: e.name):
+        try:
+            spec = ep.load()
+        except Exception as exc:  # any import failure of a plugin is reported the same way
+            raise ConfigError(
+                f"backend plugin {ep.name!r} ({ep.value}) failed to load: {exc}",
+                hint="fix or uninstall the distribution that provides it",
+            ) from exc
+        if not isinstance(spec, BackendSpec) or spec.name != ep.name:
+            raise ConfigError(
+                f"backend plugin {ep.name!r} ({ep.value}) is not a BackendSpec named {ep.name!r}",
+                hint="the entry point must name a BackendSpec whose name is the entry point's",
+            )
+        specs.append(spec)
+    return specs
+
+
+#: The registry every consumer reads: the built-in backends, then installed plugins.
+REGISTRY = BackendRegistry((*BUILTIN_BACKENDS, *_plugin_specs()))
 
 
 def get_backend_spec(name: str) -> BackendSpec:
@@ -273,12 +304,8 @@ def get_backend_spec(name: str) -> BackendSpec:
     return REGISTRY.get(name)
 
 
-def register(spec: BackendSpec) -> None:
-    """Register a backend in :data:`REGISTRY`."""
-    REGISTRY.register(spec)
-
-
 __all__ = [
+    "BACKENDS_ENTRY_POINTS",
     "BUILTIN_BACKENDS",
     "REGISTRY",
     "BackendRegistry",
@@ -287,5 +314,4 @@ __all__ = [
     "ReleaseBase",
     "Ulimit",
     "get_backend_spec",
-    "register",
 ]

@@ -22,7 +22,6 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from llenergymeasure_contract.env import (
 )
 from llenergymeasure_contract.errors import ConfigError
 from llenergymeasure_contract.results import HarnessErrorRecord
+from llenergymeasure_contract.timestamps import utc_iso
 from llenergymeasure_harness import CONTRACT_VERSION, __version__
 from llenergymeasure_harness.experiment import Deps, HarnessTerminated, PhaseError, run_experiment
 
@@ -67,10 +67,6 @@ def _err(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
 def write_error(
     results_dir: str | None,
     *,
@@ -86,7 +82,7 @@ def write_error(
         error_class=type(exc).__name__,
         message=str(exc),
         traceback=tb,
-        occurred_at=_now(),
+        occurred_at=utc_iso(),
     )
     if results_dir:
         try:

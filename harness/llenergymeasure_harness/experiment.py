@@ -33,17 +33,19 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from llenergymeasure_contract.env import REQUESTS_FILE, RESULT_FILE, TIMESERIES_FILE, HarnessEnv
 from llenergymeasure_contract.errors import ConfigError, MeasurementError
 from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.results import ExperimentResult
 from llenergymeasure_contract.sizing import steady_state_n_prompts
+from llenergymeasure_contract.timestamps import utc_iso
 from llenergymeasure_harness import compile_cache, metrics
 from llenergymeasure_harness.backends import get_backend
 from llenergymeasure_harness.backends.base import GenerationRequest, RequestRecord
+from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
 from llenergymeasure_harness.child_env import apply_child_env
 from llenergymeasure_harness.energy.baseline import (
     STATE_MODEL_LOADED,
@@ -88,10 +90,6 @@ class Deps:
     sleep: Callable[[float], None] = time.sleep
     epoch: Callable[[], float] = time.time
     cuda_visible: str | None = field(default_factory=lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
-
-
-def _utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _resolve_nvml_index(nvml: Nvml, ref: int | str) -> int:
@@ -247,6 +245,9 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         # ends: the energy window follows the arrivals.
         records = backend.run(requests) if plan is None else backend.run(requests, plan)
         t_m1 = d.clock()
+        # The window a continuous-batching engine computed itself, with its configured
+        # concurrency; the result reports that one rather than a second computation.
+        engine_window: SteadyStateWindow | None = getattr(backend, "last_steady_state", None)
         if extra_src is not None:
             try:
                 extra_result = extra_src.end("measure")
@@ -300,6 +301,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             t_m0=t_m0,
             t_m1=t_m1,
             records=records,
+            engine_window=engine_window,
             baseline=baseline,
             warm=warm,
             env_snap=env_snap,
@@ -371,6 +373,7 @@ def _assemble(
     t_m0: float,
     t_m1: float,
     records: list[Any],
+    engine_window: SteadyStateWindow | None,
     baseline: dict[str, Any] | None,
     warm: dict[str, Any],
     env_snap: dict[str, Any],
@@ -439,11 +442,12 @@ def _assemble(
         "peak_memory_bytes_per_gpu": {str(k): v for k, v in (peak or {}).items()},
     }
     steady = None
-    continuous = cfg.backend != "pytorch"
+    continuous = REGISTRY.get(cfg.backend).continuous_batching
     if continuous or cfg.traffic.uses_arrivals:
         steady = _steady_state(
             cfg,
             records=records,
+            engine_window=engine_window,
             sampler=sampler,
             labels=labels,
             gross=gross,
@@ -511,8 +515,8 @@ def _assemble(
         study_id=env.study_id,
         config=cfg,
         timings={
-            "started_at": _utc(started_epoch),
-            "ended_at": _utc(ended_epoch),
+            "started_at": utc_iso(started_epoch),
+            "ended_at": utc_iso(ended_epoch),
             "engine_build_s": info.engine_build_s,
             "total_s": total_s,
             **timings,
@@ -605,6 +609,7 @@ def _steady_state(
     cfg: ExperimentConfig,
     *,
     records: list[Any],
+    engine_window: SteadyStateWindow | None,
     sampler: Any,
     labels: list[int],
     gross: float | None,
@@ -612,7 +617,9 @@ def _steady_state(
 ) -> dict[str, Any] | None:
     """Steady-state window of the run, energy from scaled integrated power.
 
-    Offline continuous batching: ML.ENERGY's rule with K = the engine's batch; closed loop:
+    Offline continuous batching: the window the engine computed (ML.ENERGY's rule with K =
+    its configured batch, ``vllm.max_num_seqs`` / ``tensorrt.max_batch_size``), or the same
+    rule here for an engine that computes none; closed loop:
     the same rule with K = the users; open-loop arrivals: from the first request finished to
     the last arrival (:func:`~.backends.steady_state.arrival_steady_state_window`).
     """
@@ -626,6 +633,8 @@ def _steady_state(
         w = steady_state_window(records, traffic.concurrency)
     elif traffic.uses_arrivals:
         w = arrival_steady_state_window(records)
+    elif engine_window is not None:
+        w = engine_window
     else:
         w = steady_state_window(records, cfg.concurrency)
     if w.start_s is None or w.end_s is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +40,3 @@ def chown_outputs(results_dir: Path, uid: int | None, gid: int | None) -> None:
             os.chown(p, uid, g)
         except OSError as exc:
             logger.warning("could not chown %s: %s", p, exc)
-
-
-def check_writable(results_dir: Path) -> None:
-    """Create the directory if needed and prove a file can be written there.
-
-    Raises:
-        OSError: the directory cannot be created or written.
-    """
-    results_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".llem-write-check.", dir=results_dir)
-    os.close(fd)
-    os.unlink(tmp)

@@ -8,7 +8,7 @@ Modes (``config.warmup``):
 * ``min_duration_s`` (either mode, a thermal floor): keep stepping until at least this long has
   passed, so the measured window starts at a settled temperature.
 
-An un-warmed first batch-64 window ran 3.3x slower on the H100 (shared/GPU.md), which is why
+An un-warmed first batch-64 window ran 3.3x slower on the H100 (docs/methodology.md), which is why
 every step uses exactly the requests (and so the shapes) of one measured batch.
 """
 

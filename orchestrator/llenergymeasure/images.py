@@ -62,7 +62,6 @@ __all__ = [
     "build_args",
     "build_image",
     "build_image_wheels",
-    "cuda_major_for_driver",
     "cuda_major_of",
     "cuda_version_from_base",
     "cuda_version_from_env",
@@ -164,11 +163,6 @@ def image_name(backend: str) -> str:
         return backend
     known = ", ".join(sorted({*BACKEND_IMAGES, *BACKEND_IMAGES.values()}))
     raise UsageError(f"unknown backend {backend!r}; expected one of {known}")
-
-
-def _config_backend(backend: str) -> str:
-    image = image_name(backend)
-    return next(b for b, i in BACKEND_IMAGES.items() if i == image)
 
 
 def dockerfile_for(backend: str) -> str:
@@ -331,11 +325,6 @@ def cuda_version_from_base(
 def cuda_major_of(cuda_version: str) -> int:
     """``"12.8"`` / ``"13.0.3"`` / ``"13"`` -> 12 / 13 / 13."""
     return int(cuda_version.split(".", 1)[0])
-
-
-def cuda_major_for_driver(driver_version: str) -> int:
-    """Newest CUDA major of our images that an NVIDIA driver runs (R580+ -> 13, else 12)."""
-    return 13 if int(driver_version.split(".", 1)[0]) >= 580 else 12
 
 
 # --------------------------------------------------------------------------- matrix

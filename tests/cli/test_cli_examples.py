@@ -19,7 +19,6 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml")) + sorted(EXAMPLES_DIR.glob("*.json"))
 
 HAS_JSONSCHEMA = importlib.util.find_spec("jsonschema") is not None
-HAS_HOSTINFO = importlib.util.find_spec("llenergymeasure.hostinfo") is not None
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -151,10 +150,6 @@ def test_schema_output_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 # --------------------------------------------------------------------------- llem config
 
 
-@pytest.mark.skipif(
-    not HAS_HOSTINFO,
-    reason="llenergymeasure.hostinfo (written by the RUNNER helper) is not present yet",
-)
 def test_config_json_reports_host_and_user_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -171,10 +166,6 @@ def test_config_json_reports_host_and_user_config(
     assert doc["user_config"]["values"] == {"runner": "local", "config_gap_s": 5.0, "images": {}}
 
 
-@pytest.mark.skipif(
-    not HAS_HOSTINFO,
-    reason="llenergymeasure.hostinfo (written by the RUNNER helper) is not present yet",
-)
 def test_config_without_json_prints_host_and_user_defaults(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -100,14 +100,6 @@ def test_cuda_major_of(version: str, major: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("driver", "major"), [("580.159.04", 13), ("575.51.03", 12), ("535.1", 12)]
-)
-def test_cuda_major_for_driver(driver: str, major: int) -> None:
-    """R580+ drivers run the CUDA 13 images; older ones the CUDA 12 images."""
-    assert images.cuda_major_for_driver(driver) == major
-
-
-@pytest.mark.parametrize(
     ("ref", "version"),
     [
         ("v2.0.1", "2.0.1"),

@@ -172,8 +172,8 @@ def image_passes_host_hash(image: str) -> bool:
     ``LLEM_REQUIRE_DOCKER=1`` it is never left out).
     """
     probe = (
-        'site=$(python3 -c "import llenergymeasure, os; '
-        'print(os.path.dirname(os.path.dirname(llenergymeasure.__file__)))"); '
+        'site=$(python3 -c "import llenergymeasure_harness as h, os; '
+        'print(os.path.dirname(os.path.dirname(h.__file__)))"); '
         "grep -rqs LLEM_CONFIG_HASH $site/llenergymeasure*"
     )
     res = subprocess.run(

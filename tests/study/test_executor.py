@@ -102,7 +102,8 @@ def test_gaps_between_experiments_and_cycles(plan_factory: Callable[..., StudyPl
     result = execute(plan, FakeDockerClient(images={IMAGE}, harness=OK), sleep=waited.append)
     assert sum(waited) == 3.0 + 7.0 + 3.0 and result.gaps_s == 13.0
     waited.clear()
-    execute(plan, FakeDockerClient(images={IMAGE}, harness=OK), sleep=waited.append, no_gaps=True)
+    no_gaps = plan_factory(order="interleaved", gaps=(0.0, 0.0))  # what --no-gaps sets
+    execute(no_gaps, FakeDockerClient(images={IMAGE}, harness=OK), sleep=waited.append)
     assert waited == []
 
 

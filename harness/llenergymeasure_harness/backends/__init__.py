@@ -29,15 +29,20 @@ ENGINES: dict[str, str] = {
 }
 
 
-def register_engine(name: str, target: str) -> None:
-    """Add an engine ``"module:Class"`` for a backend registered in the contract.
+#: Entry-point group of engine classes from other distributions (``name = "module:Class"``),
+#: beside their ``llenergymeasure.backends`` spec (see the contract's registry module).
+ENGINES_ENTRY_POINTS = "llenergymeasure.engines"
 
-    Raises:
-        ValueError: the name is taken.
-    """
+
+def _engine_target(name: str) -> str | None:
+    """``"module:Class"`` of the engine for ``name``: built in, else an installed plugin's."""
     if name in ENGINES:
-        raise ValueError(f"engine {name!r} is already registered")
-    ENGINES[name] = target
+        return ENGINES[name]
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENGINES_ENTRY_POINTS, name=name):
+        return str(ep.value)
+    return None
 
 
 def get_backend(name: str) -> Any:
@@ -48,10 +53,9 @@ def get_backend(name: str) -> Any:
         ImportError: the backend's engine is not installed here (the harness maps it to a
             load-phase failure).
     """
-    try:
-        target = ENGINES[name]
-    except KeyError as exc:
-        raise ConfigError(f"unknown backend {name!r}; choose from {sorted(ENGINES)}") from exc
+    target = _engine_target(name)
+    if target is None:
+        raise ConfigError(f"unknown backend {name!r}; choose from {sorted(ENGINES)}")
     module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)()
 
@@ -64,5 +68,4 @@ __all__ = [
     "LoadInfo",
     "RequestRecord",
     "get_backend",
-    "register_engine",
 ]

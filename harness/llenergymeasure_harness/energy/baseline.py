@@ -1,8 +1,8 @@
 """Idle power baseline, measured in a defined GPU state, and a TTL cache shared by a study.
 
 The state matters: on an H100 idle draw was 73 W with no CUDA context and 122 W with the model
-loaded and a context open (shared/GPU.md). The harness measures the baseline after the model
-is loaded and before warmup, and records that state as ``"cuda_context_model_loaded"``::
+loaded and a context open (docs/methodology.md). The harness measures the baseline after the
+model is loaded and before warmup, and records that state as ``"cuda_context_model_loaded"``::
 
     load ─► [ idle: counter window for duration_s ] ─► warmup ─► measure
                      baseline power = ΔmJ / Δt
@@ -22,11 +22,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure_contract.results import write_json_atomic
+from llenergymeasure_contract.timestamps import utc_iso
 from llenergymeasure_harness.energy.meter import NvmlEnergyMeter
 
 if TYPE_CHECKING:
@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STATE_MODEL_LOADED = "cuda_context_model_loaded"
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def measure_idle_power(
@@ -80,7 +76,7 @@ def measure_idle_power(
         "duration_s": w.duration_s,
         "power_w_per_gpu": per_gpu,
         "total_power_w": float(sum(per_gpu.values())),
-        "measured_at": utc_now_iso(),
+        "measured_at": utc_iso(),
     }
 
 

@@ -6,7 +6,6 @@ must print in well under a second (see ``benchmarks/bench_dry_run.py``).
 
 from __future__ import annotations
 
-from llenergymeasure.config.loader import gc_paused
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan
 
 
@@ -43,7 +42,6 @@ def _params(e: PlannedExperiment) -> str:
     return f"concurrency={e.config.concurrency}, n_prompts={e.config.n_prompts}"
 
 
-@gc_paused()
 def plan_table(plan: StudyPlan) -> str:
     """The plan as an aligned plain-text table plus a summary."""
     header = [

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure.config.impact import ImpactInputs
 from llenergymeasure.results.stats import ConfidenceIntervals
+from llenergymeasure.runners.base import FailureKind, RunState
 from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
 
 STUDY_RESULT_FILE = "study_result.json"
@@ -104,9 +105,9 @@ class RunSummary(_Model):
     run_id: str
     config_hash: str
     cycle: int
-    state: str  # pending | running | completed | failed | interrupted
+    state: RunState
     attempts: int = 0
-    failure_kind: str | None = None
+    failure_kind: FailureKind | None = None
     message: str | None = None
     exit_code: int | None = None
     duration_s: float | None = None  # wall time of the last attempt (container included)

@@ -2,7 +2,7 @@
 subprocess (:class:`LocalRunner`) or a Slurm job (:class:`SlurmRunner`), behind the
 :class:`Runner` protocol."""
 
-from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunStatus, classify
+from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunState, classify
 from llenergymeasure.runners.docker import DockerRunner
 from llenergymeasure.runners.local import LocalRunner
 from llenergymeasure.runners.slurm import JobInfo, SlurmCli, SlurmRunner, render_job_script
@@ -27,7 +27,7 @@ __all__ = [
     "Mount",
     "RunOutcome",
     "RunRequest",
-    "RunStatus",
+    "RunState",
     "Runner",
     "SlurmCli",
     "SlurmRunner",

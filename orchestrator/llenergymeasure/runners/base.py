@@ -8,12 +8,14 @@ classified from facts only, in this order::
     interrupted by us (Ctrl-C)     -> interrupted
     stopped by us at the timeout   -> failed / timeout
     container State.OOMKilled      -> failed / oom_killed
-    exit 0 and result.json loads   -> completed
+    exit 0 and result.json loads   -> completed (the typed result rides in the outcome)
     exit 0, no/invalid result.json -> failed / missing_result | invalid_result
     exit != 0 and error.json       -> failed / harness_error (the harness's own type+message)
     exit != 0, no error.json       -> failed / exit_nonzero (signal name when killed)
 
-Logs are kept in the run's log file for people to read; they are never parsed.
+Logs are kept in the run's log file for people to read; they are never parsed. ``result.json``
+is parsed exactly once, here: the completed outcome carries the :class:`ExperimentResult`, and
+every later step (progress line, study result) reads that object.
 """
 
 from __future__ import annotations
@@ -23,18 +25,20 @@ import json
 import signal
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llenergymeasure.runners.spec import RunRequest
+from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
+from llenergymeasure_contract.results import ExperimentResult
+from llenergymeasure_contract.timestamps import utc_iso
 
-RESULT_FILE = "result.json"
-ERROR_FILE = "error.json"
-
-RunStatus = Literal["completed", "failed", "interrupted"]
+#: The one state enum of a run, everywhere (manifest, outcome, study result): pending and
+#: running in the manifest; a finished run's outcome is one of the last three.
+RunState = Literal["pending", "running", "completed", "failed", "interrupted"]
+ENDED_STATES: frozenset[str] = frozenset({"completed", "failed", "interrupted"})
 FailureKind = Literal[
     "harness_error",
     "oom_killed",
@@ -53,17 +57,12 @@ FailureKind = Literal[
 LogSink = Callable[[str], None]
 
 
-def utc_now() -> str:
-    """An ISO-8601 UTC timestamp with a trailing Z."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class RunOutcome(BaseModel):
     """How one run ended, with the cause in words when it did not complete."""
 
     model_config = ConfigDict(extra="forbid")
 
-    status: RunStatus
+    status: RunState
     failure_kind: FailureKind | None = None
     message: str | None = None
     exit_code: int | None = None
@@ -73,10 +72,18 @@ class RunOutcome(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     result_path: str | None = None
-    error_record: dict[str, Any] | None = None
     container_id: str | None = None
     job_id: str | None = None  # scheduler (Slurm) job id
     node: str | None = None  # the node the job ran on
+    #: The parsed ``result.json`` of a completed run (never serialised with the outcome).
+    result: ExperimentResult | None = Field(default=None, exclude=True, repr=False)
+
+    @field_validator("status")
+    @classmethod
+    def _ended(cls, value: RunState) -> RunState:
+        if value not in ENDED_STATES:
+            raise ValueError(f"an outcome is {', '.join(sorted(ENDED_STATES))}, not {value}")
+        return value
 
     @property
     def ok(self) -> bool:
@@ -143,18 +150,15 @@ def _error_message(record: dict[str, Any]) -> str:
     return f"{text} (phase {phase})" if phase else text
 
 
-def check_result(results_dir: Path) -> tuple[bool, str | None]:
-    """Whether ``result.json`` exists and validates as an ExperimentResult, and why not."""
+def load_result(results_dir: Path) -> tuple[ExperimentResult | None, str | None]:
+    """``result.json`` parsed and validated, or ``None`` and why not (``None``: no file)."""
     path = results_dir / RESULT_FILE
     if not path.is_file():
-        return False, None
+        return None, None
     try:
-        from llenergymeasure.results import ExperimentResult
-
-        ExperimentResult.load(path)
+        return ExperimentResult.load(path), None
     except Exception as exc:  # any parse/validation problem makes the result unusable
-        return False, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-    return True, None
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
 def classify(
@@ -177,19 +181,20 @@ def classify(
         "oom_killed": oom_killed,
         "timed_out": timed_out,
         "started_at": started_at,
-        "finished_at": utc_now(),
+        "finished_at": utc_iso(),
         "duration_s": duration_s,
-        "error_record": record,
         "container_id": container_id,
     }
     see_log = f"; see {log_path}" if log_path is not None else ""
-    if interrupted and not oom_killed and check_result(results_dir)[0]:
+    result, why = (None, None) if oom_killed else load_result(results_dir)
+    if interrupted and result is not None:
         # The harness had written result.json (last, atomically) when the signal came, so
         # the measurement is whole, even if the stop caught it tidying up: kept, never re-run.
         return RunOutcome(
             status="completed",
             message="finished before the interruption took effect",
             result_path=str(results_dir / RESULT_FILE),
+            result=result,
             **base,
         )
     if interrupted:
@@ -217,10 +222,12 @@ def classify(
             **base,
         )
     if exit_code == 0:
-        ok, why = check_result(results_dir)
-        if ok:
+        if result is not None:
             return RunOutcome(
-                status="completed", result_path=str(results_dir / RESULT_FILE), **base
+                status="completed",
+                result_path=str(results_dir / RESULT_FILE),
+                result=result,
+                **base,
             )
         if why is None:
             return RunOutcome(

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure.errors import RunnerError
-from llenergymeasure.runners.base import LogSink, LogWriter, RunOutcome, classify, utc_now
+from llenergymeasure.runners.base import LogSink, LogWriter, RunOutcome, classify
 from llenergymeasure.runners.spec import (
     LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
@@ -41,6 +41,7 @@ from llenergymeasure.runners.spec import (
     host_compile_cache_dir,
 )
 from llenergymeasure_contract.registry import REGISTRY
+from llenergymeasure_contract.timestamps import utc_iso
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +121,6 @@ def to_create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "name": spec.name,
         "detach": True,
     }
-    if spec.entrypoint is not None:
-        kwargs["entrypoint"] = list(spec.entrypoint)
     if spec.gpu_ids:
         # By index, never count: docker-py's default count=0 means NVIDIA_VISIBLE_DEVICES=void.
         kwargs["device_requests"] = [
@@ -235,7 +234,7 @@ class DockerRunner:
         spec = self.spec_for(request)
         _prepare_host_dirs(request, self.settings)
         writer = LogWriter(request.log_path, echo)
-        started_at = utc_now()
+        started_at = utc_iso()
         t0 = time.monotonic()
         ct: Any = None
         creating = False
@@ -425,12 +424,7 @@ def _prepare_host_dirs(request: RunRequest, settings: ContainerSettings) -> None
     if compiled is not None:
         writable.append(Path(compiled))
     uid = request.host_uid
-    if (
-        os.geteuid() == 0
-        and uid not in (None, 0)
-        and settings.user is None
-        and (settings.run_as_host_user)
-    ):
+    if os.geteuid() == 0 and uid not in (None, 0) and settings.run_as_host_user:
         gid = request.host_gid if request.host_gid is not None else -1
         for d in writable:
             with contextlib.suppress(OSError):
@@ -452,7 +446,7 @@ def _start_failed(
         failure_kind="start_failed",
         message=message,
         started_at=started_at,
-        finished_at=utc_now(),
+        finished_at=utc_iso(),
         duration_s=time.monotonic() - t0,
         container_id=container_id,
     )

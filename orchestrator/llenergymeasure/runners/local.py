@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from typing import IO
 
 from llenergymeasure.errors import RunnerError
-from llenergymeasure.runners.base import LogSink, LogWriter, RunOutcome, classify, utc_now
+from llenergymeasure.runners.base import LogSink, LogWriter, RunOutcome, classify
 from llenergymeasure.runners.spec import LocalSpec, RunRequest, build_local_spec
+from llenergymeasure_contract.timestamps import utc_iso
 
 
 class LocalRunner:
@@ -79,7 +80,7 @@ class LocalRunner:
         if request.study_cache_dir is not None:
             request.study_cache_dir.mkdir(parents=True, exist_ok=True)
         writer = LogWriter(request.log_path, echo)
-        started_at = utc_now()
+        started_at = utc_iso()
         t0 = time.monotonic()
         try:
             writer.note(f"run {request.run_id}: {' '.join(spec.command)}")

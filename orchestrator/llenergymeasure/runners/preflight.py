@@ -130,7 +130,6 @@ class PreflightRequest:
     pull_policy: PullPolicy = "missing"
     request_gpus: bool = True
     min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
-    entrypoint: tuple[str, ...] | None = None
     #: image -> the ulimits its containers get (name -> value or (soft, hard)); empty: none.
     ulimits: Mapping[str, Mapping[str, int | tuple[int, int]]] = field(default_factory=dict)
 
@@ -329,8 +328,6 @@ def _probe_gpus(
         "network_mode": "none",
         "detach": True,
     }
-    if request.entrypoint is not None:
-        kwargs["entrypoint"] = list(request.entrypoint)
     ct: Any = None
     try:
         ct = client.containers.create(image, **kwargs)

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 
 from llenergymeasure._version import __version__
 from llenergymeasure.errors import RunnerError
-from llenergymeasure.runners.base import FailureKind, LogSink, RunOutcome, classify, utc_now
+from llenergymeasure.runners.base import FailureKind, LogSink, RunOutcome, classify
 from llenergymeasure.runners.spec import (
     HARNESS_COMMAND,
     LABEL_OWNER_HOST,
@@ -60,6 +60,7 @@ from llenergymeasure.runners.spec import (
     harness_env,
 )
 from llenergymeasure_contract.registry import REGISTRY
+from llenergymeasure_contract.timestamps import utc_iso
 
 if TYPE_CHECKING:
     from llenergymeasure.config.slurm import SlurmSettings
@@ -596,15 +597,12 @@ def docker_run_options(spec: ContainerSpec) -> list[str]:
     if spec.mem_limit is not None:
         argv.extend([f"--memory={spec.mem_limit}", f"--memory-swap={spec.mem_limit}"])
     argv.extend(f"--env={k}" for k in sorted(spec.env))
-    if spec.entrypoint:
-        argv.append(f"--entrypoint={spec.entrypoint[0]}")
     return argv
 
 
 def docker_command(spec: ContainerSpec) -> list[str]:
-    """The image and the command after it (entrypoint arguments first)."""
-    command = [*(spec.entrypoint or ())[1:], *(spec.command or HARNESS_COMMAND)]
-    return [spec.image, *command]
+    """The image and the command after it (the image keeps its own entrypoint)."""
+    return [spec.image, *(spec.command or HARNESS_COMMAND)]
 
 
 def _docker_launcher(spec: ContainerSpec, n_gpus: int) -> list[str]:
@@ -659,7 +657,7 @@ def _apptainer_launcher(
     for m in spec.mounts:
         argv.append(f"--bind={m.source}:{m.target}" + (":ro" if m.read_only else ""))
     argv.append(apptainer_image(spec.image))
-    argv.extend([*(spec.entrypoint or ()), *(spec.command or HARNESS_COMMAND)])
+    argv.extend(spec.command or HARNESS_COMMAND)
     quoted = [_q(a) for a in argv]
     passthrough = [f'[ -z "${{{n}:-}}" ] || export {prefix}{n}="${n}"' for n in PASSTHROUGH_ENV]
     return env, [*passthrough, "exec " + " ".join(quoted)]
@@ -678,7 +676,6 @@ def _enroot_launcher(spec: ContainerSpec) -> list[str]:
         "--no-container-mount-home",
         "--container-workdir=/tmp",
         f"--container-env={names}",
-        *(spec.entrypoint or ()),
         *(spec.command or HARNESS_COMMAND),
     ]
     return ["exec " + " ".join(_q(a) for a in argv)]
@@ -837,7 +834,7 @@ class SlurmRunner:
     ) -> RunOutcome:
         """Submit one job and wait for it (the :class:`~llenergymeasure.runners.base.Runner`
         protocol); Ctrl-C or ``cancel`` scancels it and returns ``interrupted``."""
-        started = utc_now()
+        started = utc_iso()
         sub = self.submit(request)
         delay = self.settings.poll_min_s
         try:
@@ -859,7 +856,7 @@ class SlurmRunner:
                 failure_kind="interrupted",
                 message="interrupted by the user; the job was cancelled",
                 started_at=started,
-                finished_at=utc_now(),
+                finished_at=utc_iso(),
                 job_id=sub.job_id,
             )
 

@@ -89,8 +89,8 @@ class ContainerSettings:
 
     ``shm_size``, ``ulimits`` and ``ipc_mode`` of ``None`` mean "the backend's default"
     (its :class:`~llenergymeasure_contract.registry.ContainerDefaults`); an empty dict means
-    "no ulimits". ``user`` of ``None`` means the invoking
-    user's uid:gid (filled by the caller, which may do I/O).
+    "no ulimits". With ``run_as_host_user`` the container runs as the request's host
+    uid:gid (filled by the caller, which may do I/O).
     """
 
     network_mode: str = "host"
@@ -101,12 +101,10 @@ class ContainerSettings:
     hf_cache_dir: str | None = None
     engine_cache_dir: str | None = None
     compile_cache_dir: str | None = None  # host root; one subdirectory per image
-    user: str | None = None
     run_as_host_user: bool = True
     init: bool = True
     extra_env: Mapping[str, str] = field(default_factory=dict)
     command: tuple[str, ...] | None = None  # None: the harness entry point
-    entrypoint: tuple[str, ...] | None = None  # None: keep the image's (NGC needs its own)
     stop_grace_s: float = 10.0
     # False only for CPU-only hosts (CI, laptops): containers then get no GPU at all. This is
     # an explicit setting, never a silent fallback; the runner logs it for every run.
@@ -140,7 +138,6 @@ class ContainerSpec:
 
     image: str
     command: tuple[str, ...] | None
-    entrypoint: tuple[str, ...] | None
     env: Mapping[str, str]
     mounts: tuple[Mount, ...]
     gpu_ids: tuple[int, ...]  # empty: no GPU requested, on purpose (CPU experiment)
@@ -402,13 +399,12 @@ def build_container_spec(
     shm_size = settings.shm_size if settings.shm_size is not None else defaults.shm_size
     if ipc_mode == "host":
         shm_size = None
-    user = settings.user
-    if user is None and settings.run_as_host_user and request.host_uid is not None:
+    user = None
+    if settings.run_as_host_user and request.host_uid is not None:
         user = f"{request.host_uid}:{request.host_gid if request.host_gid is not None else 0}"
     return ContainerSpec(
         image=request.image,
         command=settings.command if settings.command is not None else HARNESS_COMMAND,
-        entrypoint=settings.entrypoint,
         env=env,
         mounts=tuple(mounts),
         gpu_ids=tuple(int(g) for g in config.gpus) if settings.request_gpus else (),

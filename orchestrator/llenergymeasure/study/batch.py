@@ -40,18 +40,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from llenergymeasure.errors import RunnerError
-from llenergymeasure.runners.base import (
-    ERROR_FILE,
-    RESULT_FILE,
-    RunOutcome,
-    check_result,
-    utc_now,
-)
+from llenergymeasure.runners.base import RunOutcome
 from llenergymeasure.runners.slurm import FATAL_PENDING_REASONS, JobInfo, SlurmRunner, wait_terminal
 from llenergymeasure.runners.spec import RunRequest
 from llenergymeasure.study.manifest import Attempt, ManifestStore, RunRecord
 from llenergymeasure.study.plan import StudyPlan
 from llenergymeasure.study.progress import StudyProgress
+from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
+from llenergymeasure_contract.timestamps import utc_iso
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +143,7 @@ class BatchLoop:
                         status="interrupted",
                         failure_kind="interrupted",
                         message="the orchestrator stopped before this run's job was submitted",
-                        finished_at=utc_now(),
+                        finished_at=utc_iso(),
                     ),
                 )
                 again.append(rec)
@@ -228,7 +224,7 @@ class BatchLoop:
                     status="failed",
                     failure_kind="start_failed",
                     message=message,
-                    finished_at=utc_now(),
+                    finished_at=utc_iso(),
                 ),
             )
             raise RunnerError(message, hint=getattr(exc, "hint", None)) from exc
@@ -246,7 +242,8 @@ class BatchLoop:
             if flight.misses < MAX_MISSES:
                 return None
             # Slurm forgot the job (MinJobAge passed and no accounting): the folder decides.
-            ok, _ = check_result(flight.request.run_dir)
+            # The outcome below parses and validates result.json (once); its presence is enough.
+            ok = (flight.request.run_dir / RESULT_FILE).is_file()
             state = "COMPLETED" if ok else "UNKNOWN"
             info = JobInfo(job_id=flight.job_id, state=state, node=flight.node)
             outcome = self.runner.outcome(flight.request, info)
@@ -273,7 +270,7 @@ class BatchLoop:
                 failure_kind="start_failed",
                 message=f"Slurm job {info.job_id} cannot start: {info.reason}; fix the slurm: "
                 "section (partition, account, qos, GPUs) and resume",
-                finished_at=utc_now(),
+                finished_at=utc_iso(),
                 job_id=info.job_id,
             )
         if info.terminal:
@@ -318,7 +315,7 @@ class BatchLoop:
                     status="interrupted",
                     failure_kind="interrupted",
                     message=f"interrupted by the user; Slurm job {job_id} was cancelled",
-                    finished_at=utc_now(),
+                    finished_at=utc_iso(),
                     job_id=job_id,
                 )
             self.on_end(flight.rec, outcome)

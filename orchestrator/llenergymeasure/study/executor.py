@@ -37,7 +37,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +61,7 @@ from llenergymeasure.results.study import (
     RunSummary,
     StudyResult,
 )
-from llenergymeasure.runners.base import (
-    RESULT_FILE,
-    FailureKind,
-    Runner,
-    RunOutcome,
-    RunStatus,
-    check_result,
-    utc_now,
-)
+from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunState, load_result
 from llenergymeasure.runners.preflight import (
     DEFAULT_MIN_FREE_BYTES,
     HARNESS_MODULE,
@@ -95,7 +86,9 @@ from llenergymeasure.study.manifest import (
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan, gap_after
 from llenergymeasure.study.progress import StudyProgress
 from llenergymeasure.study.signals import StopSignals, Terminated
-from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
+from llenergymeasure_contract.files import RESULT_FILE
+from llenergymeasure_contract.results import write_json_atomic
+from llenergymeasure_contract.timestamps import utc_compact, utc_iso
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +106,6 @@ class StudyRunOptions:
         verbose: Stream harness/container logs to the console (``-v``).
         export_csv: Also write ``summary.csv``.
         assume_yes: Answer yes to questions (pulling a missing image).
-        no_gaps: Skip the thermal gaps between runs and cycles.
         interactive: May ask questions; ``None``: when stdin is a terminal.
         runner: ``docker`` | ``local`` | ``auto``; ``None``: the study's ``runner.runner``.
         request_gpus: ``False`` runs containers without any GPU (CPU-only hosts);
@@ -128,7 +120,6 @@ class StudyRunOptions:
     verbose: bool = False
     export_csv: bool = True
     assume_yes: bool = False
-    no_gaps: bool = False
     interactive: bool | None = None
     runner: str | None = None
     request_gpus: bool | None = None
@@ -157,7 +148,7 @@ def run_study(
     Args:
         plan: The study plan (``llenergymeasure.study.plan.build_plan``).
         options: Execution options; keyword ``flags`` (``quiet``, ``verbose``,
-            ``export_csv``, ``assume_yes``, ``no_gaps``, ``runner``, ...) override its fields.
+            ``export_csv``, ``assume_yes``, ``runner``, ...) override its fields.
         runner: A ready runner (tests); default: chosen from the options/study.
         docker_client: A docker client to use instead of connecting (tests).
         console: Where to draw progress; default: stderr-free stdout console.
@@ -181,7 +172,7 @@ def run_study(
         report = _preflight(plan, opts, runner=runner_obj, client=client, results_dir=base, con=con)
         study_dir = _new_study_dir(base, plan)
         with StudyLock(study_dir):
-            now = utc_now()
+            now = utc_iso()
             manifest = StudyManifest(
                 study_id=study_dir.name,
                 study_name=plan.study.name,
@@ -414,14 +405,8 @@ def _adopt_finished(store: ManifestStore) -> list[str]:
         if rec.state == "completed" or last is None:
             continue
         run_dir = store.study_dir / last.run_dir
-        ok, _ = check_result(run_dir)
-        if not ok:
-            continue
-        try:
-            result = ExperimentResult.load(run_dir / RESULT_FILE)
-        except (OSError, ValueError):
-            continue
-        if result.run_id != rec.run_id:
+        result, _ = load_result(run_dir)
+        if result is None or result.run_id != rec.run_id:
             continue
         store.finish_attempt(
             rec.run_id,
@@ -431,9 +416,10 @@ def _adopt_finished(store: ManifestStore) -> list[str]:
                 f"{RESULT_FILE} had been written: counted as completed",
                 exit_code=last.exit_code,
                 started_at=last.started_at,
-                finished_at=last.finished_at or utc_now(),
+                finished_at=last.finished_at or utc_iso(),
                 duration_s=last.duration_s,
                 result_path=str(run_dir / RESULT_FILE),
+                result=result,
             ),
         )
         adopted.append(rec.run_id)
@@ -721,7 +707,7 @@ def _slug(text: str) -> str:
 
 
 def _new_study_dir(base: Path, plan: StudyPlan) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_compact()
     name = f"{_slug(plan.study.name)}_{plan.study_design_hash[:8]}_{stamp}"
     try:
         base.mkdir(parents=True, exist_ok=True)
@@ -904,7 +890,7 @@ def _execute_saving(
     session = _Session()
     current: list[RunRecord] = []  # the run in flight, if any
     try:
-        store.manifest.sessions.append(utc_now())
+        store.manifest.sessions.append(utc_iso())
         store.set_state("running")
         progress = _run_loop(
             plan,
@@ -1096,7 +1082,7 @@ def _run_loop(
                         _run_payload(store, rec, exp=exp, outcome=outcome, metrics=metrics),
                     )
 
-            if (ex.config_gap_s or ex.cycle_gap_s) and not opts.no_gaps and not opts.quiet:
+            if (ex.config_gap_s or ex.cycle_gap_s) and not opts.quiet:
                 con.print(
                     "note: thermal gaps are not applied between Slurm jobs (consecutive "
                     "jobs may run on different nodes)"
@@ -1119,7 +1105,7 @@ def _run_loop(
             todo = []
         for rec in todo:
             exp = by_hash[rec.config_hash]
-            if previous is not None and not opts.no_gaps:
+            if previous is not None:
                 between = gap_after(previous, rec, ex.cycle_order)
                 gap = ex.cycle_gap_s if between == "cycle" else ex.config_gap_s
                 if gap > 0:
@@ -1192,7 +1178,7 @@ def _run_payload(
 def _close_running(
     store: ManifestStore,
     current: list[RunRecord],
-    status: RunStatus,
+    status: RunState,
     kind: FailureKind,
     message: str,
 ) -> None:
@@ -1206,30 +1192,27 @@ def _close_running(
     rec = current[0]
     last = rec.last
     run_dir = store.study_dir / last.run_dir if last is not None else None
-    if run_dir is not None and check_result(run_dir)[0]:
+    result = load_result(run_dir)[0] if run_dir is not None else None
+    if run_dir is not None and result is not None:
         store.finish_attempt(
             rec.run_id,
             RunOutcome(
                 status="completed",
                 message=f"{RESULT_FILE} written before the study stopped ({message})",
-                finished_at=utc_now(),
+                finished_at=utc_iso(),
                 result_path=str(run_dir / RESULT_FILE),
+                result=result,
             ),
         )
         return
     store.finish_attempt(
         rec.run_id,
-        RunOutcome(status=status, failure_kind=kind, message=message, finished_at=utc_now()),
+        RunOutcome(status=status, failure_kind=kind, message=message, finished_at=utc_iso()),
     )
 
 
 def _metrics(outcome: RunOutcome) -> RunMetrics | None:
-    if not outcome.ok or outcome.result_path is None:
-        return None
-    try:
-        return RunMetrics.from_result(ExperimentResult.load(outcome.result_path))
-    except (OSError, ValueError):
-        return None
+    return RunMetrics.from_result(outcome.result) if outcome.result is not None else None
 
 
 def _study_result(plan: StudyPlan, store: ManifestStore) -> StudyResult:
@@ -1243,12 +1226,12 @@ def _study_result(plan: StudyPlan, store: ManifestStore) -> StudyResult:
         metrics = None
         result_rel = None
         if rec.state == "completed" and last is not None:
-            path = store.study_dir / last.run_dir / "result.json"
-            try:
-                metrics = RunMetrics.from_result(ExperimentResult.load(path))
-                result_rel = str(Path(last.run_dir) / "result.json")
-            except (OSError, ValueError) as exc:
-                logger.warning("cannot read %s: %s", path, exc)
+            # This session's results ride in the store (from their outcomes); a run completed
+            # in an earlier session is read here, once.
+            run_result = store.result_of(rec.run_id)
+            if run_result is not None:
+                metrics = RunMetrics.from_result(run_result)
+                result_rel = str(Path(last.run_dir) / RESULT_FILE)
         runs.append(
             RunSummary(
                 index=rec.index,
@@ -1285,7 +1268,7 @@ def _study_result(plan: StudyPlan, store: ManifestStore) -> StudyResult:
         message=m.message,
         study_dir=str(store.study_dir),
         started_at=m.created_at,
-        finished_at=utc_now(),
+        finished_at=utc_iso(),
         wall_s=m.wall_s,
         experiments_s=m.experiments_s,
         gaps_s=m.gaps_s,

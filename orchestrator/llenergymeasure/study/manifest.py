@@ -15,21 +15,25 @@ completed ones. Every attempt is kept in ``attempts``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llenergymeasure.errors import ConfigError
-from llenergymeasure.runners.base import FailureKind, RunOutcome, utc_now
-from llenergymeasure_contract.results import write_json_atomic
+from llenergymeasure.runners.base import FailureKind, RunOutcome, RunState
+from llenergymeasure_contract.files import RESULT_FILE
+from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
+from llenergymeasure_contract.timestamps import utc_iso
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1.0"
 
 _M = TypeVar("_M", bound=BaseModel)
 
-RunState = Literal["pending", "running", "completed", "failed", "interrupted"]
 StudyState = Literal["running", "completed", "failed", "interrupted", "aborted"]
 
 
@@ -101,12 +105,17 @@ class StudyManifest(_Model):
 
 
 class ManifestStore:
-    """Holds the manifest in memory and writes it atomically after every change."""
+    """Holds the manifest in memory and writes it atomically after every change.
+
+    It also keeps the typed result of every run completed through it (from the outcome, which
+    parsed ``result.json`` once), so the study result never parses those files again.
+    """
 
     def __init__(self, study_dir: Path, manifest: StudyManifest) -> None:
         self.study_dir = study_dir
         self.manifest = manifest
         self._by_id = {r.run_id: r for r in manifest.runs}
+        self._results: dict[str, ExperimentResult] = {}
 
     @property
     def path(self) -> Path:
@@ -130,7 +139,7 @@ class ManifestStore:
 
     def write(self) -> None:
         """Rewrite ``manifest.json`` atomically."""
-        self.manifest.updated_at = utc_now()
+        self.manifest.updated_at = utc_iso()
         write_json_atomic(self.path, self.manifest.model_dump_json(indent=2))
 
     def run(self, run_id: str) -> RunRecord:
@@ -144,7 +153,7 @@ class ManifestStore:
             attempt=len(rec.attempts) + 1,
             run_dir=str(run_dir.relative_to(self.study_dir)),
             log_path=str(log_path.relative_to(self.study_dir)),
-            started_at=utc_now(),
+            started_at=utc_iso(),
         )
         rec.attempts.append(attempt)
         rec.state = "running"
@@ -156,7 +165,7 @@ class ManifestStore:
         rec = self._by_id[run_id]
         attempt = rec.attempts[-1]
         attempt.state = outcome.status
-        attempt.finished_at = outcome.finished_at or utc_now()
+        attempt.finished_at = outcome.finished_at or utc_iso()
         attempt.duration_s = outcome.duration_s
         attempt.failure_kind = outcome.failure_kind
         attempt.message = outcome.message
@@ -164,8 +173,29 @@ class ManifestStore:
         attempt.job_id = outcome.job_id or attempt.job_id
         attempt.node = outcome.node or attempt.node
         rec.state = outcome.status
+        if outcome.result is not None:
+            self._results[run_id] = outcome.result
+        else:
+            self._results.pop(run_id, None)
         self.write()
         return rec
+
+    def result_of(self, run_id: str) -> ExperimentResult | None:
+        """The typed result of a completed run: kept from its outcome, or (a run completed in
+        an earlier session) read from its ``result.json`` once; ``None`` if unreadable."""
+        if run_id in self._results:
+            return self._results[run_id]
+        rec = self._by_id[run_id]
+        if rec.state != "completed" or rec.last is None:
+            return None
+        path = self.study_dir / rec.last.run_dir / RESULT_FILE
+        try:
+            result = ExperimentResult.load(path)
+        except (OSError, ValueError) as exc:
+            logger.warning("cannot read %s: %s", path, exc)
+            return None
+        self._results[run_id] = result
+        return result
 
     def set_job(
         self,

@@ -18,7 +18,6 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure.config import ExperimentConfig
-from llenergymeasure.config.loader import gc_paused
 from llenergymeasure.config.study import CycleOrder, StudyConfig
 from llenergymeasure_contract.architecture import DTYPE_BYTES, resolve_architecture
 from llenergymeasure_contract.registry import REGISTRY
@@ -93,7 +92,6 @@ class StudyPlan(BaseModel):
                 return exp
         raise KeyError(config_hash)
 
-    @gc_paused()
     def to_json_dict(self) -> dict[str, Any]:
         """The ``--dry-run --json`` document."""
         return {
@@ -284,7 +282,6 @@ def _estimates(configs: list[ExperimentConfig]) -> list[ExperimentEstimate]:
     return out
 
 
-@gc_paused()
 def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -> StudyPlan:
     """Plan ``study``: order its runs and attach images and estimates.
 

@@ -26,6 +26,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 
 from llenergymeasure_contract._version import CONTRACT_VERSION
 from llenergymeasure_contract.env import LABEL_CONTRACT_VERSION
+from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
 
 ResultWriter = Callable[[Path, Mapping[str, str]], None]
 
@@ -350,7 +351,7 @@ def make_fake_result(
 
 def write_fake_result(results_dir: Path, env: Mapping[str, str]) -> None:
     """A :data:`ResultWriter` that writes a valid ``result.json`` for the run."""
-    make_fake_result(env).write(results_dir / "result.json")
+    make_fake_result(env).write(results_dir / RESULT_FILE)
 
 
 def write_fake_error(results_dir: Path, env: Mapping[str, str]) -> None:
@@ -363,4 +364,4 @@ def write_fake_error(results_dir: Path, env: Mapping[str, str]) -> None:
         error_class="FakeLoadError",
         message="the fake model could not be loaded",
         occurred_at="2026-11-22T00:00:00Z",
-    ).write(results_dir / "error.json")
+    ).write(results_dir / ERROR_FILE)
