@@ -109,6 +109,10 @@ class EnvironmentSnapshot(_Model):
     image_digest: str | None = None
     image_labels: dict[str, str] = Field(default_factory=dict)
     in_container: bool | None = None
+    # Set when the run was a Slurm job (from the job's SLURM_JOB_ID / SLURMD_NODENAME): the
+    # container's own hostname is not the node's.
+    slurm_job_id: str | None = None
+    slurm_node: str | None = None
 
 
 class WarmupOutcome(_Model):

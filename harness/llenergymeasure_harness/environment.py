@@ -120,4 +120,6 @@ def snapshot(
         "image_digest": image_digest,
         "image_labels": dict(image_labels),
         "in_container": in_container(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID") or None,
+        "slurm_node": os.environ.get("SLURMD_NODENAME") or None,
     }

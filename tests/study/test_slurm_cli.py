@@ -223,6 +223,8 @@ def test_ctrl_c_detaches_then_resume_adopts_running_jobs(cwd: Path) -> None:
         assert watch.states[rec.run_id][:2] == ["PENDING", "RUNNING"]
         result = ExperimentResult.load(sdir / attempt.run_dir)
         assert (result.environment.hostname or "").split(".")[0] == attempt.node
+        assert result.environment.slurm_job_id == attempt.job_id  # the job id is in result.json
+        assert result.environment.slurm_node == attempt.node
         assert result.environment.image is None  # the harness ran on the node, no image
     assert set(study_jobs(sdir.name)) == set(before.values())  # nothing submitted twice
     summary = StudyResult.model_validate_json((sdir / "study_result.json").read_text())
@@ -251,6 +253,9 @@ def test_docker_launcher_runs_the_image_in_the_job(cwd: Path, pytorch_test_image
     result = ExperimentResult.load(sdir / rec.attempts[0].run_dir)
     assert result.environment.image == pytorch_test_image
     assert result.environment.in_container is True
+    # the container's hostname is not the node's: the job id and node come in by name
+    assert result.environment.slurm_job_id == rec.attempts[0].job_id
+    assert result.environment.slurm_node == rec.attempts[0].node
     import docker
 
     client = docker.from_env()

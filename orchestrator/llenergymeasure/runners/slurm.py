@@ -75,7 +75,7 @@ LABEL_SLURM_JOB = "llem.slurm_job"
 #: Passed into the container by name from the job's environment, never written into a job
 #: script: secrets (sbatch exports the submitter's environment) and the job id the harness
 #: records in result.json.
-PASSTHROUGH_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "SLURM_JOB_ID")
+PASSTHROUGH_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "SLURM_JOB_ID", "SLURMD_NODENAME")
 #: Seconds `docker stop` waits in a cancelled job; below Slurm's default KillWait (30 s), so
 #: the container is gone before Slurm SIGKILLs the job's processes.
 DOCKER_STOP_GRACE_S = 8
