@@ -889,6 +889,22 @@ def _execute_saving(
     study_dir = store.study_dir
     session = _Session()
     current: list[RunRecord] = []  # the run in flight, if any
+
+    def _abort_on_storage_error(exc: OSError) -> StorageError:
+        """A write failed (disk full...): save the study as aborted, name the path."""
+        err = _storage_error(exc, study_dir)
+        _stop_saving(
+            store,
+            current,
+            session,
+            state="aborted",
+            kind="storage_error",
+            message=err.message,
+            plan=plan,
+            opts=opts,
+        )
+        return err
+
     try:
         store.manifest.sessions.append(utc_iso())
         store.set_state("running")
@@ -944,18 +960,7 @@ def _execute_saving(
             hint=f"{exc.hint + '; ' if exc.hint else ''}resume with: llem run --resume {study_dir}",
         ) from exc
     except OSError as exc:
-        err = _storage_error(exc, study_dir)
-        _stop_saving(
-            store,
-            current,
-            session,
-            state="aborted",
-            kind="storage_error",
-            message=err.message,
-            plan=plan,
-            opts=opts,
-        )
-        raise err from exc
+        raise _abort_on_storage_error(exc) from exc
     try:
         if store.manifest.state == "running":
             counts = store.manifest.counts()
@@ -966,18 +971,7 @@ def _execute_saving(
         result = _study_result(plan, store)
         _write_outputs(result, study_dir, opts)
     except OSError as exc:
-        err = _storage_error(exc, study_dir)
-        _stop_saving(
-            store,
-            current,
-            session,
-            state="aborted",
-            kind="storage_error",
-            message=err.message,
-            plan=plan,
-            opts=opts,
-        )
-        raise err from exc
+        raise _abort_on_storage_error(exc) from exc
     progress.summary(result)
     return result
 
