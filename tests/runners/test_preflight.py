@@ -150,7 +150,12 @@ def test_hostinfo_reports_docker_gpus_backends_images() -> None:
     assert info.docker.reachable and info.docker.nvidia_runtime
     assert [i.present for i in info.images] == [True, False]
     assert info.gpus[0].busy_pids == [5] and info.gpus[1].busy_pids == []
-    assert info.backends_installed == {"pytorch": True, "vllm": False, "tensorrt": False}
+    assert info.backends_installed == {
+        "pytorch": True,
+        "vllm": False,
+        "tensorrt": False,
+        "endpoint": False,  # its client (aiohttp) is not importable in this fake
+    }
     assert not info.harness_installed
     down = collect_host_info(
         images=[],
