@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_CUDA_MAJOR",
     "DOCKERHUB_NAMESPACE",
     "GHCR_NAMESPACE",
+    "IMAGE_BACKENDS",
     "IMAGE_DISTRIBUTIONS",
     "LABEL_BACKEND",
     "LABEL_BASE_NAME",
@@ -83,6 +84,18 @@ __all__ = [
 
 #: config backend name -> image (and images/ folder) name, from the backend registry.
 BACKEND_IMAGES: Mapping[str, str] = MappingProxyType({spec.name: spec.image for spec in REGISTRY})
+
+
+def _image_owners() -> tuple[str, ...]:
+    owners: dict[str, str] = {}
+    for spec in REGISTRY:
+        owners.setdefault(spec.image, spec.name)
+    return tuple(owners.values())
+
+
+#: One backend per image, the first registered with it: ``endpoint`` runs in the pytorch
+#: image, so "build every image" builds that image once, as pytorch.
+IMAGE_BACKENDS: tuple[str, ...] = _image_owners()
 
 DOCKERHUB_NAMESPACE = "llenergymeasure"
 GHCR_NAMESPACE = "ghcr.io/llenergymeasure"

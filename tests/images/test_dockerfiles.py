@@ -10,7 +10,7 @@ import pytest
 from llenergymeasure import images
 
 ROOT = Path(__file__).resolve().parents[2]
-BACKENDS = list(images.BACKEND_IMAGES)
+BACKENDS = list(images.IMAGE_BACKENDS)  # one per Dockerfile
 
 
 def _dockerfile(backend: str) -> str:

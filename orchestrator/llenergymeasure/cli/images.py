@@ -78,7 +78,7 @@ def build_command(
             "no images/ folder found here or above; run from a llenergymeasure checkout "
             "or pass --context"
         )
-    backends = backend or list(images.BACKEND_IMAGES)
+    backends = backend or list(images.IMAGE_BACKENDS)
     if tag is not None and len(backends) > 1:
         raise UsageError("--tag needs exactly one --backend")
     extra = _parse_build_args(build_arg or [])
