@@ -166,6 +166,26 @@ def _clean(value: str) -> str | None:
     return None if value in ("", "(null)", "None", "N/A", "Unknown") else value
 
 
+def _job_info(
+    cols: tuple[str, ...], comment: str, exit_code: int | None, sig: int | None
+) -> JobInfo:
+    """One JobInfo from the columns squeue and sacct share: (job id, state, reason, node,
+    raw exit, start, end, name); blanks and "None" become None."""
+    job_id, state, reason, node, _raw_exit, start, end, name = cols
+    return JobInfo(
+        job_id=job_id,
+        state=state.split()[0] if state else "UNKNOWN",
+        reason=_clean(reason),
+        node=_clean(node),
+        exit_code=exit_code,
+        signal=sig,
+        start=_clean(start),
+        end=_clean(end),
+        name=_clean(name),
+        comment=_clean(comment),
+    )
+
+
 def parse_squeue(text: str) -> dict[str, JobInfo]:
     """Parse ``squeue --noheader -O <_SQUEUE_FORMAT>`` output (``|``-separated)."""
     out: dict[str, JobInfo] = {}
@@ -184,17 +204,8 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
                 sig = status & 0x7F
             else:
                 exit_code = status >> 8
-        out[job_id] = JobInfo(
-            job_id=job_id,
-            state=state.split()[0] if state else "UNKNOWN",
-            reason=_clean(reason),
-            node=_clean(node),
-            exit_code=exit_code,
-            signal=sig,
-            start=_clean(start),
-            end=_clean(end),
-            name=_clean(name),
-            comment=_clean(comment),
+        out[job_id] = _job_info(
+            (job_id, state, reason, node, raw_exit, start, end, name), comment, exit_code, sig
         )
     return out
 
@@ -215,17 +226,8 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
             exit_code = int(code)
         if signal_text.isdigit() and int(signal_text):
             sig = int(signal_text)
-        out[job_id] = JobInfo(
-            job_id=job_id,
-            state=state.split()[0] if state else "UNKNOWN",
-            reason=_clean(reason),
-            node=_clean(node),
-            exit_code=exit_code,
-            signal=sig,
-            start=_clean(start),
-            end=_clean(end),
-            name=_clean(name),
-            comment=_clean(comment),
+        out[job_id] = _job_info(
+            (job_id, state, reason, node, raw_exit, start, end, name), comment, exit_code, sig
         )
     return out
 
