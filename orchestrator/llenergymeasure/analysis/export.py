@@ -38,6 +38,7 @@ from pydantic import BaseModel
 
 from llenergymeasure.analysis.table import LoadedStudy, flat_row, load_study_dir
 from llenergymeasure.errors import UsageError
+from llenergymeasure.results.aggregate import csv_cell
 from llenergymeasure.results.study import RunMetrics
 from llenergymeasure_contract.results import ExperimentResult, atomic_path
 
@@ -269,7 +270,7 @@ def export_study_dir(study_dir: str | Path, out: str | Path, fmt: str = "hf") ->
                 w = csv.writer(fh)
                 w.writerow(t.column_names)
                 for rec in t.to_pylist():
-                    w.writerow([_csv(rec[c]) for c in t.column_names])
+                    w.writerow([csv_cell(rec[c]) for c in t.column_names])
             written.append(path)
     else:
         for name, t in (("runs", runs), ("experiments", exps)):
@@ -278,11 +279,3 @@ def export_study_dir(study_dir: str | Path, out: str | Path, fmt: str = "hf") ->
                 tmp.write_text(json.dumps(t.to_pylist(), indent=1), encoding="utf-8")
             written.append(path)
     return written
-
-
-def _csv(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, list):
-        return ",".join(str(x) for x in v)
-    return v

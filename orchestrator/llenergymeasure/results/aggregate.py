@@ -143,11 +143,12 @@ def write_csv(study: StudyResult, path: Path) -> Path:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+            writer.writerow({k: csv_cell(v) for k, v in row.items()})
     return path
 
 
-def _csv_cell(value: Any) -> Any:
+def csv_cell(value: Any) -> Any:
+    """A table value as a CSV cell: None is empty, a list is comma-joined."""
     if value is None:
         return ""
     if isinstance(value, list):
