@@ -102,6 +102,25 @@ def test_harness_only_images_smoke(harness_only_image: tuple[str, str]) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_harness_only_images_carry_the_streaming_client(
+    docker_client: Any, harness_only_image: tuple[str, str]
+) -> None:
+    """Server mode runs in the vllm and trtllm images too: the streaming client (aiohttp)
+    imports there, from the image's own harness install."""
+    _, tag = harness_only_image
+    code, out = _run(
+        docker_client,
+        tag,
+        [
+            "python3",
+            "-c",
+            "import aiohttp, llenergymeasure_harness.serving.client as c; print(c.__name__)",
+        ],
+    )
+    assert code == 0, out
+    assert "llenergymeasure_harness.serving.client" in out
+
+
 def test_harness_only_images_metadata(
     docker_client: Any, harness_only_image: tuple[str, str]
 ) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +24,10 @@ from typing import Any
 from llenergymeasure_contract.errors import ConfigError, ExperimentError
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_harness.backends.base import GenerationRequest, LoadInfo, RequestRecord
-from llenergymeasure_harness.backends.engine_common import warn_short_outputs
+from llenergymeasure_harness.backends.engine_common import (
+    prepare_model_source,
+    warn_short_outputs,
+)
 from llenergymeasure_harness.serving.client import (
     ClientSettings,
     StreamingClient,
@@ -162,6 +167,8 @@ class ServerBackend(_HTTPBackend):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._server: ManagedServer | None = None
+        self._workdir: Path | None = None
+        self._runs = 0
 
     def load(self, config: ExperimentConfig) -> LoadInfo:
         """Start the server and wait until it is healthy (all outside the energy window)."""
@@ -170,7 +177,13 @@ class ServerBackend(_HTTPBackend):
         self._config = config
         t0 = self._clock()
         port = config.server.port or free_port()
-        argv = serve_command(config, port)
+        model = config.model
+        if config.backend == "vllm" and config.load_format == "dummy":
+            # As in-process: a built-in architecture becomes a config-only directory, so the
+            # server builds random weights without the network (a local path stays as it is).
+            self._workdir = Path(tempfile.mkdtemp(prefix="llem-serve-"))
+            model = prepare_model_source(config, self._workdir).model
+        argv = serve_command(config, port, model=model)
         out = self.output_dir or Path.cwd()
         self._server = ManagedServer(argv, port=port, log_path=out / SERVER_LOG)
         self._server.start()
@@ -210,12 +223,29 @@ class ServerBackend(_HTTPBackend):
             extra={"server": self.server_info, "vocab_size": vocab},
         )
 
+    def run(
+        self, requests: Sequence[GenerationRequest], plan: ArrivalPlan | None = None
+    ) -> list[RequestRecord]:
+        """As :meth:`_HTTPBackend.run`; vLLM gets one prefix-cache salt per run.
+
+        Warmup sends the measured prompts first; without a fresh ``cache_salt`` the measured
+        run would find their KV blocks cached and skip the prefill the in-process backend does
+        (it salts each run the same way).
+        """
+        if self._config is not None and self._config.backend == "vllm" and self._client:
+            self._runs += 1
+            self._client.settings.extra_body["cache_salt"] = f"llem-run-{self._runs}"
+        return super().run(requests, plan)
+
     def close(self) -> None:
         """Stop the server (always; safe to call twice). Its log stays in the results."""
         server, self._server = self._server, None
         if server is not None:
             code = server.stop()
             self.server_info["exit_code"] = code
+        workdir, self._workdir = self._workdir, None
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 class EndpointBackend(_HTTPBackend):

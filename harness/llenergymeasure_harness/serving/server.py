@@ -11,7 +11,8 @@
 The serve commands, one per backend (:func:`serve_command`)::
 
     pytorch   transformers serve MODEL --device cpu|cuda:N --dtype D --host 127.0.0.1 --port P
-    vllm      vllm serve MODEL --host 127.0.0.1 --port P  + the vllm: section as engine flags
+    vllm      python -m vllm.entrypoints.cli.main serve MODEL --host 127.0.0.1 --port P
+              + the vllm: section as engine flags (`vllm serve`; dummy weights: a config dir)
     tensorrt  trtllm-serve MODEL --host 127.0.0.1 --port P --backend B --max_batch_size N ...
 
 ``server.args`` are appended as given.
@@ -112,7 +113,13 @@ def serve_command(config: ExperimentConfig, port: int, *, model: str | None = No
 
         source = ModelSource(model=name, architecture=None, dummy_dir=None)
         args = build_engine_args(config, source)
-        argv = ["vllm", "serve", args.pop("model"), "--host", HOST, "--port", str(port)]
+        # The module rather than the `vllm` console script: the same code, found through the
+        # interpreter that runs the harness whether or not its scripts directory is on PATH.
+        argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", args.pop("model")]
+        argv += ["--host", HOST, "--port", str(port)]
+        if name != config.model:
+            # a dummy-weights directory: serve it under the experiment's model name
+            argv += ["--served-model-name", config.model]
         return argv + _engine_flags(args, skip={"disable_log_stats"}) + extra
     if config.backend == "tensorrt":
         assert config.tensorrt is not None

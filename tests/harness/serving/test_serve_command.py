@@ -24,7 +24,8 @@ def test_vllm_serve_gets_the_vllm_section_as_engine_flags() -> None:
         ),
         8123,
     )
-    assert argv[:3] == ["vllm", "serve", "tiny-llama"]
+    assert argv[1:5] == ["-m", "vllm.entrypoints.cli.main", "serve", "tiny-llama"]
+    assert "--served-model-name" not in argv  # the name is what vLLM serves already
     joined = " ".join(argv)
     for flag in (
         "--host 127.0.0.1",
@@ -39,6 +40,14 @@ def test_vllm_serve_gets_the_vllm_section_as_engine_flags() -> None:
         assert flag in joined, flag
     assert "--disable-log-stats" not in joined  # the server keeps its own stats
     assert argv[-2:] == ["--max-log-len", "5"]
+
+
+def test_vllm_serve_of_a_dummy_directory_keeps_the_experiment_name() -> None:
+    """Dummy weights serve from a config-only directory under the experiment's model name."""
+    argv = serve_command(_cfg(backend="vllm"), 8123, model="/tmp/x/dummy-model")
+    assert argv[4] == "/tmp/x/dummy-model"
+    i = argv.index("--served-model-name")
+    assert argv[i + 1] == "tiny-llama"
 
 
 def test_trtllm_serve_gets_its_limits() -> None:

@@ -1,0 +1,105 @@
+"""Server mode for vLLM without a GPU: what the harness hands `vllm serve` and sends it.
+
+The serve process is replaced by the in-package fake SSE server (vLLM itself needs a GPU);
+everything else is the real :class:`ServerBackend`: the dummy-weights directory it writes, the
+command it builds, the fields each request carries and the cleanup at close.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from llenergymeasure.config import ExperimentConfig
+from llenergymeasure_harness.backends.base import GenerationRequest
+from llenergymeasure_harness.serving import backends as serving_backends
+from llenergymeasure_harness.testing.fake_sse_server import FakeSSEBehaviour, FakeSSEServer
+
+if importlib.util.find_spec("aiohttp") is None:  # `make install` installs it (dev extra)
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("CI must run the server-mode tests: aiohttp is missing")
+    pytest.skip("aiohttp is not installed (make install)", allow_module_level=True)
+
+
+class _FakeServeProcess:
+    """Stands in for ManagedServer: records the argv, serves with the fake SSE server."""
+
+    launched: ClassVar[list[_FakeServeProcess]] = []
+
+    def __init__(self, argv: list[str], *, port: int, log_path: Path, **_: Any) -> None:
+        self.argv = argv
+        self.model_dir = Path(argv[4])
+        self.config_seen: dict[str, Any] | None = None
+        self.fake = FakeSSEServer(FakeSSEBehaviour(model="llama-3.1-8b"))
+        self.stopped = False
+        log_path.write_text("fake serve log\n", encoding="utf-8")
+        _FakeServeProcess.launched.append(self)
+
+    @property
+    def base_url(self) -> str:
+        return self.fake.base_url
+
+    def start(self) -> None:
+        # what `vllm serve` would read at start-up
+        self.config_seen = json.loads((self.model_dir / "config.json").read_text("utf-8"))
+        self.fake.start()
+
+    def wait_healthy(self, timeout_s: float) -> float:
+        return 0.01
+
+    def stop(self, grace_s: float = 0.0) -> int:
+        self.fake.stop()
+        self.stopped = True
+        return 0
+
+
+@pytest.fixture
+def fake_serve(monkeypatch: pytest.MonkeyPatch) -> type[_FakeServeProcess]:
+    _FakeServeProcess.launched = []
+    monkeypatch.setattr(serving_backends, "ManagedServer", _FakeServeProcess)
+    return _FakeServeProcess
+
+
+def test_dummy_vllm_server_gets_a_config_dir_and_fresh_cache_salts(
+    fake_serve: type[_FakeServeProcess], tmp_path: Path
+) -> None:
+    """A built-in architecture with dummy weights is served from a config-only directory
+    under the experiment's model name; each run (warmup, measured) gets its own prefix-cache
+    salt, so the measured run cannot reuse the warmup's KV blocks; close removes the directory
+    and stops the server."""
+    config = ExperimentConfig.model_validate(
+        {
+            "model": "llama-3.1-8b",
+            "backend": "vllm",
+            "load_format": "dummy",
+            "n_prompts": 2,
+            "max_output_tokens": 3,
+            "server": {},
+        }
+    )
+    backend = serving_backends.ServerBackend()
+    backend.output_dir = tmp_path
+    backend.load(config)
+    (proc,) = fake_serve.launched
+    assert proc.argv[1:4] == ["-m", "vllm.entrypoints.cli.main", "serve"]
+    assert proc.config_seen is not None and proc.config_seen["hidden_size"] == 4096
+    assert proc.argv[proc.argv.index("--served-model-name") + 1] == "llama-3.1-8b"
+    assert "--skip-tokenizer-init" in proc.argv and "--load-format" in proc.argv
+
+    requests = [GenerationRequest(i, [10 + i] * 4, 3) for i in range(2)]
+    backend.run(requests)  # warmup
+    records = backend.run(requests)  # measured
+    assert [r.output_tokens for r in records] == [3, 3]
+    bodies = proc.fake.behaviour.requests
+    salts = [b["cache_salt"] for b in bodies]
+    assert len(set(salts[:2])) == 1 and len(set(salts[2:])) == 1 and salts[0] != salts[2]
+    assert all(b["return_token_ids"] is True and b["prompt"][0] >= 10 for b in bodies)
+
+    backend.close()
+    assert proc.stopped and not proc.model_dir.exists()
+    backend.close()  # twice is safe
