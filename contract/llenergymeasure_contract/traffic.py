@@ -119,6 +119,12 @@ class TrafficConfig(_Model):
         return self.pattern != "offline"
 
     @property
+    def open_loop(self) -> bool:
+        """True when requests arrive at ``rate_per_s`` whatever the system does (constant,
+        poisson, gamma); closed loop and offline are not."""
+        return self.pattern in RATE_PATTERNS
+
+    @property
     def latency_mode(self) -> str:
         """Which clock TTFT starts from: ``offline_queueing`` (submit) or ``arrivals``."""
         return "arrivals" if self.uses_arrivals else "offline_queueing"

@@ -1,4 +1,4 @@
-"""Sizing n_prompts for a 30 s continuous-batching steady state, before and after a run."""
+"""Sizing n_prompts for a 30 s steady state (offline batching, open-loop arrivals), before a run."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import pytest
 
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.study.plan import estimate_experiment, planned_tokens_per_s
-from llenergymeasure_contract.sizing import steady_state_duration_s, steady_state_n_prompts
+from llenergymeasure_contract.sizing import (
+    arrival_steady_state_duration_s,
+    arrival_steady_state_n_prompts,
+    steady_state_duration_s,
+    steady_state_n_prompts,
+)
 
 
 def test_duration_formula_matches_the_h200_runs() -> None:
@@ -43,3 +48,52 @@ def test_plan_notes_a_short_steady_state_with_a_size(tmp_path) -> None:  # type:
     sized = config.model_copy(update={"n_prompts": need})
     assert steady_state_duration_s(sized.n_prompts, 256, 128, rate) >= 30
     assert isinstance(sized, ExperimentConfig)
+
+
+# --------------------------------------------------------------------------- open-loop arrivals
+
+
+def test_arrival_duration_is_the_arrival_span_less_one_lifetime() -> None:
+    """(N - 1) / r - L: 160 at 4/s is 39.75 s of arrivals, less a 2 s lifetime, 37.75 s."""
+    assert arrival_steady_state_duration_s(160, 4.0, 2.0) == pytest.approx(37.75)
+    assert arrival_steady_state_duration_s(160, 4.0, 0.0) == pytest.approx(39.75)
+    assert arrival_steady_state_duration_s(41, 2.0, 0.5) == pytest.approx(19.5)
+    # the lifetime outlasts the arrivals: no window, not a negative one
+    assert arrival_steady_state_duration_s(9, 4.0, 5.0) == 0.0
+    # fewer than 3 requests have no window at all, however slow the arrivals
+    assert arrival_steady_state_duration_s(2, 0.01, 0.0) == 0.0
+
+
+def test_arrival_n_prompts_by_hand() -> None:
+    """1 + 1.1 x r x (30 + L), rounded up; the batch size plays no part."""
+    assert arrival_steady_state_n_prompts(4.0, 0.0) == 133  # 1 + 1.1 x 4 x 30 = 133
+    assert arrival_steady_state_n_prompts(4.0, 2.0) == 142  # 1 + 1.1 x 4 x 32 = 141.8
+    assert arrival_steady_state_n_prompts(48.0, 0.0) == 1585  # 1584.0000000000002 in floats
+    assert arrival_steady_state_n_prompts(4.0, 2.0, margin=1.0) == 129  # 1 + 4 x 32
+    assert arrival_steady_state_n_prompts(10.0, 1.0, min_duration_s=60.0) == 672  # 1 + 11 x 61
+    assert arrival_steady_state_n_prompts(0.01, 0.0) == 3  # 1.33: but a window needs 3
+    for rate, lifetime in [(0.5, 0.0), (4.0, 1.9), (16.0, 1.2), (48.0, 7.5), (300.0, 12.0)]:
+        n = arrival_steady_state_n_prompts(rate, lifetime)
+        assert arrival_steady_state_duration_s(n, rate, lifetime) >= 30
+        # the fewest such: one request less is under the margin's 1.1 x (30 + L) of arrivals
+        assert (
+            arrival_steady_state_duration_s(n - 1, rate, lifetime)
+            < 1.1 * (30 + lifetime) - lifetime
+        )
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, float("nan")])
+def test_arrival_sizing_refuses_a_non_positive_rate(rate: float) -> None:
+    """A rate that is not > 0 is a ValueError, not a division by zero or a silent 0."""
+    with pytest.raises(ValueError, match="rate_per_s"):
+        arrival_steady_state_duration_s(100, rate, 1.0)
+    with pytest.raises(ValueError, match="rate_per_s"):
+        arrival_steady_state_n_prompts(rate, 1.0)
+
+
+def test_arrival_sizing_refuses_a_negative_lifetime() -> None:
+    """A lifetime below 0 cannot come from a request record; it is refused."""
+    with pytest.raises(ValueError, match="lifetime_s"):
+        arrival_steady_state_n_prompts(4.0, -0.5)
+    with pytest.raises(ValueError, match="lifetime_s"):
+        arrival_steady_state_duration_s(100, 4.0, -0.5)

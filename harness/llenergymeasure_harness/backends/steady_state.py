@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from llenergymeasure_contract.sizing import MIN_ARRIVAL_REQUESTS
 from llenergymeasure_harness.backends.base import RequestRecord
 
 #: ML.ENERGY's validator rejects steady states shorter than this.
@@ -252,7 +253,7 @@ def arrival_steady_state_window(
     """
     n = len(records)
     arrivals = sorted(r.arrival_s for r in records if r.arrival_s is not None)
-    if n < 3 or len(arrivals) < n:
+    if n < MIN_ARRIVAL_REQUESTS or len(arrivals) < n:
         return SteadyStateWindow(
             start_s=None,
             end_s=None,
