@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -359,3 +361,44 @@ def test_bad_set_through_the_cli_exits_2(
     assert code == 2
     assert needle in err
     assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- steady-state notes
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _llem(*args: str) -> subprocess.CompletedProcess[str]:
+    """``llem ARGS`` through the console-script entry, run from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-c", "from llenergymeasure.cli import entrypoint; entrypoint()", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_dry_run_of_the_h200_poisson_sweep_sizes_from_the_arrivals() -> None:
+    """``llem run benchmarks/h200/vllm-poisson.yaml --dry-run``: every rate has about 40 s of
+    arrivals, enough for a 30 s window, so there is no steady-state note (the offline wave rule
+    asked for 3040 prompts at 4 req/s)."""
+    proc = _llem("run", "benchmarks/h200/vllm-poisson.yaml", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "total runs 3" in proc.stdout
+    assert "steady state" not in proc.stdout + proc.stderr
+    assert "3040" not in proc.stdout
+
+
+def test_dry_run_of_a_short_poisson_sweep_names_rate_span_and_a_size() -> None:
+    """The same sweep at 100 prompts is 25 s of arrivals at 4 req/s: a note sized from the rate
+    (about 140 prompts), not thousands."""
+    proc = _llem("run", "benchmarks/h200/vllm-poisson.yaml", "--dry-run", "--set", "n_prompts=100")
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stdout.splitlines() if "steady state" in line]
+    assert len(notes) == 3, proc.stdout
+    first = notes[0]
+    assert "experiment 1: n_prompts 100 at 4 req/s is 25 s of arrivals" in first
+    need = int(first.split("n_prompts >= ")[1].split(maxsplit=1)[0])
+    assert 133 <= need < 200  # 1 + 1.1 x 4 x (30 s + a lifetime of a few seconds)

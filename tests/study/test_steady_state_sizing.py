@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from llenergymeasure.config import ExperimentConfig
@@ -97,3 +100,117 @@ def test_arrival_sizing_refuses_a_negative_lifetime() -> None:
         arrival_steady_state_n_prompts(4.0, -0.5)
     with pytest.raises(ValueError, match="lifetime_s"):
         arrival_steady_state_duration_s(100, 4.0, -0.5)
+
+
+# --------------------------------------------------------------------------- plan notes
+
+
+def _notes(
+    tmp_path: Path, body: str, *, model: str = "llama-3.1-8b"
+) -> tuple[list[str], list[ExperimentConfig], list[Any]]:
+    """The steady-state notes of a study file, with its configs and estimates."""
+    from llenergymeasure.config.loader import load_study
+    from llenergymeasure.study.plan import build_plan
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        f"model: {model}\nload_format: dummy\nmax_input_tokens: 512\nmax_output_tokens: 128\n"
+        + body,
+        encoding="utf-8",
+    )
+    plan = build_plan(load_study(path))
+    notes = [n for n in plan.notes if "steady state" in n]
+    return notes, [e.config for e in plan.experiments], [e.estimate for e in plan.experiments]
+
+
+def _need(note: str) -> int:
+    return int(note.split("n_prompts >= ")[1].split(maxsplit=1)[0])
+
+
+POISSON = "traffic: {pattern: poisson, rate_per_s: 4.0, seed: 7}\n"
+
+
+def test_plan_sizes_an_open_loop_vllm_run_from_the_arrivals(tmp_path: Path) -> None:
+    """vLLM at 4 req/s: 100 prompts are 24.75 s of arrivals, too short; the size is r x 30 s,
+    not thousands of prompts from the offline wave rule."""
+    from llenergymeasure.study.plan import planned_lifetime_s
+
+    notes, (config,), (estimate,) = _notes(
+        tmp_path, "backend: vllm\nvllm: {max_num_seqs: 256}\nn_prompts: 100\n" + POISSON
+    )
+    (note,) = notes
+    lifetime = planned_lifetime_s(config, estimate)
+    # 128 steps at the full batch's roofline step: (16.1 GB weights + KV) / 2 TB/s
+    assert lifetime is not None and 1.0 < lifetime < 3.0
+    expected = arrival_steady_state_duration_s(100, 4.0, lifetime)
+    assert note.startswith(
+        f"experiment 1: n_prompts 100 at 4 req/s is 25 s of arrivals, a steady state of about "
+        f"{expected:.0f} s after a request lifetime of about {lifetime:.1f} s at the roofline"
+    )
+    need = _need(note)
+    assert need == arrival_steady_state_n_prompts(4.0, lifetime)
+    assert 133 < need < 150  # 1 + 1.1 x 4 x (30 + L)
+    assert arrival_steady_state_duration_s(need, 4.0, lifetime) >= 30
+    assert "docs/traffic.md" in note
+
+
+def test_plan_has_no_note_for_40_s_of_arrivals(tmp_path: Path) -> None:
+    """160 prompts at 4 req/s (the H200 sweep) leave about 38 s: no note."""
+    notes, _, _ = _notes(
+        tmp_path, "backend: vllm\nvllm: {max_num_seqs: 256}\nn_prompts: 160\n" + POISSON
+    )
+    assert notes == []
+
+
+def test_plan_sizes_an_open_loop_pytorch_run(tmp_path: Path) -> None:
+    """PyTorch gets an arrival window too, so the plan sizes it; offline PyTorch gets no note."""
+    from llenergymeasure.study.plan import planned_lifetime_s
+
+    body = "backend: pytorch\npytorch: {batch_size: 32}\nn_prompts: 96\n"
+    notes, (config,), (estimate,) = _notes(tmp_path, body + POISSON)
+    (note,) = notes
+    lifetime = planned_lifetime_s(config, estimate)
+    assert lifetime is not None
+    assert "n_prompts 96 at 4 req/s is 24 s of arrivals" in note
+    assert _need(note) == arrival_steady_state_n_prompts(4.0, lifetime)
+    offline, _, _ = _notes(tmp_path, body)
+    assert offline == []
+
+
+def test_plan_without_an_architecture_sizes_arrivals_from_lifetime_zero(tmp_path: Path) -> None:
+    """No architecture, no lifetime: (N - 1) / r alone is an upper bound, still under 30 s."""
+    notes, _, (estimate,) = _notes(
+        tmp_path,
+        "backend: vllm\nn_prompts: 100\n" + POISSON,
+        model="someorg/unknown-model",
+    )
+    assert estimate.weights_bytes is None
+    (note,) = notes
+    assert "n_prompts 100 at 4 req/s is 25 s of arrivals, a steady state of at most 25 s" in note
+    assert _need(note) == 133  # 1 + 1.1 x 4 x 30
+
+
+def test_plan_notes_for_offline_and_closed_loop_are_unchanged(tmp_path: Path) -> None:
+    """The offline wave rule's notes, word for word as before the open-loop rule."""
+    cases = {
+        "backend: vllm\nvllm: {max_num_seqs: 256}\nn_prompts: 1024\n": (
+            "experiment 1: n_prompts 1024 gives a steady state of about 7 s at the roofline's "
+            "13,640 output tok/s (a window under 30 s is flagged invalid); use n_prompts >= "
+            "3840 (docs/methodology.md, 'Steady state')"
+        ),
+        "backend: tensorrt\ntensorrt: {max_batch_size: 64}\nn_prompts: 512\n": (
+            "experiment 1: n_prompts 512 gives a steady state of about 10 s at the roofline's "
+            "5,973 output tok/s (a window under 30 s is flagged invalid); use n_prompts >= "
+            "1664 (docs/methodology.md, 'Steady state')"
+        ),
+        # closed loop keeps the offline-style rule
+        "backend: vllm\nvllm: {max_num_seqs: 64}\nn_prompts: 300\n"
+        "traffic: {pattern: closed_loop, concurrency: 16}\n": (
+            "experiment 1: n_prompts 300 gives a steady state of about 5 s at the roofline's "
+            "5,973 output tok/s (a window under 30 s is flagged invalid); use n_prompts >= "
+            "1664 (docs/methodology.md, 'Steady state')"
+        ),
+    }
+    for body, expected in cases.items():
+        notes, _, _ = _notes(tmp_path, body)
+        assert notes == [expected], body

@@ -23,6 +23,8 @@ from llenergymeasure_contract.architecture import DTYPE_BYTES, resolve_architect
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.sizing import (
     MIN_STEADY_STATE_S,
+    arrival_steady_state_duration_s,
+    arrival_steady_state_n_prompts,
     steady_state_duration_s,
     steady_state_n_prompts,
 )
@@ -174,17 +176,68 @@ def planned_tokens_per_s(config: ExperimentConfig, estimate: ExperimentEstimate)
     return config.concurrency / step_s if step_s > 0 else None
 
 
-def steady_state_notes(planned: list[PlannedExperiment]) -> list[str]:
-    """Plan notes for continuous-batching experiments whose steady state will be too short.
+def planned_lifetime_s(config: ExperimentConfig, estimate: ExperimentEstimate) -> float | None:
+    """One request's lifetime: ``output_len`` decode steps at the roofline's full batch.
 
-    Sized with :func:`llenergymeasure_contract.sizing.steady_state_n_prompts` at the roofline
-    throughput; without an architecture to size from, the rule of thumb of
-    ``STEADY_STATE_MIN_BATCHES`` batches applies.
+    A partly filled batch steps faster, so this errs towards longer lifetimes and, sized from
+    it, towards more prompts. None without an architecture to estimate from.
+    """
+    tokens_per_s = planned_tokens_per_s(config, estimate)
+    if tokens_per_s is None:
+        return None
+    return config.resolved_output_len() * config.concurrency / tokens_per_s
+
+
+def _arrival_note(p: PlannedExperiment) -> str | None:
+    """The note for an open-loop experiment whose window will be under the minimum, else None.
+
+    Sized with :func:`llenergymeasure_contract.sizing.arrival_steady_state_n_prompts`; without
+    a lifetime estimate, lifetime 0 (a lower bound on the prompts needed).
+    """
+    cfg = p.config
+    rate = cfg.traffic.rate_per_s
+    if rate is None:
+        return None
+    lifetime = planned_lifetime_s(cfg, p.estimate)
+    expected = arrival_steady_state_duration_s(cfg.n_prompts, rate, lifetime or 0.0)
+    if expected >= MIN_STEADY_STATE_S:
+        return None
+    need = arrival_steady_state_n_prompts(rate, lifetime or 0.0)
+    span = (cfg.n_prompts - 1) / rate
+    head = f"experiment {p.index}: n_prompts {cfg.n_prompts} at {rate:g} req/s is {span:.0f} s of "
+    invalid = f"a window under {MIN_STEADY_STATE_S:g} s is flagged invalid"
+    ref = "(docs/traffic.md, 'Steady state')"
+    if lifetime is None:
+        return (
+            f"{head}arrivals, a steady state of at most {expected:.0f} s (less one request "
+            f"lifetime, unknown without the model's architecture; {invalid}); use n_prompts "
+            f">= {need} or more {ref}"
+        )
+    return (
+        f"{head}arrivals, a steady state of about {expected:.0f} s after a request lifetime of "
+        f"about {lifetime:.1f} s at the roofline ({invalid}); use n_prompts >= {need} {ref}"
+    )
+
+
+def steady_state_notes(planned: list[PlannedExperiment]) -> list[str]:
+    """Plan notes for experiments whose steady state will be too short.
+
+    Open-loop arrivals (every backend): sized with
+    :func:`llenergymeasure_contract.sizing.arrival_steady_state_n_prompts` (see
+    :func:`_arrival_note`). Offline and closed-loop continuous batching: sized with
+    :func:`llenergymeasure_contract.sizing.steady_state_n_prompts` at the roofline throughput;
+    without an architecture to size from, the rule of thumb of ``STEADY_STATE_MIN_BATCHES``
+    batches applies.
     """
     notes: list[str] = []
     rough: list[int] = []
     for p in planned:
         cfg = p.config
+        if cfg.traffic.open_loop:
+            note = _arrival_note(p)
+            if note is not None:
+                notes.append(note)
+            continue
         if cfg.backend not in ("vllm", "tensorrt"):
             continue
         k = cfg.concurrency
