@@ -251,8 +251,9 @@ class SteadyState(_Model):
     gpu_energy_j: float | None = None
     j_per_output_token: float | None = None
     output_tokens_per_s: float | None = None
-    # n_prompts that would give a 30 s window at the throughput this run measured (invalid
-    # windows only; None when valid or not estimable).
+    # n_prompts that would give a 30 s window (invalid windows only; None when valid or not
+    # estimable): offline, at the throughput this run measured; open-loop arrivals, at the
+    # configured rate and this run's request lifetime (llenergymeasure_contract.sizing).
     suggested_n_prompts: int | None = None
 
 

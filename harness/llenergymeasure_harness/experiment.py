@@ -40,7 +40,7 @@ from llenergymeasure_contract.errors import ConfigError, MeasurementError
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.results import ExperimentResult
-from llenergymeasure_contract.sizing import steady_state_n_prompts
+from llenergymeasure_contract.sizing import arrival_steady_state_n_prompts, steady_state_n_prompts
 from llenergymeasure_contract.timestamps import utc_iso
 from llenergymeasure_harness import compile_cache, metrics
 from llenergymeasure_harness.backends import get_backend
@@ -489,7 +489,7 @@ def _assemble(
         input_tokens=prefix["input_tokens"],
         prefix_caching_requested=prefix["requested"],
     )
-    if continuous and records and not cfg.traffic.uses_arrivals:
+    if records and (cfg.traffic.open_loop or (continuous and not cfg.traffic.uses_arrivals)):
         flag = steady_state_flag(cfg, records)
         if flag is not None:
             flags.append(flag)
@@ -661,10 +661,18 @@ def _steady_state(
         "gpu_energy_j": energy,
         "j_per_output_token": energy / out_tok if energy is not None and out_tok else None,
         "output_tokens_per_s": out_tok / duration if out_tok and duration > 0 else None,
-        "suggested_n_prompts": (
-            None if w.valid or traffic.uses_arrivals else suggest_n_prompts(cfg, records, w)
-        ),
+        "suggested_n_prompts": None if w.valid else _suggestion(cfg, records, w),
     }
+
+
+def _suggestion(cfg: ExperimentConfig, records: list[Any], window: Any) -> int | None:
+    """The n_prompts an invalid window suggests: open loop from the arrivals, offline from the
+    throughput; closed loop none yet."""
+    if cfg.traffic.open_loop:
+        return suggest_arrival_n_prompts(cfg, records, window)
+    if cfg.traffic.uses_arrivals:
+        return None
+    return suggest_n_prompts(cfg, records, window)
 
 
 def suggest_n_prompts(cfg: ExperimentConfig, records: list[Any], window: Any) -> int | None:
@@ -686,17 +694,51 @@ def suggest_n_prompts(cfg: ExperimentConfig, records: list[Any], window: Any) ->
     return steady_state_n_prompts(cfg.concurrency, cfg.resolved_output_len(), rate)
 
 
-def steady_state_flag(cfg: ExperimentConfig, records: list[Any]) -> dict[str, str] | None:
-    """A ``steady_state_invalid`` quality flag with the reason and a sized n_prompts."""
-    from llenergymeasure_harness.backends.steady_state import steady_state_window
+def suggest_arrival_n_prompts(cfg: ExperimentConfig, records: list[Any], window: Any) -> int | None:
+    """n_prompts for a 30 s open-loop steady state at the configured rate.
 
-    w = steady_state_window(records, cfg.concurrency)
+    Sized with :func:`llenergymeasure_contract.sizing.arrival_steady_state_n_prompts` from the
+    lifetime this run measured: the first request's finish minus the first arrival (the window
+    opens at that finish). Only for a window too short: ``lasted`` under the minimum, or the
+    arrivals ending before the first request finished.
+    """
+    reason = window.reason or ""
+    if "lasted" not in reason and "arrivals ended before the first request finished" not in reason:
+        return None
+    rate = cfg.traffic.rate_per_s
+    arrivals = [r.arrival_s for r in records if r.arrival_s is not None]
+    if rate is None or not arrivals:
+        return None
+    lifetime_s = max(0.0, min(r.end_s for r in records) - min(arrivals))
+    return arrival_steady_state_n_prompts(rate, lifetime_s)
+
+
+def steady_state_flag(cfg: ExperimentConfig, records: list[Any]) -> dict[str, str] | None:
+    """A ``steady_state_invalid`` quality flag with the reason and a sized n_prompts.
+
+    Open-loop arrivals: the arrival window, sized from the rate and the measured lifetime;
+    otherwise the continuous-batching window, sized from the measured throughput.
+    """
+    from llenergymeasure_harness.backends.steady_state import (
+        arrival_steady_state_window,
+        steady_state_window,
+    )
+
+    if cfg.traffic.open_loop:
+        w = arrival_steady_state_window(records)
+        kind, basis = (
+            "open-loop",
+            f"this run's request lifetime at {cfg.traffic.rate_per_s:g} req/s",
+        )
+    else:
+        w = steady_state_window(records, cfg.concurrency)
+        kind, basis = "continuous-batching", "this run's throughput"
     if w.valid:
         return None
-    need = suggest_n_prompts(cfg, records, w)
-    hint = f"; use n_prompts >= {need} (sized from this run's throughput)" if need else ""
+    need = _suggestion(cfg, records, w)
+    hint = f"; use n_prompts >= {need} (sized from {basis})" if need else ""
     return {
         "code": "steady_state_invalid",
         "severity": "warning",
-        "message": f"continuous-batching steady state invalid: {w.reason}{hint}",
+        "message": f"{kind} steady state invalid: {w.reason}{hint}",
     }

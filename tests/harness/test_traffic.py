@@ -12,10 +12,15 @@ from pydantic import ValidationError
 from tests.harness.conftest import World, harness_env, make_config
 
 from llenergymeasure.config import TrafficConfig
+from llenergymeasure_contract.sizing import arrival_steady_state_n_prompts
 from llenergymeasure_harness import metrics
 from llenergymeasure_harness.backends.base import RequestRecord
 from llenergymeasure_harness.backends.steady_state import arrival_steady_state_window
-from llenergymeasure_harness.experiment import run_experiment
+from llenergymeasure_harness.experiment import (
+    run_experiment,
+    steady_state_flag,
+    suggest_arrival_n_prompts,
+)
 from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
 from llenergymeasure_harness.traffic.arrivals import (
     arrival_offsets,
@@ -220,6 +225,73 @@ def test_open_loop_steady_state_spans_first_finish_to_last_arrival() -> None:
     assert not short.valid
 
 
+def _constant_arrivals(n: int, *, rate: float, lifetime: float) -> list[RequestRecord]:
+    """``n`` requests arriving every ``1 / rate`` s from t=0, each living ``lifetime`` s."""
+    return [
+        _rec(
+            i,
+            arrival=i / rate,
+            submit=i / rate,
+            first=i / rate + lifetime / 4,
+            end=i / rate + lifetime,
+            n=3,
+        )
+        for i in range(n)
+    ]
+
+
+def _open_loop_config(n: int, rate: float = 4.0) -> Any:
+    return make_config(n_prompts=n, traffic={"pattern": "constant", "rate_per_s": rate})
+
+
+def test_a_short_open_loop_window_suggests_n_prompts_from_rate_and_lifetime() -> None:
+    """40 requests at 4/s living 2 s: window 2.0 .. 9.75 s (7.75 s). The suggestion is
+    1 + 1.1 x 4 x (30 + 2) = 141.8 -> 142, and the flag carries it."""
+    recs = _constant_arrivals(40, rate=4.0, lifetime=2.0)
+    cfg = _open_loop_config(40)
+    w = arrival_steady_state_window(recs)
+    assert (w.start_s, w.end_s) == (2.0, 9.75)
+    assert not w.valid and w.reason is not None and "lasted" in w.reason
+    assert suggest_arrival_n_prompts(cfg, recs, w) == 142
+    flag = steady_state_flag(cfg, recs)
+    assert flag is not None and flag["code"] == "steady_state_invalid"
+    assert "open-loop steady state invalid: steady state lasted 7.750 s" in flag["message"]
+    assert (
+        "use n_prompts >= 142 (sized from this run's request lifetime at 4 req/s)"
+        in (flag["message"])
+    )
+    # following it gives a valid window on the same system: 2.0 .. 35.25 s
+    sized = arrival_steady_state_window(_constant_arrivals(142, rate=4.0, lifetime=2.0))
+    assert sized.valid and sized.duration_s == pytest.approx(33.25)
+    assert (
+        steady_state_flag(_open_loop_config(142), _constant_arrivals(142, rate=4.0, lifetime=2.0))
+        is None
+    )
+
+
+def test_the_lifetime_runs_from_the_first_arrival_to_the_first_finish() -> None:
+    """Arrivals that end before the first request finishes: lifetime 10 s, measured from the
+    earliest arrival (records out of order), so 1 + 1.1 x 4 x (30 + 10) = 177."""
+    recs = list(reversed(_constant_arrivals(5, rate=4.0, lifetime=10.0)))
+    w = arrival_steady_state_window(recs)
+    assert w.reason is not None and "arrivals ended before the first request finished" in w.reason
+    assert suggest_arrival_n_prompts(_open_loop_config(5), recs, w) == 177
+    flag = steady_state_flag(_open_loop_config(5), recs)
+    assert flag is not None and "use n_prompts >= 177" in flag["message"]
+
+
+def test_no_open_loop_suggestion_when_more_prompts_are_not_the_fix() -> None:
+    """A valid window suggests nothing; neither do too few records to place a window."""
+    recs = _constant_arrivals(200, rate=4.0, lifetime=2.0)  # 2.0 .. 49.75 s
+    cfg = _open_loop_config(200)
+    w = arrival_steady_state_window(recs)
+    assert w.valid
+    assert suggest_arrival_n_prompts(cfg, recs, w) is None
+    assert steady_state_flag(cfg, recs) is None
+    few = _constant_arrivals(2, rate=4.0, lifetime=2.0)
+    assert suggest_arrival_n_prompts(cfg, few, arrival_steady_state_window(few)) is None
+
+
 # --------------------------------------------------------------------------- a whole run
 
 
@@ -258,6 +330,13 @@ def test_a_poisson_run_records_arrivals_latency_mode_and_goodput(
         assert r["queue_s"] == pytest.approx(r["submit_s"] - r["arrival_s"])
         assert r["ttft_s"] == pytest.approx(r["first_token_s"] - r["arrival_s"])
     assert result.steady_state is not None  # open-loop steady state, pytorch included
+    # 8 requests at 0.5/s are ~14 s of arrivals: too short, sized from the measured lifetime
+    steady = result.steady_state
+    assert not steady.valid
+    lifetime = min(r["end_s"] for r in rows) - min(r["arrival_s"] for r in rows)
+    assert steady.suggested_n_prompts == arrival_steady_state_n_prompts(0.5, lifetime)
+    flag = next(f for f in result.quality_flags if f.code == "steady_state_invalid")
+    assert f"n_prompts >= {steady.suggested_n_prompts}" in flag.message
 
 
 def test_an_offline_run_has_no_traffic_block_and_offline_latency(
