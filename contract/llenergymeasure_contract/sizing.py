@@ -32,9 +32,11 @@ and a window of at least ``min_duration_s`` needs::
 
 The batch size does not enter: arrivals, not the engine, set how many requests are in flight
 (about ``r × L``, Little's law). Before a run ``L`` is the roofline's ``output_len`` decode
-steps at the full batch (longer than a partly filled batch takes, so the estimate errs towards
-more prompts); after a run it is the measured lifetime of the first request (its end minus the
-first arrival). The window needs at least ``MIN_ARRIVAL_REQUESTS`` requests at all.
+steps at the full batch; after a run it is the measured lifetime of the first request (its
+end minus the first arrival). ``L`` is small next to the 30 s at the rates of interest, and the
+margin covers an estimate that is short: ``N`` from ``L_est`` still gives 30 s while the real
+``L ≤ (margin - 1) × min_duration_s + margin × L_est`` (3 s + 1.1 ``L_est`` by default). The
+window needs at least ``MIN_ARRIVAL_REQUESTS`` requests at all.
 """
 
 from __future__ import annotations

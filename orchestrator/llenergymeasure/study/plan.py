@@ -179,8 +179,11 @@ def planned_tokens_per_s(config: ExperimentConfig, estimate: ExperimentEstimate)
 def planned_lifetime_s(config: ExperimentConfig, estimate: ExperimentEstimate) -> float | None:
     """One request's lifetime: ``output_len`` decode steps at the roofline's full batch.
 
-    A partly filled batch steps faster, so this errs towards longer lifetimes and, sized from
-    it, towards more prompts. None without an architecture to estimate from.
+    A continuous-batching engine under arrivals keeps fewer than the full batch in flight, whose
+    steps are shorter, so for vLLM/TensorRT-LLM this errs towards longer lifetimes (more
+    prompts). Queueing is left out: a static batcher's first requests wait behind whole
+    ``generate`` calls (PyTorch on the H200 lived 10-18 s at 4 req/s), so there it is a floor.
+    None without an architecture to estimate from.
     """
     tokens_per_s = planned_tokens_per_s(config, estimate)
     if tokens_per_s is None:
