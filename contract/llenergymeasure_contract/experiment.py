@@ -394,6 +394,13 @@ class ExperimentConfig(_Model):
         return self.max_output_tokens
 
     @property
+    def served_over_http(self) -> bool:
+        """True when the requests go to an OpenAI-compatible server through the streaming
+        client (server mode, ``backend: endpoint``): token times are then the client's chunk
+        receipt times, not the engine's steps."""
+        return self.server is not None or self.backend == "endpoint"
+
+    @property
     def concurrency(self) -> int:
         """Sequences in flight at once: the batch the measured run keeps busy."""
         return REGISTRY.get(self.backend).concurrency(self.backend_section, self.n_prompts)

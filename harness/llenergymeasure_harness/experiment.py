@@ -470,6 +470,7 @@ def _assemble(
             t1=t_m1,
             total_j=gross,
             guard_s=max(0.05, 2.0 / cfg.energy.sample_rate_hz),
+            client_timed=cfg.served_over_http,
         )
     phases = phase_energy(str(cfg.backend), pass_split=pass_split, timeline=timeline)
     mode = cfg.traffic.latency_mode

@@ -31,7 +31,9 @@ Two methods; the result's ``phase_energy.method`` says which one its headline fi
   Engine steps that emit no token (a chunked prefill's early chunks) fall into the next step
   that does. Without enough clean decode steps, or with a fit whose slope is negative (decode
   steps cheaper the more tokens they carry, seen on the H200 at 64 sequences), the fit is
-  refused (``None`` with a reason) and the prefill pass is the headline. On the H200 at 256
+  refused (``None`` with a reason) and the prefill pass is the headline; so it is in server
+  mode and for ``backend: endpoint``, where the token times are the streaming client's chunk
+  receipt times and the engine's steps cannot be recovered from them. On the H200 at 256
   sequences the two methods agreed within 3 % (prefill) and 6 % (decode): docs/gpu-results.md.
 """
 
@@ -127,6 +129,7 @@ def timeline_split(
     t1: float,
     total_j: float | None,
     guard_s: float = 0.2,
+    client_timed: bool = False,
 ) -> dict[str, Any]:
     """The timeline method's figures (see the module docstring).
 
@@ -136,6 +139,9 @@ def timeline_split(
         t0, t1: The measured window.
         total_j: The counter's energy over the window (the split adds up to it).
         guard_s: Clean decode steps lie at least this far from any step with a prefill.
+        client_timed: The token times are a streaming client's chunk receipt times (server
+            mode, endpoint): requests of one engine step arrive at different times, so the
+            steps cannot be recovered and the method is refused with that reason.
     """
     prefill_tokens, decode_tokens = token_counts(records)
     out: dict[str, Any] = {
@@ -151,6 +157,14 @@ def timeline_split(
         "decode_fit_j": None,
         "reason": None,
     }
+    if client_timed:
+        # On the H200 (vLLM serve, 640 requests) every chunk became a "step" of one token
+        # and the fit charged 99.9 % of the energy to decode.
+        out["reason"] = (
+            "token times are the streaming client's chunk receipt times, not engine steps "
+            "(requests of one step arrive apart): the steps cannot be recovered"
+        )
+        return out
     tokens_at: Counter[float] = Counter()
     prefill_at: defaultdict[float, int] = defaultdict(int)
     firsts_at: Counter[float] = Counter()

@@ -451,3 +451,32 @@ def test_timeline_split_refuses_a_negative_decode_slope() -> None:
     total = sum((b[0] - a[0]) * a[1] for a, b in itertools.pairwise(skewed))
     split = timeline_split(records, [skewed], t0=0.0, t1=end, total_j=total, guard_s=0.0)
     assert split["prefill_energy_j"] is None and "negative slope" in split["reason"]
+
+
+def test_server_mode_phase_energy_is_the_prefill_pass() -> None:
+    """Through a server the token times are the client's chunk receipt times: the timeline
+    method is refused with that reason and the prefill pass is the headline, for vLLM too."""
+    records, power, _, end = _simulated_cb()
+    total = sum((b[0] - a[0]) * a[1] for a, b in itertools.pairwise(power))
+    served = ExperimentConfig.model_validate(
+        {"model": "tiny-llama", "backend": "vllm", "load_format": "dummy", "server": {}}
+    )
+    in_process = served.model_copy(update={"server": None})
+    assert served.served_over_http and not in_process.served_over_http
+    split = timeline_split(
+        records,
+        [power],
+        t0=0.0,
+        t1=end,
+        total_j=total,
+        guard_s=0.0,
+        client_timed=served.served_over_http,
+    )
+    assert split["prefill_energy_j"] is None and "chunk receipt times" in split["reason"]
+    from llenergymeasure_harness.phase_energy import phase_energy, prefill_pass_split
+
+    pass_split = prefill_pass_split(
+        total_j=total, pass_j=total / 4, records=records, pass_records=records, pass_duration_s=1.0
+    )
+    headline = phase_energy("vllm", pass_split=pass_split, timeline=split)
+    assert headline is not None and headline["method"] == "prefill_pass_difference"

@@ -150,6 +150,31 @@ def build_engine_args(config: ExperimentConfig, source: ModelSource) -> dict[str
     return args
 
 
+#: The scheduler and cache settings vLLM resolves at start-up (its defaults depend on how it
+#: is started: the offline ``LLM`` class and ``vllm serve`` pick different
+#: ``max_num_batched_tokens``, 16384 and 8192 for vLLM 0.26 on the H200), recorded so an
+#: in-process and a server result can be compared knob for knob.
+RESOLVED_KNOBS = (
+    ("scheduler_config", "max_num_batched_tokens"),
+    ("scheduler_config", "max_num_seqs"),
+    ("scheduler_config", "enable_chunked_prefill"),
+    ("scheduler_config", "async_scheduling"),
+    ("cache_config", "enable_prefix_caching"),
+    ("cache_config", "block_size"),
+)
+
+
+def resolved_engine_config(vllm_config: Any) -> dict[str, Any] | None:
+    """What vLLM resolved for :data:`RESOLVED_KNOBS` (None where it does not say)."""
+    if vllm_config is None:
+        return None
+    out: dict[str, Any] = {}
+    for section, name in RESOLVED_KNOBS:
+        value = getattr(getattr(vllm_config, section, None), name, None)
+        out[name] = value if isinstance(value, bool | int | float | str) else None
+    return out
+
+
 def build_sampling_kwargs(
     config: ExperimentConfig, max_new_tokens: int, request_id: int
 ) -> dict[str, Any]:
@@ -317,6 +342,9 @@ class VLLMBackend:
             else "raw",
             "max_model_len": getattr(model_config, "max_model_len", None),
             "timestamps": "harness perf_counter at receipt of each engine step's outputs",
+            "engine_resolved": resolved_engine_config(
+                getattr(getattr(self._llm, "llm_engine", None), "vllm_config", None)
+            ),
         }
         return LoadInfo(
             backend_version=str(vllm.__version__),

@@ -39,6 +39,7 @@ from llenergymeasure_harness.serving.server import (
     ManagedServer,
     free_port,
     serve_command,
+    vllm_resolved_from_log,
 )
 from llenergymeasure_harness.traffic import ArrivalPlan
 
@@ -203,6 +204,12 @@ class ServerBackend(_HTTPBackend):
         if config.backend == "vllm":
             # Without a tokenizer (dummy weights) vLLM streams empty text; ask for the ids.
             self._client.settings.extra_body["return_token_ids"] = True
+        resolved = None
+        if config.backend == "vllm":
+            log_path = out / SERVER_LOG
+            resolved = vllm_resolved_from_log(
+                log_path.read_text("utf-8", errors="replace") if log_path.is_file() else ""
+            )
         self.server_info = {
             "mode": "server",
             "external": False,
@@ -212,6 +219,7 @@ class ServerBackend(_HTTPBackend):
             "startup_s": startup,
             "models": models,
             "log": SERVER_LOG,
+            "engine_resolved": resolved,
         }
         vocab = len(self._tokenizer) if self._tokenizer is not None else None
         return LoadInfo(

@@ -75,9 +75,11 @@ class ClientSettings:
     forcing: str | None = None  # fixed beforehand (server mode knows its engine); None: probe
     # The last stretch before each arrival is spent yielding to the event loop instead of
     # sleeping: epoll rounds timeouts up to whole milliseconds, so a plain sleep is ~1 ms late
-    # on average. Bounded: at rate R it costs at most R x spin_s of one core (bench figures in
-    # docs/traffic.md); other requests' streams keep being read meanwhile. 0 disables it.
-    spin_s: float = 0.001
+    # on average and ~2 ms late at p99 (the bench's machine floor, quiet 2-core box and the
+    # 16-core GPU host alike); 2 ms of yielding covers that tail, 1 ms did not. Bounded: at
+    # rate R it costs at most R x spin_s of one core (bench figures in docs/traffic.md); other
+    # requests' streams keep being read meanwhile. 0 disables it.
+    spin_s: float = 0.002
     # Server-specific request fields, e.g. vLLM's return_token_ids (its text is empty when
     # it runs without a tokenizer, as with dummy weights).
     extra_body: dict[str, Any] = field(default_factory=dict)

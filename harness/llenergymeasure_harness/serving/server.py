@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -150,6 +151,35 @@ def serve_command(config: ExperimentConfig, port: int, *, model: str | None = No
             argv.append("--trust_remote_code")
         return argv + extra
     raise ConfigError(f"backend {config.backend!r} has no server mode")
+
+
+_VLLM_LOG_PATTERNS = {
+    "max_num_batched_tokens": re.compile(
+        r"Chunked prefill is enabled with max_num_batched_tokens=(\d+)"
+    ),
+    "async_scheduling": re.compile(r"Asynchronous scheduling is (enabled|disabled)"),
+    "enable_prefix_caching": re.compile(r"enable_prefix_caching=(True|False)"),
+    "enable_chunked_prefill": re.compile(r"enable_chunked_prefill=(True|False)"),
+}
+
+
+def vllm_resolved_from_log(text: str) -> dict[str, Any] | None:
+    """The settings ``vllm serve`` resolved, read from its start-up log.
+
+    The same keys as the in-process backend's ``engine_resolved``
+    (:data:`~llenergymeasure_harness.backends.vllm.RESOLVED_KNOBS`); None for a knob the log
+    does not state, and None altogether when it states none (another release's wording).
+    """
+    from llenergymeasure_harness.backends.vllm import RESOLVED_KNOBS
+
+    out: dict[str, Any] = {name: None for _, name in RESOLVED_KNOBS}
+    for name, pattern in _VLLM_LOG_PATTERNS.items():
+        match = pattern.search(text)
+        if match is None:
+            continue
+        raw = match.group(1)
+        out[name] = int(raw) if raw.isdigit() else raw in ("True", "enabled")
+    return out if any(v is not None for v in out.values()) else None
 
 
 class ManagedServer:

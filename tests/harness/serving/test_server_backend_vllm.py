@@ -26,6 +26,21 @@ if importlib.util.find_spec("aiohttp") is None:  # `make install` installs it (d
     pytest.skip("aiohttp is not installed (make install)", allow_module_level=True)
 
 
+#: Start-up lines of `vllm serve` 0.26.0 on the H200 (2026-12-02), as the harness kept them.
+H200_SERVE_LOG = "\n".join(
+    [
+        "(APIServer pid=1404) INFO 12-02 04:46:07 [scheduler.py:252] Chunked prefill is "
+        "enabled with max_num_batched_tokens=8192.",
+        "(APIServer pid=1404) INFO 12-02 04:46:07 [vllm.py:1109] Asynchronous scheduling is "
+        "enabled.",
+        "(EngineCore pid=1469) INFO 12-02 04:46:25 [core.py:116] Initializing a V1 LLM engine "
+        "(v0.26.0) with config: model='/tmp/llem-serve-5y_x8zan/dummy-model', "
+        "skip_tokenizer_init=True, enable_prefix_caching=True, enable_chunked_prefill=True, "
+        "pooler_config=None",
+    ]
+)
+
+
 class _FakeServeProcess:
     """Stands in for ManagedServer: records the argv, serves with the fake SSE server."""
 
@@ -37,7 +52,7 @@ class _FakeServeProcess:
         self.config_seen: dict[str, Any] | None = None
         self.fake = FakeSSEServer(FakeSSEBehaviour(model="llama-3.1-8b"))
         self.stopped = False
-        log_path.write_text("fake serve log\n", encoding="utf-8")
+        log_path.write_text(H200_SERVE_LOG, encoding="utf-8")
         _FakeServeProcess.launched.append(self)
 
     @property
@@ -91,6 +106,10 @@ def test_dummy_vllm_server_gets_a_config_dir_and_fresh_cache_salts(
     assert proc.argv[proc.argv.index("--served-model-name") + 1] == "llama-3.1-8b"
     assert "--skip-tokenizer-init" in proc.argv and "--load-format" in proc.argv
 
+    resolved = backend.server_info["engine_resolved"]
+    assert resolved["max_num_batched_tokens"] == 8192 and resolved["async_scheduling"] is True
+    assert resolved["enable_prefix_caching"] is True and resolved["max_num_seqs"] is None
+
     requests = [GenerationRequest(i, [10 + i] * 4, 3) for i in range(2)]
     backend.run(requests)  # warmup
     records = backend.run(requests)  # measured
@@ -103,3 +122,29 @@ def test_dummy_vllm_server_gets_a_config_dir_and_fresh_cache_salts(
     backend.close()
     assert proc.stopped and not proc.model_dir.exists()
     backend.close()  # twice is safe
+
+
+def test_resolved_settings_have_the_same_keys_in_process_and_served() -> None:
+    """The in-process engine's resolved settings and the server's (from its log) share keys,
+    so the two modes compare knob for knob; a log that states none gives None."""
+    from types import SimpleNamespace
+
+    from llenergymeasure_harness.backends.vllm import resolved_engine_config
+    from llenergymeasure_harness.serving.server import vllm_resolved_from_log
+
+    engine = SimpleNamespace(
+        scheduler_config=SimpleNamespace(
+            max_num_batched_tokens=16384,
+            max_num_seqs=256,
+            enable_chunked_prefill=True,
+            async_scheduling=True,
+        ),
+        cache_config=SimpleNamespace(enable_prefix_caching=True, block_size=16),
+    )
+    in_process = resolved_engine_config(engine)
+    served = vllm_resolved_from_log(H200_SERVE_LOG)
+    assert in_process is not None and served is not None
+    assert set(in_process) == set(served)
+    assert in_process["max_num_batched_tokens"] == 16384 != served["max_num_batched_tokens"]
+    assert resolved_engine_config(None) is None
+    assert vllm_resolved_from_log("INFO: Uvicorn running on http://127.0.0.1:8000") is None
