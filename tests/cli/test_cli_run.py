@@ -402,3 +402,21 @@ def test_dry_run_of_a_short_poisson_sweep_names_rate_span_and_a_size() -> None:
     assert "experiment 1: n_prompts 100 at 4 req/s is 25 s of arrivals" in first
     need = int(first.split("n_prompts >= ")[1].split(maxsplit=1)[0])
     assert 133 <= need < 200  # 1 + 1.1 x 4 x (30 s + a lifetime of a few seconds)
+
+
+def test_dry_run_of_in_process_against_server_names_the_scheduler_budget() -> None:
+    """``llem run benchmarks/h200/vllm-r16-repeat.yaml --dry-run`` compares vLLM in-process
+    with `vllm serve` on vLLM's defaults: a note says they resolve different batched-token
+    budgets; setting vllm.max_num_batched_tokens removes it."""
+    proc = _llem("run", "benchmarks/h200/vllm-r16-repeat.yaml", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "without vllm.max_num_batched_tokens" in proc.stdout, proc.stdout
+    pinned = _llem(
+        "run",
+        "benchmarks/h200/vllm-r16-repeat.yaml",
+        "--dry-run",
+        "--set",
+        "vllm.max_num_batched_tokens=8192",
+    )
+    assert pinned.returncode == 0, pinned.stderr
+    assert "max_num_batched_tokens" not in pinned.stdout

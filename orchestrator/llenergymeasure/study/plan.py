@@ -268,6 +268,32 @@ def steady_state_notes(planned: list[PlannedExperiment]) -> list[str]:
     return notes
 
 
+def serving_mode_notes(planned: list[PlannedExperiment]) -> list[str]:
+    """A note when a study compares vLLM in-process with ``vllm serve`` on vLLM's defaults.
+
+    vLLM resolves ``max_num_batched_tokens`` by how it is started (the offline ``LLM`` class
+    chose 16384 and ``vllm serve`` 8192 on the H200, docs/traffic.md), so unless it is set the
+    two modes run different schedulers.
+    """
+    vllm = [p for p in planned if p.config.backend == "vllm"]
+    served = [p.index for p in vllm if p.config.server is not None]
+    local = [p.index for p in vllm if p.config.server is None]
+    unset = [
+        p.index
+        for p in vllm
+        if getattr(p.config.backend_section, "max_num_batched_tokens", None) is None
+    ]
+    if not served or not local or not unset:
+        return []
+    shown = ", ".join(map(str, unset[:20])) + (" ..." if len(unset) > 20 else "")
+    return [
+        f"experiments {shown}: vLLM in-process and through `vllm serve` without "
+        "vllm.max_num_batched_tokens: vLLM picks a different default for each (16384 and 8192 "
+        "for 0.26), so set it to compare the two modes on one scheduler budget "
+        "(docs/traffic.md, 'Server mode')"
+    ]
+
+
 def estimate_experiment(config: ExperimentConfig) -> ExperimentEstimate:
     """Memory from the architecture (weights + KV cache); duration from a decode roofline."""
     try:
@@ -388,6 +414,7 @@ def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -
         for d in study.duplicates
     ]
     notes.extend(steady_state_notes(planned))
+    notes.extend(serving_mode_notes(planned))
     return StudyPlan.model_construct(
         study=study,
         study_design_hash=study.study_design_hash,
