@@ -219,6 +219,27 @@ def local_image(docker_client: Any) -> Callable[[str], str]:
 
 
 @pytest.fixture(scope="session")
+def require_in_image(docker_client: Any) -> Callable[[str, str, str], None]:
+    """``require_in_image(image, modules, feature)``: skip when ``python3 -c "import modules"``
+    fails in the image (a local image built before ``feature``; rebuild it), and fail instead
+    under CI or ``LLEM_REQUIRE_DOCKER=1``, where the images are built from this checkout."""
+    import docker.errors
+
+    def need(image: str, modules: str, feature: str) -> None:
+        try:
+            docker_client.containers.run(
+                image, ["python3", "-c", f"import {modules}"], remove=True, network_mode="none"
+            )
+        except docker.errors.ContainerError:
+            reason = f"{image} predates {feature}; rebuild it with `make test-images`"
+            if os.environ.get("CI") == "true":
+                pytest.fail(reason, pytrace=False)
+            _skip_or_fail(reason)
+
+    return need
+
+
+@pytest.fixture(scope="session")
 def pytorch_test_image(local_image: Callable[[str], str]) -> str:
     """Tag of the offline-built pytorch image (``make test-images``); env overrides the tag."""
     return local_image(os.environ.get(TEST_PYTORCH_IMAGE_ENV) or TEST_PYTORCH_IMAGE)

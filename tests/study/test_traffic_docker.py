@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,32 +22,14 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main; sys.exit(main())"]
 
 
-def _require_traffic_in(image: str) -> None:
-    """Skip (fail under CI) when the image's harness predates traffic (a stale local image)."""
-    import docker
-
-    client = docker.from_env(timeout=60)
-    try:
-        client.containers.run(
-            image,
-            ["python3", "-c", "import llenergymeasure_harness.traffic"],
-            remove=True,
-            network_mode="none",
-        )
-    except docker.errors.ContainerError:
-        reason = f"{image} predates traffic support; rebuild it with `make test-images`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    finally:
-        client.close()
-
-
 def test_poisson_study_runs_in_docker_and_records_arrivals(
-    tmp_path: Path, pytorch_test_image: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    pytorch_test_image: str,
+    monkeypatch: pytest.MonkeyPatch,
+    require_in_image: Callable[[str, str, str], None],
 ) -> None:
     """`llem run study.yaml` (poisson, tiny model, CPU): arrivals drawn, honoured, recorded."""
-    _require_traffic_in(pytorch_test_image)
+    require_in_image(pytorch_test_image, "llenergymeasure_harness.traffic", "traffic support")
     traffic = {"pattern": "poisson", "rate_per_s": 20.0, "seed": 5, "slo": {"ttft_s": 5.0}}
     study = {
         "name": "poisson-cpu",

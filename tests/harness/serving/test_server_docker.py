@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,32 +19,18 @@ pytestmark = [pytest.mark.docker, pytest.mark.torch, pytest.mark.slow]
 LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main; sys.exit(main())"]
 
 
-def _require_serving_in(image: str) -> None:
-    """Skip (fail under CI) when the image's harness predates server mode (a stale image)."""
-    import docker
-
-    client = docker.from_env(timeout=60)
-    try:
-        client.containers.run(
-            image,
-            ["python3", "-c", "import llenergymeasure_harness.serving.backends, fastapi, aiohttp"],
-            remove=True,
-            network_mode="none",
-        )
-    except docker.errors.ContainerError:
-        reason = f"{image} predates server mode; rebuild it with `make test-images`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    finally:
-        client.close()
-
-
 def test_server_mode_in_the_pytorch_image(
-    tiny_checkpoint: Path, tmp_path: Path, pytorch_test_image: str
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    pytorch_test_image: str,
+    require_in_image: Callable[[str, str, str], None],
 ) -> None:
     """The container starts transformers serve on the mounted checkpoint, is measured, stops."""
-    _require_serving_in(pytorch_test_image)
+    require_in_image(
+        pytorch_test_image,
+        "llenergymeasure_harness.serving.backends, fastapi, aiohttp",
+        "server mode",
+    )
     study = {
         "name": "served-docker",
         "model": str(tiny_checkpoint),
