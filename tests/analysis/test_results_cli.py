@@ -107,6 +107,7 @@ def test_show_table_json_and_csv(cpu_study: CpuStudy) -> None:
     assert "pytorch.batch_size=1" in shown.stdout and "pytorch.batch_size=4" in shown.stdout
     assert "not measured" in shown.stdout and "3/3" in shown.stdout
     assert "10,000 resamples" in shown.stdout
+    assert "SLO met" not in shown.stdout  # offline traffic: no traffic columns
     as_json = run_llem("results", "show", d, "--json", cwd=cpu_study.workdir)
     rows = json.loads(as_json.stdout)
     assert [r["params"]["pytorch.batch_size"] for r in rows] == [1, 4]

@@ -27,12 +27,12 @@ from typing import Any
 
 from llenergymeasure.analysis import bootstrap
 from llenergymeasure.analysis.table import (
-    SHOW_METRICS,
     ExperimentRow,
     LoadedStudy,
     fmt_interval,
     load_study_dir,
     params_label,
+    show_metrics,
 )
 from llenergymeasure.errors import PreflightError
 from llenergymeasure_contract.results import atomic_path
@@ -308,10 +308,11 @@ def _timeseries(page: _Page, study: LoadedStudy) -> None:
 
 
 def _summary_table(rows: list[ExperimentRow]) -> str:
+    columns = show_metrics(rows)
     head = "".join(
         f"<th>{_esc(h)}</th>"
         for h in ["#", "experiment", "backend", "parameters", "cycles"]
-        + [f"{t} mean [95 % CI]" for _, t in SHOW_METRICS]
+        + [f"{t} mean [95 % CI]" for _, t in columns]
         + ["CV J/tok", "flags"]
     )
     body = []
@@ -323,7 +324,7 @@ def _summary_table(rows: list[ExperimentRow]) -> str:
             r.backend or "",
             params_label(r.params),
             f"{r.stats.n_cycles_completed}/{r.n_runs}",
-            *(fmt_interval(r.interval(m)) for m, _ in SHOW_METRICS),
+            *(fmt_interval(r.interval(m)) for m, _ in columns),
             "—" if cv is None else f"{cv:.1%}",
             ", ".join(r.flags) or "—",
         ]

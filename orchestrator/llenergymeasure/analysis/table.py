@@ -34,6 +34,22 @@ SHOW_METRICS: tuple[tuple[str, str], ...] = (
     ("ttft_p99_s", "TTFT p99 s"),
     ("avg_power_w", "mean W"),
 )
+#: Added to them for a study with arriving traffic (a ``traffic.*`` parameter or SLO figures).
+TRAFFIC_SHOW_METRICS: tuple[tuple[str, str], ...] = (
+    ("tpot_p50_s", "TPOT p50 s"),
+    ("slo_attainment", "SLO met"),
+    ("goodput_requests_per_s", "goodput req/s"),
+    ("j_per_slo_request", "J/SLO req"),
+)
+
+
+def show_metrics(rows: list[ExperimentRow]) -> tuple[tuple[str, str], ...]:
+    """The columns of ``llem results show`` and the report's table for these rows."""
+    traffic = any(
+        any(k.startswith("traffic.") for k in r.params) or r.interval("slo_attainment").n > 0
+        for r in rows
+    )
+    return SHOW_METRICS + TRAFFIC_SHOW_METRICS if traffic else SHOW_METRICS
 
 
 @dataclass

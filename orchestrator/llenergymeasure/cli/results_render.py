@@ -10,10 +10,12 @@ from llenergymeasure.analysis import bootstrap
 from llenergymeasure.analysis.compare import Comparison
 from llenergymeasure.analysis.table import (
     SHOW_METRICS,
+    TRAFFIC_SHOW_METRICS,
     LoadedStudy,
     fmt_interval,
     fmt_value,
     params_label,
+    show_metrics,
 )
 
 
@@ -27,7 +29,8 @@ def render_show(study: LoadedStudy, console: Console | None = None) -> None:
     )
     for col in ("#", "experiment", "backend", "parameters", "cycles"):
         table.add_column(col)
-    for _, title in SHOW_METRICS:
+    columns = show_metrics(study.rows)
+    for _, title in columns:
         table.add_column(f"{title}\nmean [95 % CI]", justify="right")
     table.add_column("CV J/tok", justify="right")
     table.add_column("flags")
@@ -39,7 +42,7 @@ def render_show(study: LoadedStudy, console: Console | None = None) -> None:
             r.backend or "",
             escape(params_label(r.params)),
             f"{r.stats.n_cycles_completed}/{r.n_runs}",
-            *(fmt_interval(r.interval(m)) for m, _ in SHOW_METRICS),
+            *(fmt_interval(r.interval(m)) for m, _ in columns),
             "—" if cv is None else f"{cv:.1%}",
             escape(", ".join(r.flags)) or "—",
         )
@@ -64,7 +67,7 @@ def render_compare(cmp: Comparison, console: Console | None = None) -> None:
     for k in cmp.by:
         table.add_column(k)
     table.add_column("cycles")
-    titles = dict(SHOW_METRICS)
+    titles = dict(SHOW_METRICS + TRAFFIC_SHOW_METRICS)
     for m in cmp.metrics:
         table.add_column(f"{titles.get(m, m)}\nmean [95 % CI]\n× base, overlap", justify="right")
     table.add_column("flags")

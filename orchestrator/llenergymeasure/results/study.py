@@ -54,6 +54,11 @@ class RunMetrics(_Model):
     ttft_p99_s: float | None = None
     tpot_p50_s: float | None = None
     e2e_p50_s: float | None = None
+    # With traffic.slo (arriving traffic): fraction of requests meeting every objective,
+    # SLO-meeting requests per second of the window, gross GPU J per SLO-meeting request.
+    slo_attainment: float | None = None
+    goodput_requests_per_s: float | None = None
+    j_per_slo_request: float | None = None
     gco2e_per_1k_output_tokens: float | None = None
     net_gco2e_per_1k_output_tokens: float | None = None
     gco2e_per_request: float | None = None
@@ -72,6 +77,7 @@ class RunMetrics(_Model):
     def from_result(cls, result: ExperimentResult) -> RunMetrics:
         """Pick the key figures out of a full result."""
         lat = result.latency
+        slo = result.traffic.slo if result.traffic is not None else None
         sampler = result.energy.sampler
         env = result.environment
         return cls(
@@ -91,6 +97,9 @@ class RunMetrics(_Model):
             ttft_p99_s=lat.ttft_s.p99 if lat.ttft_s is not None else None,
             tpot_p50_s=lat.tpot_s.p50 if lat.tpot_s is not None else None,
             e2e_p50_s=lat.e2e_s.p50 if lat.e2e_s is not None else None,
+            slo_attainment=slo.slo_attainment if slo is not None else None,
+            goodput_requests_per_s=slo.goodput_requests_per_s if slo is not None else None,
+            j_per_slo_request=slo.j_per_slo_request if slo is not None else None,
             energy_sampler=NO_SAMPLER if sampler == "null" else sampler,
             backend_library=env.backend_library,
             backend_version=env.backend_version,

@@ -38,7 +38,7 @@ def test_llem_run_server_mode_with_poisson_traffic(
         "warmup": {"n_batches": 1},
         "baseline": {"enabled": False},
         "server": {"startup_timeout_s": 180},
-        "traffic": {"pattern": "poisson", "rate_per_s": 8.0, "seed": 2},
+        "traffic": {"pattern": "poisson", "rate_per_s": 8.0, "seed": 2, "slo": {"ttft_s": 60.0}},
         "execution": {"n_cycles": 1, "config_gap_s": 0, "cycle_gap_s": 0},
         "runner": "local",
     }
@@ -77,3 +77,23 @@ def test_llem_run_server_mode_with_poisson_traffic(
     assert "serve" in (run_dir / "server.log").read_text()
     rows = pq.read_table(run_dir / "requests.parquet").to_pylist()
     assert all(r["submit_s"] >= r["arrival_s"] for r in rows)
+    # The person then looks at it: `llem results show` adds the traffic columns.
+    show = subprocess.run(
+        [*LLEM, "results", "show", str(study_dir)],
+        env={**env, "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert show.returncode == 0, show.stdout + show.stderr
+    for title in ("TPOT p50 s", "SLO met", "goodput req/s", "J/SLO req"):
+        assert title in show.stdout, show.stdout
+    # A generous TTFT objective: a request misses it only when the server streamed no text
+    # for it at all (the tiny random model's tokens often decode to nothing, and `transformers
+    # serve` sends no chunk for those), so no first token was seen.
+    seen = sum(1 for r in rows if r["first_token_s"] is not None)
+    assert res.traffic.slo is not None and res.traffic.slo.slo_attainment == seen / 6
+    assert run.metrics is not None and run.metrics.slo_attainment == seen / 6
+    assert run.metrics.goodput_requests_per_s == res.traffic.slo.goodput_requests_per_s
+    assert run.metrics.j_per_slo_request is None  # CPU: energy not measured
