@@ -507,6 +507,25 @@ def _assemble(
                 ),
             }
         )
+    unseen = sum(
+        1
+        for r in records
+        if r.output_tokens > 0 and not r.token_times_s and r.first_token_s is None
+    )
+    if unseen:
+        # A server streams text, not tokens: one whose tokens all decoded to nothing (or that
+        # sent no chunk for them) gives the client no first-token time for that request.
+        flags.append(
+            {
+                "code": "first_token_not_observed",
+                "severity": "warning",
+                "message": (
+                    f"{unseen} of {len(records)} requests produced tokens but no streamed "
+                    "token time was seen (no text in any chunk): TTFT/ITL/TPOT cover the "
+                    f"other {len(records) - unseen}, and a TTFT objective counts them as missed"
+                ),
+            }
+        )
     load_extra = {k: v for k, v in info.extra.items() if k not in ("hf_config", "server")}
     return ExperimentResult(
         run_id=env.run_id,

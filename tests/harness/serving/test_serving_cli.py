@@ -97,3 +97,5 @@ def test_llem_run_server_mode_with_poisson_traffic(
     assert run.metrics is not None and run.metrics.slo_attainment == seen / 6
     assert run.metrics.goodput_requests_per_s == res.traffic.slo.goodput_requests_per_s
     assert run.metrics.j_per_slo_request is None  # CPU: energy not measured
+    codes = {f.code for f in res.quality_flags}
+    assert ("first_token_not_observed" in codes) == (seen < 6)
