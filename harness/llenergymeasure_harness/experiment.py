@@ -490,7 +490,7 @@ def _assemble(
         input_tokens=prefix["input_tokens"],
         prefix_caching_requested=prefix["requested"],
     )
-    if records and (cfg.traffic.open_loop or (continuous and not cfg.traffic.uses_arrivals)):
+    if records and (cfg.traffic.uses_arrivals or continuous):
         flag = steady_state_flag(cfg, records)
         if flag is not None:
             flags.append(flag)
@@ -650,7 +650,7 @@ def _steady_state(
 
     traffic = cfg.traffic
     if traffic.pattern == "closed_loop" and traffic.concurrency is not None:
-        w = steady_state_window(records, traffic.concurrency)
+        w = steady_state_window(records, window_k(cfg))
     elif traffic.uses_arrivals:
         w = arrival_steady_state_window(records)
     elif engine_window is not None:
@@ -685,13 +685,19 @@ def _steady_state(
     }
 
 
+def window_k(cfg: ExperimentConfig) -> int:
+    """K of the ML.ENERGY window rule: the closed loop's users, else the engine's batch."""
+    traffic = cfg.traffic
+    if traffic.pattern == "closed_loop" and traffic.concurrency is not None:
+        return traffic.concurrency
+    return cfg.concurrency
+
+
 def _suggestion(cfg: ExperimentConfig, records: list[Any], window: Any) -> int | None:
-    """The n_prompts an invalid window suggests: open loop from the arrivals, offline from the
-    throughput; closed loop none yet."""
+    """The n_prompts an invalid window suggests: open loop from the arrivals; offline and
+    closed loop from the throughput, in waves of K (:func:`window_k`)."""
     if cfg.traffic.open_loop:
         return suggest_arrival_n_prompts(cfg, records, window)
-    if cfg.traffic.uses_arrivals:
-        return None
     return suggest_n_prompts(cfg, records, window)
 
 
@@ -711,7 +717,7 @@ def suggest_n_prompts(cfg: ExperimentConfig, records: list[Any], window: Any) ->
         rate = produced / span if produced and span > 0 else None
     if not rate:
         return None
-    return steady_state_n_prompts(cfg.concurrency, cfg.resolved_output_len(), rate)
+    return steady_state_n_prompts(window_k(cfg), cfg.resolved_output_len(), rate)
 
 
 def suggest_arrival_n_prompts(cfg: ExperimentConfig, records: list[Any], window: Any) -> int | None:
@@ -737,7 +743,8 @@ def steady_state_flag(cfg: ExperimentConfig, records: list[Any]) -> dict[str, st
     """A ``steady_state_invalid`` quality flag with the reason and a sized n_prompts.
 
     Open-loop arrivals: the arrival window, sized from the rate and the measured lifetime;
-    otherwise the continuous-batching window, sized from the measured throughput.
+    closed loop: the ML.ENERGY window with K = the users; otherwise the continuous-batching
+    window; the last two sized from the measured throughput.
     """
     from llenergymeasure_harness.backends.steady_state import (
         arrival_steady_state_window,
@@ -750,6 +757,9 @@ def steady_state_flag(cfg: ExperimentConfig, records: list[Any]) -> dict[str, st
             "open-loop",
             f"this run's request lifetime at {cfg.traffic.rate_per_s:g} req/s",
         )
+    elif cfg.traffic.pattern == "closed_loop":
+        w = steady_state_window(records, window_k(cfg))
+        kind, basis = f"closed-loop ({window_k(cfg)} users)", "this run's throughput"
     else:
         w = steady_state_window(records, cfg.concurrency)
         kind, basis = "continuous-batching", "this run's throughput"

@@ -349,3 +349,44 @@ def test_an_offline_run_has_no_traffic_block_and_offline_latency(
     assert result.traffic is None
     rows = pq.read_table(tmp_path / "out" / "requests.parquet").to_pylist()
     assert all(r["arrival_s"] is None for r in rows)
+
+
+def _closed_loop(n: int, users: int, *, lifetime: float, tokens: int) -> list[RequestRecord]:
+    """``users`` users, each sending its next request as its last ends: waves of ``users``."""
+    recs = []
+    for i in range(n):
+        start = (i // users) * lifetime
+        recs.append(
+            _rec(i, arrival=start, submit=start, first=start + 0.1, end=start + lifetime, n=tokens)
+        )
+    return recs
+
+
+def test_a_short_closed_loop_window_is_flagged_in_waves_of_its_users() -> None:
+    """4 users, 20 requests of 10 tokens living 1 s: 5 waves; the window runs from the 4th
+    first token (0.1 s) to the 15th finish (4.0 s), 3.9 s. The users (not the engine's batch of
+    2) are K, and the size is in waves of 4 at the window's throughput (about 41 tok/s:
+    4 + 1 + 1.1 x 30 x 41 / 10 = 140.3 -> 144)."""
+    from llenergymeasure_contract.sizing import steady_state_n_prompts
+    from llenergymeasure_harness.backends.steady_state import steady_state_window
+
+    cfg = make_config(
+        n_prompts=20,
+        max_output_tokens=10,
+        traffic={"pattern": "closed_loop", "concurrency": 4},
+    )
+    recs = _closed_loop(20, 4, lifetime=1.0, tokens=10)
+    flag = steady_state_flag(cfg, recs)
+    assert flag is not None and flag["code"] == "steady_state_invalid"
+    assert flag["message"].startswith("closed-loop (4 users) steady state invalid")
+    w = steady_state_window(recs, 4)
+    assert w.duration_s == pytest.approx(3.9) and w.output_tokens_per_s is not None
+    need = steady_state_n_prompts(4, 10, w.output_tokens_per_s)
+    assert need == 144 and need % 4 == 0
+    expected = (
+        "lasted 3.900 s, under the 30 s minimum (increase n_prompts); "
+        f"use n_prompts >= {need} (sized from this run's throughput)"
+    )
+    assert expected in flag["message"]
+    # following it: (144 - 4 - 1) / 4 waves of 1 s less the 0.1 s offset, about 34.9 s, valid
+    assert steady_state_flag(cfg, _closed_loop(need, 4, lifetime=1.0, tokens=10)) is None

@@ -190,7 +190,7 @@ def test_plan_without_an_architecture_sizes_arrivals_from_lifetime_zero(tmp_path
     assert _need(note) == 133  # 1 + 1.1 x 4 x 30
 
 
-def test_plan_notes_for_offline_and_closed_loop_are_unchanged(tmp_path: Path) -> None:
+def test_plan_notes_for_offline_are_unchanged(tmp_path: Path) -> None:
     """The offline wave rule's notes, word for word as before the open-loop rule."""
     cases = {
         "backend: vllm\nvllm: {max_num_seqs: 256}\nn_prompts: 1024\n": (
@@ -203,14 +203,31 @@ def test_plan_notes_for_offline_and_closed_loop_are_unchanged(tmp_path: Path) ->
             "5,973 output tok/s (a window under 30 s is flagged invalid); use n_prompts >= "
             "1664 (docs/methodology.md, 'Steady state')"
         ),
-        # closed loop keeps the offline-style rule
-        "backend: vllm\nvllm: {max_num_seqs: 64}\nn_prompts: 300\n"
-        "traffic: {pattern: closed_loop, concurrency: 16}\n": (
-            "experiment 1: n_prompts 300 gives a steady state of about 5 s at the roofline's "
-            "5,973 output tok/s (a window under 30 s is flagged invalid); use n_prompts >= "
-            "1664 (docs/methodology.md, 'Steady state')"
-        ),
     }
     for body, expected in cases.items():
         notes, _, _ = _notes(tmp_path, body)
         assert notes == [expected], body
+
+
+def test_plan_sizes_a_closed_loop_in_waves_of_its_users(tmp_path: Path) -> None:
+    """Closed loop: K is the users, not the engine's batch. vLLM (64 sequences) with 16 users:
+    the roofline's 5,973 tok/s at 64 scales to 16/64 of it, 1,493 tok/s; the window is
+    (300 - 16 - 1) x 128 / 1,493 = 24.3 s; the size 16 + 1 + 1.1 x 30 x 1,493 / 128 = 402,
+    in waves of 16: 416. PyTorch gets the same rule (it had no note before)."""
+    notes, _, _ = _notes(
+        tmp_path,
+        "backend: vllm\nvllm: {max_num_seqs: 64}\nn_prompts: 300\n"
+        "traffic: {pattern: closed_loop, concurrency: 16}\n",
+    )
+    assert notes == [
+        "experiment 1: n_prompts 300 with 16 closed-loop users gives a steady state of about "
+        "24 s at the roofline's 1,493 output tok/s (a window under 30 s is flagged invalid); "
+        "use n_prompts >= 416 (docs/methodology.md, 'Steady state')"
+    ]
+    notes, _, _ = _notes(
+        tmp_path,
+        "backend: pytorch\npytorch: {batch_size: 8}\nn_prompts: 40\n"
+        "traffic: {pattern: closed_loop, concurrency: 8}\n",
+    )
+    assert len(notes) == 1 and "with 8 closed-loop users" in notes[0]
+    assert _need(notes[0]) % 8 == 0

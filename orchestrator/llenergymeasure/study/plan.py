@@ -227,7 +227,8 @@ def steady_state_notes(planned: list[PlannedExperiment]) -> list[str]:
 
     Open-loop arrivals (every backend): sized with
     :func:`llenergymeasure_contract.sizing.arrival_steady_state_n_prompts` (see
-    :func:`_arrival_note`). Offline and closed-loop continuous batching: sized with
+    :func:`_arrival_note`). Offline continuous batching, and closed loop on every backend (K =
+    the users): sized with
     :func:`llenergymeasure_contract.sizing.steady_state_n_prompts` at the roofline throughput;
     without an architecture to size from, the rule of thumb of ``STEADY_STATE_MIN_BATCHES``
     batches applies.
@@ -241,22 +242,28 @@ def steady_state_notes(planned: list[PlannedExperiment]) -> list[str]:
             if note is not None:
                 notes.append(note)
             continue
-        if cfg.backend not in ("vllm", "tensorrt"):
+        closed = cfg.traffic.pattern == "closed_loop" and cfg.traffic.concurrency is not None
+        if cfg.backend not in ("vllm", "tensorrt") and not closed:
             continue
-        k = cfg.concurrency
+        # Closed loop (every backend): waves of the users, who keep at most the engine's batch
+        # busy; the roofline's full-batch step time errs towards fewer tokens/s, more prompts.
+        k = cfg.traffic.concurrency if closed and cfg.traffic.concurrency else cfg.concurrency
         out = cfg.resolved_output_len()
         rate = planned_tokens_per_s(cfg, p.estimate)
+        if rate is not None and closed:
+            rate *= min(k, cfg.concurrency) / cfg.concurrency
         if rate is None:
-            if cfg.n_prompts < STEADY_STATE_MIN_BATCHES * cfg.concurrency:
+            if cfg.n_prompts < STEADY_STATE_MIN_BATCHES * k:
                 rough.append(p.index)
             continue
         expected = steady_state_duration_s(cfg.n_prompts, k, out, rate)
         if expected < MIN_STEADY_STATE_S:
             need = steady_state_n_prompts(k, out, rate)
+            users = f" with {k} closed-loop users" if closed else ""
             notes.append(
-                f"experiment {p.index}: n_prompts {cfg.n_prompts} gives a steady state of about "
-                f"{expected:.0f} s at the roofline's {rate:,.0f} output tok/s (a window under "
-                f"{MIN_STEADY_STATE_S:g} s is flagged invalid); use n_prompts >= {need} "
+                f"experiment {p.index}: n_prompts {cfg.n_prompts}{users} gives a steady state of "
+                f"about {expected:.0f} s at the roofline's {rate:,.0f} output tok/s (a window "
+                f"under {MIN_STEADY_STATE_S:g} s is flagged invalid); use n_prompts >= {need} "
                 "(docs/methodology.md, 'Steady state')"
             )
     if rough:
