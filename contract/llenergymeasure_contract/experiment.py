@@ -405,6 +405,14 @@ class ExperimentConfig(_Model):
         """Sequences in flight at once: the batch the measured run keeps busy."""
         return REGISTRY.get(self.backend).concurrency(self.backend_section, self.n_prompts)
 
+    @property
+    def window_k(self) -> int:
+        """K of the ML.ENERGY steady-state window (and of its sizing, in waves of K): a closed
+        loop's users, else :attr:`concurrency`."""
+        if self.traffic.pattern == "closed_loop" and self.traffic.concurrency is not None:
+            return self.traffic.concurrency
+        return self.concurrency
+
     def _default_late_sections(self) -> set[str]:
         return {k for k, v in IDENTITY_WHEN_NON_DEFAULT.items() if getattr(self, k) == v}
 

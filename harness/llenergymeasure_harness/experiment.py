@@ -649,8 +649,8 @@ def _steady_state(
     )
 
     traffic = cfg.traffic
-    if traffic.pattern == "closed_loop" and traffic.concurrency is not None:
-        w = steady_state_window(records, window_k(cfg))
+    if traffic.pattern == "closed_loop":
+        w = steady_state_window(records, cfg.window_k)
     elif traffic.uses_arrivals:
         w = arrival_steady_state_window(records)
     elif engine_window is not None:
@@ -685,17 +685,9 @@ def _steady_state(
     }
 
 
-def window_k(cfg: ExperimentConfig) -> int:
-    """K of the ML.ENERGY window rule: the closed loop's users, else the engine's batch."""
-    traffic = cfg.traffic
-    if traffic.pattern == "closed_loop" and traffic.concurrency is not None:
-        return traffic.concurrency
-    return cfg.concurrency
-
-
 def _suggestion(cfg: ExperimentConfig, records: list[Any], window: Any) -> int | None:
     """The n_prompts an invalid window suggests: open loop from the arrivals; offline and
-    closed loop from the throughput, in waves of K (:func:`window_k`)."""
+    closed loop from the throughput, in waves of K (``ExperimentConfig.window_k``)."""
     if cfg.traffic.open_loop:
         return suggest_arrival_n_prompts(cfg, records, window)
     return suggest_n_prompts(cfg, records, window)
@@ -717,7 +709,7 @@ def suggest_n_prompts(cfg: ExperimentConfig, records: list[Any], window: Any) ->
         rate = produced / span if produced and span > 0 else None
     if not rate:
         return None
-    return steady_state_n_prompts(window_k(cfg), cfg.resolved_output_len(), rate)
+    return steady_state_n_prompts(cfg.window_k, cfg.resolved_output_len(), rate)
 
 
 def suggest_arrival_n_prompts(cfg: ExperimentConfig, records: list[Any], window: Any) -> int | None:
@@ -757,12 +749,11 @@ def steady_state_flag(cfg: ExperimentConfig, records: list[Any]) -> dict[str, st
             "open-loop",
             f"this run's request lifetime at {cfg.traffic.rate_per_s:g} req/s",
         )
-    elif cfg.traffic.pattern == "closed_loop":
-        w = steady_state_window(records, window_k(cfg))
-        kind, basis = f"closed-loop ({window_k(cfg)} users)", "this run's throughput"
     else:
-        w = steady_state_window(records, cfg.concurrency)
-        kind, basis = "continuous-batching", "this run's throughput"
+        w = steady_state_window(records, cfg.window_k)
+        closed = cfg.traffic.pattern == "closed_loop"
+        kind = f"closed-loop ({cfg.window_k} users)" if closed else "continuous-batching"
+        basis = "this run's throughput"
     if w.valid:
         return None
     need = _suggestion(cfg, records, w)

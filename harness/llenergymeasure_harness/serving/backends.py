@@ -185,8 +185,8 @@ class ServerBackend(_HTTPBackend):
             self._workdir = Path(tempfile.mkdtemp(prefix="llem-serve-"))
             model = prepare_model_source(config, self._workdir).model
         argv = serve_command(config, port, model=model)
-        out = self.output_dir or Path.cwd()
-        self._server = ManagedServer(argv, port=port, log_path=out / SERVER_LOG)
+        log_path = (self.output_dir or Path.cwd()) / SERVER_LOG
+        self._server = ManagedServer(argv, port=port, log_path=log_path)
         self._server.start()
         startup = self._server.wait_healthy(config.server.startup_timeout_s)
         base_url = self._server.base_url
@@ -206,7 +206,6 @@ class ServerBackend(_HTTPBackend):
             self._client.settings.extra_body["return_token_ids"] = True
         resolved = None
         if config.backend == "vllm":
-            log_path = out / SERVER_LOG
             resolved = vllm_resolved_from_log(
                 log_path.read_text("utf-8", errors="replace") if log_path.is_file() else ""
             )

@@ -242,12 +242,12 @@ def steady_state_notes(planned: list[PlannedExperiment]) -> list[str]:
             if note is not None:
                 notes.append(note)
             continue
-        closed = cfg.traffic.pattern == "closed_loop" and cfg.traffic.concurrency is not None
+        closed = cfg.traffic.pattern == "closed_loop"
         if cfg.backend not in ("vllm", "tensorrt") and not closed:
             continue
         # Closed loop (every backend): waves of the users, who keep at most the engine's batch
         # busy; the roofline's full-batch step time errs towards fewer tokens/s, more prompts.
-        k = cfg.traffic.concurrency if closed and cfg.traffic.concurrency else cfg.concurrency
+        k = cfg.window_k
         out = cfg.resolved_output_len()
         rate = planned_tokens_per_s(cfg, p.estimate)
         if rate is not None and closed:
