@@ -310,9 +310,7 @@ class WorkloadProvenance(_Model):
     source: str = Field(description="Where the numbers come from (repository, file, paper).")
     date: str = Field(description="When the source was read (ISO date).")
     assumptions: list[str] = Field(default_factory=list)
-    reproduces: dict[Literal["input_len", "output_len"], LengthClaim] = Field(
-        default_factory=dict
-    )
+    reproduces: dict[Literal["input_len", "output_len"], LengthClaim] = Field(default_factory=dict)
 
 
 class WorkloadProfile(WorkloadProvenance):
@@ -336,7 +334,8 @@ class WorkloadProfile(WorkloadProvenance):
 def builtin_profiles() -> tuple[str, ...]:
     """Names of the profiles shipped with the package, sorted."""
     root = resources.files("llenergymeasure_contract") / "workloads"
-    return tuple(sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json")))
+    names = (p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json"))
+    return tuple(sorted(names))
 
 
 @cache

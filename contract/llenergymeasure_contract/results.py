@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
+from llenergymeasure_contract.lengths import WorkloadOutcome
 
 SCHEMA_VERSION = "1.0"
 
@@ -346,6 +347,7 @@ class ExperimentResult(_Model):
     phase_energy: PhaseEnergy | None = None
     compile_cache: CompileCacheInfo | None = None
     traffic: TrafficOutcome | None = None
+    workload: WorkloadOutcome | None = None  # lengths asked for and produced, the profile
     quality_flags: list[QualityFlag] = Field(default_factory=list)
     environment: EnvironmentSnapshot
     artifacts: dict[str, str] = Field(default_factory=dict)  # kind -> file name in results dir

@@ -58,6 +58,7 @@ from llenergymeasure_harness.energy.optional import open_extra
 from llenergymeasure_harness.energy.sampler import integrate_power
 from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_kind
 from llenergymeasure_harness.environment import snapshot
+from llenergymeasure_harness.lengths import workload_outcome
 from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
 from llenergymeasure_harness.phase_energy import phase_energy, prefill_pass_split, timeline_split
 from llenergymeasure_harness.prompts import build_requests, distinct_requests, vocab_size_for
@@ -248,6 +249,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         # The window a continuous-batching engine computed itself, with its configured
         # concurrency; the result reports that one rather than a second computation.
         engine_window: SteadyStateWindow | None = getattr(backend, "last_steady_state", None)
+        static_batch = getattr(backend, "last_static_batch", None)  # before the next run()
         if extra_src is not None:
             try:
                 extra_result = extra_src.end("measure")
@@ -332,7 +334,9 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         artifacts["requests"] = REQUESTS_FILE
         if (out_dir / "server.log").is_file():
             artifacts["server_log"] = "server.log"
-        result = result.model_copy(update={"artifacts": artifacts})
+        asked = [r.max_new_tokens for r in requests]
+        workload = workload_outcome(cfg, asked, records, static_batch)
+        result = result.model_copy(update={"artifacts": artifacts, "workload": workload})
         result.write(out_dir / RESULT_FILE)
         chown_outputs(out_dir, env.host_uid, env.host_gid)
         return result
