@@ -312,6 +312,12 @@ class WorkloadProvenance(_Model):
     assumptions: list[str] = Field(default_factory=list)
     reproduces: dict[Literal["input_len", "output_len"], LengthClaim] = Field(default_factory=dict)
 
+    @field_validator("date", mode="before")
+    @classmethod
+    def _iso_date(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2026-12-07 as a date.
+        return value.isoformat() if hasattr(value, "isoformat") else value
+
 
 class WorkloadProfile(WorkloadProvenance):
     """A named pair of length distributions with its provenance (one file each)."""
