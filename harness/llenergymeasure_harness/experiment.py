@@ -327,10 +327,10 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         if sampler.rows():
             write_parquet_atomic(out_dir / TIMESERIES_FILE, sampler.columns())
             artifacts["timeseries"] = TIMESERIES_FILE
-        write_parquet_atomic(
-            out_dir / REQUESTS_FILE,
-            metrics.request_columns(records, cfg.traffic.latency_mode),
-        )
+        columns = metrics.request_columns(records, cfg.traffic.latency_mode)
+        asked_by_id = {r.request_id: r.max_new_tokens for r in requests}
+        columns["max_new_tokens"] = [asked_by_id.get(i) for i in columns["request_id"]]
+        write_parquet_atomic(out_dir / REQUESTS_FILE, columns)
         artifacts["requests"] = REQUESTS_FILE
         if (out_dir / "server.log").is_file():
             artifacts["server_log"] = "server.log"

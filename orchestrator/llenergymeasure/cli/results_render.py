@@ -17,6 +17,7 @@ from llenergymeasure.analysis.table import (
     params_label,
     show_metrics,
 )
+from llenergymeasure.analysis.workload import workload_lines
 
 
 def render_show(study: LoadedStudy, console: Console | None = None) -> None:
@@ -47,6 +48,8 @@ def render_show(study: LoadedStudy, console: Console | None = None) -> None:
             escape(", ".join(r.flags)) or "—",
         )
     con.print(table)
+    for line in workload_lines(study):
+        con.print(escape(line), soft_wrap=True)
     con.print(_method_line())
 
 
