@@ -127,3 +127,38 @@ def test_docker_run_produces_every_requests_own_length(
     show = _llem(tmp_path, "results", "show", str(study_dir))
     assert show.returncode == 0, show.stdout + show.stderr
     _check_exact_lengths(tmp_path, show.stdout)
+
+
+def test_workloads_list_names_every_profile_within_80_columns(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``llem workloads list`` shows each built-in profile, its lines at most 80 wide."""
+    from llenergymeasure.cli import main
+
+    assert main(["workloads", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("lm-arena-chat", "mlenergy-length-control"):
+        assert name in out
+    assert all(len(line) <= 80 for line in out.splitlines()), out
+
+
+def test_workloads_show_gives_source_and_statistics(capsys: pytest.CaptureFixture[str]) -> None:
+    """``llem workloads show NAME`` prints the source, the statistics and how to use it."""
+    from llenergymeasure.cli import main
+
+    assert main(["workloads", "show", "mlenergy-length-control"]) == 0
+    out = capsys.readouterr().out
+    assert "ml-energy/benchmark" in out and "pareto mean 500 shape 2.5" in out
+    assert "use: dataset: {profile: mlenergy-length-control}" in out
+    assert main(["workloads", "show", "lm-arena-chat", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["reproduces"]["output_len"]["mean"] == 400
+
+
+def test_workloads_show_unknown_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown profile name exits 2 and names the built-in ones."""
+    from llenergymeasure.cli import main
+
+    assert main(["workloads", "show", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "lm-arena-chat" in err and "Traceback" not in err

@@ -58,7 +58,8 @@ def workload_lines(study: LoadedStudy, width: int = WIDTH) -> list[str]:
             )
         if w.provenance is not None:
             prov = w.provenance
-            parts.append(f"profile {prov.name} ({prov.date}): {prov.source}")
+            source = textwrap.shorten(prov.source, 120, placeholder=" ...")
+            parts.append(f"profile {prov.name} ({prov.date}): {source}")
         head = f"#{i} "
         for n, part in enumerate(parts):
             lines.extend(
