@@ -12,7 +12,15 @@ import hashlib
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from llenergymeasure_contract.architecture import builtin_name_for
@@ -65,6 +73,17 @@ class SyntheticDataset(_Model):
     provenance: WorkloadProvenance | None = Field(
         None, description="Filled from the profile when the study is loaded."
     )
+
+    @model_serializer(mode="wrap")
+    def _drop_unused_late_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Fields that joined later are left out when unused, so the hash of every config
+        # measured before them is unchanged (and an older image still accepts the config).
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("profile", "provenance"):
+                if data.get(key) is None:
+                    data.pop(key, None)
+        return data
 
     @model_validator(mode="after")
     def _profile_resolved(self) -> SyntheticDataset:

@@ -91,7 +91,7 @@ class UniformLengths(_Dist):
 
     dist: Literal["uniform"]
     min: int = Field(ge=1)
-    max: int = Field(ge=1)  # type: ignore[assignment]  # required here
+    max: int = Field(ge=1)  # required here
 
 
 class NormalLengths(_Dist):

@@ -60,7 +60,8 @@ def _raw(spec: Distribution, n: int, rng: np.random.Generator) -> np.ndarray[Any
     if spec.values is not None:
         return np.asarray(spec.values, dtype=float)[idx]
     edges = np.asarray(spec.bins, dtype=float)
-    return edges[idx] + rng.random(n) * (edges[idx + 1] - edges[idx])
+    spread: np.ndarray[Any, Any] = edges[idx] + rng.random(n) * (edges[idx + 1] - edges[idx])
+    return spread
 
 
 def sample_lengths(
