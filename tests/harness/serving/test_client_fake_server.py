@@ -97,3 +97,21 @@ def test_offline_with_max_in_flight_caps_the_requests_in_flight(server: FakeSSES
     for r in records:
         in_flight = sum(1 for o in records if o.submit_s <= r.submit_s < o.end_s)
         assert in_flight <= 2
+
+
+def test_each_request_is_sent_and_held_to_its_own_length(server: FakeSSEServer) -> None:
+    """Mixed lengths: each body carries its own max_tokens = min_tokens, each record its count."""
+    lengths = [1, 7, 3, 12]
+    reqs = [GenerationRequest(i, [100 + i] * 4, n) for i, n in enumerate(lengths)]
+    records = _client(server).run(
+        reqs, ArrivalPlan(pattern="constant", offsets_s=(0, 0.01, 0.02, 0.03))
+    )
+    sent = sorted(  # a set: the client may probe the forcing with a copy of a request
+        {
+            (b["prompt"][0], b["max_tokens"], b["min_tokens"])
+            for b in server.behaviour.requests
+            if "min_tokens" in b
+        }
+    )
+    assert sent == [(100 + i, n, n) for i, n in enumerate(lengths)]
+    assert [r.output_tokens for r in records] == lengths
