@@ -112,6 +112,11 @@ def test_local_run_produces_every_requests_own_length(tmp_path: Path) -> None:
     mine = show.stdout[show.stdout.index("lengths in tokens") :].splitlines()
     assert all(len(line) <= 80 for line in mine), show.stdout
     _check_exact_lengths(tmp_path, show.stdout)
+    pytest.importorskip("plotly")
+    report = _llem(tmp_path, "results", "report", str(study_dir), "-o", "report.html")
+    assert report.returncode == 0, report.stderr
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Request lengths</h2>" in html and "static batching:" in html
 
 
 @pytest.mark.docker
