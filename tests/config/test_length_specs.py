@@ -178,3 +178,16 @@ def test_user_profile_file_relative_to_the_study(tmp_path: Path) -> None:
     assert exp.dataset.provenance.source == "our gateway logs"
     assert exp.dataset.output_len.values == [5, 6, 7]
     assert exp.max_input_tokens == 12
+
+
+def test_many_distinct_lengths_embed_as_a_histogram(tmp_path: Path) -> None:
+    """Over 2,048 distinct lengths become a histogram of whole-token bins (config stays small)."""
+    (tmp_path / "many.csv").write_text("\n".join(str(n) for n in range(1, 5001)) + "\n")
+    (exp,) = _load(
+        tmp_path, HEAD + "dataset:\n  output_len: {dist: empirical, path: many.csv, max: 5000}\n"
+    )
+    spec = exp.dataset.output_len
+    assert spec.values is None and spec.bins is not None
+    assert len(spec.counts) <= 1024 and sum(spec.counts) == 5000
+    assert spec.bins[0] == 0.5 and spec.bins[-1] >= 5000.5
+    assert len(exp.to_json()) < 64_000

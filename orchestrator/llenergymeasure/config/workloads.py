@@ -13,7 +13,9 @@ embedded into the experiment's dataset, so the config hash covers the data and t
 
 Length files: ``.json`` holds ``{"bins": [...], "counts": [...]}`` or a list of lengths;
 ``.jsonl`` one length per line, a number or ``{"length": n}``; anything else is CSV, one length
-per row in the first column, or ``length,count`` rows (a header row is skipped).
+per row in the first column, or ``length,count`` rows (a header row is skipped). A file with
+more than :data:`MAX_POINTS` distinct lengths is embedded as a histogram of about
+:data:`HISTOGRAM_BINS` equal bins of whole tokens.
 """
 
 from __future__ import annotations
@@ -56,12 +58,27 @@ def _positive_int(value: Any, where: str) -> int:
     return int(number)
 
 
+#: More distinct lengths than this are embedded as a histogram of HISTOGRAM_BINS bins: the
+#: config travels to the harness in one environment variable (Linux caps one at 128 KiB).
+MAX_POINTS = 2048
+HISTOGRAM_BINS = 1024
+
+
 def _points(pairs: list[tuple[int, int]]) -> dict[str, Any]:
     counter: Counter[int] = Counter()
     for value, count in pairs:
         counter[value] += count
     values = sorted(counter)
-    return {"values": values, "counts": [counter[v] for v in values]}
+    if len(values) <= MAX_POINTS:
+        return {"values": values, "counts": [counter[v] for v in values]}
+    low, high = values[0], values[-1]
+    width = -(-(high - low + 1) // HISTOGRAM_BINS)  # whole tokens per bin
+    n_bins = -(-(high - low + 1) // width)
+    counts = [0] * n_bins
+    for v in values:
+        counts[(v - low) // width] += counter[v]
+    edges = [low - 0.5 + k * width for k in range(n_bins + 1)]
+    return {"bins": edges, "counts": counts}
 
 
 def parse_lengths(text: str, suffix: str) -> dict[str, Any]:
