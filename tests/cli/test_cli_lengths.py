@@ -129,6 +129,10 @@ def test_docker_run_produces_every_requests_own_length(
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     (study_dir,) = (tmp_path / "results").glob("lengths_*")
+    study = json.loads((study_dir / "study_result.json").read_text(encoding="utf-8"))
+    assert study["runner"] == "docker", study["runner"]
+    (result_path,) = (study_dir / "runs").glob("*/result.json")
+    assert json.loads(result_path.read_text())["environment"]["image"] == pytorch_test_image
     show = _llem(tmp_path, "results", "show", str(study_dir))
     assert show.returncode == 0, show.stdout + show.stderr
     _check_exact_lengths(tmp_path, show.stdout)
