@@ -3,7 +3,7 @@
 The host-side package (the ``llem`` CLI and library). Main entry points: :func:`load_study`
 expands a study file into a :class:`StudyConfig`; :func:`build_plan` orders its runs into a
 :class:`StudyPlan`; :func:`run_study` (or :func:`resume`) executes it, one container per run,
-and returns a :class:`StudyResult` of :class:`ExperimentResult` files. Nothing here imports a
+(:func:`run_experiment` measures one experiment) and returns a :class:`StudyResult` of :class:`ExperimentResult` files. Nothing here imports a
 GPU library.
 """
 
@@ -25,7 +25,14 @@ from llenergymeasure.errors import (
     UsageError,
 )
 from llenergymeasure.results import ExperimentResult, StudyResult
-from llenergymeasure.study import StudyPlan, StudyRunOptions, build_plan, resume, run_study
+from llenergymeasure.study import (
+    StudyPlan,
+    StudyRunOptions,
+    build_plan,
+    resume,
+    run_experiment,
+    run_study,
+)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -50,5 +57,6 @@ __all__ = [
     "expand_study",
     "load_study",
     "resume",
+    "run_experiment",
     "run_study",
 ]
