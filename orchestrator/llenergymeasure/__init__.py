@@ -3,7 +3,8 @@
 The host-side package (the ``llem`` CLI and library). Main entry points: :func:`load_study`
 expands a study file into a :class:`StudyConfig`; :func:`build_plan` orders its runs into a
 :class:`StudyPlan`; :func:`run_study` (or :func:`resume`) executes it, one container per run,
-(:func:`run_experiment` measures one experiment) and returns a :class:`StudyResult` of :class:`ExperimentResult` files. Nothing here imports a
+and returns a :class:`StudyResult` of :class:`ExperimentResult` files; :func:`run_experiment`
+measures one experiment and returns its :class:`ExperimentResult`. Nothing here imports a
 GPU library.
 """
 

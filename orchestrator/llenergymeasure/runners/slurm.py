@@ -11,7 +11,7 @@ runners; only the *launcher* inside the job differs::
     singularity the same with singularity and SINGULARITYENV_
     enroot      srun --container-image=<image> --container-mounts=... (pyxis)
 
-Per study (see :mod:`llenergymeasure.study.batch` for the loop)::
+Per study (see :mod:`llenergymeasure.runners.slurm_batch` for the loop)::
 
     render script ─► runs/…/ + jobs/<run folder>.sbatch ─► sbatch --parsable ─► job id (manifest)
         one poller for all jobs in flight: squeue --states=all -j id,id,… (backoff 2 s … 30 s),
@@ -811,9 +811,9 @@ class SlurmRunner:
         )
 
     def execute(self, todo: list[RunRecord], session: StudySession) -> None:
-        """Many runs in flight as jobs, one poller (:class:`~llenergymeasure.study.batch.
-        BatchLoop`); thermal gaps do not apply (consecutive jobs may run on other nodes)."""
-        from llenergymeasure.study.batch import BatchLoop
+        """Many runs in flight as jobs, one poller (:mod:`~llenergymeasure.runners.slurm_batch`);
+        thermal gaps do not apply (consecutive jobs may run on other nodes)."""
+        from llenergymeasure.runners.slurm_batch import BatchLoop
 
         ex = session.plan.study.execution
         if ex.config_gap_s or ex.cycle_gap_s:

@@ -5,7 +5,7 @@
       ─► study dir: plan.json + manifest.json (all runs pending)         (study.directory)
       ─► StudySession.execute: runner.execute(runs not yet completed)   (study.session)
              Docker, local: one at a time, thermal gaps, stop after N consecutive failures
-             Slurm: many jobs in flight, one poller (study.batch)
+             Slurm: many jobs in flight, one poller (runners.slurm_batch)
       ─► study_result.json + results.parquet (+ summary.csv)             (study.assemble)
 
 Ctrl-C stops the running container cleanly (SIGTERM, grace, SIGKILL; a second Ctrl-C kills),
