@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.analysis.conftest import run_llem
+from tests.harness.conftest import make_config
 
 from llenergymeasure_contract.chat import Conversation
 from llenergymeasure_contract.errors import ConfigError
@@ -20,8 +22,6 @@ from llenergymeasure_harness.testing.tiny_checkpoint import (
     TINY_CHAT_TEMPLATE,
     build_tiny_checkpoint,
 )
-from tests.analysis.conftest import run_llem
-from tests.harness.conftest import make_config
 
 pytest.importorskip("transformers")
 

@@ -34,7 +34,9 @@ def _has_chat_template(directory: Path) -> bool:
     return isinstance(data, dict) and bool(data.get("chat_template"))
 
 
-def dataset_problems(exp: ExperimentConfig, where: str, checked: dict[str, str | None]) -> list[str]:
+def dataset_problems(
+    exp: ExperimentConfig, where: str, checked: dict[str, str | None]
+) -> list[str]:
     """Problems with ``exp``'s dataset file and chat template, one line each.
 
     Args:
