@@ -69,9 +69,8 @@ class _TextOrChat(_Model):
 
     @model_validator(mode="after")
     def _chat_keys_need_chat(self) -> _TextOrChat:
-        if self.format == "text" and (
-            self.turns != "last" or "messages_field" in self.model_fields_set
-        ):
+        # Non-default values only: a dumped config (defaults written out) must validate again.
+        if self.format == "text" and (self.turns != "last" or self.messages_field != "messages"):
             raise ValueError(
                 "dataset.turns and dataset.messages_field apply to conversations; "
                 "set dataset.format: chat (or leave them out)"

@@ -201,3 +201,13 @@ def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"dataset\.format: chat needs a chat template"):
         load_chat_tokenizer(cfg)
+
+
+@pytest.mark.parametrize("fmt", ["text", "chat"])
+def test_dataset_config_round_trips_through_json(fmt: str) -> None:
+    """A dumped config (defaults written out, as the host hands it to the harness) validates
+    again, for text and chat datasets alike."""
+    from llenergymeasure_contract.experiment import ExperimentConfig
+
+    cfg = make_config(dataset={"source": "jsonl", "path": "/x.jsonl", "format": fmt}, tokenizer="t")
+    assert ExperimentConfig.model_validate_json(cfg.model_dump_json()) == cfg
