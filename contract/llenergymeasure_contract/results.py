@@ -243,6 +243,8 @@ class QualityFlag(_Model):
 class SteadyState(_Model):
     """Continuous-batching steady-state window (vLLM), beside the whole-run figures."""
 
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
     start_s: float
     end_s: float
     duration_s: float

@@ -45,9 +45,13 @@ class WindowProblem(str, Enum):
     UNDERFILLED = "underfilled"  # mean running batch under the rule's fraction of K
     NO_ENERGY = "no_energy"  # ML.ENERGY: no positive energy per token in the window
 
+    def __str__(self) -> str:
+        return self.value
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Enum members are stored as their values, so dumps and flat exports carry plain strings.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
 
 
 class MLEnergySteadyState(_Model):
