@@ -211,3 +211,63 @@ def test_dataset_config_round_trips_through_json(fmt: str) -> None:
 
     cfg = make_config(dataset={"source": "jsonl", "path": "/x.jsonl", "format": fmt}, tokenizer="t")
     assert ExperimentConfig.model_validate_json(cfg.model_dump_json()) == cfg
+
+
+def test_chat_turns_on_the_fake_vllm_engine(tmp_path: Path) -> None:
+    """On vLLM (fake engine) each turn's answer is its conversation's max_tokens (capped), the
+    prompts are the template's rendering, and result.json carries the truncation count and
+    both steady-state windows."""
+    from transformers import AutoTokenizer
+
+    from llenergymeasure_contract.env import HarnessEnv
+    from llenergymeasure_contract.experiment import ExperimentConfig
+    from llenergymeasure_harness.backends.vllm import VLLMBackend
+    from llenergymeasure_harness.experiment import Deps, run_experiment
+    from llenergymeasure_harness.testing.engines import FakeVLLM, FakeVLLMBehaviour
+    from llenergymeasure_harness.testing.fake_nvml import FakeNvml
+
+    ckpt = build_tiny_checkpoint(tmp_path / "ckpt", chat_template=TINY_CHAT_TEMPLATE)
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS), encoding="utf-8")
+    fake = FakeVLLM(FakeVLLMBehaviour(step_time_s=0.01))
+    clock = fake.behaviour.clock
+    config = ExperimentConfig(
+        model="tiny-llama",
+        load_format="dummy",
+        tokenizer=str(ckpt),
+        backend="vllm",
+        n_prompts=30,
+        max_input_tokens=MAX_INPUT,
+        max_output_tokens=MAX_OUTPUT,
+        dataset={"source": "jsonl", "path": str(data), "format": "chat", "turns": "each"},
+        baseline={"enabled": False},
+        vllm={"max_num_seqs": 4},
+    )
+    env = HarnessEnv(config=config, run_id="r", results_dir=str(tmp_path / "out"))
+    deps = Deps(
+        open_nvml=lambda: FakeNvml(1, clock=clock, power_w=300.0),
+        make_backend=lambda name: VLLMBackend(clock=clock, workdir=tmp_path / "w"),
+        clock=clock,
+        sleep=clock.advance,
+        cuda_visible=None,
+    )
+    with fake.installed():
+        run_experiment(env, deps)
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    rows = sorted(
+        pq.read_table(out / "requests.parquet").to_pylist(), key=lambda r: r["request_id"]
+    )
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    full = [
+        len(tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True)["input_ids"])
+        for m in _turns()
+    ]
+    assert [r["input_tokens"] for r in rows] == [min(full[i % 3], MAX_INPUT) for i in range(30)]
+    assert [r["output_tokens"] for r in rows] == [[3, 3, MAX_OUTPUT][i % 3] for i in range(30)]
+    result = json.loads((out / "result.json").read_text(encoding="utf-8"))
+    assert result["input_truncation"]["truncated_requests"] == 10
+    assert result["steady_state"] is not None
+    assert result["steady_state_mlenergy"]["max_num_seqs"] == 4
