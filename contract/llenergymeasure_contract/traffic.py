@@ -23,15 +23,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from llenergymeasure_contract.strict import StrictModel
 
 TrafficPattern = Literal["offline", "constant", "poisson", "gamma", "closed_loop"]
 #: Patterns that draw arrival times from a rate.
 RATE_PATTERNS: tuple[str, ...] = ("constant", "poisson", "gamma")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """Frozen, strict input (:mod:`llenergymeasure_contract.strict`)."""
 
 
 class SLOConfig(_Model):
