@@ -92,9 +92,8 @@ def check_url(url: str, key: str, fix: str) -> str:
     found = url_credentials(url)
     if found:
         raise ValueError(
-            f"{key} holds a credential ({'; '.join(found)}: {redact_url(url)}); a URL is "
-            f"written into plan.json, the results and the logs, so never put a secret in "
-            f"it. {fix}"
+            f"holds a credential ({'; '.join(found)}: {redact_url(url)}); {key} is written "
+            f"into plan.json, the results and the logs, so it must carry no secret. {fix}"
         )
     return url
 

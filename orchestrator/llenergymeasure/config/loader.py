@@ -30,6 +30,8 @@ import difflib
 import itertools
 import json
 import os
+import re
+import stat
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -42,6 +44,9 @@ from pydantic import BaseModel, ValidationError
 
 from llenergymeasure.config.impact import CarbonConfig, CostConfig, ImpactInputs
 from llenergymeasure.config.notify import NotifyConfig
+from llenergymeasure.config.study import (
+    ENV_NAME as _ENV_NAME,
+)
 from llenergymeasure.config.study import (
     DuplicateExperiment,
     ExecutionConfig,
@@ -66,6 +71,7 @@ from llenergymeasure_contract.experiment import (
     WarmupConfig,
 )
 from llenergymeasure_contract.registry import REGISTRY
+from llenergymeasure_contract.strict import MAX_TEXT_LEN, control_chars, redact_url
 from llenergymeasure_contract.traffic import TrafficConfig
 
 RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker", "slurm")
@@ -127,16 +133,86 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+#: Largest study file read (a study of 100,000 explicit experiments is about 10 MB).
+MAX_STUDY_FILE_BYTES = 16 * 1024 * 1024
+#: Deepest nesting of mappings and lists in a study file (the grammar needs about 6).
+MAX_NESTING = 64
+#: Longest value echoed back in an error message.
+ECHO_CHARS = 80
+
+
+def echo(value: Any) -> str:
+    """``repr(value)`` for an error message: at most :data:`ECHO_CHARS` characters, with the
+    credentials of any URL in it replaced by ``***`` (the one place values are echoed)."""
+    try:
+        text = redact_url(repr(value))
+    except RecursionError:
+        text = f"<a deeply nested {type(value).__name__}>"
+    if len(text) > ECHO_CHARS:
+        text = f"{text[: ECHO_CHARS - 3]}... ({len(text):,} characters)"
+    return text
+
+
+def check_regular_file(path: Path, what: str = "study file") -> os.stat_result:
+    """The ``stat`` of ``path`` if it is a regular file (symlinks followed), else ConfigError.
+
+    Checked before opening, so a FIFO or a device never blocks the read and a symlink loop is
+    a message, not a crash.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise ConfigError("file not found", source=str(path), hint="check the path") from exc
+    except (OSError, RuntimeError) as exc:  # ELOOP, ENAMETOOLONG, EACCES ...
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"cannot open the {what}: {why}",
+            source=str(path),
+            hint="check the path (a symlink that points to itself, in a loop?)",
+        ) from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"is a directory, not a {what}", source=str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(
+            f"is not a regular file (a pipe, socket or device), not a {what}",
+            source=str(path),
+            hint="give the path of a file",
+        )
+    return st
+
+
+def _nesting_problem(data: Any) -> str | None:
+    """A message when ``data`` nests deeper than :data:`MAX_NESTING` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return (
+                f"mappings and lists nest more than {MAX_NESTING} levels deep; a study needs "
+                "only a few"
+            )
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return None
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """Parse a YAML or JSON study file into a mapping.
 
     Raises:
-        ConfigError: missing file, syntax error (with line and column), or not a mapping.
+        ConfigError: missing file, not a regular file, too large or too deeply nested, syntax
+            error (with line and column), or not a mapping.
     """
-    if not path.exists():
-        raise ConfigError("file not found", source=str(path), hint="check the path")
-    if path.is_dir():
-        raise ConfigError("is a directory, not a study file", source=str(path))
+    st = check_regular_file(path)
+    if st.st_size > MAX_STUDY_FILE_BYTES:
+        raise ConfigError(
+            f"is {st.st_size / 1024**2:.0f} MiB; a study file may be at most "
+            f"{MAX_STUDY_FILE_BYTES // 1024**2} MiB",
+            source=str(path),
+            hint="is this the study file? a large sweep is written as lists, not expanded",
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -146,6 +222,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
             data = json.loads(text)
         else:
             data = yaml.load(text, Loader=_UniqueKeyLoader)
+        deep = _nesting_problem(data)
+    except RecursionError as exc:
+        deep = f"mappings and lists nest too deeply (more than {MAX_NESTING} levels)"
+        raise ConfigError(deep, source=str(path), hint="a study needs only a few levels") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=str(path)
@@ -159,6 +239,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
             source=str(path),
             hint="check indentation and that every 'key: value' has a space after the colon",
         ) from exc
+    if deep:
+        raise ConfigError(deep, source=str(path), hint="a study needs only a few levels")
     if data is None:
         raise ConfigError("file is empty", source=str(path), hint="add at least 'model:'")
     if not isinstance(data, dict):
@@ -180,6 +262,7 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
 
 
 def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    check_regular_file(path)  # before resolve(): a symlink loop is a message, not a crash
     path = path.resolve()
     if path in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path))
@@ -191,9 +274,9 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]
     if not isinstance(base, str):
         raise ConfigError(f"base: must be a file path, got {type(base).__name__}", source=str(path))
     base_path = (path.parent / base).expanduser()
-    if not base_path.exists():
+    if not base_path.exists() and not base_path.is_symlink():
         raise ConfigError(
-            f"base: {base!r} not found (looked for {base_path})",
+            f"base: {echo(base)} not found (looked for {base_path})",
             source=str(path),
             hint="base: paths are relative to the file that names them",
         )
@@ -245,7 +328,7 @@ def check_key_path(dotted: str) -> str | None:
             where = ".".join(walked) or "an experiment"
             close = difflib.get_close_matches(part, list(fields), n=3, cutoff=0.6)
             suggestion = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            return f"unknown key {part!r} in {where}{suggestion}"
+            return f"unknown key {echo(part)} in {where}{suggestion}"
         walked.append(part)
         fields = _child_fields(fields[part])  # {} at a leaf: any further part is unknown
     return None
@@ -393,7 +476,7 @@ def _format_validation(exc: ValidationError, cand: _Candidate) -> list[str]:
         elif err["type"] not in ("value_error", "assertion_error") and not isinstance(
             err.get("input"), dict | list
         ):
-            msg = f"{msg} (got {err.get('input')!r})"
+            msg = f"{msg} (got {echo(err.get('input'))})"
         problems.append(f"{where}: {msg}")
     return problems
 
@@ -414,14 +497,30 @@ def _resolve_paths(
         return resolved
 
     def _resolve_one(value: str, key: str, *, must_exist: bool) -> str:
+        where = cand.source_of(tuple(key.split(".")))
+        if len(value) > MAX_TEXT_LEN or control_chars(value):
+            return value  # the experiment's validation names the key and says why
         candidate = Path(value).expanduser()
         if not candidate.is_absolute():
             candidate = base_dir / candidate
-        if candidate.exists():
-            return str(candidate.resolve())
+        try:
+            exists = candidate.exists()
+            resolved = str(candidate.resolve()) if exists else None
+        except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+            why = getattr(exc, "strerror", None) or str(exc)
+            problem = f"{where}: cannot look up path {echo(value)}: {why}"
+            if problem not in problems:
+                problems.append(problem)
+            return value
+        if resolved is not None:
+            if key == "dataset.path":
+                problem = _jsonl_problem(Path(resolved))
+                if problem and f"{where}: {problem}" not in problems:
+                    problems.append(f"{where}: {problem}")
+            return resolved
         if must_exist or is_local_path(value):
             problem = (
-                f"{cand.source_of(tuple(key.split('.')))}: path {value!r} does not exist "
+                f"{where}: path {echo(value)} does not exist "
                 f"(looked for {candidate}); paths are relative to the study file"
             )
             if problem not in problems:
@@ -437,6 +536,43 @@ def _resolve_paths(
         path = dataset.get("path")
         if isinstance(path, str):
             dataset["path"] = resolve(path, "dataset.path", must_exist=True)
+
+
+#: Bytes of a JSONL dataset read at load time to judge it (the harness reads the rest).
+_JSONL_PROBE_BYTES = 64 * 1024
+
+
+def _jsonl_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a JSONL dataset (a directory, empty, binary, not JSON lines), or
+    None. Only its start is read: the harness reads the prompts themselves."""
+    shown = echo(str(path))
+    try:
+        size = check_regular_file(path, "JSONL dataset").st_size
+        with path.open("rb") as fh:
+            head = fh.read(_JSONL_PROBE_BYTES)
+    except ConfigError as exc:
+        return f"{shown} {exc.message}"
+    except OSError as exc:
+        return f"cannot read {shown}: {exc.strerror or exc}"
+    if not head.strip():
+        return f"{shown} is empty; a JSONL dataset holds one JSON object per line"
+    if b"\x00" in head:
+        return f"{shown} is a binary file, not JSON lines (one JSON object per line)"
+    lines = head.split(b"\n")
+    at = next(i for i, line in enumerate(lines) if line.strip())
+    first = lines[at]
+    try:
+        text = first.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{shown} is not UTF-8 text; a JSONL dataset is UTF-8 JSON lines"
+    if at < len(lines) - 1 or size <= _JSONL_PROBE_BYTES:  # the first line was read whole
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            return f"{shown}: its first line is not JSON (one JSON object per line expected)"
+        if not isinstance(obj, dict):
+            return f'{shown}: its first line is not a JSON object ({{"prompt": "..."}})'
+    return None
 
 
 def _expansion_size(
@@ -459,6 +595,43 @@ def _expansion_size(
                 n *= len(values)
         per_backend += n
     return size + unscoped * per_backend
+
+
+def _prefixes(dotted: str) -> list[str]:
+    """``a.b.c`` -> ``["a", "a.b"]``: the sections that contain a dotted key."""
+    parts = dotted.split(".")
+    return [".".join(parts[:n]) for n in range(1, len(parts))]
+
+
+#: ``$NAME`` or ``${NAME}`` in a path.
+_ENV_REF = re.compile(r"\$(?:\{(?P<braced>[^}]*)\}|(?P<name>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def expand_path(value: str, key: str, problems: list[str]) -> str:
+    """``~`` and ``$NAME``/``${NAME}`` expanded from the environment (docs/study-grammar.md).
+
+    An unset or empty variable, a malformed reference (``${}``, ``${A-B}``) or a ``$`` that
+    starts no name is a problem naming ``key``, never a folder literally called ``$HOME``.
+    """
+    bad: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group("braced") if m.group("braced") is not None else m.group("name")
+        if not _ENV_NAME.fullmatch(name or ""):
+            bad.append(f"{m.group(0)!r} is not a variable reference ($NAME or ${{NAME}})")
+            return m.group(0)
+        got = os.environ.get(name)
+        if not got:
+            bad.append(f"environment variable {name} is not set")
+            return m.group(0)
+        return got
+
+    out = _ENV_REF.sub(sub, value)
+    if "$" in _ENV_REF.sub("", value) and not bad:
+        bad.append("a '$' that starts no variable name ($NAME or ${NAME})")
+    for b in bad:
+        problems.append(f"{key}: {b} (in {echo(value)}); set it, or write the path out")
+    return os.path.expanduser(out)
 
 
 def _label_point(assignments: list[tuple[str, Any, str]], n: int) -> str:
@@ -500,7 +673,7 @@ def expand_study(
     for key in shared:
         if not isinstance(key, str):
             problems.append(
-                f"{key!r}: keys must be strings; quote it (YAML reads unquoted "
+                f"{echo(key)}: keys must be strings; quote it (YAML reads unquoted "
                 "on/off/yes/no/null and numbers as non-strings)"
             )
             continue
@@ -530,12 +703,12 @@ def expand_study(
                     problems.append(f"sweep.{key}: {msg}")
                     continue
                 if key in STUDY_KEYS:
-                    problems.append(f"sweep.{key}: study key {key!r} cannot be swept")
+                    problems.append(f"sweep.{key}: study key {echo(key)} cannot be swept")
                     continue
                 if not isinstance(values, list):
                     problems.append(
-                        f"sweep.{key}: expected a list of values, got {values!r}; "
-                        f"write [{values!r}] for a single value"
+                        f"sweep.{key}: expected a list of values, got {echo(values)}; "
+                        f"write [{echo(values)}] for a single value"
                     )
                     continue
                 if not values:
@@ -548,6 +721,14 @@ def expand_study(
                     )
                     continue
                 sweep[key] = values
+            for key in sweep:
+                parent = next((p for p in _prefixes(key) if p in sweep), None)
+                if parent is not None:
+                    problems.append(
+                        f"sweep.{key}: sweeps a part of sweep.{parent}, which sets the whole "
+                        f"{parent} section; every point would carry two contradicting labels. "
+                        f"Sweep either {parent} or its keys, not both"
+                    )
 
     # ---- explicit experiments
     exp_raw = raw.get("experiments")
@@ -560,13 +741,13 @@ def expand_study(
         else:
             for i, entry in enumerate(exp_raw):
                 if not isinstance(entry, dict):
-                    problems.append(f"experiments[{i}]: must be a mapping, got {entry!r}")
+                    problems.append(f"experiments[{i}]: must be a mapping, got {echo(entry)}")
                     continue
                 # an entry's own name: is the experiment's label (ExperimentConfig.name)
                 bad = [k for k in entry if k in STUDY_KEYS and k != "name"]
                 for k in bad:
                     problems.append(
-                        f"experiments[{i}].{k}: study key {k!r} belongs at the top level"
+                        f"experiments[{i}].{k}: study key {echo(k)} belongs at the top level"
                     )
                 for k in entry:
                     msg = (
@@ -597,7 +778,7 @@ def expand_study(
 
     limit = raw.get("max_experiments", DEFAULT_MAX_EXPERIMENTS)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        problems.append(f"max_experiments: must be a positive integer, got {limit!r}")
+        problems.append(f"max_experiments: must be a positive integer, got {echo(limit)}")
         limit = DEFAULT_MAX_EXPERIMENTS
     size = _expansion_size(sweep, entries, default_backend)
     if size > limit:
@@ -656,7 +837,7 @@ def expand_study(
         head = key.split(".")[0]
         if head in REGISTRY and head not in used_backends:
             problems.append(
-                f"sweep.{key}: no experiment uses backend {head!r} "
+                f"sweep.{key}: no experiment uses backend {echo(head)} "
                 f"(backends in this study: {', '.join(sorted(used_backends))}); "
                 f"add {head} to the backend sweep or remove this key"
             )
@@ -664,7 +845,7 @@ def expand_study(
         head = key.split(".")[0]
         if head in REGISTRY and head not in used_backends:
             problems.append(
-                f"{COMMAND_LINE} {key}: no experiment uses backend {head!r} "
+                f"{COMMAND_LINE} {key}: no experiment uses backend {echo(head)} "
                 f"(backends in this study: {', '.join(sorted(used_backends))})"
             )
     for b in REGISTRY.names():
@@ -759,6 +940,12 @@ def expand_study(
         runner = RunnerSettings.model_validate(runner_data)
     except ValidationError as exc:
         problems.extend(_section_problems(exc, ""))
+    chosen = runner_data.get("runner", runner.runner)
+    if "slurm" in raw and isinstance(chosen, str) and chosen != "slurm":
+        problems.append(
+            f"slurm: the section applies to runner: slurm only, but the runner is "
+            f"{chosen}; set runner: slurm (or --runner slurm), or remove the section"
+        )
     for key in runner.images:
         if key not in REGISTRY:
             problems.append(
@@ -767,15 +954,25 @@ def expand_study(
 
     name = raw.get("name", Path(source).stem if source != COMMAND_LINE else "llem")
     if not isinstance(name, str) or not name.strip():
-        problems.append(f"name: must be a non-empty string, got {name!r}")
+        problems.append(f"name: must be a non-empty string, got {echo(name)}")
+        name = "study"
+    elif control_chars(name) or len(name) > 200:
+        problems.append(
+            f"name: must be one line of printable text of at most 200 characters, got {echo(name)}"
+        )
         name = "study"
     results = results_dir or raw.get("results_dir") or user.results_dir or "./results"
     if not isinstance(results, str) or not results.strip():
-        problems.append(f"results_dir: must be a path string, got {results!r}")
+        problems.append(f"results_dir: must be a path string, got {echo(results)}")
+        results = "./results"
+    elif control_chars(results) or len(results) > MAX_TEXT_LEN:
+        problems.append(
+            f"results_dir: must be one line of printable text (a path), got {echo(results)}"
+        )
         results = "./results"
     # Made absolute once, here (relative to the working directory, as typed): bind mounts,
     # the manifest and a resume from another directory all need the absolute path.
-    results = os.path.abspath(os.path.expanduser(results))
+    results = os.path.abspath(expand_path(results, "results_dir", problems))
 
     impact = _impact_inputs(raw, user, source, problems)
     notify = _notify(raw, problems)
@@ -819,7 +1016,7 @@ def _impact_inputs(
                 sources[f"{key}.{k}"] = f"user config {user.source or '(defaults)'}"
         given = raw.get(key)
         if given is not None and not isinstance(given, dict):
-            problems.append(f"{key}: must be a mapping, got {given!r}")
+            problems.append(f"{key}: must be a mapping, got {echo(given)}")
             given = None
         for k, v in (given or {}).items():
             merged[k] = v
@@ -845,7 +1042,7 @@ def _notify(raw: Mapping[str, Any], problems: list[str]) -> NotifyConfig:
         return NotifyConfig()
     if not isinstance(given, dict):
         problems.append(
-            f"notify: must be a mapping (notify: {{webhooks: [URL, ...]}}), got {given!r}"
+            f"notify: must be a mapping (notify: {{webhooks: [URL, ...]}}), got {echo(given)}"
         )
         return NotifyConfig()
     try:
@@ -872,8 +1069,10 @@ def _section_problems(exc: ValidationError, prefix: str) -> list[str]:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif not isinstance(err.get("input"), dict | list):
-            msg = f"{msg} (got {err.get('input')!r})"
+        elif err["type"] not in ("value_error", "assertion_error") and not isinstance(
+            err.get("input"), dict | list
+        ):
+            msg = f"{msg} (got {echo(err.get('input'))})"
         out.append(f"{where}: {msg}")
     return out
 
