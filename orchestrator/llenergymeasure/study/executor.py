@@ -83,7 +83,7 @@ from llenergymeasure.study.manifest import (
     damaged,
     read_damage_checked,
 )
-from llenergymeasure.study.plan import PlannedExperiment, StudyPlan, gap_after
+from llenergymeasure.study.plan import PlannedExperiment, StudyPlan, gap_after, plan_json
 from llenergymeasure.study.progress import StudyProgress
 from llenergymeasure.study.signals import StopSignals, Terminated
 from llenergymeasure_contract.files import RESULT_FILE
@@ -165,6 +165,7 @@ def run_study(
     """
     opts = _merge_options(options, flags)
     notifier = Notifier.for_study(plan.study.notify)  # a missing secret: refused before anything
+    plan_text = plan_json(plan)  # one that would not resume: refused before anything too
     con = console or Console()
     base = _absolute(plan.study.results_dir)
     with StopSignals() as signals:
@@ -188,7 +189,7 @@ def run_study(
                 ],
             )
             try:
-                write_json_atomic(study_dir / PLAN_FILE, plan.model_dump_json(indent=1))
+                write_json_atomic(study_dir / PLAN_FILE, plan_text)
                 store = ManifestStore(study_dir, manifest)
                 store.write()
             except OSError as exc:
