@@ -514,9 +514,9 @@ def _resolve_paths(
             return value
         if resolved is not None:
             if key == "dataset.path":
-                problem = _jsonl_problem(Path(resolved))
-                if problem and f"{where}: {problem}" not in problems:
-                    problems.append(f"{where}: {problem}")
+                bad = _jsonl_problem(Path(resolved))
+                if bad and f"{where}: {bad}" not in problems:
+                    problems.append(f"{where}: {bad}")
             return resolved
         if must_exist or is_local_path(value):
             problem = (
