@@ -634,8 +634,16 @@ def expand_path(value: str, key: str, problems: list[str]) -> str:
     return os.path.expanduser(out)
 
 
+def _shown(value: Any) -> str:
+    """A sweep value in a label: as typed, or escaped and cut when it is not one short line."""
+    text = str(value)
+    if len(text) > ECHO_CHARS or control_chars(text):
+        return echo(value)
+    return text
+
+
 def _label_point(assignments: list[tuple[str, Any, str]], n: int) -> str:
-    desc = ", ".join(f"{k}={v}" for k, v, _ in assignments)
+    desc = ", ".join(f"{k}={_shown(v)}" for k, v, _ in assignments)
     return f"sweep point {n} ({desc})" if desc else f"sweep point {n}"
 
 
