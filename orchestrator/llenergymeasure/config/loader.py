@@ -30,8 +30,6 @@ import difflib
 import itertools
 import json
 import os
-import re
-import stat
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -43,10 +41,18 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llenergymeasure.config.impact import CarbonConfig, CostConfig, ImpactInputs
-from llenergymeasure.config.notify import NotifyConfig
-from llenergymeasure.config.study import (
-    ENV_NAME as _ENV_NAME,
+from llenergymeasure.config.inputs import (
+    MAX_NESTING,
+    MAX_STUDY_FILE_BYTES,
+    check_regular_file,
+    echo,
+    expand_path,
+    jsonl_problem,
+    nesting_problem,
+    prefixes,
+    shown,
 )
+from llenergymeasure.config.notify import NotifyConfig
 from llenergymeasure.config.study import (
     DuplicateExperiment,
     ExecutionConfig,
@@ -71,7 +77,7 @@ from llenergymeasure_contract.experiment import (
     WarmupConfig,
 )
 from llenergymeasure_contract.registry import REGISTRY
-from llenergymeasure_contract.strict import MAX_TEXT_LEN, control_chars, redact_url
+from llenergymeasure_contract.strict import MAX_TEXT_LEN, control_chars
 from llenergymeasure_contract.traffic import TrafficConfig
 
 RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker", "slurm")
@@ -133,71 +139,6 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
-#: Largest study file read (a study of 100,000 explicit experiments is about 10 MB).
-MAX_STUDY_FILE_BYTES = 16 * 1024 * 1024
-#: Deepest nesting of mappings and lists in a study file (the grammar needs about 6).
-MAX_NESTING = 64
-#: Longest value echoed back in an error message.
-ECHO_CHARS = 80
-
-
-def echo(value: Any) -> str:
-    """``repr(value)`` for an error message: at most :data:`ECHO_CHARS` characters, with the
-    credentials of any URL in it replaced by ``***`` (the one place values are echoed)."""
-    try:
-        text = redact_url(repr(value))
-    except RecursionError:
-        text = f"<a deeply nested {type(value).__name__}>"
-    if len(text) > ECHO_CHARS:
-        text = f"{text[: ECHO_CHARS - 3]}... ({len(text):,} characters)"
-    return text
-
-
-def check_regular_file(path: Path, what: str = "study file") -> os.stat_result:
-    """The ``stat`` of ``path`` if it is a regular file (symlinks followed), else ConfigError.
-
-    Checked before opening, so a FIFO or a device never blocks the read and a symlink loop is
-    a message, not a crash.
-    """
-    try:
-        st = path.stat()
-    except FileNotFoundError as exc:
-        raise ConfigError("file not found", source=str(path), hint="check the path") from exc
-    except (OSError, RuntimeError) as exc:  # ELOOP, ENAMETOOLONG, EACCES ...
-        why = getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError(
-            f"cannot open the {what}: {why}",
-            source=str(path),
-            hint="check the path (a symlink that points to itself, in a loop?)",
-        ) from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"is a directory, not a {what}", source=str(path))
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(
-            f"is not a regular file (a pipe, socket or device), not a {what}",
-            source=str(path),
-            hint="give the path of a file",
-        )
-    return st
-
-
-def _nesting_problem(data: Any) -> str | None:
-    """A message when ``data`` nests deeper than :data:`MAX_NESTING` (iterative: no recursion)."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_NESTING:
-            return (
-                f"mappings and lists nest more than {MAX_NESTING} levels deep; a study needs "
-                "only a few"
-            )
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
-    return None
-
-
 def read_config_file(path: Path) -> dict[str, Any]:
     """Parse a YAML or JSON study file into a mapping.
 
@@ -222,7 +163,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
             data = json.loads(text)
         else:
             data = yaml.load(text, Loader=_UniqueKeyLoader)
-        deep = _nesting_problem(data)
+        deep = nesting_problem(data)
     except RecursionError as exc:
         deep = f"mappings and lists nest too deeply (more than {MAX_NESTING} levels)"
         raise ConfigError(deep, source=str(path), hint="a study needs only a few levels") from exc
@@ -514,7 +455,7 @@ def _resolve_paths(
             return value
         if resolved is not None:
             if key == "dataset.path":
-                bad = _jsonl_problem(Path(resolved))
+                bad = jsonl_problem(Path(resolved))
                 if bad and f"{where}: {bad}" not in problems:
                     problems.append(f"{where}: {bad}")
             return resolved
@@ -536,43 +477,6 @@ def _resolve_paths(
         path = dataset.get("path")
         if isinstance(path, str):
             dataset["path"] = resolve(path, "dataset.path", must_exist=True)
-
-
-#: Bytes of a JSONL dataset read at load time to judge it (the harness reads the rest).
-_JSONL_PROBE_BYTES = 64 * 1024
-
-
-def _jsonl_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be a JSONL dataset (a directory, empty, binary, not JSON lines), or
-    None. Only its start is read: the harness reads the prompts themselves."""
-    shown = echo(str(path))
-    try:
-        size = check_regular_file(path, "JSONL dataset").st_size
-        with path.open("rb") as fh:
-            head = fh.read(_JSONL_PROBE_BYTES)
-    except ConfigError as exc:
-        return f"{shown} {exc.message}"
-    except OSError as exc:
-        return f"cannot read {shown}: {exc.strerror or exc}"
-    if not head.strip():
-        return f"{shown} is empty; a JSONL dataset holds one JSON object per line"
-    if b"\x00" in head:
-        return f"{shown} is a binary file, not JSON lines (one JSON object per line)"
-    lines = head.split(b"\n")
-    at = next(i for i, line in enumerate(lines) if line.strip())
-    first = lines[at]
-    try:
-        text = first.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"{shown} is not UTF-8 text; a JSONL dataset is UTF-8 JSON lines"
-    if at < len(lines) - 1 or size <= _JSONL_PROBE_BYTES:  # the first line was read whole
-        try:
-            obj = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
-            return f"{shown}: its first line is not JSON (one JSON object per line expected)"
-        if not isinstance(obj, dict):
-            return f'{shown}: its first line is not a JSON object ({{"prompt": "..."}})'
-    return None
 
 
 def _expansion_size(
@@ -597,53 +501,8 @@ def _expansion_size(
     return size + unscoped * per_backend
 
 
-def _prefixes(dotted: str) -> list[str]:
-    """``a.b.c`` -> ``["a", "a.b"]``: the sections that contain a dotted key."""
-    parts = dotted.split(".")
-    return [".".join(parts[:n]) for n in range(1, len(parts))]
-
-
-#: ``$NAME`` or ``${NAME}`` in a path.
-_ENV_REF = re.compile(r"\$(?:\{(?P<braced>[^}]*)\}|(?P<name>[A-Za-z_][A-Za-z0-9_]*))")
-
-
-def expand_path(value: str, key: str, problems: list[str]) -> str:
-    """``~`` and ``$NAME``/``${NAME}`` expanded from the environment (docs/study-grammar.md).
-
-    An unset or empty variable, a malformed reference (``${}``, ``${A-B}``) or a ``$`` that
-    starts no name is a problem naming ``key``, never a folder literally called ``$HOME``.
-    """
-    bad: list[str] = []
-
-    def sub(m: re.Match[str]) -> str:
-        name = m.group("braced") if m.group("braced") is not None else m.group("name")
-        if not _ENV_NAME.fullmatch(name or ""):
-            bad.append(f"{m.group(0)!r} is not a variable reference ($NAME or ${{NAME}})")
-            return m.group(0)
-        got = os.environ.get(name)
-        if not got:
-            bad.append(f"environment variable {name} is not set")
-            return m.group(0)
-        return got
-
-    out = _ENV_REF.sub(sub, value)
-    if "$" in _ENV_REF.sub("", value) and not bad:
-        bad.append("a '$' that starts no variable name ($NAME or ${NAME})")
-    for b in bad:
-        problems.append(f"{key}: {b} (in {echo(value)}); set it, or write the path out")
-    return os.path.expanduser(out)
-
-
-def _shown(value: Any) -> str:
-    """A sweep value in a label: as typed, or escaped and cut when it is not one short line."""
-    text = str(value)
-    if len(text) > ECHO_CHARS or control_chars(text):
-        return echo(value)
-    return text
-
-
 def _label_point(assignments: list[tuple[str, Any, str]], n: int) -> str:
-    desc = ", ".join(f"{k}={_shown(v)}" for k, v, _ in assignments)
+    desc = ", ".join(f"{k}={shown(v)}" for k, v, _ in assignments)
     return f"sweep point {n} ({desc})" if desc else f"sweep point {n}"
 
 
@@ -730,7 +589,7 @@ def expand_study(
                     continue
                 sweep[key] = values
             for key in sweep:
-                parent = next((p for p in _prefixes(key) if p in sweep), None)
+                parent = next((p for p in prefixes(key) if p in sweep), None)
                 if parent is not None:
                     problems.append(
                         f"sweep.{key}: sweeps a part of sweep.{parent}, which sets the whole "
