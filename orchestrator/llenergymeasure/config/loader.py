@@ -570,7 +570,7 @@ def expand_study(
                     problems.append(f"sweep.{key}: {msg}")
                     continue
                 if key in STUDY_KEYS:
-                    problems.append(f"sweep.{key}: study key {echo(key)} cannot be swept")
+                    problems.append(f"sweep.{key}: study key {key!r} cannot be swept")
                     continue
                 if not isinstance(values, list):
                     problems.append(
@@ -614,7 +614,7 @@ def expand_study(
                 bad = [k for k in entry if k in STUDY_KEYS and k != "name"]
                 for k in bad:
                     problems.append(
-                        f"experiments[{i}].{k}: study key {echo(k)} belongs at the top level"
+                        f"experiments[{i}].{k}: study key {k!r} belongs at the top level"
                     )
                 for k in entry:
                     msg = (
@@ -704,7 +704,7 @@ def expand_study(
         head = key.split(".")[0]
         if head in REGISTRY and head not in used_backends:
             problems.append(
-                f"sweep.{key}: no experiment uses backend {echo(head)} "
+                f"sweep.{key}: no experiment uses backend {head!r} "
                 f"(backends in this study: {', '.join(sorted(used_backends))}); "
                 f"add {head} to the backend sweep or remove this key"
             )
@@ -712,7 +712,7 @@ def expand_study(
         head = key.split(".")[0]
         if head in REGISTRY and head not in used_backends:
             problems.append(
-                f"{COMMAND_LINE} {key}: no experiment uses backend {echo(head)} "
+                f"{COMMAND_LINE} {key}: no experiment uses backend {head!r} "
                 f"(backends in this study: {', '.join(sorted(used_backends))})"
             )
     for b in REGISTRY.names():
