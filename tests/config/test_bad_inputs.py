@@ -256,13 +256,13 @@ CASES = [
     Case(
         "chat-empty-file",
         CHAT + "dataset: {source: jsonl, path: c.jsonl, format: chat}\n",
-        "c.jsonl is empty",
+        "c.jsonl' is empty",
         files={**TOK, "c.jsonl": "\n"},
     ),
     Case(
         "chat-path-is-a-directory",
         CHAT + "dataset: {source: jsonl, path: tok, format: chat}\n",
-        "is not a regular file",
+        "tok' is a directory, not a JSONL dataset",
         files=TOK,
     ),
     Case(
