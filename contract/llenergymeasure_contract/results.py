@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
+from llenergymeasure_contract.reuse import EngineShare
 
 SCHEMA_VERSION = "1.0"
 
@@ -321,6 +322,7 @@ class Timings(_Model):
     baseline_s: float | None = None
     measure_s: float | None = None
     prefill_pass_s: float | None = None  # the prefill-only pass after the measured window
+    gap_s: float | None = None  # engine groups: the thermal rest before this run, in-container
     total_s: float | None = None
 
 
@@ -346,6 +348,7 @@ class ExperimentResult(_Model):
     phase_energy: PhaseEnergy | None = None
     compile_cache: CompileCacheInfo | None = None
     traffic: TrafficOutcome | None = None
+    engine_share: EngineShare | None = None  # the loaded engine was shared (reuse_engine)
     quality_flags: list[QualityFlag] = Field(default_factory=list)
     environment: EnvironmentSnapshot
     artifacts: dict[str, str] = Field(default_factory=dict)  # kind -> file name in results dir

@@ -90,6 +90,8 @@ class Deps:
     sleep: Callable[[float], None] = time.sleep
     epoch: Callable[[], float] = time.time
     cuda_visible: str | None = field(default_factory=lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    #: Engine groups: annotates the assembled result before it is written (group.py).
+    finalize: Callable[[ExperimentResult], ExperimentResult] | None = None
 
 
 def _resolve_nvml_index(nvml: Nvml, ref: int | str) -> int:
@@ -318,6 +320,8 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             ended_epoch=d.epoch(),
             total_s=d.clock() - t_begin,
         )
+        if d.finalize is not None:
+            result = d.finalize(result)
 
         # ------------------------------------------------------------------ write
         phase = "write"
