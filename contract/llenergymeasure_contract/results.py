@@ -279,6 +279,10 @@ class PhaseMethod(_Model):
     j_per_decode_token: float | None = None
     reason: str | None = None  # why the figures are None
     prefill_pass_duration_s: float | None = None  # prefill_pass_difference only
+    # prefill_pass_difference: requests the pass ran (a sized subset of the measured shapes)
+    # and the factor its energy was scaled by to the measured prompt tokens (1.0: all of them)
+    prefill_pass_requests: int | None = None
+    prefill_pass_scale: float | None = None
     n_steps: int | None = None  # timeline_decode_fit only
     n_clean_decode_steps: int | None = None
     decode_fit_j: dict[str, float] | None = None

@@ -59,7 +59,12 @@ from llenergymeasure_harness.energy.sampler import integrate_power
 from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_kind
 from llenergymeasure_harness.environment import snapshot
 from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
-from llenergymeasure_harness.phase_energy import phase_energy, prefill_pass_split, timeline_split
+from llenergymeasure_harness.phase_energy import (
+    phase_energy,
+    prefill_pass_split,
+    run_prefill_pass,
+    timeline_split,
+)
 from llenergymeasure_harness.prompts import build_requests, distinct_requests, vocab_size_for
 from llenergymeasure_harness.quality import quality_flags
 from llenergymeasure_harness.traffic import ArrivalPlan
@@ -277,7 +282,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         if meter is not None:
             meter.begin_window("prefill_pass", sync)
         t_p0 = d.clock()
-        pass_records = backend.run(pass_requests)
+        pass_records = run_prefill_pass(backend, pass_requests, d.clock)
         t_p1 = d.clock()
         if meter is not None:
             pass_window = meter.end_window("prefill_pass", sync)
