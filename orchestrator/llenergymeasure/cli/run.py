@@ -23,6 +23,7 @@ from llenergymeasure.config.user import load_user_defaults, user_config_path
 from llenergymeasure.errors import InterruptedStudy, UsageError
 from llenergymeasure.study.executor import dry_run_job_scripts, run_study
 from llenergymeasure.study.executor import resume as resume_study
+from llenergymeasure.study.load_times import cached_startups
 from llenergymeasure.study.plan import StudyPlan, build_plan
 from llenergymeasure.study.signals import Terminated
 from llenergymeasure_contract.experiment import DEFAULT_BACKEND
@@ -137,7 +138,7 @@ def load_plan(
             runner_overrides=runner_overrides,
             results_dir=results_dir,
         )
-    return build_plan(study)
+    return build_plan(study, startups=cached_startups())
 
 
 def run_command(
