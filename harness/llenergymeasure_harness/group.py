@@ -99,7 +99,8 @@ class _Handle:
         object.__setattr__(self, "_shared", shared)
 
     def load(self, config: ExperimentConfig) -> LoadInfo:
-        return self._shared.bind(config)
+        shared: SharedEngine = self._shared
+        return shared.bind(config)
 
     def close(self) -> None:
         """The group closes the engine, not the member."""

@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,9 @@ execution: {n_cycles: 2, cycle_order: %s, config_gap_s: 5, cycle_gap_s: 10%s}
 def _llem(cwd: Path, *args: str, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("contract", "harness", "orchestrator")),
+        "PYTHONPATH": os.pathsep.join(
+            str(ROOT / p) for p in ("contract", "harness", "orchestrator")
+        ),
         "XDG_CACHE_HOME": str(cache or cwd / "cache"),
         "LLEM_USER_CONFIG": "",
         "COLUMNS": "80",
@@ -53,6 +54,7 @@ def _llem(cwd: Path, *args: str, cache: Path | None = None) -> subprocess.Comple
         cwd=cwd,
         env=env,
         capture_output=True,
+        check=False,
         text=True,
         timeout=120,
     )
@@ -112,17 +114,13 @@ def test_estimate_uses_cached_load_times(tmp_path: Path) -> None:
     plain = _plan(tmp_path, "sequential", reuse=False)
     cache = tmp_path / "xdg"
     configs = [ExperimentConfig.model_validate(e["config"]) for e in plain["experiments"]]
-    entries = {
-        f"{socket.gethostname()}|{engine_key(c)}": {"startup_s": 100.0} for c in configs
-    }
+    entries = {f"{socket.gethostname()}|{engine_key(c)}": {"startup_s": 100.0} for c in configs}
     (cache / "llenergymeasure").mkdir(parents=True)
     (cache / "llenergymeasure" / "load_times.json").write_text(json.dumps(entries))
     cached = _plan(tmp_path, "sequential", reuse=False, cache=cache)
     assert cached["estimate_basis"] == "start-up and load from earlier runs on this host"
     assert plain["estimate_basis"] == "start-up and load assumed 20 s per engine load"
-    assert cached["estimated_duration_s"] - plain["estimated_duration_s"] == pytest.approx(
-        8 * 80.0
-    )
+    assert cached["estimated_duration_s"] - plain["estimated_duration_s"] == pytest.approx(8 * 80.0)
     grouped = _plan(tmp_path, "sequential", reuse=True, cache=cache)
     # 8 runs in 3 groups: 5 start-ups of 100 s fewer
     assert cached["estimated_duration_s"] - grouped["estimated_duration_s"] == pytest.approx(
@@ -133,7 +131,9 @@ def test_estimate_uses_cached_load_times(tmp_path: Path) -> None:
 def test_group_runs_is_stable_within_a_group() -> None:
     """Runs of one engine keep their own order; groups keep the order of their first runs."""
     runs = [RunKey(config_hash=h, cycle=1) for h in ("a", "b", "c", "d")]
-    ordered, groups, note = group_runs(runs, {"a": "k1", "b": "k2", "c": "k1", "d": "k3"}, "sequential")
+    ordered, groups, note = group_runs(
+        runs, {"a": "k1", "b": "k2", "c": "k1", "d": "k3"}, "sequential"
+    )
     assert [r.config_hash for r in ordered] == ["a", "c", "b", "d"]
     assert [g.run_ids for g in groups] == [["a_c1", "c_c1"], ["b_c1"], ["d_c1"]]
     assert note is not None and "2 runs moved" in note
@@ -150,7 +150,9 @@ def test_record_run_caches_only_runs_that_loaded(tmp_path: Path) -> None:
     path = tmp_path / "lt.json"
     record_run(result, wall_s=(result.timings.total_s or 0) + 3.0, path=path, host="h")
     startups = cached_startups(path, host="h")
-    assert startups == {engine_key(result.config): pytest.approx(3.0 + (result.timings.load_s or 0))}
+    assert startups == {
+        engine_key(result.config): pytest.approx(3.0 + (result.timings.load_s or 0))
+    }
     shared = result.model_copy(
         update={
             "run_id": "other",

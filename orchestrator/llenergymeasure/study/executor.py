@@ -60,6 +60,7 @@ from llenergymeasure.results.study import (
     RunMetrics,
     RunSummary,
     StudyResult,
+    time_budget,
 )
 from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunState, load_result
 from llenergymeasure.runners.preflight import (
@@ -72,6 +73,7 @@ from llenergymeasure.runners.preflight import (
     run_preflight,
 )
 from llenergymeasure.runners.spec import ContainerSettings, RunRequest, _looks_like_host_path
+from llenergymeasure.study.load_times import remember_load_time
 from llenergymeasure.study.lock import StudyLock
 from llenergymeasure.study.manifest import (
     MANIFEST_FILE,
@@ -1112,6 +1114,7 @@ def _run_loop(
             outcome = runner.run(request, echo=progress.echo if opts.verbose else None)
             session.experiments_s += outcome.duration_s or 0.0
             store.finish_attempt(rec.run_id, outcome)
+            remember_load_time(outcome.result, outcome.duration_s)
             current.clear()
             metrics = _metrics(outcome)
             progress.end_run(rec, exp, outcome, metrics)
@@ -1214,6 +1217,7 @@ def _study_result(plan: StudyPlan, store: ManifestStore) -> StudyResult:
     m = store.manifest
     by_hash = {e.config_hash: e for e in plan.experiments}
     runs = []
+    completed: list[Any] = []  # ExperimentResult of each completed run
     for rec in m.runs:
         exp = by_hash.get(rec.config_hash)
         last = rec.last
@@ -1224,6 +1228,7 @@ def _study_result(plan: StudyPlan, store: ManifestStore) -> StudyResult:
             # in an earlier session is read here, once.
             run_result = store.result_of(rec.run_id)
             if run_result is not None:
+                completed.append(run_result)
                 metrics = RunMetrics.from_result(run_result)
                 result_rel = str(Path(last.run_dir) / RESULT_FILE)
         runs.append(
@@ -1273,6 +1278,7 @@ def _study_result(plan: StudyPlan, store: ManifestStore) -> StudyResult:
         n_interrupted=counts["interrupted"] + counts["running"],
         n_pending=counts["pending"],
         runs=runs,
+        **time_budget(completed, m.experiments_s, m.gaps_s),
     )
     return enrich(result, plan.study.impact)
 

@@ -50,7 +50,7 @@ class RunGroup(BaseModel):
     run_ids: list[str]
 
 
-def _passes(runs: Sequence[RunKey], order: CycleOrder) -> list[list[RunKey]]:  # noqa: UP047
+def _passes(runs: Sequence[RunKey], order: CycleOrder) -> list[list[RunKey]]:
     """The stretches grouping may reorder inside: the whole plan, or one cycle each."""
     if order == "sequential":
         return [list(runs)]

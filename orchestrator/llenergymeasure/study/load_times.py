@@ -91,6 +91,12 @@ def record_run(
         logger.debug("cannot write %s: %s", target, exc)
 
 
+def remember_load_time(result: ExperimentResult | None, wall_s: float | None) -> None:
+    """:func:`record_run` in the default cache for a completed run (None: nothing to do)."""
+    if result is not None:
+        record_run(result, wall_s)
+
+
 def estimate_basis(startups: Mapping[str, float], keys: list[str], assumed_s: float) -> str:
     """How the plan estimated start-up: from the cache, assumed, or both."""
     known = sum(1 for k in keys if k in startups)
@@ -110,4 +116,5 @@ __all__ = [
     "default_path",
     "estimate_basis",
     "record_run",
+    "remember_load_time",
 ]
