@@ -73,6 +73,7 @@ from llenergymeasure.runners.preflight import (
     run_preflight,
 )
 from llenergymeasure.runners.spec import ContainerSettings, RunRequest, _looks_like_host_path
+from llenergymeasure.study.group_run import batches, run_group
 from llenergymeasure.study.load_times import remember_load_time
 from llenergymeasure.study.lock import StudyLock
 from llenergymeasure.study.manifest import (
@@ -1099,7 +1100,9 @@ def _run_loop(
             finally:
                 session.experiments_s += loop.experiments_s
             todo = []
-        for rec in todo:
+        echo = progress.echo if opts.verbose else None
+        for batch in batches(todo, plan):
+            rec = batch[0]
             exp = by_hash[rec.config_hash]
             if previous is not None:
                 between = gap_after(previous, rec, ex.cycle_order)
@@ -1107,35 +1110,54 @@ def _run_loop(
                 if gap > 0:
                     kind = "cycle" if between == "cycle" else "experiment"
                     session.gaps_s += progress.countdown(gap, f"thermal gap between {kind}s", sleep)
-            request = make_request(rec, None)
-            current[:] = [rec]
-            store.start_attempt(rec.run_id, request.run_dir, request.log_path)
-            progress.start_run(rec, exp)
-            outcome = runner.run(request, echo=progress.echo if opts.verbose else None)
-            session.experiments_s += outcome.duration_s or 0.0
-            store.finish_attempt(rec.run_id, outcome)
-            remember_load_time(outcome.result, outcome.duration_s)
+            current[:] = list(batch)
+            if len(batch) == 1:
+                request = make_request(rec, None)
+                store.start_attempt(rec.run_id, request.run_dir, request.log_path)
+                progress.start_run(rec, exp)
+                ended = [(rec, runner.run(request, echo=echo))]
+            else:  # execution.reuse_engine: one process, one loaded engine for the batch
+                progress.start_run(rec, exp)
+                ended = run_group(
+                    batch,
+                    plan,
+                    make_request=lambda r: make_request(r, None),
+                    start_attempt=lambda r, q: store.start_attempt(r.run_id, q.run_dir, q.log_path),
+                    run=lambda q: runner.run(q, echo=echo),
+                )
+            stop = abort = False
+            for i, (rec, outcome) in enumerate(ended):
+                exp = by_hash[rec.config_hash]
+                if i > 0:  # a group member: its own line, as it ended in the group's process
+                    progress.start_run(rec, exp)
+                session.experiments_s += outcome.duration_s or 0.0
+                store.finish_attempt(rec.run_id, outcome)
+                remember_load_time(outcome.result, outcome.duration_s)
+                metrics = _metrics(outcome)
+                progress.end_run(rec, exp, outcome, metrics)
+                if notifier is not None:
+                    notifier.send(
+                        "experiment_end",
+                        _run_payload(store, rec, exp=exp, outcome=outcome, metrics=metrics),
+                    )
+                previous = rec
+                # A signal that arrived after the harness had finished leaves the run
+                # completed (its result.json is whole); the study still stops here.
+                if outcome.status == "interrupted" or (signals is not None and signals.received):
+                    stop = True
+                consecutive = 0 if outcome.ok else consecutive + 1
+                limit = ex.max_consecutive_failures
+                if limit and consecutive >= limit and not abort:
+                    abort = True
+                    store.set_state(
+                        "aborted",
+                        f"stopped after {consecutive} consecutive failures "
+                        f"(execution.max_consecutive_failures={limit})",
+                    )
             current.clear()
-            metrics = _metrics(outcome)
-            progress.end_run(rec, exp, outcome, metrics)
-            if notifier is not None:
-                notifier.send(
-                    "experiment_end",
-                    _run_payload(store, rec, exp=exp, outcome=outcome, metrics=metrics),
-                )
-            previous = rec
-            # A signal that arrived after the harness had finished leaves the run completed
-            # (its result.json is whole); the study still stops here.
-            if outcome.status == "interrupted" or (signals is not None and signals.received):
+            if stop:
                 raise KeyboardInterrupt
-            consecutive = 0 if outcome.ok else consecutive + 1
-            limit = ex.max_consecutive_failures
-            if limit and consecutive >= limit:
-                store.set_state(
-                    "aborted",
-                    f"stopped after {consecutive} consecutive failures "
-                    f"(execution.max_consecutive_failures={limit})",
-                )
+            if abort:
                 break
     return progress
 
