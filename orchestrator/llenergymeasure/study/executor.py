@@ -1084,6 +1084,8 @@ def _run_loop(
                     "note: thermal gaps are not applied between Slurm jobs (consecutive "
                     "jobs may run on different nodes)"
                 )
+            if ex.reuse_engine and not opts.quiet:
+                con.print("note: execution.reuse_engine does not apply to Slurm: one job per run")
             loop = BatchLoop(
                 plan=plan,
                 store=store,
