@@ -82,7 +82,7 @@ def test_dry_run_shows_groups_and_what_changed(tmp_path: Path) -> None:
     proc = _llem(tmp_path, "run", "study.yaml", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "engine groups (one container and engine load each):" in out
+    assert "engine groups (one harness process and engine load each):" in out
     assert "#1 c1, #1 c2, #3 c1, #3 c2" in out
     assert "runs moved so that runs of one engine follow each other" in out
     doc = _plan(tmp_path, "sequential", reuse=True)

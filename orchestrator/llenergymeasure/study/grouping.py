@@ -126,7 +126,7 @@ def group_lines(groups: Sequence[RunGroup], index_of: Mapping[str, int]) -> list
         more = f" +{len(g.run_ids) - 8}" if len(g.run_ids) > 8 else ""
         lines.append(f"  {g.group_id}  engine {g.engine_key[:8]}  {shown}{more}")
     if lines:
-        lines.insert(0, "engine groups (one container and engine load each):")
+        lines.insert(0, "engine groups (one harness process and engine load each):")
     return lines
 
 
