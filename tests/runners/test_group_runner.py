@@ -116,3 +116,8 @@ def test_members_not_started_are_interrupted(make_request: Callable[..., RunRequ
     stopped = RunOutcome(status="interrupted", failure_kind="interrupted", duration_s=10.0)
     outs = member_outcomes(req.group, stopped)
     assert [o.status for o in outs] == ["completed", "interrupted", "interrupted"]
+    # the process's classification said completed (the first result.json was whole), but it
+    # exited 130: the members without a result were stopped, not failed
+    whole = RunOutcome(status="completed", exit_code=130, duration_s=10.0)
+    outs = member_outcomes(req.group, whole)
+    assert [o.status for o in outs] == ["completed", "interrupted", "interrupted"]

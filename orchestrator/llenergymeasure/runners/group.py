@@ -21,11 +21,15 @@ from llenergymeasure.runners.spec import GroupRequest
 
 #: error.json classes that mean the run was stopped, not that it failed.
 _STOPPED = {"KeyboardInterrupt", "HarnessTerminated"}
+#: Exit codes of a stopped harness: 130/143 (it caught SIGINT/SIGTERM), -2/-15 (killed by it).
+_STOP_CODES = {130, 143, -2, -15}
 
 
 def member_outcomes(group: GroupRequest, outcome: RunOutcome) -> list[RunOutcome]:
     """One outcome per member of ``group`` (in order), given the process's ``outcome``."""
-    interrupted = outcome.status == "interrupted"
+    # The process's own classification calls it completed when the first member's
+    # result.json was whole at the interruption; its exit code still tells.
+    interrupted = outcome.status == "interrupted" or outcome.exit_code in _STOP_CODES
     out: list[RunOutcome] = []
     for member in group.members:
         record = read_error_record(member.run_dir)
@@ -43,7 +47,7 @@ def member_outcomes(group: GroupRequest, outcome: RunOutcome) -> list[RunOutcome
                     log_path=member.log_path,
                 )
             )
-        elif interrupted:
+        elif interrupted or outcome.status == "completed":  # no file and no failure: stopped
             out.append(
                 RunOutcome(
                     status="interrupted",
