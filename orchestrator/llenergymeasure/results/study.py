@@ -163,6 +163,8 @@ class RunSummary(_Model):
     node: str | None = None  # Slurm runner: where it ran
     params: dict[str, Any] = Field(default_factory=dict)  # the sweep values of this experiment
     metrics: RunMetrics | None = None
+    # where the run's harness time went (llenergymeasure_contract.time_budget), completed runs
+    time_breakdown_s: dict[str, float] | None = None
 
 
 class StudyResult(_Model):

@@ -25,6 +25,7 @@ from llenergymeasure.runners.factory import ran_image
 from llenergymeasure.study.manifest import ManifestStore, RunRecord
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan
 from llenergymeasure_contract.files import RESULT_FILE
+from llenergymeasure_contract.time_budget import run_time_breakdown
 from llenergymeasure_contract.timestamps import utc_iso
 
 
@@ -89,7 +90,11 @@ def _summary(
     last = rec.last
     metrics = None
     result_rel = None
+    breakdown = None
     if rec.state == "completed" and last is not None:
+        run_result = store.result_of(rec.run_id)  # kept in the store once read
+        if run_result is not None:
+            breakdown = {k: round(v, 3) for k, v in run_time_breakdown(run_result.timings).items()}
         metrics = known.get(rec.run_id)
         if metrics is None:
             # This session's results ride in the store (from their outcomes); a run completed
@@ -122,6 +127,7 @@ def _summary(
         node=last.node if last else None,
         params=dict(exp.params) if exp else {},
         metrics=metrics,
+        time_breakdown_s=breakdown,
     )
 
 
