@@ -69,10 +69,17 @@ def test_group_in_one_process_ctrl_c_and_resume(tmp_path: Path) -> None:
         if list((tmp_path / "results").glob("reuse_*/runs/*/result.json")):
             break
         time.sleep(0.2)
+    (study_dir,) = (tmp_path / "results").glob("reuse_*")
+    # the first run is completed in the manifest as its result appears, while the group runs
+    while time.monotonic() < deadline and proc.poll() is None:
+        states = [r.state for r in ManifestStore.load(study_dir).manifest.runs]
+        if states[0] == "completed":
+            break
+        time.sleep(0.1)
+    assert states == ["completed", "running", "running"], states
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
-    (study_dir,) = (tmp_path / "results").glob("reuse_*")
     manifest = ManifestStore.load(study_dir).manifest
     assert [r.state for r in manifest.runs] == ["completed", "interrupted", "interrupted"], out
     first = study_dir / manifest.runs[0].attempts[0].run_dir / "result.json"

@@ -325,13 +325,15 @@ class StudySession:
                     make_request=lambda r: self.make_request(r, None),
                     start_attempt=lambda r, q: store.start_attempt(r.run_id, q.run_dir, q.log_path),
                     run=lambda q: self.runner.run(q, echo=echo),
+                    on_result=lambda r, o: store.finish_attempt(r.run_id, o),
                 )
             stop = abort = False
             for i, (rec, outcome) in enumerate(ended):
                 if i > 0:  # a group member: its own line, as it ended in the group's process
                     self.progress.start_run(rec, self.experiment(rec))
                 self.clock.experiments_s += outcome.duration_s or 0.0
-                self.store.finish_attempt(rec.run_id, outcome)
+                if store.run(rec.run_id).state == "running":  # a member may be recorded already
+                    self.store.finish_attempt(rec.run_id, outcome)
                 remember_load_time(outcome.result, outcome.duration_s)
                 self._report_end(rec, outcome)
                 previous = rec
