@@ -18,7 +18,6 @@ Each result carries an :class:`EngineShare` saying with which runs its engine wa
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +27,31 @@ from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.registry import REGISTRY
 
 
-def _drop(tree: dict[str, Any], dotted: str) -> None:
-    """Remove ``a.b.c`` from a nested dict (missing parts are ignored)."""
-    *parents, leaf = dotted.split(".")
-    node: Any = tree
-    for part in parents:
-        node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            return
-    if isinstance(node, dict):
-        node.pop(leaf, None)
-
-
-def load_time_config(config: ExperimentConfig) -> dict[str, Any]:
-    """The config as a dict without its backend's run-time keys: what the engine fixes."""
-    data = config.model_dump(mode="json")
-    for key in REGISTRY.get(str(config.backend)).run_time_keys:
-        _drop(data, key)
-    return data
+def _exclude(run_time_keys: tuple[str, ...]) -> dict[str, Any]:
+    """Dotted keys as a pydantic ``exclude`` tree (``a.b`` -> ``{"a": {"b": True}}``)."""
+    tree: dict[str, Any] = {}
+    for dotted in run_time_keys:
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            child = node.setdefault(part, {})
+            if child is True:
+                break
+            node = child
+        else:
+            node[leaf] = True
+    return tree
 
 
 def engine_key(config: ExperimentConfig) -> str:
     """A hash (16 hex) of the load-time keys: equal keys mean one loaded engine serves both.
 
     Every key not listed in the backend's ``run_time_keys`` counts, so a key added later is
-    load-time until someone declares it run-time.
+    load-time until someone declares it run-time. Canonical as ``config_hash`` is: fields
+    serialise in declaration order and free-form dicts are key-sorted on validation.
     """
-    canonical = json.dumps(load_time_config(config), sort_keys=True, separators=(",", ":"))
+    exclude = _exclude(REGISTRY.get(str(config.backend)).run_time_keys)
+    canonical = config.model_dump_json(exclude=exclude)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -123,5 +120,4 @@ __all__ = [
     "EngineShare",
     "GroupMember",
     "engine_key",
-    "load_time_config",
 ]
