@@ -122,7 +122,7 @@ def test_sweep_group_ctrl_c_and_resume_one_container_each(
     """Batch size x rate with reuse on: one container for the group; Ctrl-C after the first
     run's result -> 130, that run completed; --resume runs the other three in one container;
     every run has its own result.json recording the shared engine."""
-    sweep = {"pytorch.batch_size": [1, 2], "traffic.rate_per_s": [20.0, 40.0]}
+    sweep = {"pytorch.batch_size": [1, 2], "traffic.rate_per_s": [2.0, 4.0]}
     _study(tmp_path, pytorch_test_image, reuse=True, sweep=sweep)
     (tmp_path / "study.yaml").write_text(
         (tmp_path / "study.yaml").read_text() + "traffic: {pattern: poisson}\n"
@@ -160,7 +160,7 @@ def test_sweep_group_ctrl_c_and_resume_one_container_each(
         assert res.run_id == run.run_id and res.config_hash == run.config_hash
         assert res.engine_share is not None
         rates.add(res.config.traffic.rate_per_s)
-    assert rates == {20.0, 40.0}
+    assert rates == {2.0, 4.0}
 
 
 def test_reuse_off_one_container_per_run(tmp_path: Path, pytorch_test_image: str) -> None:
