@@ -482,3 +482,49 @@ def test_server_mode_phase_energy_is_the_prefill_pass() -> None:
     )
     headline = phase_energy("vllm", pass_split=pass_split, timeline=split)
     assert headline is not None and headline["method"] == "prefill_pass_difference"
+
+
+def test_vllm_group_builds_one_engine_for_greedy_and_sampled(tmp_path: Path) -> None:
+    """Engine reuse in-process on (fake) vLLM: greedy and sampled decoding share one LLM (the
+    decoder is run-time); each run's requests carry its own sampling parameters."""
+    from llenergymeasure_contract.reuse import EngineGroup, GroupMember, engine_key
+    from llenergymeasure_harness.group import run_group
+
+    fake = FakeVLLM(FakeVLLMBehaviour(step_time_s=0.05, prefill_time_per_token_s=0.0001))
+    clock = fake.behaviour.clock
+
+    def config(decoder: dict[str, Any]) -> ExperimentConfig:
+        return ExperimentConfig(
+            model="tiny-llama",
+            load_format="dummy",
+            backend="vllm",
+            n_prompts=16,
+            max_input_tokens=32,
+            max_output_tokens=8,
+            decoder=decoder,
+            baseline={"enabled": False},
+            energy={"sampler": "nvml"},
+            vllm={"max_num_seqs": 8},
+        )
+
+    configs = [config({"temperature": 0.0}), config({"temperature": 0.7, "top_p": 0.9})]
+    assert engine_key(configs[0]) == engine_key(configs[1])
+    members = [
+        GroupMember(run_id=f"r{i}", config=c, results_dir=str(tmp_path / f"r{i}"))
+        for i, c in enumerate(configs)
+    ]
+    group = EngineGroup(group_id="g1", engine_key=engine_key(configs[0]), members=members)
+    env = HarnessEnv(config=configs[0], run_id="r0", results_dir=str(tmp_path / "r0"))
+    deps = Deps(
+        open_nvml=lambda: FakeNvml(1, clock=clock, power_w=300.0),
+        make_backend=lambda name: VLLMBackend(clock=clock),
+        clock=clock,
+        sleep=clock.advance,
+        cuda_visible=None,
+    )
+    with fake.installed():
+        outcome = run_group(env, group, deps)
+    assert [m.state for m in outcome.members] == ["completed", "completed"]
+    assert len(fake.instances) == 1
+    temps = {params.temperature for _rid, _ids, params in fake.added_requests}
+    assert temps == {0.0, 0.7}
