@@ -63,7 +63,12 @@ from llenergymeasure_harness.energy.sampler import integrate_power
 from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_kind
 from llenergymeasure_harness.environment import snapshot
 from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
-from llenergymeasure_harness.phase_energy import phase_energy, prefill_pass_split, timeline_split
+from llenergymeasure_harness.phase_energy import (
+    phase_energy,
+    prefill_pass_split,
+    run_prefill_pass,
+    timeline_split,
+)
 from llenergymeasure_harness.prompts import (
     build_requests,
     distinct_requests,
@@ -99,6 +104,8 @@ class Deps:
     sleep: Callable[[float], None] = time.sleep
     epoch: Callable[[], float] = time.time
     cuda_visible: str | None = field(default_factory=lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    #: Engine groups: annotates the assembled result before it is written (group.py).
+    finalize: Callable[[ExperimentResult], ExperimentResult] | None = None
 
 
 def _resolve_nvml_index(nvml: Nvml, ref: int | str) -> int:
@@ -284,7 +291,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         if meter is not None:
             meter.begin_window("prefill_pass", sync)
         t_p0 = d.clock()
-        pass_records = backend.run(pass_requests)
+        pass_records = run_prefill_pass(backend, pass_requests, d.clock)
         t_p1 = d.clock()
         if meter is not None:
             pass_window = meter.end_window("prefill_pass", sync)
@@ -328,6 +335,8 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             total_s=d.clock() - t_begin,
         )
         result = result.model_copy(update={"input_truncation": input_truncation(cfg, requests)})
+        if d.finalize is not None:
+            result = d.finalize(result)
 
         # ------------------------------------------------------------------ write
         phase = "write"
