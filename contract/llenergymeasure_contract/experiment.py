@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -40,20 +40,49 @@ from llenergymeasure_contract.sections import (
     VLLMConfig,
 )
 from llenergymeasure_contract.serving import EndpointConfig, ServerConfig
+from llenergymeasure_contract.strict import (
+    MAX_SEED,
+    MAX_TOKENS,
+    STRICT_CONFIG,
+    StrictModel,
+    strict_value,
+)
 from llenergymeasure_contract.traffic import DEFAULT_TRAFFIC, TrafficConfig
 
 Precision = Literal["float32", "float16", "bfloat16", "auto"]
 PRECISION_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """Frozen, strict input (:mod:`llenergymeasure_contract.strict`)."""
 
 
 # --------------------------------------------------------------------------- datasets
 
 
-class SyntheticDataset(_Model):
+class _Dataset(BaseModel):
+    """A dataset section: strict input, with ``source`` (the union's tag) left alone."""
+
+    model_config = STRICT_CONFIG
+
+    @field_validator(
+        "input_len",
+        "output_len",
+        "profile",
+        "path",
+        "name",
+        "split",
+        "subset",
+        "text_field",
+        mode="before",
+        check_fields=False,
+    )
+    @classmethod
+    def _strict_input(cls, value: Any, info: ValidationInfo) -> Any:
+        return strict_value(cls, info.field_name or "", value)
+
+
+class SyntheticDataset(_Dataset):
     """Seeded random token ids: the same prompts on every backend, no tokenizer needed.
 
     Lengths are an integer or a distribution (:mod:`llenergymeasure_contract.lengths`), drawn
@@ -96,16 +125,50 @@ class SyntheticDataset(_Model):
         return self
 
 
-class JsonlDataset(_Model):
-    """Prompts from a JSONL file, one object per line."""
+class _TextOrChat(_Dataset):
+    """What a text dataset's rows hold: a prompt (``text``) or a conversation (``chat``).
+
+    ``chat`` rows are OpenAI-format message lists (:mod:`llenergymeasure_contract.chat`),
+    rendered with the model's chat template; ``turns: each`` sends every user turn as its own
+    request with the history before it (ML.ENERGY's ``lm-arena-chat``), ``last`` only the last.
+    """
+
+    format: Literal["text", "chat"] = Field(
+        "text", description="text: one prompt per row; chat: one conversation per row."
+    )
+    messages_field: str = Field(
+        "messages", description="format chat: key (column) holding the message list."
+    )
+    turns: Literal["last", "each"] = Field(
+        "last", description="format chat: one request per conversation, or per user turn."
+    )
+
+    @field_validator("messages_field", mode="before")
+    @classmethod
+    def _strict_messages_field(cls, value: Any, info: ValidationInfo) -> Any:
+        return strict_value(cls, info.field_name or "", value)
+
+    @model_validator(mode="after")
+    def _chat_keys_need_chat(self) -> _TextOrChat:
+        # Non-default values only: a dumped config (defaults written out) must validate again.
+        if self.format == "text" and (self.turns != "last" or self.messages_field != "messages"):
+            raise ValueError(
+                "dataset.turns and dataset.messages_field apply to conversations; "
+                "set dataset.format: chat (or leave them out)"
+            )
+        return self
+
+
+class JsonlDataset(_TextOrChat):
+    """Prompts (or conversations, with ``format: chat``) from a JSONL file, one per line."""
 
     source: Literal["jsonl"]
     path: str = Field(description="Path to the .jsonl file (relative to the study file).")
     text_field: str = Field("prompt", description="Key holding the prompt text.")
 
 
-class HubDataset(_Model):
-    """Prompts from a Hugging Face hub dataset."""
+class HubDataset(_TextOrChat):
+    """Prompts (or conversations, with ``format: chat``) from a Hugging Face hub dataset."""
 
     source: Literal["hub"]
     name: str = Field(description="Hub dataset id, e.g. 'tatsu-lab/alpaca'.")
@@ -242,8 +305,8 @@ class ExperimentConfig(_Model):
     # Frozen sub-models: one shared default instance each is safe, and cheaper than a factory.
     dataset: DatasetConfig = SyntheticDataset()
     n_prompts: int = Field(100, ge=1, le=1_000_000)
-    max_input_tokens: int = Field(512, ge=1)
-    max_output_tokens: int = Field(128, ge=1)
+    max_input_tokens: int = Field(512, ge=1, le=MAX_TOKENS)
+    max_output_tokens: int = Field(128, ge=1, le=MAX_TOKENS)
     ignore_eos: bool = Field(True, description="Fixed-length output: generate exactly the cap.")
     decoder: DecoderConfig = DecoderConfig()
     warmup: WarmupConfig = WarmupConfig()
@@ -253,7 +316,7 @@ class ExperimentConfig(_Model):
         default_factory=lambda: [0],
         description="GPU indices on the host; [] runs on the CPU (pytorch only, no energy).",
     )
-    random_seed: int = 42
+    random_seed: int = Field(42, ge=0, le=MAX_SEED, description="0 .. 2**32-1.")
     traffic: TrafficConfig = Field(
         DEFAULT_TRAFFIC, description="How requests arrive: offline (all at t=0) or a process."
     )

@@ -183,6 +183,10 @@ def test_config_hash_of_the_default_traffic_is_the_hash_from_before_traffic_exis
 BASE: dict[str, Any] = {"model": "tiny-llama", "load_format": "dummy", "gpus": [0, 1, 2, 3]}
 JSONL = {"dataset": {"source": "jsonl", "path": "/data/p.jsonl"}, "tokenizer": "gpt2"}
 HUB = {"dataset": {"source": "hub", "name": "org/set"}, "tokenizer": "gpt2"}
+CHAT = {
+    "dataset": {"source": "jsonl", "path": "/data/c.jsonl", "format": "chat"},
+    "tokenizer": "gpt2",
+}
 VLLM = {"backend": "vllm"}
 TRT = {"backend": "tensorrt"}
 PT = {"backend": "pytorch"}
@@ -245,6 +249,9 @@ KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ),
     ("dataset.path", JSONL, {"dataset.path": "/data/q.jsonl"}),
     ("dataset.text_field", JSONL, {"dataset.text_field": "text"}),
+    ("dataset.format", JSONL, {"dataset.format": "chat"}),
+    ("dataset.messages_field", CHAT, {"dataset.messages_field": "conversation"}),
+    ("dataset.turns", CHAT, {"dataset.turns": "each"}),
     ("dataset.name", HUB, {"dataset.name": "org/other"}),
     ("dataset.split", HUB, {"dataset.split": "test"}),
     ("dataset.subset", HUB, {"dataset.subset": "en"}),
@@ -284,6 +291,7 @@ KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("server.args", SERVED, {"server.args": ["--max-log-len", "10"]}),
     ("endpoint.url", EP, {"endpoint.url": "http://127.0.0.1:9000"}),
     ("endpoint.api_key_env", EP, {"endpoint.api_key_env": "MY_KEY"}),
+    ("endpoint.basic_auth_env", EP, {"endpoint.basic_auth_env": "MY_AUTH"}),
     ("endpoint.prompt_format", EP, {"endpoint.prompt_format": "text"}),
     ("endpoint.request_timeout_s", EP, {"endpoint.request_timeout_s": 30.0}),
     ("endpoint.max_concurrency", EP, {"endpoint.max_concurrency": 8}),

@@ -119,6 +119,11 @@ def load_study_dir(path: str | Path) -> LoadedStudy:
         ConfigError: ``study_result.json`` is not valid (exit 2).
     """
     p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(
+            f"{p}: no such file or directory",
+            hint="pass a study directory, e.g. results/<name>_<hash>_<UTC time>",
+        )
     file = p / STUDY_RESULT_FILE if p.is_dir() else p
     if not file.is_file():
         hint = (
@@ -128,8 +133,21 @@ def load_study_dir(path: str | Path) -> LoadedStudy:
         )
         raise UsageError(f"{p}: no {STUDY_RESULT_FILE} there", hint=hint)
     try:
-        result = StudyResult.model_validate_json(file.read_text(encoding="utf-8"))
-    except (OSError, ValidationError, ValueError) as exc:
+        text = file.read_text(encoding="utf-8")
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"truncated or damaged: not complete JSON (line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg})",
+            source=str(file),
+            hint="the file was cut short (a full disk, an interrupted copy?); restore it from "
+            "a backup (each run's own result.json is under runs/)",
+        ) from exc
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"cannot read it: {exc}", source=str(file)) from exc
+    try:
+        result = StudyResult.model_validate_json(text)
+    except (ValidationError, ValueError) as exc:
         raise ConfigError(
             f"not a valid study result: {str(exc).splitlines()[0]}",
             source=str(file),
@@ -252,6 +270,50 @@ def fmt_interval(iv: Interval) -> str:
 def params_label(params: dict[str, Any]) -> str:
     """``key=value`` pairs of the swept parameters, short keys."""
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "—"
+
+
+#: The steady-state figures :func:`steady_state_lines` shows (``RunMetrics`` fields).
+STEADY_METRICS = (
+    "steady_j_per_output_token",
+    "steady_window_s",
+    "mlenergy_j_per_output_token",
+    "mlenergy_window_s",
+    "avg_running_batch",
+)
+
+
+def steady_state_lines(study: LoadedStudy) -> list[str]:
+    """Each experiment's steady state, ours beside ML.ENERGY's rule: mean J/output token and
+    window over the cycles, how many cycles each rule accepted, and the average running batch;
+    two lines per experiment that has one, each under 80 columns (empty when none has)."""
+    counts: dict[str, list[int]] = {}  # config_hash -> [valid (ours), stable (theirs), runs]
+    for run in study.result.runs:
+        m = run.metrics
+        if m is None or (m.steady_valid is None and m.mlenergy_stable is None):
+            continue
+        c = counts.setdefault(run.config_hash, [0, 0, 0])
+        c[0] += bool(m.steady_valid)
+        c[1] += bool(m.mlenergy_stable)
+        c[2] += 1
+    lines: list[str] = []
+    for i, r in enumerate(study.rows, start=1):
+        if r.config_hash not in counts:
+            continue
+        valid, stable, n = counts[r.config_hash]
+        fig = {m: fmt_value(r.interval(m).mean) for m in STEADY_METRICS}
+        head = f"#{i}"
+        lines.append(
+            f"{head:<4}ours       J/tok {fig['steady_j_per_output_token']:>7}  "
+            f"window {fig['steady_window_s']:>5} s  valid {valid}/{n}"
+        )
+        lines.append(
+            f"{'':<4}ML.ENERGY  J/tok {fig['mlenergy_j_per_output_token']:>7}  "
+            f"window {fig['mlenergy_window_s']:>5} s  stable {stable}/{n}  "
+            f"batch {fig['avg_running_batch']}"
+        )
+    if lines:
+        lines.insert(0, "Steady state, means over cycles (docs/methodology.md):")
+    return lines
 
 
 def rows_json(rows: list[ExperimentRow]) -> list[dict[str, Any]]:
