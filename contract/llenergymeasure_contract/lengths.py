@@ -44,8 +44,6 @@ from importlib import resources
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -54,9 +52,11 @@ from pydantic import (
     model_validator,
 )
 
+from llenergymeasure_contract.strict import StrictModel
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class _Model(StrictModel):
+    """Frozen, no unknown keys, no NaN/inf, no booleans for numbers (:mod:`.strict`)."""
 
 
 # --------------------------------------------------------------------------- distributions
