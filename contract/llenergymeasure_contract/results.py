@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
+from llenergymeasure_contract.lengths import WorkloadOutcome
 from llenergymeasure_contract.reuse import EngineShare
 from llenergymeasure_contract.windows import InputTruncation, MLEnergySteadyState, WindowProblem
 
@@ -361,6 +362,7 @@ class ExperimentResult(_Model):
     phase_energy: PhaseEnergy | None = None
     compile_cache: CompileCacheInfo | None = None
     traffic: TrafficOutcome | None = None
+    workload: WorkloadOutcome | None = None  # lengths asked for and produced, the profile
     engine_share: EngineShare | None = None  # the loaded engine was shared (reuse_engine)
     quality_flags: list[QualityFlag] = Field(default_factory=list)
     environment: EnvironmentSnapshot
