@@ -91,6 +91,8 @@ class BackendSpec:
         untagged_base_cuda: (regex, CUDA version) for upstream bases whose tag does not carry
             their CUDA version (checked against the pulled image's ``ENV CUDA_VERSION`` in the
             release workflow).
+        supports_loglikelihood: True when its engine returns log-probabilities of given text
+            (``quality:`` tasks scored by log-likelihood, such as multiple choice, need it).
     """
 
     name: str
@@ -109,6 +111,7 @@ class BackendSpec:
     kv_cache_dtype_key: str | None = None
     release_bases: tuple[ReleaseBase, ...] = ()
     untagged_base_cuda: tuple[tuple[str, str], ...] = ()
+    supports_loglikelihood: bool = True
 
     @property
     def concurrency_path(self) -> str:
@@ -187,6 +190,7 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="trtllm",
         engine="TensorRT-LLM",
         modules=("tensorrt_llm",),
+        supports_loglikelihood=False,  # not wired to the evaluation adapter yet
         parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
         continuous_batching=True,
         uses_engine_cache=True,
@@ -210,6 +214,8 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="pytorch",
         engine="OpenAI-compatible server",
         modules=("aiohttp",),
+        # Chat endpoints score no given text; completions with echo+logprobs is not wired yet.
+        supports_loglikelihood=False,
         needs_gpu=False,
         container=ContainerDefaults(ipc_mode=None, shm_size="1g"),
         oom_hint="the server ran out of memory: lower its own batch or context limits",

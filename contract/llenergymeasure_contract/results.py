@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llenergymeasure_contract.evaluation import EvaluationResult
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
 
@@ -321,6 +322,7 @@ class Timings(_Model):
     baseline_s: float | None = None
     measure_s: float | None = None
     prefill_pass_s: float | None = None  # the prefill-only pass after the measured window
+    evaluation_s: float | None = None  # the quality: evaluation pass, in its own window
     total_s: float | None = None
 
 
@@ -346,6 +348,7 @@ class ExperimentResult(_Model):
     phase_energy: PhaseEnergy | None = None
     compile_cache: CompileCacheInfo | None = None
     traffic: TrafficOutcome | None = None
+    evaluation: EvaluationResult | None = None  # accuracy of the quality: section
     quality_flags: list[QualityFlag] = Field(default_factory=list)
     environment: EnvironmentSnapshot
     artifacts: dict[str, str] = Field(default_factory=dict)  # kind -> file name in results dir
