@@ -22,7 +22,7 @@ from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
 
 SCHEMA_VERSION = "1.0"
 
-Phase = Literal["config", "load", "warmup", "baseline", "measure", "write"]
+Phase = Literal["config", "load", "warmup", "baseline", "measure", "evaluate", "write"]
 
 
 @contextlib.contextmanager

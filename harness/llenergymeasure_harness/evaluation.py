@@ -109,7 +109,10 @@ def load_tasks(quality: QualityConfig, config: ExperimentConfig) -> tuple[list[A
         ) from exc
     files = [Path(f) for f in quality.task_files()]
     include = sorted({str(f.parent) for f in files})
-    manager = TaskManager(include_path=include or None)
+    # Indexing lm-eval's thousands of built-in task files takes seconds: only when named.
+    manager = TaskManager(
+        include_path=include or None, include_defaults=bool(quality.task_names())
+    )
     specs: list[tuple[str, Path | None]] = [(n, None) for n in quality.task_names()]
     specs += [(str(read_task_file(f)["task"]), f.parent) for f in files]
     objects: list[Any] = []

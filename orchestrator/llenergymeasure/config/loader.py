@@ -42,6 +42,7 @@ from pydantic import BaseModel, ValidationError
 
 from llenergymeasure.config.impact import CarbonConfig, CostConfig, ImpactInputs
 from llenergymeasure.config.notify import NotifyConfig
+from llenergymeasure.config.quality import lm_eval_problems, quality_problems
 from llenergymeasure.config.study import (
     DuplicateExperiment,
     ExecutionConfig,
@@ -55,6 +56,7 @@ from llenergymeasure_contract.architecture import (
     is_local_path,
     resolve_architecture,
 )
+from llenergymeasure_contract.evaluation import is_task_file
 from llenergymeasure_contract.experiment import (
     DEFAULT_BACKEND,
     BaselineConfig,
@@ -437,6 +439,14 @@ def _resolve_paths(
         path = dataset.get("path")
         if isinstance(path, str):
             dataset["path"] = resolve(path, "dataset.path", must_exist=True)
+    quality = data.get("quality")
+    if isinstance(quality, dict) and isinstance(quality.get("tasks"), list):
+        quality["tasks"] = [
+            resolve(t, f"quality.tasks[{i}]", must_exist=True)
+            if isinstance(t, str) and is_task_file(t)
+            else t
+            for i, t in enumerate(quality["tasks"])
+        ]
 
 
 def _expansion_size(
@@ -708,6 +718,8 @@ def expand_study(
                 except ConfigError as exc:
                     problems.append(f"{cand.source_of(('model',))}: {exc.message}")
                     continue
+            if exp.quality is not None:
+                problems.extend(quality_problems(exp, cand.source_of(("quality", "tasks"))))
             if isinstance(exp.dataset, JsonlDataset | HubDataset) and exp.dataset.text_field == "":
                 problems.append(f"{cand.source_of(('dataset', 'text_field'))}: must not be empty")
             h = exp.config_hash
@@ -779,6 +791,7 @@ def expand_study(
 
     impact = _impact_inputs(raw, user, source, problems)
     notify = _notify(raw, problems)
+    problems.extend(lm_eval_problems(experiments, runner.runner))
 
     if problems:
         raise ConfigError(
