@@ -122,6 +122,29 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def _stop_on_text(tokenizer: Any, stop: tuple[str, ...], width: int) -> Any:
+    """Stop a row once its generated text holds a stop string.
+
+    Decodes only each row's last few tokens per step (the longest stop string's tokens plus
+    two, lm-eval's rule), which is cheap; transformers' own ``stop_strings`` builds a table
+    over the whole vocabulary on every ``generate`` call.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    tail = max(len(tokenizer.encode(s, add_special_tokens=False)) for s in stop) + 2
+
+    class _Crit(StoppingCriteria):  # type: ignore[misc]  # transformers is untyped here
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            done = []
+            for row in input_ids[:, width:][:, -tail:].tolist():
+                text = tokenizer.decode(row)
+                done.append(any(s in text for s in stop))
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Crit()])
+
+
 class _EvaluationMethods:
     """The :class:`~.base.Evaluable` methods of :class:`PyTorchBackend` (model forward for
     scores, ``generate`` for text), mixed in so the measured path above stays as it is."""
@@ -204,7 +227,7 @@ class _EvaluationMethods:
                 else:  # greedy: unset the checkpoint's sampling knobs
                     kwargs.update(temperature=None, top_p=None, top_k=None)
                 if stop:
-                    kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
+                    kwargs["stopping_criteria"] = _stop_on_text(tokenizer, stop, width)
                 with torch.inference_mode():
                     gen = self.model.generate(
                         input_ids=torch.tensor(ids, dtype=torch.long, device=self.device),
