@@ -81,12 +81,16 @@ class QualityConfig(_Model):
     )
     system_instruction: str | None = Field(None, description="System prompt for every item.")
     max_length: int = Field(
-        2048, ge=16, description="Longest context scored, in tokens (longer inputs are cut "
-        "from the left, as lm-eval's own models do)."
+        2048,
+        ge=16,
+        description="Longest context scored, in tokens (longer inputs are cut "
+        "from the left, as lm-eval's own models do).",
     )
     bootstrap_iters: int = Field(
-        1000, ge=0, description="Bootstrap resamples for stderr of non-mean metrics "
-        "(lm-eval's default is 100000; mean metrics use the closed form)."
+        1000,
+        ge=0,
+        description="Bootstrap resamples for stderr of non-mean metrics "
+        "(lm-eval's default is 100000; mean metrics use the closed form).",
     )
 
     @field_validator("tasks")
@@ -104,9 +108,7 @@ class QualityConfig(_Model):
     def _multiturn(cls, value: bool, info: object) -> bool:
         data = getattr(info, "data", {}) or {}
         if value and not data.get("apply_chat_template"):
-            raise ValueError(
-                "quality.fewshot_as_multiturn needs quality.apply_chat_template: true"
-            )
+            raise ValueError("quality.fewshot_as_multiturn needs quality.apply_chat_template: true")
         return value
 
     def task_files(self) -> list[str]:

@@ -58,7 +58,7 @@ class _TolerantLoader:
             return None
 
         Loader.add_multi_constructor("!", ignore)
-        return yaml.load(text, Loader=Loader)  # noqa: S506  # SafeLoader subclass
+        return yaml.load(text, Loader=Loader)  # SafeLoader subclass
 
 
 def read_task_file(path: str | Path) -> dict[str, Any]:
@@ -110,9 +110,7 @@ def load_tasks(quality: QualityConfig, config: ExperimentConfig) -> tuple[list[A
     files = [Path(f) for f in quality.task_files()]
     include = sorted({str(f.parent) for f in files})
     # Indexing lm-eval's thousands of built-in task files takes seconds: only when named.
-    manager = TaskManager(
-        include_path=include or None, include_defaults=bool(quality.task_names())
-    )
+    manager = TaskManager(include_path=include or None, include_defaults=bool(quality.task_names()))
     specs: list[tuple[str, Path | None]] = [(n, None) for n in quality.task_names()]
     specs += [(str(read_task_file(f)["task"]), f.parent) for f in files]
     objects: list[Any] = []
@@ -123,9 +121,7 @@ def load_tasks(quality: QualityConfig, config: ExperimentConfig) -> tuple[list[A
             with _working_dir(folder):
                 loaded = manager.load([name])
         for task_name, task in loaded["tasks"].items():
-            refusal = loglikelihood_refusal(
-                task_name, str(task.get_config("output_type")), config
-            )
+            refusal = loglikelihood_refusal(task_name, str(task.get_config("output_type")), config)
             if refusal:
                 raise ConfigError(refusal)
         children = {c for kids in loaded["group_map"].values() for c in kids}
@@ -314,7 +310,8 @@ def assemble(
         j_per_item=energy_j / n_items if energy_j is not None and n_items else None,
         j_per_correct=energy_j / correct if energy_j is not None and correct else None,
         quality_per_joule=(
-            correct / energy_j if energy_j is not None and correct is not None and energy_j > 0
+            correct / energy_j
+            if energy_j is not None and correct is not None and energy_j > 0
             else None
         ),
         settings=settings,

@@ -27,7 +27,9 @@ def _local_model_missing(example: Path) -> bool:
     if example.suffix != ".yaml":
         return False
     model = (yaml.safe_load(example.read_text()) or {}).get("model")
-    return isinstance(model, str) and model.startswith("~/") and not Path(model).expanduser().exists()
+    return (
+        isinstance(model, str) and model.startswith("~/") and not Path(model).expanduser().exists()
+    )
 
 
 #: The examples, each skipped when its model folder is a setup step away.

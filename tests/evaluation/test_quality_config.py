@@ -85,14 +85,10 @@ def test_missing_task_file_and_data_file_are_reported(
     monkeypatch.chdir(tmp_path)
     write_task(tmp_path / "tasks", data="gone.jsonl")
     model = model_dir(tmp_path)
-    Path("s.yaml").write_text(
-        f"model: {model}\ngpus: []\nquality: {{tasks: [nope.yaml]}}\n"
-    )
+    Path("s.yaml").write_text(f"model: {model}\ngpus: []\nquality: {{tasks: [nope.yaml]}}\n")
     code, _, err = run(capsys, "run", "s.yaml", "--dry-run")
     assert code == 2 and "nope.yaml" in err and "does not exist" in err
-    Path("s.yaml").write_text(
-        f"model: {model}\ngpus: []\nquality: {{tasks: [tasks/t.yaml]}}\n"
-    )
+    Path("s.yaml").write_text(f"model: {model}\ngpus: []\nquality: {{tasks: [tasks/t.yaml]}}\n")
     code, _, err = run(capsys, "run", "s.yaml", "--dry-run")
     assert code == 2 and "gone.jsonl" in err
 
@@ -183,7 +179,9 @@ def test_the_shipped_task_files_load(tmp_path: Path) -> None:
         {
             "model": "org/m",
             "gpus": [],
-            "quality": {"tasks": [str(EXAMPLES / "facts_mc.yaml"), str(EXAMPLES / "facts_gen.yaml")]},
+            "quality": {
+                "tasks": [str(EXAMPLES / "facts_mc.yaml"), str(EXAMPLES / "facts_gen.yaml")]
+            },
         }
     )
     assert quality_problems(cfg, "quality.tasks") == []

@@ -70,10 +70,19 @@ def test_precision_sweep_reports_accuracy_beside_energy_and_matches_lm_eval(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tasks").symlink_to(EXAMPLES)
     Path("study.yaml").write_text(study_text(smollm2_dir, "tasks"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("contract", "harness", "orchestrator"))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            str(REPO / p) for p in ("contract", "harness", "orchestrator")
+        ),
+    }
     proc = subprocess.run(
         ["llem", "run", "study.yaml", "--runner", "local", "--no-gaps", "--yes"],
-        capture_output=True, text=True, env=env, timeout=1800, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = sorted(Path("results").glob("*/runs/*/result.json"))

@@ -570,4 +570,3 @@ class PyTorchBackend(_EvaluationMethods):
 
             for d in self.devices:
                 torch.cuda.synchronize(d)
-

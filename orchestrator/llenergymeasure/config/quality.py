@@ -27,7 +27,7 @@ def read_task_yaml(path: Path) -> dict[str, Any] | None:
 
     Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
     except (OSError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None

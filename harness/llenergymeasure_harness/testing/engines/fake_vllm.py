@@ -179,7 +179,9 @@ class Logprob:
 def fake_prompt_logprob(token_id: int, position: int) -> Logprob:
     """The fake engine's log-probability of prompt token ``token_id`` at ``position``
     (deterministic; rank 1, the greedy choice, for ids divisible by 3)."""
-    return Logprob(logprob=-0.1 - ((token_id * 7 + position) % 13) / 4, rank=1 if token_id % 3 == 0 else 2)
+    return Logprob(
+        logprob=-0.1 - ((token_id * 7 + position) % 13) / 4, rank=1 if token_id % 3 == 0 else 2
+    )
 
 
 def _prompt_logprobs(token_ids: list[int], k: int) -> list[dict[int, Logprob] | None]:
