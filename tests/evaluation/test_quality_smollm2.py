@@ -38,7 +38,7 @@ sweep:
 """
 
 
-def hf_scores(model: Path, precision: str) -> dict[str, Any]:
+def hf_scores(model: Path, precision: str, limit: int = LIMIT) -> dict[str, Any]:
     """lm-eval's own hf model on the same tasks, items, few-shot setting and seeds."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -48,7 +48,7 @@ def hf_scores(model: Path, precision: str) -> dict[str, Any]:
         model_args=f"pretrained={model},dtype={precision}",
         tasks=["llem_facts_mc", "llem_facts_gen"],
         task_manager=TaskManager(include_path=str(EXAMPLES), include_defaults=False),
-        limit=LIMIT,
+        limit=limit,
         batch_size=8,
         device="cpu",
         bootstrap_iters=1000,
