@@ -149,12 +149,12 @@ class EngineLM(TemplateLM):  # type: ignore[misc]  # lm_eval is untyped
             [r for r, _ in prepared], batch_size=self.batch_size, tokenizer=self.tokenizer
         )
         out: list[str] = []
-        for (req, until), toks, (context, gen_kwargs) in zip(
+        for (req, until), gen, (context, gen_kwargs) in zip(
             prepared, generated, (r.args for r in requests), strict=True
         ):
             self.input_tokens += len(req.prompt_ids)
-            self.output_tokens += len(toks)
-            text = postprocess_generated_text(self.tok_decode(toks), until, None)
+            self.output_tokens += gen.output_tokens
+            text = postprocess_generated_text(gen.text, until, None)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             out.append(text)
         return out

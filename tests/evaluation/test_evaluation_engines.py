@@ -91,7 +91,7 @@ def test_vllm_generates_with_its_own_stop_strings(fake: FakeVLLM, tmp_path: Path
         out = backend.generate_texts(
             [TextRequest([5, 6, 7], 3, ("\n",)), TextRequest([8], 2)], batch_size=4, tokenizer=None
         )
-        assert [len(o) for o in out] == [3, 2]
+        assert [o.output_tokens for o in out] == [3, 2]
         params = [p for _, _, p in fake.added_requests]
         assert params[0].stop == ["\n"] and params[0].max_tokens == 3
         assert params[1].stop is None and params[0].temperature == 0.0
@@ -179,3 +179,37 @@ def test_assemble_counts_correct_answers_by_the_accuracy_metric() -> None:
     assert ev.quality_per_joule == pytest.approx(12 / 40)
     cpu = assemble(out, energy_j=None, duration_s=4.0, input_tokens=0, output_tokens=0, settings={})
     assert cpu.j_per_item is None and cpu.quality_per_joule is None and cpu.correct == 12.0
+
+
+@pytest.mark.torch
+def test_pytorch_generates_until_a_stop_string_and_scores_like_a_forward_pass(
+    smollm2_dir: Path,
+) -> None:
+    """PyTorch: greedy generation stops at the stop string (the text holds it, the caller
+    cuts); a continuation's score is the sum of its tokens' log-softmax, greedy when argmax."""
+    import torch
+    from transformers import AutoTokenizer
+
+    cfg = ExperimentConfig.model_validate(
+        {"model": str(smollm2_dir), "gpus": [], "precision": "float32", "n_prompts": 2}
+    )
+    backend = PyTorchBackend()
+    backend.load(cfg)
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    try:
+        prompt = "Question: What is the capital of Italy?\nAnswer: Rome\n\n"
+        prompt += "Question: What is the capital of France?\nAnswer:"
+        ids = tok.encode(prompt)
+        (gen,) = backend.generate_texts([TextRequest(ids, 8, ("\n",))], batch_size=1, tokenizer=tok)
+        assert gen.text.split("\n")[0].strip() == "Paris"
+        assert gen.output_tokens < 8  # stopped at the newline, not at max_new_tokens
+        cont = tok.encode(" Paris")
+        (score,) = backend.loglikelihood([ScoreRequest(ids, cont)], batch_size=1, max_length=2048)
+        with torch.inference_mode():
+            logits = backend.model(torch.tensor([ids + cont[:-1]])).logits.float()
+        lp = torch.log_softmax(logits, -1)[0, len(ids) - 1 :]
+        want = sum(float(lp[i, t]) for i, t in enumerate(cont))
+        assert score.logprob == pytest.approx(want, abs=1e-4)
+        assert score.is_greedy is True and score.input_tokens == len(ids) + len(cont)
+    finally:
+        backend.close()

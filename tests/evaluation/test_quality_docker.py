@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tests.evaluation.test_quality_smollm2 import EXAMPLES, hf_scores
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.torch]
@@ -62,7 +61,12 @@ def test_docker_run_scores_the_local_tasks_like_lm_eval(
     }
     proc = subprocess.run(
         [*LLEM, "run", "study.yaml", "--runner", "docker", "--yes"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500, check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (path,) = sorted((tmp_path / "results").glob("*/runs/*/result.json"))

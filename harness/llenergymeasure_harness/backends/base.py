@@ -163,6 +163,15 @@ class TextRequest:
     temperature: float = 0.0
 
 
+@dataclass(frozen=True)
+class Generated:
+    """What one :class:`TextRequest` produced: its text (a stop string may still be in it:
+    the caller cuts there) and how many tokens the engine generated."""
+
+    text: str
+    output_tokens: int
+
+
 @runtime_checkable
 class Evaluable(Protocol):
     """An engine that scores text and generates text for the evaluation pass."""
@@ -179,7 +188,7 @@ class Evaluable(Protocol):
 
     def generate_texts(
         self, requests: Sequence[TextRequest], *, batch_size: int, tokenizer: Any
-    ) -> list[list[int]]:
-        """The generated token ids of every request, in request order (a stop string may be
-        inside the last tokens: the caller cuts the text at it)."""
+    ) -> list[Generated]:
+        """What every request generated, in request order (special tokens left out of the
+        text)."""
         ...

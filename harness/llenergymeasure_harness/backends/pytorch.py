@@ -25,6 +25,7 @@ from llenergymeasure_contract.errors import ConfigError
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.sections import PyTorchConfig
 from llenergymeasure_harness.backends.base import (
+    Generated,
     GenerationRequest,
     LoadInfo,
     RequestRecord,
@@ -197,11 +198,11 @@ class _EvaluationMethods:
 
     def generate_texts(
         self, requests: Sequence[TextRequest], *, batch_size: int, tokenizer: Any
-    ) -> list[list[int]]:
+    ) -> list[Generated]:
         """``generate`` in batches (left padding), stopping at EOS or a stop string."""
         import torch
 
-        out: list[list[int]] = [[] for _ in requests]
+        out: list[Generated] = [Generated("", 0) for _ in requests]
         groups: dict[tuple[tuple[str, ...], int, float], list[int]] = {}
         for i, req in enumerate(requests):
             groups.setdefault((req.stop, req.max_new_tokens, req.temperature), []).append(i)
@@ -240,7 +241,7 @@ class _EvaluationMethods:
                         if t in self.eos_ids:
                             break
                         toks.append(int(t))
-                    out[i] = toks
+                    out[i] = Generated(tokenizer.decode(toks, skip_special_tokens=True), len(toks))
         return out
 
 

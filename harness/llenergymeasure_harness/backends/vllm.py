@@ -55,6 +55,7 @@ from llenergymeasure_contract.errors import ConfigError, ExperimentError
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.sections import VLLMConfig
 from llenergymeasure_harness.backends.base import (
+    Generated,
     GenerationRequest,
     LoadInfo,
     RequestRecord,
@@ -273,8 +274,8 @@ class _EvaluationMethods:
 
     def generate_texts(
         self, requests: Sequence[TextRequest], *, batch_size: int, tokenizer: Any
-    ) -> list[list[int]]:
-        """Generated ids per request; vLLM stops at EOS or a stop string."""
+    ) -> list[Generated]:
+        """What each request generated; vLLM stops at EOS or a stop string."""
         vllm = self._vllm
         prompts = [vllm.TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
         params = [
@@ -284,7 +285,9 @@ class _EvaluationMethods:
             for r in requests
         ]
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
-        return [list(out.outputs[0].token_ids) for out in outputs]
+        return [
+            Generated(str(out.outputs[0].text), len(out.outputs[0].token_ids)) for out in outputs
+        ]
 
 
 class VLLMBackend(_EvaluationMethods):
