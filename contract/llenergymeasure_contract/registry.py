@@ -214,7 +214,8 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="pytorch",
         engine="OpenAI-compatible server",
         modules=("aiohttp",),
-        # Chat endpoints score no given text; completions with echo+logprobs is not wired yet.
+        # Chat endpoints score no given text (completions with echo+logprobs is not wired
+        # yet); generate_until tasks go through /v1/completions.
         supports_loglikelihood=False,
         needs_gpu=False,
         container=ContainerDefaults(ipc_mode=None, shm_size="1g"),

@@ -213,3 +213,41 @@ def test_pytorch_generates_until_a_stop_string_and_scores_like_a_forward_pass(
         assert score.is_greedy is True and score.input_tokens == len(ids) + len(cont)
     finally:
         backend.close()
+
+
+def test_endpoint_generation_task_through_completions(tmp_path: Path, smollm2_dir: Path) -> None:
+    """backend endpoint runs a generate_until task through /v1/completions: one request per
+    item with the task's stop strings, greedy, the server's usage as output tokens; scoring
+    by log-likelihood is refused."""
+    from llenergymeasure_harness.evaluation import run_evaluation
+    from llenergymeasure_harness.serving.backends import EndpointBackend
+    from llenergymeasure_harness.testing.fake_sse_server import FakeSSEBehaviour, FakeSSEServer
+
+    behaviour = FakeSSEBehaviour(model=str(smollm2_dir), stop_after=2)
+    with FakeSSEServer(behaviour) as srv:
+        cfg = ExperimentConfig.model_validate(
+            {
+                "model": str(smollm2_dir),
+                "backend": "endpoint",
+                "gpus": [],
+                "endpoint": {"url": srv.base_url},
+                "quality": {"tasks": [str(EXAMPLES / "facts_gen.yaml")], "limit": 3},
+            }
+        )
+        backend = EndpointBackend()
+        backend.load(cfg)
+        try:
+            ev = run_evaluation(cfg, backend, meter=None, sync=None, clock=lambda: 0.0)
+            with pytest.raises(Exception, match="log-likelihood"):
+                backend.loglikelihood([ScoreRequest([1], [2])], batch_size=1, max_length=8)
+        finally:
+            backend.close()
+    sent = [r for r in behaviour.requests if not r.get("stream")]
+    assert len(sent) == 3
+    assert all(r["stop"][0] == "\n" and r["temperature"] == 0.0 for r in sent)
+    assert all(r["max_tokens"] == 8 and isinstance(r["prompt"], str) for r in sent)
+    assert "Question:" in sent[0]["prompt"]
+    (task,) = ev.tasks
+    assert task.task == "llem_facts_gen" and task.n_items == 3
+    assert task.metrics == {"exact_match,strip": 0.0}  # the fake answers "xx"
+    assert ev.output_tokens == 3 * 2 and ev.input_tokens > 0
