@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -130,6 +131,34 @@ def load_tasks(quality: QualityConfig, config: ExperimentConfig) -> tuple[list[A
     return objects, manager
 
 
+def check_ready(config: ExperimentConfig, backend: Any) -> None:
+    """Fail before anything is measured when the evaluation pass could not run: lm_eval
+    missing, a task file missing, or an engine without the evaluation methods.
+
+    Raises:
+        ConfigError: what is wrong, with the fix.
+    """
+    from llenergymeasure_harness.backends.base import Evaluable
+
+    quality = config.quality
+    if quality is None:
+        return
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ConfigError(
+            "quality: needs lm-evaluation-harness (lm_eval), which is not installed here",
+            hint=f"run: {LM_EVAL_INSTALL} (the pytorch image built by llem carries it)",
+        )
+    for task in quality.task_files():
+        if not Path(task).is_file():
+            raise ConfigError(f"quality.tasks: task file {task} is not there")
+    if not isinstance(backend, Evaluable):
+        raise ConfigError(
+            f"quality: backend {config.backend} cannot run evaluations yet "
+            "(it implements no loglikelihood/generate_texts)",
+            hint="use backend pytorch or vllm (or server mode / endpoint for generation tasks)",
+        )
+
+
 def load_eval_tokenizer(config: ExperimentConfig) -> Any:
     """The model's ``transformers`` tokenizer (``tokenizer:`` or the model)."""
     from transformers import AutoTokenizer
@@ -165,17 +194,11 @@ def run_evaluation(
     """
     import lm_eval
 
-    from llenergymeasure_harness.backends.base import Evaluable
     from llenergymeasure_harness.evaluation_lm import EngineLM
 
     quality = config.quality
     assert quality is not None
-    if not isinstance(backend, Evaluable):
-        raise ConfigError(
-            f"quality: backend {config.backend} cannot run evaluations yet "
-            "(it implements no loglikelihood/generate_texts)",
-            hint="use backend pytorch or vllm for quality:",
-        )
+    check_ready(config, backend)
     tasks, manager = load_tasks(quality, config)
     lm = EngineLM(
         backend,

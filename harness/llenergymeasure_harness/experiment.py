@@ -61,7 +61,7 @@ from llenergymeasure_harness.energy.optional import open_extra
 from llenergymeasure_harness.energy.sampler import integrate_power
 from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_kind
 from llenergymeasure_harness.environment import snapshot
-from llenergymeasure_harness.evaluation import run_evaluation
+from llenergymeasure_harness.evaluation import check_ready, run_evaluation
 from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
 from llenergymeasure_harness.phase_energy import phase_energy, prefill_pass_split, timeline_split
 from llenergymeasure_harness.prompts import build_requests, distinct_requests, vocab_size_for
@@ -159,6 +159,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         backend = d.make_backend("server" if cfg.server is not None else cfg.backend)
         if hasattr(backend, "output_dir"):
             backend.output_dir = out_dir  # where a server keeps its log
+        check_ready(cfg, backend)  # quality: fail now, not after measuring
         t0 = d.clock()
         info = backend.load(run_cfg)
         timings["load_s"] = d.clock() - t0
