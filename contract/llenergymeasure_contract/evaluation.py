@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llenergymeasure_contract.strict import MAX_SEED, StrictModel
+
 #: The lm-evaluation-harness release the extras pin, and the command that installs it.
 LM_EVAL_VERSION = "0.4.13"
 LM_EVAL_EXTRA = "llenergymeasure[lm-eval]"
@@ -53,7 +55,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class QualityConfig(_Model):
+class QualityConfig(StrictModel):
     """lm-eval tasks scored on the measured engine, in their own energy window."""
 
     tasks: list[str] = Field(
@@ -69,6 +71,8 @@ class QualityConfig(_Model):
     )
     seed: int = Field(
         1234,
+        ge=0,
+        le=MAX_SEED,
         description="Seed of Python, NumPy, torch and the few-shot sampler (lm-eval's default "
         "for the last three).",
     )

@@ -15,8 +15,13 @@ from typing import Any
 
 import yaml
 
+from llenergymeasure.config.inputs import check_regular_file
+from llenergymeasure.errors import ConfigError
 from llenergymeasure_contract.evaluation import LM_EVAL_INSTALL, loglikelihood_refusal
 from llenergymeasure_contract.experiment import ExperimentConfig
+
+#: Largest task YAML read (lm-eval's own are a few kB).
+MAX_TASK_FILE_BYTES = 1024 * 1024
 
 
 def read_task_yaml(path: Path) -> dict[str, Any] | None:
@@ -27,8 +32,11 @@ def read_task_yaml(path: Path) -> dict[str, Any] | None:
 
     Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
     try:
+        st = check_regular_file(path, "task file")  # a FIFO never blocks the read
+        if st.st_size > MAX_TASK_FILE_BYTES:
+            return None
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
-    except (OSError, yaml.YAMLError):
+    except (ConfigError, OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None
 
