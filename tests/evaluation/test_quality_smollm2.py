@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 LIMIT = 8
 PRECISIONS = ("float32", "bfloat16", "float16")
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 
 def study_text(model: Path, tasks_dir: str) -> str:
