@@ -185,3 +185,15 @@ def test_the_shipped_task_files_load(tmp_path: Path) -> None:
         }
     )
     assert quality_problems(cfg, "quality.tasks") == []
+
+
+def test_experiments_differing_only_in_quality_share_one_engine() -> None:
+    """quality.* is run-time: its experiments have one engine key (execution.reuse_engine)."""
+    from llenergymeasure_contract.reuse import engine_key
+
+    base = {"model": "org/m", "gpus": [], "quality": {"tasks": ["gsm8k"], "limit": 5}}
+    a = ExperimentConfig.model_validate(base)
+    b = ExperimentConfig.model_validate({**base, "quality": {"tasks": ["hellaswag"]}})
+    c = ExperimentConfig.model_validate({**base, "precision": "float16"})
+    assert engine_key(a) == engine_key(b) != engine_key(c)
+    assert a.config_hash != b.config_hash
