@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from llenergymeasure_contract.architecture import builtin_name_for
+from llenergymeasure_contract.evaluation import QualityConfig, quality_problem
 from llenergymeasure_contract.lengths import (
     LengthSpec,
     WorkloadProvenance,
@@ -284,6 +285,7 @@ IDENTITY_WHEN_NON_DEFAULT: dict[str, object] = {
     "traffic": DEFAULT_TRAFFIC,
     "server": None,
     "endpoint": None,
+    "quality": None,
 }
 
 
@@ -329,6 +331,11 @@ class ExperimentConfig(_Model):
     vllm: VLLMConfig | None = None
     tensorrt: TensorRTConfig | None = None
     endpoint: EndpointConfig | None = None
+    quality: QualityConfig | None = Field(
+        None,
+        description="Accuracy with lm-evaluation-harness after the performance window, on the "
+        "same engine, in its own energy window (docs/methodology.md, quality_per_joule).",
+    )
 
     @field_validator("model")
     @classmethod
@@ -390,6 +397,10 @@ class ExperimentConfig(_Model):
                 "checkpoint (weights and tokenizer) and cannot build dummy weights; use "
                 "load_format: auto with a local model directory or hub id"
             )
+        if self.quality is not None:
+            problem = quality_problem(self)
+            if problem:
+                raise ValueError(problem)
         spec = REGISTRY.get(self.backend)
         if not self.gpus and spec.needs_gpu:
             raise ValueError(

@@ -91,6 +91,8 @@ class BackendSpec:
         untagged_base_cuda: (regex, CUDA version) for upstream bases whose tag does not carry
             their CUDA version (checked against the pulled image's ``ENV CUDA_VERSION`` in the
             release workflow).
+        supports_loglikelihood: True when its engine returns log-probabilities of given text
+            (``quality:`` tasks scored by log-likelihood, such as multiple choice, need it).
         run_time_keys: Dotted config keys the loaded engine does not fix, so experiments that
             differ only in them can share one loaded engine (``execution.reuse_engine``);
             every other key is load-time (:func:`~llenergymeasure_contract.reuse.engine_key`).
@@ -112,6 +114,7 @@ class BackendSpec:
     kv_cache_dtype_key: str | None = None
     release_bases: tuple[ReleaseBase, ...] = ()
     untagged_base_cuda: tuple[tuple[str, str], ...] = ()
+    supports_loglikelihood: bool = True
     run_time_keys: tuple[str, ...] = ()
 
     @property
@@ -154,6 +157,7 @@ COMMON_RUN_TIME_KEYS: tuple[str, ...] = (
     "baseline",
     "energy",
     "traffic",
+    "quality",  # lm-eval tasks run on whatever engine is loaded (its own window, after)
 )
 
 
@@ -213,6 +217,7 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="trtllm",
         engine="TensorRT-LLM",
         modules=("tensorrt_llm",),
+        supports_loglikelihood=False,  # not wired to the evaluation adapter yet
         parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
         continuous_batching=True,
         uses_engine_cache=True,
@@ -238,6 +243,9 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="pytorch",
         engine="OpenAI-compatible server",
         modules=("aiohttp",),
+        # Chat endpoints score no given text (completions with echo+logprobs is not wired
+        # yet); generate_until tasks go through /v1/completions.
+        supports_loglikelihood=False,
         needs_gpu=False,
         run_time_keys=COMMON_RUN_TIME_KEYS,
         container=ContainerDefaults(ipc_mode=None, shm_size="1g"),

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llenergymeasure_contract.evaluation import EvaluationResult
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
 from llenergymeasure_contract.lengths import WorkloadOutcome
@@ -24,7 +25,7 @@ from llenergymeasure_contract.windows import InputTruncation, MLEnergySteadyStat
 
 SCHEMA_VERSION = "1.0"
 
-Phase = Literal["config", "load", "warmup", "baseline", "measure", "write"]
+Phase = Literal["config", "load", "warmup", "baseline", "measure", "evaluate", "write"]
 
 
 @contextlib.contextmanager
@@ -333,6 +334,7 @@ class Timings(_Model):
     baseline_s: float | None = None
     measure_s: float | None = None
     prefill_pass_s: float | None = None  # the prefill-only pass after the measured window
+    evaluation_s: float | None = None  # the quality: evaluation pass, in its own window
     gap_s: float | None = None  # engine groups: the thermal rest before this run, in-container
     total_s: float | None = None
 
@@ -363,6 +365,7 @@ class ExperimentResult(_Model):
     compile_cache: CompileCacheInfo | None = None
     traffic: TrafficOutcome | None = None
     workload: WorkloadOutcome | None = None  # lengths asked for and produced, the profile
+    evaluation: EvaluationResult | None = None  # accuracy of the quality: section
     engine_share: EngineShare | None = None  # the loaded engine was shared (reuse_engine)
     quality_flags: list[QualityFlag] = Field(default_factory=list)
     environment: EnvironmentSnapshot

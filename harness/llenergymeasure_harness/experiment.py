@@ -2,7 +2,8 @@
 
 ::
 
-    load ──► baseline (idle, model loaded) ──► warmup ──► measure ──► prefill pass ──► write
+    load ──► baseline (idle, model loaded) ──► warmup ──► measure ──► prefill pass
+         ──► [evaluation pass, quality: only] ──► write
              └────────────── sampler thread running, rows labelled by phase ──────────┘
 
 * Before load, NVLink multicast is turned off for every process the engine starts
@@ -14,6 +15,8 @@
 * After the measured window, a prefill-only pass (the same shapes, ``max_new_tokens=1``, its
   own prompts) is measured in its own counter window; it gives energy per prefill token, and
   decode by difference (:mod:`~llenergymeasure_harness.phase_energy`).
+* With a ``quality:`` section, lm-eval then scores the same loaded engine in its own
+  ``evaluation`` window (:mod:`~llenergymeasure_harness.evaluation`).
 
 * The baseline is taken after load and before warmup, so its GPU state is defined
   ("cuda_context_model_loaded", nothing running) and is not the cooling tail of warmup; the
@@ -62,6 +65,7 @@ from llenergymeasure_harness.energy.optional import open_extra
 from llenergymeasure_harness.energy.sampler import integrate_power
 from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_kind
 from llenergymeasure_harness.environment import snapshot
+from llenergymeasure_harness.evaluation import check_ready, run_evaluation
 from llenergymeasure_harness.lengths import workload_outcome
 from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
 from llenergymeasure_harness.phase_energy import (
@@ -84,7 +88,8 @@ logger = logging.getLogger(__name__)
 
 
 class PhaseError(Exception):
-    """A failure in one phase of the experiment (load|warmup|baseline|measure|write)."""
+    """A failure in one phase of the experiment (load|warmup|baseline|measure|evaluate|
+    write)."""
 
     def __init__(self, phase: str, cause: BaseException) -> None:
         super().__init__(f"{phase}: {type(cause).__name__}: {cause}")
@@ -171,6 +176,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         backend = d.make_backend("server" if cfg.server is not None else cfg.backend)
         if hasattr(backend, "output_dir"):
             backend.output_dir = out_dir  # where a server keeps its log
+        check_ready(cfg, backend)  # quality: fail now, not after measuring
         t0 = d.clock()
         info = backend.load(run_cfg)
         timings["load_s"] = d.clock() - t0
@@ -299,6 +305,14 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             pass_window = meter.end_window("prefill_pass", sync)
             t_p0, t_p1 = pass_window.start_s, pass_window.end_s
         timings["prefill_pass_s"] = t_p1 - t_p0
+
+        # ------------------------------------------------------------------ evaluation
+        evaluation = None
+        if cfg.quality is not None:
+            phase = "evaluate"
+            sampler.phase = "evaluation"
+            evaluation = run_evaluation(cfg, backend, meter=meter, sync=sync, clock=d.clock)
+            timings["evaluation_s"] = evaluation.duration_s
         sampler.phase = "done"
         sampler.stop()
         pids = (
@@ -355,7 +369,9 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             artifacts["server_log"] = "server.log"
         asked = [r.max_new_tokens for r in requests]
         workload = workload_outcome(cfg, asked, records, static_batch)
-        result = result.model_copy(update={"artifacts": artifacts, "workload": workload})
+        result = result.model_copy(
+            update={"artifacts": artifacts, "workload": workload, "evaluation": evaluation}
+        )
         result.write(out_dir / RESULT_FILE)
         chown_outputs(out_dir, env.host_uid, env.host_gid)
         return result

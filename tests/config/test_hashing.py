@@ -196,6 +196,7 @@ CLOSED = {"traffic": {"pattern": "closed_loop", "concurrency": 4}}
 SLO = {"traffic": {"slo": {"ttft_s": 1.0, "tpot_s": 0.05}}}
 SERVED = {"backend": "vllm", "server": {}}
 EP = {"backend": "endpoint", "gpus": [], "endpoint": {"url": "http://127.0.0.1:8000"}}
+QUAL = {"model": "org/m", "load_format": "auto", "quality": {"tasks": ["gsm8k"]}}
 
 NORMAL = {"dist": "normal", "mean": 64, "stddev": 8, "min": 2, "max": 200}
 HIST = {"dist": "empirical", "bins": [1, 10, 20], "counts": [1, 2], "path": "h.json"}
@@ -295,6 +296,20 @@ KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("endpoint.prompt_format", EP, {"endpoint.prompt_format": "text"}),
     ("endpoint.request_timeout_s", EP, {"endpoint.request_timeout_s": 30.0}),
     ("endpoint.max_concurrency", EP, {"endpoint.max_concurrency": 8}),
+    ("quality.tasks", QUAL, {"quality.tasks": ["hellaswag"]}),
+    ("quality.limit", QUAL, {"quality.limit": 10}),
+    ("quality.num_fewshot", QUAL, {"quality.num_fewshot": 5}),
+    ("quality.seed", QUAL, {"quality.seed": 1}),
+    ("quality.batch_size", QUAL, {"quality.batch_size": 1}),
+    ("quality.apply_chat_template", QUAL, {"quality.apply_chat_template": True}),
+    (
+        "quality.fewshot_as_multiturn",
+        {**QUAL, "quality": {"tasks": ["gsm8k"], "apply_chat_template": True}},
+        {"quality.fewshot_as_multiturn": True},
+    ),
+    ("quality.system_instruction", QUAL, {"quality.system_instruction": "Be brief."}),
+    ("quality.max_length", QUAL, {"quality.max_length": 1024}),
+    ("quality.bootstrap_iters", QUAL, {"quality.bootstrap_iters": 0}),
     ("pytorch.batch_size", PT, {"pytorch.batch_size": 2}),
     ("pytorch.attn_implementation", PT, {"pytorch.attn_implementation": "eager"}),
     ("pytorch.static_kv_cache", PT, {"pytorch.static_kv_cache": True}),

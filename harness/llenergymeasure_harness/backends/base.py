@@ -130,3 +130,68 @@ def release_device_memory() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- evaluation
+# What the accuracy pass (llenergymeasure_harness.evaluation) asks of an engine, beside the
+# Backend protocol: an engine that implements these can run quality: tasks.
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Log-probability of ``continuation_ids`` following ``context_ids`` (one lm-eval
+    loglikelihood request, already tokenised)."""
+
+    context_ids: list[int]
+    continuation_ids: list[int]
+
+
+@dataclass(frozen=True)
+class Score:
+    """The summed log-probability of a continuation, and whether greedy decoding would have
+    produced every one of its tokens."""
+
+    logprob: float
+    is_greedy: bool
+    input_tokens: int  # tokens the engine read for it (after truncation to max_length)
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """Greedy or sampled generation from token ids, stopped at any of ``stop`` (text)."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What one :class:`TextRequest` produced: its text (a stop string may still be in it:
+    the caller cuts there) and how many tokens the engine generated."""
+
+    text: str
+    output_tokens: int
+
+
+@runtime_checkable
+class Evaluable(Protocol):
+    """An engine that scores text and generates text for the evaluation pass."""
+
+    def loglikelihood(
+        self, requests: Sequence[ScoreRequest], *, batch_size: int, max_length: int
+    ) -> list[Score]:
+        """Score every request (one forward pass per batch); results in request order.
+
+        Inputs longer than ``max_length`` tokens lose tokens from the left, as lm-eval's
+        own models do.
+        """
+        ...
+
+    def generate_texts(
+        self, requests: Sequence[TextRequest], *, batch_size: int, tokenizer: Any
+    ) -> list[Generated]:
+        """What every request generated, in request order (special tokens left out of the
+        text)."""
+        ...

@@ -55,9 +55,13 @@ from llenergymeasure_contract.errors import ConfigError, ExperimentError
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.sections import VLLMConfig
 from llenergymeasure_harness.backends.base import (
+    Generated,
     GenerationRequest,
     LoadInfo,
     RequestRecord,
+    Score,
+    ScoreRequest,
+    TextRequest,
     release_device_memory,
 )
 from llenergymeasure_harness.backends.engine_common import (
@@ -234,7 +238,59 @@ def _model_facts(
     return jsonable(hf_config), vocab_size
 
 
-class VLLMBackend:
+class _EvaluationMethods:
+    """The :class:`~.base.Evaluable` methods of :class:`VLLMBackend`: scores from
+    ``prompt_logprobs`` (prefill only, one generated token), text from ``generate`` with
+    vLLM's own stop strings; both through ``LLM.generate``, which batches continuously."""
+
+    _llm: Any
+    _vllm: Any
+
+    def loglikelihood(
+        self, requests: Sequence[ScoreRequest], *, batch_size: int, max_length: int
+    ) -> list[Score]:
+        """As lm-eval's ``vllm`` model: context + continuation cut to the last
+        ``max_length`` tokens, the continuation's prompt log-probabilities summed, greedy
+        when each of its tokens ranks first."""
+        vllm = self._vllm
+        prompts = []
+        for req in requests:
+            whole = (req.context_ids + req.continuation_ids)[-max_length:]
+            prompts.append(vllm.TokensPrompt(prompt_token_ids=whole))
+        params = vllm.SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1)
+        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        scores = []
+        for req, prompt, out in zip(requests, prompts, outputs, strict=True):
+            n = len(req.continuation_ids)
+            ids = prompt["prompt_token_ids"]
+            total, greedy = 0.0, True
+            for tok, entry in zip(ids[-n:], out.prompt_logprobs[-n:], strict=True):
+                own = entry[tok]
+                total += float(own.logprob)
+                best = max(entry.items(), key=lambda kv: kv[1].logprob)[0]
+                greedy = greedy and best == tok
+            scores.append(Score(logprob=total, is_greedy=greedy, input_tokens=len(ids)))
+        return scores
+
+    def generate_texts(
+        self, requests: Sequence[TextRequest], *, batch_size: int, tokenizer: Any
+    ) -> list[Generated]:
+        """What each request generated; vLLM stops at EOS or a stop string."""
+        vllm = self._vllm
+        prompts = [vllm.TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
+        params = [
+            vllm.SamplingParams(
+                temperature=r.temperature, max_tokens=r.max_new_tokens, stop=list(r.stop) or None
+            )
+            for r in requests
+        ]
+        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        return [
+            Generated(str(out.outputs[0].text), len(out.outputs[0].token_ids)) for out in outputs
+        ]
+
+
+class VLLMBackend(_EvaluationMethods):
     """vLLM's offline engine as a :class:`~llenergymeasure_harness.backends.base.Backend`.
 
     Args:

@@ -35,6 +35,7 @@ from llenergymeasure_harness.serving.client import (
     fetch_models,
     output_length_forced,
 )
+from llenergymeasure_harness.serving.evaluation import HTTPEvaluationMethods
 from llenergymeasure_harness.serving.server import (
     SERVER_LOG,
     ManagedServer,
@@ -71,7 +72,7 @@ def _load_tokenizer(config: ExperimentConfig) -> Any | None:
         ) from exc
 
 
-class _HTTPBackend:
+class _HTTPBackend(HTTPEvaluationMethods):
     """What server mode and the endpoint backend share."""
 
     name = "http"

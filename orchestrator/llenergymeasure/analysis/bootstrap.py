@@ -76,6 +76,11 @@ HEADLINE_METRICS: tuple[str, ...] = (
     "net_cost_per_1k_output_tokens",
     "cost_per_request",
     "net_cost_per_request",
+    # quality: sections (the evaluation pass)
+    "accuracy",
+    "eval_j_per_item",
+    "j_per_correct",
+    "quality_per_joule",
 )
 
 

@@ -175,6 +175,24 @@ def _scatter(
     page.plot(fig, len(usable))
 
 
+def _quality_plot(page: _Page, rows: list[ExperimentRow]) -> None:
+    """Accuracy (quality: sections) against J/output token, with the efficient set: the
+    configs no other beats on both (more accurate and no more energy per token)."""
+    if not any(r.interval("accuracy").n > 0 for r in rows):
+        return
+    _scatter(
+        page,
+        rows,
+        x="accuracy",
+        y="j_per_output_token",
+        title="J/output token against accuracy",
+        x_title="accuracy (correct / items, lm-eval)",
+        y_title="J/output token",
+        maximise_x=True,
+        why_empty="J/output token: not measured in this study (no GPU energy counter).",
+    )
+
+
 def _axis_charts(page: _Page, rows: list[ExperimentRow]) -> None:
     go = _plotly()
     axes = []
@@ -456,6 +474,7 @@ def render_report(study: LoadedStudy) -> str:
         maximise_x=None,
         why_empty="TTFT p99 not measured.",
     )
+    _quality_plot(page, rows)
     page.add("<h2>Parameters against energy and throughput</h2>")
     _axis_charts(page, rows)
     page.add("<h2>Time series: power, SM clock, temperature</h2>")

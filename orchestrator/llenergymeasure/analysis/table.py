@@ -43,13 +43,22 @@ TRAFFIC_SHOW_METRICS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: Added for a study with a ``quality:`` section (one compact column).
+QUALITY_SHOW_METRICS: tuple[tuple[str, str], ...] = (("accuracy", "acc"),)
+
+
 def show_metrics(rows: list[ExperimentRow]) -> tuple[tuple[str, str], ...]:
     """The columns of ``llem results show`` and the report's table for these rows."""
     traffic = any(
         any(k.startswith("traffic.") for k in r.params) or r.interval("slo_attainment").n > 0
         for r in rows
     )
-    return SHOW_METRICS + TRAFFIC_SHOW_METRICS if traffic else SHOW_METRICS
+    quality = any(r.interval("accuracy").n > 0 for r in rows)
+    return (
+        SHOW_METRICS
+        + (TRAFFIC_SHOW_METRICS if traffic else ())
+        + (QUALITY_SHOW_METRICS if quality else ())
+    )
 
 
 @dataclass

@@ -54,6 +54,7 @@ from llenergymeasure.config.inputs import (
     shown,
 )
 from llenergymeasure.config.notify import NotifyConfig
+from llenergymeasure.config.quality import lm_eval_problems, quality_problems
 from llenergymeasure.config.study import (
     DuplicateExperiment,
     ExecutionConfig,
@@ -68,6 +69,7 @@ from llenergymeasure_contract.architecture import (
     is_local_path,
     resolve_architecture,
 )
+from llenergymeasure_contract.evaluation import is_task_file
 from llenergymeasure_contract.experiment import (
     DEFAULT_BACKEND,
     BaselineConfig,
@@ -483,6 +485,14 @@ def _resolve_paths(
         if isinstance(path, str):
             dataset["path"] = resolve(path, "dataset.path", must_exist=True)
     resolve_workload_files(data, base_dir, cand.source_of, problems)
+    quality = data.get("quality")
+    if isinstance(quality, dict) and isinstance(quality.get("tasks"), list):
+        quality["tasks"] = [
+            resolve(t, f"quality.tasks[{i}]", must_exist=True)
+            if isinstance(t, str) and is_task_file(t)
+            else t
+            for i, t in enumerate(quality["tasks"])
+        ]
 
 
 def _expansion_size(
@@ -763,6 +773,8 @@ def expand_study(
                 except ConfigError as exc:
                     problems.append(f"{cand.source_of(('model',))}: {exc.message}")
                     continue
+            if exp.quality is not None:
+                problems.extend(quality_problems(exp, cand.source_of(("quality", "tasks"))))
             if isinstance(exp.dataset, JsonlDataset | HubDataset) and exp.dataset.text_field == "":
                 problems.append(f"{cand.source_of(('dataset', 'text_field'))}: must not be empty")
             for p in dataset_problems(exp, cand.source_of(("dataset",)), dataset_checks):
@@ -853,6 +865,7 @@ def expand_study(
 
     impact = _impact_inputs(raw, user, source, problems)
     notify = _notify(raw, problems)
+    problems.extend(lm_eval_problems(experiments, runner.runner))
 
     if problems:
         raise ConfigError(

@@ -88,6 +88,16 @@ class RunMetrics(_Model):
     energy_sampler: str | None = None  # nvml | zeus | codecarbon | none (no sampler ran)
     backend_library: str | None = None  # the library backend_version is of, e.g. transformers
     backend_version: str | None = None
+    # With quality: (lm-eval on the measured engine, its own window; docs/methodology.md):
+    # correct answers / items over the tasks with an accuracy-type metric, and the pass's
+    # gross GPU energy per item, per correct answer, and correct answers per joule.
+    eval_items: int | None = None
+    eval_correct: float | None = None
+    accuracy: float | None = None
+    eval_gpu_energy_j: float | None = None
+    eval_j_per_item: float | None = None
+    j_per_correct: float | None = None
+    quality_per_joule: float | None = None
     quality_flags: list[str] = Field(default_factory=list)
 
     @classmethod
@@ -129,7 +139,24 @@ class RunMetrics(_Model):
             backend_library=env.backend_library,
             backend_version=env.backend_version,
             quality_flags=[f.code for f in result.quality_flags],
+            **_evaluation_metrics(result),
         )
+
+
+def _evaluation_metrics(result: ExperimentResult) -> dict[str, Any]:
+    """The ``quality:`` figures of :class:`RunMetrics` (none without an evaluation pass)."""
+    ev = result.evaluation
+    if ev is None:
+        return {}
+    return {
+        "eval_items": ev.n_items,
+        "eval_correct": ev.correct,
+        "accuracy": ev.accuracy,
+        "eval_gpu_energy_j": ev.gpu_energy_j,
+        "eval_j_per_item": ev.j_per_item,
+        "j_per_correct": ev.j_per_correct,
+        "quality_per_joule": ev.quality_per_joule,
+    }
 
 
 def time_budget(

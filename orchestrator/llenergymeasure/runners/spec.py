@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from llenergymeasure._version import __version__
 from llenergymeasure_contract.env import ENV_CONFIG_JSON, ENV_GROUP_FILE, MULTICAST_OFF
+from llenergymeasure_contract.evaluation import is_task_file
 from llenergymeasure_contract.registry import REGISTRY
 
 if TYPE_CHECKING:
@@ -321,7 +322,8 @@ def rewrite_host_paths(
 ) -> tuple[dict[str, Any], tuple[Mount, ...]]:
     """Return the config dict with host paths replaced by container paths, and the mounts.
 
-    Handles ``model``, ``tokenizer`` and a JSONL ``dataset.path``; other fields pass through.
+    Handles ``model``, ``tokenizer``, a JSONL ``dataset.path`` and the folders of
+    ``quality.tasks`` YAML files; other fields pass through.
     Relative paths are taken relative to ``base_dir``. Absolute paths outside system
     directories are left unchanged (mounted at the same place).
     """
@@ -336,6 +338,15 @@ def rewrite_host_paths(
         path = dataset.get("path")
         if isinstance(path, str):  # always a file path (relative ones: to base_dir)
             dataset["path"] = mounter.map("dataset", path)
+    quality = out.get("quality")
+    if isinstance(quality, dict) and isinstance(quality.get("tasks"), list):
+        # A task YAML's folder is mounted whole: its data files sit beside it.
+        quality["tasks"] = [
+            posixpath.join(mounter.map("tasks", posixpath.dirname(t)), posixpath.basename(t))
+            if isinstance(t, str) and is_task_file(t)
+            else t
+            for t in quality["tasks"]
+        ]
     return out, tuple(mounter.mounts.values())
 
 

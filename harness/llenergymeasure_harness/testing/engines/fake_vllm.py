@@ -135,6 +135,7 @@ class SamplingParams:
     max_tokens: int | None = 16
     min_tokens: int = 0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     detokenize: bool = True
     skip_special_tokens: bool = True
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
@@ -164,6 +165,37 @@ class SamplingParams:
             raise VLLMValidationError(
                 f"repetition_penalty must be greater than zero, got {self.repetition_penalty}."
             )
+
+
+@dataclass
+class Logprob:
+    """``vllm.logprobs.Logprob``: one token's log-probability and its rank (1 = the top)."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+def fake_prompt_logprob(token_id: int, position: int) -> Logprob:
+    """The fake engine's log-probability of prompt token ``token_id`` at ``position``
+    (deterministic; rank 1, the greedy choice, for ids divisible by 3)."""
+    return Logprob(
+        logprob=-0.1 - ((token_id * 7 + position) % 13) / 4, rank=1 if token_id % 3 == 0 else 2
+    )
+
+
+def _prompt_logprobs(token_ids: list[int], k: int) -> list[dict[int, Logprob] | None]:
+    """vLLM's ``prompt_logprobs``: None for the first token, then each position's actual
+    token with its Logprob plus the top ``k`` (here: one rival, ranked first when the actual
+    token is not)."""
+    out: list[dict[int, Logprob] | None] = [None]
+    for pos, tok in enumerate(token_ids[1:], start=1):
+        own = fake_prompt_logprob(tok, pos)
+        entry = {tok: own}
+        if own.rank != 1 and k >= 1:
+            entry[tok + 1] = Logprob(logprob=own.logprob + 0.5, rank=1)
+        out.append(entry)
+    return out
 
 
 class TokensPrompt(TypedDict):
@@ -533,7 +565,11 @@ class LLMEngine:
                     request_id=sim.request_id,
                     prompt=None,
                     prompt_token_ids=list(sim.prompt_token_ids),
-                    prompt_logprobs=None,
+                    prompt_logprobs=(
+                        _prompt_logprobs(list(sim.prompt_token_ids), params.prompt_logprobs)
+                        if params.prompt_logprobs is not None
+                        else None
+                    ),
                     outputs=[completion],
                     finished=sim.finished,
                     metrics=stats,
@@ -776,6 +812,7 @@ class FakeVLLM:
             RequestOutputKind=RequestOutputKind,
         )
         sub("vllm.inputs", TokensPrompt=TokensPrompt)
+        sub("vllm.logprobs", Logprob=Logprob)
         sub("vllm.outputs", RequestOutput=RequestOutput, CompletionOutput=CompletionOutput)
         sub(
             "vllm.exceptions",
@@ -820,6 +857,7 @@ __all__ = [
     "EngineDeadError",
     "FakeVLLM",
     "FakeVLLMBehaviour",
+    "Logprob",
     "RequestOutput",
     "RequestOutputKind",
     "RequestStateStats",
@@ -827,4 +865,5 @@ __all__ = [
     "TokensPrompt",
     "VLLMError",
     "VLLMValidationError",
+    "fake_prompt_logprob",
 ]
