@@ -95,7 +95,7 @@ def report_command(
 ) -> None:
     """One self-contained HTML file (no server, no network): summary table, Pareto plots,
     parameter-vs-energy charts, each run's power/clock/temperature series, flags, method and
-    environment. Needs the report extra (plotly).
+    environment.
 
     Example: llem results report results/my-study_1a2b3c4d_20260101T000000Z -o report.html
     """

@@ -19,7 +19,7 @@ from llenergymeasure.runners.base import FailureKind, RunState
 from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
 
 STUDY_RESULT_FILE = "study_result.json"
-STUDY_RESULT_SCHEMA_VERSION = "1.1"  # 1.1: confidence_intervals, impact_inputs, impact metrics
+STUDY_RESULT_SCHEMA_VERSION = "1.2"  # 1.1: intervals, impact; 1.2: cycle_cv of throughput, latency
 #: How a table shows the harness's "null" sampler (no energy sampler ran): pandas and Arrow CSV
 #: readers turn the string "null" into a missing value, which is not what it means.
 NO_SAMPLER = "none"
