@@ -99,6 +99,13 @@ def test_tables_have_real_types(cpu_study: CpuStudy) -> None:
     assert first["energy_sampler"] == "none" and first["gpu_energy_j"] == ""
 
 
+def test_finished_study_says_why_local_and_leaves_no_lock(cpu_study: CpuStudy) -> None:
+    """The run line says why the runner is local; the finished folder holds no .lock file."""
+    assert "runner local (runner: local asked for)" in cpu_study.output
+    assert not (cpu_study.study_dir / ".lock").exists()
+    assert (cpu_study.study_dir / "study_result.json").is_file()
+
+
 def test_show_table_json_and_csv(cpu_study: CpuStudy) -> None:
     """show prints one row per experiment with intervals; --json and --csv carry the same."""
     d = str(cpu_study.study_dir)

@@ -84,7 +84,7 @@ from llenergymeasure.study.manifest import (
     read_damage_checked,
 )
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan, gap_after
-from llenergymeasure.study.progress import StudyProgress
+from llenergymeasure.study.progress import StudyProgress, runner_label
 from llenergymeasure.study.signals import StopSignals, Terminated
 from llenergymeasure_contract.files import RESULT_FILE
 from llenergymeasure_contract.results import write_json_atomic
@@ -557,6 +557,7 @@ def _make_runner(
 
         settings = _container_settings(plan, opts)
         return SlurmRunner(plan.study.runner.slurm, settings, base_dir=str(_base_dir(plan))), None
+    why = "runner: local asked for"  # said on the study's first line (runner local (why))
     if kind in ("docker", "auto"):
         try:
             client = client if client is not None else connect()
@@ -564,6 +565,7 @@ def _make_runner(
             if kind == "docker":
                 raise PreflightError([str(exc.message)], hint=exc.hint) from exc
             client = None
+            why = "auto: no Docker engine reachable"
         missing = _missing_images(plan, client) if client is not None and kind == "auto" else []
         if client is not None and missing and _runs_locally(plan):
             if con is not None and not opts.quiet:
@@ -573,6 +575,7 @@ def _make_runner(
                     "the image(s)"
                 )
             client = None
+            why = f"auto: image {', '.join(missing)} not in Docker"
         if client is not None:
             return DockerRunner(_container_settings(plan, opts), client=client), client
     d = plan.study.runner.docker
@@ -587,6 +590,7 @@ def _make_runner(
             hf_cache_dir=d.hf_cache_dir,
             engine_cache_dir=d.engine_cache_dir,
             compile_cache_dir=_compile_cache_root(plan),
+            chosen_because=why,
         ),
         None,
     )
@@ -1030,7 +1034,7 @@ def _run_loop(
         done=len(store.manifest.runs) - len(todo),
         quiet=opts.quiet,
         estimates={e.config_hash: e.estimate.duration_s for e in plan.experiments},
-        runner=runner.name,
+        runner=runner_label(runner),
     )
 
     def make_request(rec: RunRecord, attempt: Attempt | None) -> RunRequest:

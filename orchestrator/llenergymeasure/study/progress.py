@@ -56,6 +56,12 @@ def key_figures(metrics: RunMetrics | None) -> str:
     return " · ".join(parts) or "no figures"
 
 
+def runner_label(runner: Any) -> str:
+    """The runner's name, with why it was chosen when it says (``local (auto: ...)``)."""
+    why = getattr(runner, "chosen_because", None)
+    return f"{runner.name} ({why})" if why else str(runner.name)
+
+
 def describe(exp: PlannedExperiment) -> str:
     """Backend, model and the parameters that distinguish this experiment."""
     params = " ".join(f"{k}={v}" for k, v in exp.params.items())
