@@ -135,15 +135,17 @@ def load_study_dir(path: str | Path) -> LoadedStudy:
             source=str(file),
             hint="it may be damaged or from a newer llem; re-export with the llem that made it",
         ) from exc
-    if result.confidence_intervals is None:
-        result = enrich(result)
+    if result.confidence_intervals is None or not result.confidence_intervals.cv_thresholds:
+        result = enrich(result)  # written before the intervals (1.1) or the cycle_cv checks (1.2)
     return LoadedStudy(path=file.parent, result=result)
 
 
 @dataclass
 class ExperimentRow:
-    """One experiment of one study, its cycles aggregated."""
+    """One experiment of one study, its cycles aggregated; ``index`` numbers it as the dry run
+    (and ``plan.json``) does."""
 
+    index: int
     study_id: str
     config_hash: str
     backend: str | None
@@ -196,6 +198,7 @@ def experiment_rows(study: LoadedStudy) -> list[ExperimentRow]:
     by_hash: dict[str, list[RunSummary]] = {}
     for run in result.runs:
         by_hash.setdefault(run.config_hash, []).append(run)
+    numbers = plan_numbers(study.path)
     rows = []
     for h, runs in by_hash.items():
         stats = ci.experiments.get(h) if ci is not None else None
@@ -210,6 +213,7 @@ def experiment_rows(study: LoadedStudy) -> list[ExperimentRow]:
                 flags[code] = flags.get(code, 0) + 1
         rows.append(
             ExperimentRow(
+                index=numbers.get(h, len(numbers) + len(rows) + 1),
                 study_id=result.study_id,
                 config_hash=h,
                 backend=first.backend,
@@ -222,7 +226,19 @@ def experiment_rows(study: LoadedStudy) -> list[ExperimentRow]:
                 states=states,
             )
         )
-    return rows
+    return sorted(rows, key=lambda r: r.index)
+
+
+def plan_numbers(study_dir: Path) -> dict[str, int]:
+    """config hash -> the experiment's number in the study's ``plan.json`` (the dry run's).
+
+    Empty when the plan cannot be read; rows are then numbered in the order they first ran.
+    """
+    try:
+        plan = json.loads((study_dir / "plan.json").read_text(encoding="utf-8"))
+        return {str(e["config_hash"]): int(e["index"]) for e in plan["experiments"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def fmt_value(value: float | None) -> str:
@@ -258,6 +274,7 @@ def rows_json(rows: list[ExperimentRow]) -> list[dict[str, Any]]:
     """Rows as plain data (``llem results show --json``)."""
     return [
         {
+            "index": r.index,
             "study_id": r.study_id,
             "config_hash": r.config_hash,
             "backend": r.backend,
