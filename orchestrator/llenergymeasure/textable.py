@@ -8,8 +8,8 @@ plan, ``images list``) goes through here. Nothing is ever cut with an ellipsis:
    those the same in every row are said once, above the table;
 2. when that is wider than the terminal, the varying parameters move to a legend, one line
    per row number (``#3  backend=vllm  max_num_seqs=256``), wrapped between whole pairs;
-3. when it is still too wide, optional columns are dropped, lowest priority first, and a
-   line says which (``--wide`` shows them).
+3. optional columns are dropped, highest ``priority`` number first (from ``EXTRA_PRIORITY``
+   up before step 2, the rest after it), and a line says which (``--wide`` shows them).
 
 The width is the terminal's (``COLUMNS`` first); a pipe or a file gets 80. Formatting by hand
 rather than with ``rich.table`` keeps a 10,000-row plan fast and the output plain.
@@ -27,6 +27,8 @@ PIPE_WIDTH = 80
 #: Never lay out narrower than this, whatever the terminal says.
 MIN_WIDTH = 40
 GAP = "  "
+#: Columns of at least this priority are dropped before the parameters move to a legend.
+EXTRA_PRIORITY = 3
 
 
 def term_width() -> int:
@@ -45,10 +47,25 @@ class Column:
     cells: list[str]
     right: bool = False
     priority: int = 0
+    _width: int | None = field(default=None, repr=False, compare=False)
 
     def width(self) -> int:
-        lines = [*self.title.split("\n"), *(ln for c in self.cells for ln in c.split("\n"))]
-        return max((len(x) for x in lines), default=0)
+        """The widest line of the title or of any cell."""
+        if self._width is None:
+            self._width = self._measure()
+        return self._width
+
+    def _measure(self) -> int:
+        title = max(len(x) for x in self.title.split("\n"))
+        cells = max((len(c) for c in self.cells), default=0)
+        if any("\n" in c for c in self.cells):
+            cells = max(len(x) for c in self.cells for x in c.split("\n"))
+        return max(title, cells)
+
+
+def grid_width(columns: Sequence[Column]) -> int:
+    """The width :func:`grid` gives these columns."""
+    return sum(c.width() for c in columns) + len(GAP) * max(0, len(columns) - 1)
 
 
 def grid(columns: Sequence[Column]) -> list[str]:
@@ -59,6 +76,13 @@ def grid(columns: Sequence[Column]) -> list[str]:
     n_rows = max(len(c.cells) for c in columns)
 
     def block(cells: list[str]) -> list[str]:
+        if not any("\n" in x for x in cells):  # the common case, fast for 10,000 rows
+            return [
+                GAP.join(
+                    x.rjust(w) if col.right else x.ljust(w)
+                    for col, w, x in zip(columns, widths, cells, strict=True)
+                ).rstrip()
+            ]
         parts = [x.split("\n") for x in cells]
         height = max(len(p) for p in parts)
         out = []
@@ -97,13 +121,14 @@ def wrap_pairs(prefix: str, items: Sequence[str], width: int, sep: str = "  ") -
         if not fresh:
             lines.append(current.rstrip())
             current = indent
+        rest = item
         room = max(1, width - len(current))
-        while len(item) > room:
-            lines.append(current + item[:room])
-            item = item[room:]
+        while len(rest) > room:
+            lines.append(current + rest[:room])
+            rest = rest[room:]
             current = indent
             room = max(1, width - len(current))
-        current += item
+        current += rest
         fresh = False
     lines.append(current.rstrip())
     return lines
@@ -140,15 +165,17 @@ class ParamLayout:
         """This row's value in each varying column."""
         out = []
         for keys in self.keys:
-            value = next((params[k] for k in keys if params.get(k) is not None), None)
+            value = None
+            for k in keys:
+                value = params.get(k)
+                if value is not None:
+                    break
             out.append(fmt_param(value))
         return out
 
-    def pairs(self, params: dict[str, Any]) -> list[str]:
-        """This row's varying values as ``title=value`` (legend form), unset ones left out."""
-        return [
-            f"{t}={c}" for t, c in zip(self.titles, self.cells(params), strict=True) if c != "-"
-        ]
+    def pairs(self, cells: list[str]) -> list[str]:
+        """A row's varying values (its :meth:`cells`) as ``title=value``, unset ones left out."""
+        return [f"{t}={c}" for t, c in zip(self.titles, cells, strict=True) if c != "-"]
 
 
 def _concurrency_paths() -> set[str]:
@@ -207,6 +234,8 @@ class Table:
     param_order: Sequence[str] = ()
     notes: list[str] = field(default_factory=list)
     number_title: str = "#"
+    same_title: str = "every row"  # the line of the parameters that do not vary
+    wide_hint: str = "--wide shows every column"  # said when columns are dropped for width
 
 
 def fit_table(table: Table, width: int | None = None, *, wide: bool = False) -> list[str]:
@@ -216,7 +245,7 @@ def fit_table(table: Table, width: int | None = None, *, wide: bool = False) -> 
     out: list[str] = []
     if layout.constant:
         same = [f"{k.rsplit('.', 1)[-1]}={fmt_param(v)}" for k, v in layout.constant.items()]
-        out.extend(wrap_pairs("every row: ", same, 10_000 if wide else width))
+        out.extend(wrap_pairs(f"{table.same_title}: ", same, 10_000 if wide else width))
     number = Column(table.number_title, table.numbers, right=True)
     cells = [layout.cells(p) for p in table.params]
     params = [Column(t, [c[i] for c in cells]) for i, t in enumerate(layout.titles)]
@@ -225,20 +254,30 @@ def fit_table(table: Table, width: int | None = None, *, wide: bool = False) -> 
     dropped: list[str] = []
 
     def too_wide(cols: list[Column]) -> bool:
-        return max((len(x) for x in grid(cols)), default=0) > width
+        return grid_width(cols) > width
 
-    body = [number, *params, *columns]
-    if not wide and too_wide(body):
-        if params:
+    def drop(min_priority: int) -> None:
+        while too_wide([number, *kept, *columns]):
+            spare = [c for c in columns if c.priority >= min_priority]
+            if not spare:
+                return
+            gone = max(spare, key=lambda c: c.priority)
+            columns.remove(gone)
+            dropped.append(gone.title.replace("\n", " "))
+
+    kept = params
+    if not wide:
+        drop(EXTRA_PRIORITY)  # first what only helps, then the parameters move to a legend
+        if too_wide([number, *kept, *columns]) and params:
+            kept = []
             pad = max((len(n) for n in table.numbers), default=1)
-            for n, p in zip(table.numbers, table.params, strict=True):
-                legend.extend(wrap_pairs(f"#{n.ljust(pad)}  ", layout.pairs(p) or ["-"], width))
-        body = [number, *columns]
-        while too_wide(body) and any(c.priority for c in columns):
-            drop = max(columns, key=lambda c: c.priority)
-            columns.remove(drop)
-            dropped.append(drop.title.replace("\n", " "))
-            body = [number, *columns]
+            seen: set[str] = set()
+            for n, c in zip(table.numbers, cells, strict=True):
+                if n not in seen:  # one line per row number (a run table repeats them)
+                    seen.add(n)
+                    legend.extend(wrap_pairs(f"#{n.ljust(pad)}  ", layout.pairs(c) or ["-"], width))
+        drop(1)
+    body = [number, *kept, *columns]
     if layout.merged_note:
         out.append(layout.merged_note)
     out.extend(legend)
@@ -246,7 +285,9 @@ def fit_table(table: Table, width: int | None = None, *, wide: bool = False) -> 
         out.append("")
     out.extend(grid(body))
     if dropped:
-        out.append(f"(not shown for width: {', '.join(dropped)}; --wide shows every column)")
+        out.extend(
+            wrap_text(f"(not shown for width: {', '.join(dropped)}; {table.wide_hint})", width)
+        )
     for note in table.notes:
         out.extend(wrap_text(note, 10_000 if wide else width, indent="  "))
     return out

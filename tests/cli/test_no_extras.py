@@ -144,7 +144,8 @@ def test_tour_report_works_after_the_plain_install(light_venv: Path, tmp_path: P
     """`llem results show` and `llem results report` of the README's tour work after the
     documented install (plotly comes with it)."""
     study = next((REPO / "docs" / "studies").glob("cpu-quickstart_*"))
-    for args in (["results", "show", str(study)], ["results", "report", str(study), "-o", "r.html"]):
+    report = ["results", "report", str(study), "-o", "r.html"]
+    for args in (["results", "show", str(study)], report):
         proc = subprocess.run(
             [str(light_venv / "llem"), *args],
             capture_output=True,

@@ -37,7 +37,8 @@ def fmt_compact(iv: Interval) -> str:
         return fmt_value(iv.mean)
     assert iv.low is not None and iv.high is not None
     half = max(iv.high - iv.mean, iv.mean - iv.low) / abs(iv.mean)
-    return f"{fmt_value(iv.mean)} ±{half:.1%}" if half < 0.1 else f"{fmt_value(iv.mean)} ±{half:.0%}"
+    spread = f"{half:.1%}" if half < 0.1 else f"{half:.0%}"
+    return f"{fmt_value(iv.mean)} ±{spread}"
 
 
 #: The default columns of ``results show``: metric, title, priority (higher: dropped first).
