@@ -111,7 +111,8 @@ def test_show_table_json_and_csv(cpu_study: CpuStudy) -> None:
     d = str(cpu_study.study_dir)
     shown = run_llem("results", "show", d, cwd=cpu_study.workdir)
     assert shown.returncode == 0, shown.stderr
-    assert "pytorch.batch_size=1" in shown.stdout and "pytorch.batch_size=4" in shown.stdout
+    rows_shown = [line.split() for line in shown.stdout.splitlines() if line[:1].isdigit()]
+    assert [r[:2] for r in rows_shown] == [["1", "1"], ["2", "4"]]  # #, batch_size
     assert "not measured" in shown.stdout and "3/3" in shown.stdout
     assert "10,000 resamples" in shown.stdout
     assert "SLO met" not in shown.stdout  # offline traffic: no traffic columns
@@ -146,7 +147,10 @@ def test_fewer_than_three_cycles_say_not_enough_cycles(cpu_study: CpuStudy, tmp_
         iv = r["metrics"]["output_tokens_per_s"]
         assert iv["n"] == 2 and iv["low"] is None and iv["note"] == "not enough cycles (2 < 3)"
     table = run_llem("results", "show", str(copy), cwd=tmp_path)
-    assert "(not enough cycles)" in table.stdout
+    assert "±" not in table.stdout.split("mean ±x%")[0]  # means, no interval
+    assert "no ±: fewer than 3 cycles" in " ".join(table.stdout.split())
+    wide = run_llem("results", "show", str(copy), "--wide", cwd=tmp_path)
+    assert "(not enough cycles)" in wide.stdout
 
 
 def test_compare_across_hosts_lists_environment_differences(

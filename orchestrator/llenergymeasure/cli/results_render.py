@@ -71,7 +71,10 @@ def show_lines(study: LoadedStudy, width: int | None = None, *, wide: bool = Fal
             Column("CV J/tok", ["—" if v is None else f"{v:.1%}" for v in cv], right=True)
         )
     else:
-        for metric, title, priority in COMPACT_METRICS:
+        compact = COMPACT_METRICS
+        if show_metrics(rows) != SHOW_METRICS:  # arriving traffic: its figures, if room
+            compact += tuple((m, t, 2) for m, t in TRAFFIC_SHOW_METRICS)
+        for metric, title, priority in compact:
             ivs = [r.interval(metric) for r in rows]
             if metric != "j_per_output_token" and all(iv.mean is None for iv in ivs):
                 continue  # not measured anywhere (TTFT offline): no column of blanks
