@@ -173,3 +173,31 @@ def test_end_of_run_table_fits_and_says_not_measured() -> None:
     assert len(rows) == 6 and {r[0] for r in rows} == {"1", "2"}
     assert all("not measured" in " ".join(r) for r in rows)
     assert "6/6 completed" in out
+
+
+def test_run_help_shows_whole_option_names_at_80_columns(tmp_path: Path) -> None:
+    """`llem run --help` at 80 columns: every option whole, the length options explained,
+    no type label on flags."""
+    for columns in (None, "80"):
+        out = llem("run", "--help", cwd=tmp_path, columns=columns)
+        assert out.returncode == 0, out.stderr
+        assert_fits(out.stdout)
+        for name in ("--max-input-tokens", "--max-output-tokens", "--export-csv / --no-export-csv"):
+            assert name in out.stdout
+        assert "<bool>" not in out.stdout
+        line = next(x for x in out.stdout.splitlines() if "--max-input-tokens" in x)
+        assert "Prompt length in tokens" in line
+        line = next(x for x in out.stdout.splitlines() if "--max-output-tokens" in x)
+        assert "Tokens each request generates" in line
+
+
+def test_config_prints_readable_text(tmp_path: Path) -> None:
+    """`llem config`: labelled lines, no Python dict (None, False, quotes); --json is JSON."""
+    out = llem("config", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for bad in ("None", "False", "True", "{", "'"):
+        assert bad not in out.stdout, bad
+    for heading in ("host", "docker", "GPUs", "images in Docker", "user defaults"):
+        assert heading in out.stdout.splitlines()[0] or f"\n{heading}" in out.stdout
+    as_json = llem("config", "--json", cwd=tmp_path)
+    assert as_json.returncode == 0 and "host" in json.loads(as_json.stdout)

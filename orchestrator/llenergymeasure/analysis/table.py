@@ -199,7 +199,7 @@ def experiment_rows(study: LoadedStudy) -> list[ExperimentRow]:
     for run in result.runs:
         by_hash.setdefault(run.config_hash, []).append(run)
     numbers = plan_numbers(study.path)
-    rows = []
+    rows: list[ExperimentRow] = []
     for h, runs in by_hash.items():
         stats = ci.experiments.get(h) if ci is not None else None
         if stats is None:

@@ -18,6 +18,7 @@ from llenergymeasure_contract.registry import REGISTRY
 __all__ = ["images_app"]
 
 images_app = typer.Typer(
+    rich_markup_mode=None,  # plain click help: whole option names at 80 columns, no <bool>
     help="Build the backend images locally, or list them.",
     no_args_is_help=True,
 )

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 results_app = typer.Typer(
+    rich_markup_mode=None,  # plain click help: whole option names at 80 columns, no <bool>
     help="Read, compare, report and export finished studies.\n\n"
     "Example: llem results show results/cpu-quickstart_a03665b5_20261201T222324Z",
     no_args_is_help=True,

@@ -84,7 +84,7 @@ def show_lines(study: LoadedStudy, width: int | None = None, *, wide: bool = Fal
     )
     if wide:
         columns.append(Column("flags", [", ".join(r.flags) or "—" for r in rows]))
-    notes = []
+    notes: list[str] = []
     if not wide:
         notes.extend(f"flags #{r.index}: {', '.join(r.flags)}" for r in rows if r.flags)
     notes.append(_method_line(wide))

@@ -271,7 +271,7 @@ def summary_lines(
         Column("time", [fmt_duration(r.duration_s) for r in runs], True, priority=1),
     ]
     if any(r.state != "completed" for r in runs):
-        causes = [(r.failure_kind or "") if r.state != "completed" else "" for r in runs]
+        causes = [str(r.failure_kind or "") if r.state != "completed" else "" for r in runs]
         columns.append(Column("cause", causes))
     table = Table(
         numbers=[str(number.get(r.config_hash, "?")) for r in runs],
