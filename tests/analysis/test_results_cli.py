@@ -180,7 +180,7 @@ def test_compare_across_hosts_lists_environment_differences(
     )
     assert out.returncode == 0, out.stderr
     cmp = json.loads(out.stdout)
-    assert cmp["by"] == ["batch_size"] and cmp["baseline"] == 1
+    assert cmp["by"] == ["batch_size", "study"] and cmp["baseline"] == 1
     assert [r["label"]["batch_size"] for r in cmp["rows"]] == [1, 1, 4, 4]
     tps = [r["metrics"]["output_tokens_per_s"] for r in cmp["rows"]]
     assert tps[0]["ratio_to_baseline"] == 1.0 and tps[0]["overlaps_baseline"] == "baseline"

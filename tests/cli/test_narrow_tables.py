@@ -201,3 +201,33 @@ def test_config_prints_readable_text(tmp_path: Path) -> None:
         assert heading in out.stdout.splitlines()[0] or f"\n{heading}" in out.stdout
     as_json = llem("config", "--json", cwd=tmp_path)
     assert as_json.returncode == 0 and "host" in json.loads(as_json.stdout)
+
+
+def test_compare_by_keeps_the_study_column(tmp_path: Path) -> None:
+    """compare --by batch_size of two studies: a study column tells the rows apart, and the
+    table fits 80 columns piped."""
+    other = tmp_path / "other"
+    shutil.copytree(DOC_STUDY, other)
+    data = json.loads((other / "study_result.json").read_text(encoding="utf-8"))
+    data["study_id"] = "other-host-study"
+    (other / "study_result.json").write_text(json.dumps(data), encoding="utf-8")
+    out = llem("results", "compare", str(DOC_STUDY), str(other), "--by", "batch_size", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert_fits(out.stdout)
+    header = next(line for line in out.stdout.splitlines() if line.lstrip().startswith("#"))
+    assert header.split()[:3] == ["#", "batch_size", "study"]
+    rows = [r.split()[:3] for r in out.stdout.splitlines() if r.lstrip()[:1].isdigit()]
+    assert [r[1:] for r in rows] == [["1", "S1"], ["1", "S2"], ["4", "S1"], ["4", "S2"]]
+    assert "S2=other-host-study" in out.stdout and f"S1={DOC_STUDY.name}" in out.stdout
+    as_json = llem(
+        "results",
+        "compare",
+        str(DOC_STUDY),
+        str(other),
+        "--by",
+        "batch_size",
+        "--json",
+        cwd=tmp_path,
+    )
+    labels = [r["label"]["study"] for r in json.loads(as_json.stdout)["rows"]]
+    assert labels == [DOC_STUDY.name, "other-host-study"] * 2

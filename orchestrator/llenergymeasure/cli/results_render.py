@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table as RichTable
-
 from llenergymeasure.analysis import bootstrap
 from llenergymeasure.analysis.bootstrap import NOT_MEASURED
 from llenergymeasure.analysis.compare import Comparison
@@ -21,7 +17,7 @@ from llenergymeasure.analysis.table import (
     show_metrics,
 )
 from llenergymeasure.results.stats import Interval
-from llenergymeasure.textable import Column, Table, fit_table, term_width, wrap_text
+from llenergymeasure.textable import Column, Table, fit_table, term_width, wrap_pairs, wrap_text
 
 
 def row_params(r: ExperimentRow) -> dict[str, object]:
@@ -119,39 +115,61 @@ def _method_line(wide: bool = True) -> str:
     )
 
 
-def render_compare(cmp: Comparison, console: Console | None = None) -> None:
-    """The comparison table, then the environment differences."""
-    con = console or Console(highlight=False)
-    table = RichTable(title=f"compared by {', '.join(cmp.by)}; baseline: row {cmp.baseline_index}")
-    table.add_column("#")
-    for k in cmp.by:
-        table.add_column(k)
-    table.add_column("cycles")
+def compare_lines(cmp: Comparison, width: int | None = None) -> list[str]:
+    """The comparison as lines that fit ``width``: rows, ratios, overlap, environment."""
+    width = term_width() if width is None else width
     titles = dict(SHOW_METRICS + TRAFFIC_SHOW_METRICS)
+    study_no = {sid: i for i, sid in enumerate(cmp.studies, start=1)}
+    out = wrap_text(f"compared by {', '.join(cmp.by)}; baseline: row {cmp.baseline_index}", width)
+    columns = [
+        Column(
+            "cycles", [f"{r.row.stats.n_cycles_completed}/{r.row.n_runs}" for r in cmp.rows], True
+        )
+    ]
     for m in cmp.metrics:
-        table.add_column(f"{titles.get(m, m)}\nmean [95 % CI]\n× base, overlap", justify="right")
-    table.add_column("flags")
-    for i, r in enumerate(cmp.rows, start=1):
-        cells = [f"{i}{' (base)' if r.is_baseline else ''}"]
-        cells += [escape(str(r.label[k])) for k in cmp.by]
-        cells.append(f"{r.row.stats.n_cycles_completed}/{r.row.n_runs}")
-        for m in cmp.metrics:
+        cells = []
+        for r in cmp.rows:
             c = r.metrics[m]
-            ratio = "—" if c.ratio is None else f"{fmt_value(c.ratio)}×"
-            ov = "baseline" if c.overlap == "baseline" else f"overlap {c.overlap}"
-            cells.append(f"{fmt_interval(c.interval)}\n{ratio}, {ov}")
-        cells.append(escape(", ".join(r.row.flags)) or "—")
-        table.add_row(*cells)
-    con.print(table)
-    if len(cmp.studies) > 1:
-        if cmp.environment_differences:
-            con.print("[bold]environment differences between the studies[/bold]")
-            for fact, values in cmp.environment_differences.items():
-                shown = "; ".join(f"{sid}: {v}" for sid, v in values.items())
-                con.print(f"  {escape(fact)}: {escape(shown)}")
-        else:
-            con.print("environment: the same in every study (host, GPUs, versions)")
-    con.print(
-        "overlap: whether the row's 95 % interval overlaps the baseline's "
-        "(no: a difference beyond the cycle-to-cycle spread; ?: an interval is missing)."
+            ratio = "—" if c.ratio is None else f"×{fmt_value(c.ratio)}"
+            ov = "base" if c.overlap == "baseline" else f"ov {c.overlap}"
+            cells.append(f"{fmt_compact(c.interval)}\n{ratio}, {ov}")
+        columns.append(Column(titles.get(m, m), cells, right=True))
+    params = [
+        {k: (f"S{study_no[r.row.study_id]}" if k == "study" else r.label[k]) for k in cmp.by}
+        for r in cmp.rows
+    ]
+    notes = [
+        f"flags #{i}: {', '.join(r.row.flags)}" for i, r in enumerate(cmp.rows, 1) if r.row.flags
+    ]
+    table = Table(
+        numbers=[f"{i}{'*' if r.is_baseline else ''}" for i, r in enumerate(cmp.rows, 1)],
+        params=params,
+        columns=columns,
+        param_order=cmp.by,
+        notes=notes,
     )
+    out.extend(fit_table(table, width))
+    if len(cmp.studies) > 1:
+        out.extend(wrap_pairs("studies: ", [f"S{i}={sid}" for sid, i in study_no.items()], width))
+        if cmp.environment_differences:
+            out.append("environment differences between the studies")
+            for fact, values in cmp.environment_differences.items():
+                shown = [f"S{study_no[sid]}={v}" for sid, v in values.items()]
+                out.extend(wrap_pairs(f"  {fact}: ", shown, width))
+        else:
+            out.append("environment: the same in every study (host, GPUs, versions)")
+    out.extend(
+        wrap_text(
+            "*: the baseline. Each cell: mean ±x% (the wider side of the 95 % CI), then the ratio "
+            "to the baseline's mean and whether the two 95 % intervals overlap (no: a "
+            "difference beyond the cycle-to-cycle spread; ?: an interval is missing).",
+            width,
+            indent="  ",
+        )
+    )
+    return out
+
+
+def render_compare(cmp: Comparison, width: int | None = None) -> None:
+    """Print the comparison (fits ``width``, the terminal's by default)."""
+    sys.stdout.write("\n".join(compare_lines(cmp, width)) + "\n")
