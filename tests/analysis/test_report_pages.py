@@ -19,7 +19,9 @@ import pytest
 from tests.analysis.chromium import ARTIFACTS, PLOT_CHECK, need_chromium, open_page
 from tests.analysis.conftest import REPO, run_llem
 
+from llenergymeasure.analysis.bootstrap import HIGH_CV_FLAG
 from llenergymeasure.results import ExperimentResult
+from llenergymeasure_contract.results import SteadyState
 from llenergymeasure.results.study import RunMetrics, StudyResult
 
 DOC_STUDIES = sorted(p for p in (REPO / "docs" / "studies").glob("*/") if p.is_dir())
@@ -49,6 +51,16 @@ def test_docs_study_report(study_dir: Path, tmp_path: Path) -> None:
     need_chromium()
     value = open_report(study_dir, tmp_path, f"docs-{study_dir.name}.png")
     assert value["summary_rows"] >= 1 and value["plots"]
+
+
+#: Samples 0-9 baseline, 10-19 warmup, 20-49 measured, 50-59 prefill pass (10 Hz from t=1000).
+PHASE_OF_SAMPLE = ["baseline", "warmup", "measure", "measure", "measure", "prefill_pass"]
+PHASE_WINDOWS = {
+    "baseline": [1000.0, 1000.95],
+    "warmup": [1001.0, 1001.95],
+    "measure": [1002.0, 1004.95],
+    "prefill_pass": [1005.0, 1005.9],
+}
 
 
 def fake_gpu_figures(src: Path, dst: Path) -> Path:
@@ -86,6 +98,14 @@ def fake_gpu_figures(src: Path, dst: Path) -> Path:
                     }
                 ),
                 "quality_flags": [f for f in res.quality_flags if f.code != "no_energy"],
+                # cycle 1 records its phase windows (contract 2); the others leave the report
+                # to find them in the samples' phase column, as results of contract 1 do
+                "timings": res.timings.model_copy(
+                    update={"phase_windows_s": dict(PHASE_WINDOWS) if run.cycle == 1 else {}}
+                ),
+                "steady_state": SteadyState(
+                    start_s=1002.5, end_s=1004.5, duration_s=2.0, valid=False, reason="short"
+                ),
             }
         )
         res.write(path)
@@ -94,7 +114,7 @@ def fake_gpu_figures(src: Path, dst: Path) -> Path:
             pa.table(
                 {
                     "t_s": [1000.0 + i / 10 for i in range(n)],
-                    "phase": ["measure"] * n,
+                    "phase": [PHASE_OF_SAMPLE[i // 10] for i in range(n)],
                     "gpu": [0] * n,
                     "power_w": [power_w * (1 + 0.1 * math.sin(i / 5)) for i in range(n)],
                     "sm_clock_mhz": [1980 - (i % 7) for i in range(n)],
@@ -118,13 +138,14 @@ def test_report_with_gpu_figures(tmp_path: Path) -> None:
     for t in (
         "J/output token against output throughput",
         "J/output token against TTFT p99",
-        "pytorch.batch_size against J/output token",
+        "J/output token against concurrency",
+        "output tokens/s against concurrency",
     ):
         assert t in titles
     assert sum(t.endswith(("_c1", "_c2", "_c3")) for t in titles) == 6  # time series
     assert not any("not measured" in n for n in value["notes"])
     shown = run_llem("results", "show", str(study_dir), "--json", cwd=tmp_path)
     rows = json.loads(shown.stdout)
-    assert [r["flags"] for r in rows] == [[], ["high_cycle_cv"]]
+    assert [HIGH_CV_FLAG in r["flags"] for r in rows] == [False, True]
     assert rows[0]["j_per_output_token_cv"] == pytest.approx(0.01)
     assert rows[1]["metrics"]["j_per_output_token"]["low"] == pytest.approx(0.6 * 0.95)

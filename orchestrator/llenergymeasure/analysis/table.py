@@ -199,6 +199,7 @@ def experiment_rows(study: LoadedStudy) -> list[ExperimentRow]:
     for run in result.runs:
         by_hash.setdefault(run.config_hash, []).append(run)
     numbers = plan_numbers(study.path)
+    next_free = max(numbers.values(), default=0)  # experiments the plan does not list
     rows: list[ExperimentRow] = []
     for h, runs in by_hash.items():
         stats = ci.experiments.get(h) if ci is not None else None
@@ -211,9 +212,12 @@ def experiment_rows(study: LoadedStudy) -> list[ExperimentRow]:
             states[r.state] = states.get(r.state, 0) + 1
             for code in r.metrics.quality_flags if r.metrics else []:
                 flags[code] = flags.get(code, 0) + 1
+        if h not in numbers:
+            next_free += 1
+            numbers[h] = next_free
         rows.append(
             ExperimentRow(
-                index=numbers.get(h, len(numbers) + len(rows) + 1),
+                index=numbers[h],
                 study_id=result.study_id,
                 config_hash=h,
                 backend=first.backend,
