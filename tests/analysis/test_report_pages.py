@@ -21,8 +21,8 @@ from tests.analysis.conftest import REPO, run_llem
 
 from llenergymeasure.analysis.bootstrap import HIGH_CV_FLAG
 from llenergymeasure.results import ExperimentResult
-from llenergymeasure_contract.results import SteadyState
 from llenergymeasure.results.study import RunMetrics, StudyResult
+from llenergymeasure_contract.results import SteadyState
 
 DOC_STUDIES = sorted(p for p in (REPO / "docs" / "studies").glob("*/") if p.is_dir())
 
