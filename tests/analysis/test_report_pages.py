@@ -149,3 +149,96 @@ def test_report_with_gpu_figures(tmp_path: Path) -> None:
     assert [HIGH_CV_FLAG in r["flags"] for r in rows] == [False, True]
     assert rows[0]["j_per_output_token_cv"] == pytest.approx(0.01)
     assert rows[1]["metrics"]["j_per_output_token"]["low"] == pytest.approx(0.6 * 0.95)
+
+
+#: Every plot's title, traces (name, x, labels) and the point labels drawn on it.
+TRACES = """new Promise(resolve => setTimeout(() => resolve(
+  Array.from(document.querySelectorAll('.llem-plot')).map(p => {
+    const gd = p.querySelector('.js-plotly-plot');
+    return {
+      title: (p.previousElementSibling || {}).textContent || '',
+      traces: gd.data.map(t => ({name: t.name, x: Array.from(t.x || []),
+                                 text: Array.from(t.text || [])})),
+      drawn_labels: Array.from(gd.querySelectorAll('.textpoint text')).map(e => e.textContent),
+    };
+  }).concat([{study_table: Array.from(document.querySelectorAll('#study tr')).map(
+    r => r.textContent)}])), 1000))"""
+
+
+def cross_backend_study(src: Path, dst: Path) -> Path:
+    """The GPU-figures study plus a vLLM copy of each experiment: pytorch batch 1 and 4,
+    vLLM max_num_seqs 64 and 256 (half the J/token, 3x the throughput); n_prompts differs
+    between the backends (8 and 16), as a cross-backend study sized per backend would."""
+    fake_gpu_figures(src, dst)
+    study = StudyResult.load(dst)
+    runs = []
+    for run in study.runs:
+        batch = int(run.params["pytorch.batch_size"])
+        runs.append(
+            run.model_copy(update={"params": {"pytorch.batch_size": batch, "n_prompts": 8}})
+        )
+    for run in study.runs:
+        assert run.metrics is not None
+        batch = int(run.params["pytorch.batch_size"])
+        h = "f" + run.config_hash[1:]
+        m = run.metrics
+        assert m.j_per_output_token is not None and m.output_tokens_per_s is not None
+        metrics = m.model_copy(
+            update={
+                "j_per_output_token": m.j_per_output_token / 2,
+                "output_tokens_per_s": m.output_tokens_per_s * 3,
+            }
+        )
+        runs.append(
+            run.model_copy(
+                update={
+                    "index": run.index + len(study.runs),
+                    "config_hash": h,
+                    "run_id": f"{h}_c{run.cycle}",
+                    "backend": "vllm",
+                    "params": {"vllm.max_num_seqs": 64 if batch == 1 else 256, "n_prompts": 16},
+                    "metrics": metrics,
+                }
+            )
+        )
+    study = study.model_copy(update={"runs": runs, "confidence_intervals": None})
+    (dst / "study_result.json").write_text(study.model_dump_json(indent=1))
+    return dst
+
+
+def test_cross_backend_report_plots_concurrency_per_backend(tmp_path: Path) -> None:
+    """A pytorch + vLLM study: J/token and throughput against each backend's concurrency
+    with one line per backend at its own values; no n_prompts or per-backend key drawn
+    against energy, no point at "None"; points labelled #i (screenshot: report-cross.png)."""
+    need_chromium()
+    study_dir = cross_backend_study(DOC_STUDIES[0], tmp_path / "study")
+    out = tmp_path / "report.html"
+    done = run_llem("results", "report", str(study_dir), "-o", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    page = open_page(out, TRACES, ARTIFACTS / "report-cross.png")
+    assert page.console_errors == [] and page.exceptions == []
+    *plots, header = page.value
+    titles = [p["title"] for p in plots]
+    assert "J/output token against concurrency" in titles
+    assert "output tokens/s against concurrency" in titles
+    assert not any("n_prompts" in t or "batch_size" in t or "max_num_seqs" in t for t in titles)
+    for p in plots:
+        for t in p["traces"]:
+            assert "None" not in [str(x) for x in t["x"]], (p["title"], t)
+    conc = next(p for p in plots if p["title"] == "J/output token against concurrency")
+    lines = {t["name"]: t["x"] for t in conc["traces"]}
+    assert lines == {"pytorch": [1, 4], "vllm": [64, 256]}
+    labels = [x for t in conc["traces"] for x in t["text"]]
+    assert labels == [
+        "#1 concurrency=1 n_prompts=8",
+        "#2 concurrency=4 n_prompts=8",
+        "#3 concurrency=64 n_prompts=16",
+        "#4 concurrency=256 n_prompts=16",
+    ]
+    assert sorted(conc["drawn_labels"]) == sorted(labels)  # visible, not only on hover
+    pareto = next(p for p in plots if p["title"] == "J/output token against output throughput")
+    assert {t["name"] for t in pareto["traces"]} >= {"pytorch", "vllm"}
+    facts = " | ".join(header["study_table"])
+    for fact in ("model", "precision", "input length, tokens", "output length, tokens"):
+        assert fact in facts
+    assert "n_prompts" in facts and "SLO thresholds" in facts

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,7 @@ def _scatter(
                 marker={"size": 11},
                 text=[labels[r.config_hash] for r in rs],
                 textposition="top center",
+                cliponaxis=False,  # a label at the edge is drawn whole
                 hovertemplate="%{text}<br>x=%{x:.4g}<br>y=%{y:.4g}<extra>%{fullData.name}</extra>",
                 error_x={
                     "type": "data",
@@ -304,6 +306,7 @@ def _line_chart(
                 name=name,
                 text=[labels[r.config_hash] for r in rs],
                 textposition="top center",
+                cliponaxis=False,  # a label at the edge is drawn whole
                 hovertemplate="%{text}<br>x=%{x}<br>y=%{y:.4g}<extra>%{fullData.name}</extra>",
                 error_y={
                     "type": "data",
@@ -321,7 +324,14 @@ def _line_chart(
         yaxis_title=label,
         height=400,
         template="plotly_white",
+        margin={"l": 90, "r": 40},
     )
+    if numeric:  # ticks at the measured values only, and room for the labels at the ends
+        fig.update_xaxes(tickvals=values, ticktext=[f"{v:g}" for v in values])
+        if log:
+            lo, hi = math.log10(values[0]), math.log10(values[-1])
+            pad = (hi - lo) * 0.12
+            fig.update_xaxes(range=[lo - pad, hi + pad])
     page.plot(fig, len(usable))
 
 
