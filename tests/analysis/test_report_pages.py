@@ -143,6 +143,15 @@ def test_report_with_gpu_figures(tmp_path: Path) -> None:
     ):
         assert t in titles
     assert sum(t.endswith(("_c1", "_c2", "_c3")) for t in titles) == 6  # time series
+    # each run's phases shaded and listed: cycle 1 from phase_windows_s, the others from the
+    # samples' phase column; the steady state from steady_state
+    html_text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    shaded = [line for line in html_text.splitlines() if line.startswith('<p class="phases">')]
+    assert len(shaded) == 6
+    exact = "baseline (idle) 0.0–1.0 s; warmup 1.0–2.0 s; measured window 2.0–5.0 s"
+    from_samples = "baseline (idle) 0.0–0.9 s; warmup 1.0–1.9 s; measured window 2.0–4.9 s"
+    assert all("steady state 2.5–4.5 s" in x and "prefill pass 5.0–5.9 s" in x for x in shaded)
+    assert (sum(exact in x for x in shaded), sum(from_samples in x for x in shaded)) == (2, 4)
     assert not any("not measured" in n for n in value["notes"])
     shown = run_llem("results", "show", str(study_dir), "--json", cwd=tmp_path)
     rows = json.loads(shown.stdout)

@@ -461,10 +461,10 @@ def _shade_phases(fig: Any, windows: dict[str, list[float]], t0: float) -> list[
         )
         fig.add_annotation(
             x=(a + b) / 2,
-            y=1.0,
+            y=0.98 if not steady else 0.02,  # inside the power panel, clear of its title
             xref="x",
             yref="y domain",
-            yanchor="bottom" if not steady else "top",
+            yanchor="top" if not steady else "bottom",
             text=label,
             showarrow=False,
             font={"size": 10, "color": colour},
