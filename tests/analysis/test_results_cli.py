@@ -107,6 +107,10 @@ def test_tables_have_real_types(cpu_study: CpuStudy) -> None:
 def test_finished_study_says_why_local_and_leaves_no_lock(cpu_study: CpuStudy) -> None:
     """The run line says why the runner is local; the finished folder holds no .lock file."""
     assert "runner local (runner: local asked for)" in cpu_study.output
+    # the end-of-run table: energy cells say "not measured" (a CPU has no counter), never blank
+    table = cpu_study.output[cpu_study.output.index("cpu-quickstart: completed") :]
+    rows = [line.split() for line in table.splitlines() if line[:1] in ("1", "2")]
+    assert len(rows) == 6 and all(" ".join(r).count("not measured") == 2 for r in rows)
     assert not (cpu_study.study_dir / ".lock").exists()
     assert (cpu_study.study_dir / "study_result.json").is_file()
 
