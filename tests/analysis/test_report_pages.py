@@ -98,7 +98,7 @@ def fake_gpu_figures(src: Path, dst: Path) -> Path:
                     }
                 ),
                 "quality_flags": [f for f in res.quality_flags if f.code != "no_energy"],
-                # cycle 1 records its phase windows (contract 2); the others leave the report
+                # cycle 1 records its phase windows (contract 3); the others leave the report
                 # to find them in the samples' phase column, as results of contract 1 do
                 "timings": res.timings.model_copy(
                     update={"phase_windows_s": dict(PHASE_WINDOWS) if run.cycle == 1 else {}}
