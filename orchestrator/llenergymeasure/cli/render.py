@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llenergymeasure.study.grouping import group_lines
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan
 from llenergymeasure.textable import (
     Column,
@@ -94,10 +95,13 @@ def plan_table(plan: StudyPlan, width: int | None = None, *, wide: bool = False)
         f"total runs {len(plan.runs)}",
         f"gaps: {ex.config_gap_s:g} s between experiments, {ex.cycle_gap_s:g} s between cycles; "
         f"estimated duration incl. gaps: {fmt_duration(plan.estimated_duration_s)} "
-        "(rough: decode roofline at ~2 TB/s + 20 s start-up per run)",
+        "(rough: decode roofline at ~2 TB/s + start-up per engine load)",
         f"runner: {plan.study.runner.runner}   results: {plan.study.results_dir}",
         *(f"note: {n}" for n in plan.notes),
+        *([f"estimate: {plan.estimate_basis}"] if plan.estimate_basis else []),
     ]
     for text in said:
         lines.extend(wrap_text(text, limit, indent="  "))
+    for text in group_lines(plan.groups, {e.config_hash: e.index for e in plan.experiments}):
+        lines.extend(wrap_text(text, limit, indent="    "))
     return "\n".join(lines)

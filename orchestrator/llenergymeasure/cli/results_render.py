@@ -15,6 +15,7 @@ from llenergymeasure.analysis.table import (
     fmt_interval,
     fmt_value,
     show_metrics,
+    steady_state_lines,
 )
 from llenergymeasure.results.stats import Interval
 from llenergymeasure.textable import Column, Table, fit_table, term_width, wrap_pairs, wrap_text
@@ -83,6 +84,7 @@ def show_lines(study: LoadedStudy, width: int | None = None, *, wide: bool = Fal
     notes: list[str] = []
     if not wide:
         notes.extend(f"flags #{r.index}: {', '.join(r.flags)}" for r in rows if r.flags)
+    notes.extend(steady_state_lines(study))  # each under 80 columns
     notes.append(_method_line(wide))
     table = Table(
         numbers=[str(r.index) for r in rows],

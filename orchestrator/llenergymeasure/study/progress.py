@@ -285,10 +285,24 @@ def summary_lines(
         notes=[
             f"{result.n_completed}/{result.n_runs} completed · wall {fmt_duration(result.wall_s)}"
             f" (runs {fmt_duration(result.experiments_s)}, gaps {fmt_duration(result.gaps_s)})"
-            f" · {result.study_dir}"
+            f" · {result.study_dir}",
+            *([measuring_line(result)] if result.measuring_fraction is not None else []),
         ],
     )
     return [
         *wrap_text(f"{result.study_name}: {result.state}", width),
         *fit_table(table, width, wide=wide),
     ]
+
+
+def measuring_line(result: StudyResult) -> str:
+    """``measuring 37 % of the time in runs (load 40 %, ...)``: where the GPU time went."""
+    parts = result.time_breakdown_s or {}
+    busy = sum(v for k, v in parts.items() if k != "gaps")
+    shown = ", ".join(
+        f"{k.replace('_', ' ')} {v / busy:.0%}"
+        for k, v in parts.items()
+        if k not in ("measure", "gaps") and busy > 0 and v / busy >= 0.005
+    )
+    frac = result.measuring_fraction or 0.0
+    return f"measuring {frac:.0%} of the time in runs" + (f" ({shown})" if shown else "")
