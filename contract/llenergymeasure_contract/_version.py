@@ -10,4 +10,4 @@ it with ``python -m llenergymeasure_harness --version``.
 """
 
 __version__ = "2.0.0"
-CONTRACT_VERSION = 3
+CONTRACT_VERSION = 4  # 2: strict configs; 3: chat datasets; 4: Timings.phase_windows_s

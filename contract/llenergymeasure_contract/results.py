@@ -337,6 +337,10 @@ class Timings(_Model):
     evaluation_s: float | None = None  # the quality: evaluation pass, in its own window
     gap_s: float | None = None  # engine groups: the thermal rest before this run, in-container
     total_s: float | None = None
+    # phase -> [start, end] on the harness clock that timeseries.parquet's t_s and
+    # steady_state.start_s/end_s use: baseline (when measured, not cached), warmup, measure
+    # (the energy window's edges), prefill_pass. Lets a reader shade each phase on the series.
+    phase_windows_s: dict[str, list[float]] = Field(default_factory=dict)
 
 
 class ExperimentResult(_Model):

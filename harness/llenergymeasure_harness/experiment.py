@@ -151,6 +151,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
     started_epoch = d.epoch()
     t_begin = d.clock()
     timings: dict[str, float | None] = {}
+    windows: dict[str, list[float]] = {}  # Timings.phase_windows_s, on d.clock
     phase = "load"
     nvml: Nvml | None = None
     backend: Any = None
@@ -231,6 +232,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
                 baseline = measure_idle_power(
                     meter, cfg.baseline.duration_s, sleep=d.sleep, sync=sync
                 )
+                windows["baseline"] = [t0, d.clock()]
                 if cache is not None:
                     cache.put(key, baseline)
             timings["baseline_s"] = d.clock() - t0
@@ -245,7 +247,9 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             random_seed=cfg.random_seed,
             vocab_size=vocab,
         )
+        t_w0 = d.clock()
         warm = run_warmup(cfg.warmup, lambda: backend.run(unit), clock=d.clock)
+        windows["warmup"] = [t_w0, d.clock()]
         timings["warmup_s"] = warm["duration_s"]
 
         # ------------------------------------------------------------------ measure
@@ -281,6 +285,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             window = meter.end_window("measure", sync)
             t_m0, t_m1 = window.start_s, window.end_s
         timings["measure_s"] = t_m1 - t_m0
+        windows["measure"] = [t_m0, t_m1]
         if len(records) != len(requests):
             raise MeasurementError(
                 f"backend returned {len(records)} records for {len(requests)} requests"
@@ -305,6 +310,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             pass_window = meter.end_window("prefill_pass", sync)
             t_p0, t_p1 = pass_window.start_s, pass_window.end_s
         timings["prefill_pass_s"] = t_p1 - t_p0
+        windows["prefill_pass"] = [t_p0, t_p1]
 
         # ------------------------------------------------------------------ evaluation
         evaluation = None
@@ -341,7 +347,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             pids=pids,
             peak=peak,
             extra_result=extra_result,
-            timings=timings,
+            timings={**timings, "phase_windows_s": windows},
             pass_records=pass_records,
             pass_window=pass_window,
             pass_duration_s=t_p1 - t_p0,
@@ -420,7 +426,7 @@ def _assemble(
     pids: dict[int, list[int] | None],
     peak: dict[int, int] | None,
     extra_result: dict[str, Any] | None,
-    timings: dict[str, float | None],
+    timings: dict[str, Any],
     pass_records: list[RequestRecord],
     pass_window: WindowResult | None,
     pass_duration_s: float,

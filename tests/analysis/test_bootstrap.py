@@ -102,3 +102,32 @@ def test_failed_runs_do_not_count() -> None:
     stats = confidence_intervals(runs).experiments["a"]
     assert stats.n_cycles_completed == 2
     assert stats.metrics["j_per_output_token"].note == "not enough cycles (2 < 3)"
+
+
+def test_cv_flag_on_throughput_and_latency() -> None:
+    """The CPU case of issue 23: 3159 vs 33.8 tok/s between cycles is flagged with no energy."""
+    runs = [run("cpu", i, None, tps) for i, tps in enumerate([3159.0, 33.8, 40.0], 1)]
+    stats = confidence_intervals(runs).experiments["cpu"]
+    assert stats.j_per_output_token_cv is None and "j_per_output_token" not in stats.cycle_cv
+    assert stats.cycle_cv["output_tokens_per_s"] > 1.0
+    assert stats.flags == ["high_cycle_cv_throughput"]
+    steady = [run("gpu", i, 1.0, 100.0 + i / 10) for i in (1, 2, 3)]
+    assert confidence_intervals(steady).experiments["gpu"].flags == []
+
+
+def test_cv_flag_on_ttft() -> None:
+    """TTFT p50 moving 30 % between cycles is flagged high_cycle_cv_ttft (threshold 10 %)."""
+    runs = [
+        RunSummary(
+            index=i,
+            run_id=f"t_c{i}",
+            config_hash="t",
+            cycle=i,
+            state="completed",
+            metrics=RunMetrics(output_tokens_per_s=100.0, ttft_p50_s=ttft),
+        )
+        for i, ttft in enumerate([0.1, 0.13, 0.1], 1)
+    ]
+    ci = confidence_intervals(runs)
+    assert ci.experiments["t"].flags == ["high_cycle_cv_ttft"]
+    assert ci.cv_thresholds["ttft_p50_s"] == 0.10

@@ -55,16 +55,18 @@ def plan_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
 def test_dry_run_prints_a_table_and_a_summary(
     study: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The table has one row per experiment with backend, image, memory and time columns."""
+    """The table has one row per experiment: the swept keys, memory and time; what does not
+    vary (backend, model, image) is said once."""
     code, out, err = run(capsys, "run", str(study), "--dry-run")
     assert code == 0, err
     lines = out.splitlines()
-    header = lines[0].split()
-    for column in ("backend", "model", "precision", "image", "GPU", "est."):
-        assert column in header
+    assert lines[0] == "every experiment: backend=pytorch  model=tiny-llama  n_prompts=64"
+    header = lines[1].split()
+    assert header == ["#", "precision", "batch_size", "GPU", "mem", "est.", "time"]
     rows = [line for line in lines if line[:1].isdigit()]
     assert len(rows) == 4
-    assert all("llenergymeasure/pytorch:" in r and "MiB" in r for r in rows)
+    assert all("MiB" in r for r in rows)
+    assert "image: pytorch=llenergymeasure/pytorch:" in out
     assert "experiments 4" in out
     assert "total runs 8" in out
     assert "cycles 2 (sequential)" in out
@@ -380,6 +382,11 @@ def _llem(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _notes(stdout: str) -> list[str]:
+    """The plan's ``note:`` paragraphs, their wrapped lines joined."""
+    return [" ".join(n.split()) for n in " ".join(stdout.split()).split("note: ")[1:]]
+
+
 def test_dry_run_of_the_h200_poisson_sweep_sizes_from_the_arrivals() -> None:
     """``llem run benchmarks/h200/vllm-poisson.yaml --dry-run``: every rate has about 40 s of
     arrivals, enough for a 30 s window, so there is no steady-state note (the offline wave rule
@@ -396,7 +403,7 @@ def test_dry_run_of_a_short_poisson_sweep_names_rate_span_and_a_size() -> None:
     (about 140 prompts), not thousands."""
     proc = _llem("run", "benchmarks/h200/vllm-poisson.yaml", "--dry-run", "--set", "n_prompts=100")
     assert proc.returncode == 0, proc.stderr
-    notes = [line for line in proc.stdout.splitlines() if "steady state" in line]
+    notes = [n for n in _notes(proc.stdout) if "steady state" in n]
     assert len(notes) == 3, proc.stdout
     first = notes[0]
     assert "experiment 1: n_prompts 100 at 4 req/s is 25 s of arrivals" in first
@@ -410,7 +417,7 @@ def test_dry_run_of_in_process_against_server_names_the_scheduler_budget() -> No
     budgets; setting vllm.max_num_batched_tokens removes it."""
     proc = _llem("run", "benchmarks/h200/vllm-r16-repeat.yaml", "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert "without vllm.max_num_batched_tokens" in proc.stdout, proc.stdout
+    assert any("without vllm.max_num_batched_tokens" in n for n in _notes(proc.stdout))
     pinned = _llem(
         "run",
         "benchmarks/h200/vllm-r16-repeat.yaml",
@@ -419,4 +426,4 @@ def test_dry_run_of_in_process_against_server_names_the_scheduler_budget() -> No
         "vllm.max_num_batched_tokens=8192",
     )
     assert pinned.returncode == 0, pinned.stderr
-    assert "max_num_batched_tokens" not in pinned.stdout
+    assert not any("max_num_batched_tokens" in n for n in _notes(pinned.stdout))

@@ -138,3 +138,22 @@ def test_llem_works_without_extras(light_venv: Path, args: list[str]) -> None:
     assert "Traceback" not in proc.stderr
     if args == ["--version"]:
         assert proc.stdout.strip() == "2.0.0"
+
+
+def test_tour_report_works_after_the_plain_install(light_venv: Path, tmp_path: Path) -> None:
+    """`llem results show` and `llem results report` of the README's tour work after the
+    documented install (plotly comes with it)."""
+    study = next((REPO / "docs" / "studies").glob("cpu-quickstart_*"))
+    report = ["results", "report", str(study), "-o", "r.html"]
+    for args in (["results", "show", str(study)], report):
+        proc = subprocess.run(
+            [str(light_venv / "llem"), *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=_clean_env(light_venv),
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "r.html").stat().st_size > 1_000_000

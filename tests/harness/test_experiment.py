@@ -138,6 +138,13 @@ def test_timeseries_written_when_enabled(tmp_path: Path) -> None:
     assert result.energy.integrated_power_energy_j is not None
     assert result.energy.counter_vs_integrated_diff_pct is not None
     assert abs(result.energy.counter_vs_integrated_diff_pct) < 15
+    # each phase's window is recorded on the samples' clock, in order, for the report's shading
+    w = result.timings.phase_windows_s
+    assert list(w) == ["warmup", "measure", "prefill_pass"]  # baseline disabled: none
+    assert w["warmup"][1] <= w["measure"][0] < w["measure"][1] <= w["prefill_pass"][0]
+    assert w["measure"][1] - w["measure"][0] == pytest.approx(result.timings.measure_s)
+    in_measure = [r["t_s"] for r in table if r["phase"] == "measure"]
+    assert w["measure"][0] - 0.1 <= min(in_measure) and max(in_measure) <= w["measure"][1] + 0.1
 
 
 def test_failures_carry_their_phase(tmp_path: Path) -> None:

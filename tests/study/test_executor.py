@@ -154,6 +154,7 @@ def test_ctrl_c_then_resume_loses_nothing_and_reruns_nothing(
     study_dir = Path(info.value.hint.split("--resume ")[1])  # type: ignore[union-attr]
     manifest = ManifestStore.load(study_dir).manifest
     assert manifest.state == "interrupted"
+    assert not (study_dir / ".lock").exists()  # a clean Ctrl-C exit removes the lock file
     assert [r.state for r in manifest.runs] == ["completed", "completed", "interrupted", "pending"]
     assert client.stopped == [c.name for c in client.created if c.labels["llem.run"] == third]
     assert all(c.removed for c in client.created)
@@ -172,6 +173,7 @@ def test_ctrl_c_then_resume_loses_nothing_and_reruns_nothing(
     rec = manifest.runs[2]
     assert [a.state for a in rec.attempts] == ["interrupted", "completed"]
     assert rec.attempts[1].run_dir == f"runs/{third}_a2"
+    assert not (study_dir / ".lock").exists()
     assert (study_dir / "runs" / third).is_dir()  # the interrupted attempt's folder is kept
     assert len(manifest.sessions) == 2
 

@@ -197,7 +197,27 @@ def test_study_lock_refuses_a_second_holder_and_survives_a_crash(tmp_path: Path)
     with StudyLock(tmp_path):
         pass
     with StudyLock(tmp_path):  # released on exit, reusable
-        pass
+        assert (tmp_path / ".lock").is_file()
+    assert not (tmp_path / ".lock").exists()  # a clean exit leaves no lock file
+
+
+def test_study_lock_taken_on_an_unlinked_file_starts_again(tmp_path: Path) -> None:
+    """A lock won on a file the previous holder just unlinked is retried on the new file."""
+    import os
+
+    first = StudyLock(tmp_path)
+    first.acquire()
+    stale = os.open(tmp_path / ".lock", os.O_RDWR)  # opened before the holder's unlink
+    first.release()
+    second = StudyLock(tmp_path)
+    second.acquire()
+    try:
+        assert (tmp_path / ".lock").is_file()
+        with pytest.raises(PreflightError):  # the file at the path is the one really held
+            StudyLock(tmp_path).acquire()
+    finally:
+        second.release()
+        os.close(stale)
 
 
 def test_sigterm_before_any_run_exits_143(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

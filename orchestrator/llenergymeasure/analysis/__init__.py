@@ -4,7 +4,8 @@
 cost figures and bootstrap confidence intervals (:mod:`.bootstrap`, :mod:`.impact`). The
 ``llem results`` commands sit on :mod:`.table` (one row per experiment), :mod:`.compare`,
 :mod:`.report` (one self-contained HTML file) and :mod:`.export` (Hugging Face dataset
-folder, CSV, Parquet, JSON).
+folder, CSV, Parquet, JSON). Library use: :func:`load_study_dir`, :func:`compare`,
+:func:`write_report` and :func:`export_study_dir`, as the commands call them.
 """
 
 from llenergymeasure.analysis.bootstrap import (
@@ -15,8 +16,12 @@ from llenergymeasure.analysis.bootstrap import (
     bootstrap_interval,
     confidence_intervals,
 )
+from llenergymeasure.analysis.compare import compare
 from llenergymeasure.analysis.enrich import enrich
+from llenergymeasure.analysis.export import export_study_dir
 from llenergymeasure.analysis.impact import impact_metrics
+from llenergymeasure.analysis.report import write_report
+from llenergymeasure.analysis.table import load_study_dir
 
 __all__ = [
     "CV_THRESHOLD",
@@ -24,7 +29,11 @@ __all__ = [
     "N_RESAMPLES",
     "SEED",
     "bootstrap_interval",
+    "compare",
     "confidence_intervals",
     "enrich",
+    "export_study_dir",
     "impact_metrics",
+    "load_study_dir",
+    "write_report",
 ]

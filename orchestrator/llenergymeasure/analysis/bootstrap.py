@@ -20,6 +20,13 @@ method repeats to well under 1 % (H200, vLLM batch 256: 0.5 % over 3 cycles); 3 
 than the NVML counter's resolution can explain over a measured window of ≥ 1 s, and about the
 size of the differences a batch-size sweep tries to resolve, so above it the cycles disagree by
 as much as the configurations do (H200, batch 64: 4.8 %, flagged).
+
+Throughput and latency get the same check (``CYCLE_CV_CHECKS``): output tok/s above 3 %
+(``high_cycle_cv_throughput``; it is the denominator of J/output token, so the same bound),
+TTFT p50 and TPOT p50 above 10 % (``high_cycle_cv_ttft``, ``high_cycle_cv_tpot``; a median
+over a few hundred requests moves more with scheduling than a whole-window ratio does). On
+a CPU host a throughput jump of 94x between cycles (3159 vs 33.8 tok/s) is flagged even when
+no energy was measured.
 """
 
 from __future__ import annotations
@@ -42,6 +49,13 @@ CONFIDENCE = 0.95
 #: Cycle-to-cycle CV of J/output token above which an experiment is flagged ``high_cycle_cv``.
 CV_THRESHOLD = 0.03
 HIGH_CV_FLAG = "high_cycle_cv"
+#: The cycle-to-cycle checks: metric -> (CV threshold, flag). J/output token first.
+CYCLE_CV_CHECKS: dict[str, tuple[float, str]] = {
+    "j_per_output_token": (CV_THRESHOLD, HIGH_CV_FLAG),
+    "output_tokens_per_s": (0.03, "high_cycle_cv_throughput"),
+    "ttft_p50_s": (0.10, "high_cycle_cv_ttft"),
+    "tpot_p50_s": (0.10, "high_cycle_cv_tpot"),
+}
 NOT_ENOUGH_CYCLES = "not enough cycles"
 NOT_MEASURED = "not measured"
 
@@ -137,18 +151,31 @@ def experiment_stats(config_hash: str, runs: Iterable[RunSummary]) -> Experiment
     for name in HEADLINE_METRICS:
         values = [v for r in done if (v := getattr(r.metrics, name)) is not None]
         metrics[name] = bootstrap_interval(values)
-    jpt = [r.metrics.j_per_output_token for r in done if r.metrics is not None]
-    measured = [v for v in jpt if v is not None]
-    # every completed cycle must have measured it, or the CV would compare unlike subsets
-    cv = coefficient_of_variation(measured) if len(measured) == len(jpt) else None
-    flags = [HIGH_CV_FLAG] if cv is not None and cv > CV_THRESHOLD else []
+    cycle_cv: dict[str, float] = {}
+    flags: list[str] = []
+    for name, (threshold, flag) in CYCLE_CV_CHECKS.items():
+        cv = _cycle_cv(done, name)
+        if cv is None:
+            continue
+        cycle_cv[name] = cv
+        if cv > threshold:
+            flags.append(flag)
     return ExperimentStats(
         config_hash=config_hash,
         n_cycles_completed=len(done),
         metrics=metrics,
-        j_per_output_token_cv=cv,
+        j_per_output_token_cv=cycle_cv.get("j_per_output_token"),
+        cycle_cv=cycle_cv,
         flags=flags,
     )
+
+
+def _cycle_cv(done: Sequence[RunSummary], metric: str) -> float | None:
+    """The CV of ``metric`` over the completed cycles; None unless every one measured it."""
+    values = [getattr(r.metrics, metric) for r in done]
+    measured = [v for v in values if v is not None]
+    # every completed cycle must have measured it, or the CV would compare unlike subsets
+    return coefficient_of_variation(measured) if len(measured) == len(values) else None
 
 
 def confidence_intervals(runs: Sequence[RunSummary]) -> ConfidenceIntervals:
@@ -162,5 +189,6 @@ def confidence_intervals(runs: Sequence[RunSummary]) -> ConfidenceIntervals:
         seed=SEED,
         min_cycles=MIN_CYCLES,
         cv_threshold=CV_THRESHOLD,
+        cv_thresholds={m: t for m, (t, _) in CYCLE_CV_CHECKS.items()},
         experiments={h: experiment_stats(h, rs) for h, rs in by_hash.items()},
     )

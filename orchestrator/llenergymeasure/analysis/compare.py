@@ -170,6 +170,8 @@ def compare(
     studies = [load_study_dir(d) for d in dirs]
     rows = [r for s in studies for r in s.rows]
     keys = list(by) if by else default_by(rows)
+    if len(studies) > 1 and "study" not in keys:
+        keys.append("study")  # rows of two studies must never look identical
     for k in keys:
         if k not in ("backend", "model", "precision", "study") and all(
             r.key(k) is None for r in rows

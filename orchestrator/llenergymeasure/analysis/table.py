@@ -162,15 +162,17 @@ def load_study_dir(path: str | Path) -> LoadedStudy:
             source=str(file),
             hint="it may be damaged or from a newer llem; re-export with the llem that made it",
         ) from exc
-    if result.confidence_intervals is None:
-        result = enrich(result)
+    if result.confidence_intervals is None or not result.confidence_intervals.cv_thresholds:
+        result = enrich(result)  # written before the intervals (1.1) or the cycle_cv checks (1.2)
     return LoadedStudy(path=file.parent, result=result)
 
 
 @dataclass
 class ExperimentRow:
-    """One experiment of one study, its cycles aggregated."""
+    """One experiment of one study, its cycles aggregated; ``index`` numbers it as the dry run
+    (and ``plan.json``) does."""
 
+    index: int
     study_id: str
     config_hash: str
     backend: str | None
@@ -223,7 +225,9 @@ def experiment_rows(study: LoadedStudy) -> list[ExperimentRow]:
     by_hash: dict[str, list[RunSummary]] = {}
     for run in result.runs:
         by_hash.setdefault(run.config_hash, []).append(run)
-    rows = []
+    numbers = plan_numbers(study.path)
+    next_free = max(numbers.values(), default=0)  # experiments the plan does not list
+    rows: list[ExperimentRow] = []
     for h, runs in by_hash.items():
         stats = ci.experiments.get(h) if ci is not None else None
         if stats is None:
@@ -235,8 +239,12 @@ def experiment_rows(study: LoadedStudy) -> list[ExperimentRow]:
             states[r.state] = states.get(r.state, 0) + 1
             for code in r.metrics.quality_flags if r.metrics else []:
                 flags[code] = flags.get(code, 0) + 1
+        if h not in numbers:
+            next_free += 1
+            numbers[h] = next_free
         rows.append(
             ExperimentRow(
+                index=numbers[h],
                 study_id=result.study_id,
                 config_hash=h,
                 backend=first.backend,
@@ -249,7 +257,19 @@ def experiment_rows(study: LoadedStudy) -> list[ExperimentRow]:
                 states=states,
             )
         )
-    return rows
+    return sorted(rows, key=lambda r: r.index)
+
+
+def plan_numbers(study_dir: Path) -> dict[str, int]:
+    """config hash -> the experiment's number in the study's ``plan.json`` (the dry run's).
+
+    Empty when the plan cannot be read; rows are then numbered in the order they first ran.
+    """
+    try:
+        plan = json.loads((study_dir / "plan.json").read_text(encoding="utf-8"))
+        return {str(e["config_hash"]): int(e["index"]) for e in plan["experiments"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def fmt_value(value: float | None) -> str:
@@ -305,12 +325,12 @@ def steady_state_lines(study: LoadedStudy) -> list[str]:
         c[1] += bool(m.mlenergy_stable)
         c[2] += 1
     lines: list[str] = []
-    for i, r in enumerate(study.rows, start=1):
+    for r in study.rows:
         if r.config_hash not in counts:
             continue
         valid, stable, n = counts[r.config_hash]
         fig = {m: fmt_value(r.interval(m).mean) for m in STEADY_METRICS}
-        head = f"#{i}"
+        head = f"#{r.index}"  # numbered as the dry run and the table
         lines.append(
             f"{head:<4}ours       J/tok {fig['steady_j_per_output_token']:>7}  "
             f"window {fig['steady_window_s']:>5} s  valid {valid}/{n}"
@@ -329,6 +349,7 @@ def rows_json(rows: list[ExperimentRow]) -> list[dict[str, Any]]:
     """Rows as plain data (``llem results show --json``)."""
     return [
         {
+            "index": r.index,
             "study_id": r.study_id,
             "config_hash": r.config_hash,
             "backend": r.backend,

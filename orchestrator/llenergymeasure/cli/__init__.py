@@ -17,9 +17,17 @@ import typer
 from rich.console import Console
 
 try:  # recent typer (0.29) vendors click as typer._click and no longer depends on click
-    from typer._click.exceptions import ClickException
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
 except ImportError:  # pragma: no cover - older typer raises the click package's exceptions
     from click import ClickException  # type: ignore[assignment]
+
+    try:  # click >= 8.2
+        from click.exceptions import NoArgsIsHelpError  # type: ignore[assignment]
+    except ImportError:  # older click prints the help itself and raises nothing
+
+        class NoArgsIsHelpError(ClickException):  # type: ignore[no-redef]
+            """Never raised by this click."""
+
 
 from llenergymeasure import __version__
 from llenergymeasure.cli.config_cmd import config_app
@@ -29,6 +37,7 @@ from llenergymeasure.study.signals import Terminated
 
 app = typer.Typer(
     name="llem",
+    rich_markup_mode=None,  # plain click help: whole option names at 80 columns, no <bool>
     help="Measure how LLM deployment choices change energy, throughput and latency.\n\n"
     "Example: llem run examples/cpu-quickstart.yaml",
     no_args_is_help=True,
@@ -82,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except typer.Abort:
         err.print("[yellow]aborted[/yellow]")
         return 130
+    except NoArgsIsHelpError as exc:  # bare `llem` (or a group): the help, on stdout, exit 2
+        sys.stdout.write(exc.format_message() + "\n")
+        return 2
     except ClickException as exc:
         if not exc.format_message():  # bare `llem`: the help was printed, nothing else to say
             return 2

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from llenergymeasure import images
 from llenergymeasure.errors import PreflightError, UsageError
@@ -19,6 +18,7 @@ from llenergymeasure_contract.registry import REGISTRY
 __all__ = ["images_app"]
 
 images_app = typer.Typer(
+    rich_markup_mode=None,  # plain click help: whole option names at 80 columns, no <bool>
     help="Build the backend images locally, or list them.",
     no_args_is_help=True,
 )
@@ -119,22 +119,27 @@ def list_command() -> None:
 
     Example: llem images list
     """
+    from llenergymeasure.textable import Column, grid
+
     present = _local_tags()
-    table = Table(title="llenergymeasure images")
-    for column in ("backend", "CUDA", "image", "base image", "engine", "local"):
-        table.add_column(column)
+    rows = []
     for variant in images.MATRIX:
         ref = images.default_image(variant.backend, cuda_major=variant.cuda_major)
         local = "?" if present is None else ("yes" if ref in present else "no")
-        table.add_row(
-            variant.backend,
-            variant.cuda_version,
-            ref,
-            variant.base_image,
-            variant.engine_version,
-            local,
-        )
-    Console().print(table)
+        rows.append((variant, ref, local))
+    # the image and its base on two lines of one cell: 80 columns hold both whole
+    lines = grid(
+        [
+            Column("backend", [v.backend for v, _, _ in rows]),
+            Column("CUDA", [v.cuda_version for v, _, _ in rows]),
+            Column("engine", [v.engine_version for v, _, _ in rows]),
+            Column("local", [local for _, _, local in rows]),
+            Column("image\n(base image)", [f"{ref}\n({v.base_image})" for v, ref, _ in rows]),
+        ]
+    )
+    typer.echo("\n".join(["llenergymeasure images", *lines]))
+    if present is None:
+        typer.echo("local ?: Docker is not reachable")
 
 
 def _local_tags() -> set[str] | None:

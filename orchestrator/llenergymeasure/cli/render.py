@@ -1,13 +1,25 @@
 """Rendering for the CLI: the dry-run plan as a table, and sizes and durations for humans.
 
-The plan table is formatted by hand rather than with ``rich.table``: a 10,000-experiment sweep
-must print in well under a second (see ``benchmarks/bench_dry_run.py``).
+The plan table fits the terminal (:mod:`llenergymeasure.textable`): the parameters that vary
+get a column (or a legend line per experiment), the rest are said once. It is formatted by
+hand rather than with ``rich.table``: a 10,000-experiment sweep must print in well under a
+second (see ``benchmarks/bench_dry_run.py``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from llenergymeasure.study.grouping import group_lines
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan
+from llenergymeasure.textable import (
+    Column,
+    Table,
+    fit_table,
+    term_width,
+    wrap_pairs,
+    wrap_text,
+)
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -33,67 +45,63 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{sec}s"
 
 
-_COLUMNS = ("backend", "model", "precision")
+def _row_params(e: PlannedExperiment, concurrency_path: dict[str, str]) -> dict[str, Any]:
+    """What identifies the experiment in the table: backend, model, precision, swept keys,
+    and (when not swept) its concurrency key and n_prompts."""
+    cfg = e.config
+    out: dict[str, Any] = {"backend": cfg.backend, "model": cfg.model, "precision": cfg.precision}
+    out.update(e.params)
+    out.setdefault(concurrency_path[cfg.backend], cfg.concurrency)
+    out.setdefault("n_prompts", cfg.n_prompts)
+    return out
 
 
-def _params(e: PlannedExperiment) -> str:
-    shown = {k: v for k, v in e.params.items() if k not in _COLUMNS}
-    if shown:
-        return ", ".join(f"{k}={v}" for k, v in shown.items())
-    return f"concurrency={e.config.concurrency}, n_prompts={e.config.n_prompts}"
+def plan_lines(plan: StudyPlan, width: int | None = None, *, wide: bool = False) -> list[str]:
+    """The plan table, fitted to ``width`` (the terminal's by default; see textable)."""
+    from llenergymeasure_contract.registry import REGISTRY
 
-
-def plan_table(plan: StudyPlan) -> str:
-    """The plan as an aligned plain-text table plus a summary."""
-    header = [
-        "#",
-        "config",
-        "backend",
-        "model",
-        "precision",
-        "parameters",
-        "image",
-        "GPU mem",
-        "est. time",
-    ]
-    rows: list[list[str]] = []
-    for e in plan.experiments:
-        cfg = e.config
-        params = _params(e)
-        rows.append(
-            [
-                str(e.index),
-                e.config_hash[:10],
-                cfg.backend,
-                cfg.model if len(cfg.model) <= 32 else "…" + cfg.model[-31:],
-                cfg.precision,
-                params,
-                e.image,
-                fmt_bytes(e.estimate.gpu_memory_bytes),
-                fmt_duration(e.estimate.duration_s),
-            ]
-        )
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    exps = plan.experiments
+    paths = {spec.name: spec.concurrency_path for spec in REGISTRY}
+    columns = []
+    if wide:
+        columns.append(Column("config", [e.config_hash[:10] for e in exps]))
+        columns.append(Column("image", [e.image for e in exps]))
+    columns.append(Column("GPU mem", [fmt_bytes(e.estimate.gpu_memory_bytes) for e in exps], True))
+    columns.append(Column("est. time", [fmt_duration(e.estimate.duration_s) for e in exps], True))
+    table = Table(
+        numbers=[str(e.index) for e in exps],
+        params=[_row_params(e, paths) for e in exps],
+        columns=columns,
+        param_order=("backend", "model", "precision"),
+        same_title="every experiment",
     )
+    lines = fit_table(table, width, wide=wide)
+    if not wide:
+        images = dict.fromkeys(f"{e.config.backend}={e.image}" for e in exps)
+        lines.extend(wrap_pairs("image: ", list(images), term_width() if width is None else width))
+    return lines
+
+
+def plan_table(plan: StudyPlan, width: int | None = None, *, wide: bool = False) -> str:
+    """The plan as an aligned plain-text table plus a summary, within ``width``."""
+    width = term_width() if width is None else width
+    limit = 10_000 if wide else width
+    lines = plan_lines(plan, width, wide=wide)
     ex = plan.study.execution
     lines.append("")
-    lines.append(
+    said = [
         f"study {plan.study.name!r}  design {plan.study_design_hash}  "
         f"experiments {len(plan.experiments)}  cycles {ex.n_cycles} ({ex.cycle_order})  "
-        f"total runs {len(plan.runs)}"
-    )
-    lines.append(
+        f"total runs {len(plan.runs)}",
         f"gaps: {ex.config_gap_s:g} s between experiments, {ex.cycle_gap_s:g} s between cycles; "
         f"estimated duration incl. gaps: {fmt_duration(plan.estimated_duration_s)} "
-        "(rough: decode roofline at ~2 TB/s + start-up per engine load)"
-    )
-    lines.append(f"runner: {plan.study.runner.runner}   results: {plan.study.results_dir}")
-    lines.extend(f"note: {n}" for n in plan.notes)
-    if plan.estimate_basis:
-        lines.append(f"estimate: {plan.estimate_basis}")
-    lines.extend(group_lines(plan.groups, {e.config_hash: e.index for e in plan.experiments}))
+        "(rough: decode roofline at ~2 TB/s + start-up per engine load)",
+        f"runner: {plan.study.runner.runner}   results: {plan.study.results_dir}",
+        *(f"note: {n}" for n in plan.notes),
+        *([f"estimate: {plan.estimate_basis}"] if plan.estimate_basis else []),
+    ]
+    for text in said:
+        lines.extend(wrap_text(text, limit, indent="  "))
+    for text in group_lines(plan.groups, {e.config_hash: e.index for e in plan.experiments}):
+        lines.extend(wrap_text(text, limit, indent="    "))
     return "\n".join(lines)

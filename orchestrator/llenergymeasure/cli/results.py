@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 results_app = typer.Typer(
+    rich_markup_mode=None,  # plain click help: whole option names at 80 columns, no <bool>
     help="Read, compare, report and export finished studies.\n\n"
     "Example: llem results show results/cpu-quickstart_a03665b5_20261201T222324Z",
     no_args_is_help=True,
@@ -27,9 +28,13 @@ def show_command(
     study_dir: Path = typer.Argument(..., help="A study directory (with study_result.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print the rows as CSV."),
+    wide: bool = typer.Option(
+        False, "--wide", help="Every column and the full intervals, whatever the width."
+    ),
 ) -> None:
-    """One row per experiment, cycles aggregated: mean and 95 % interval of J/output token,
-    output tok/s, TTFT p50/p99 and mean W, with the flags.
+    """One row per experiment, cycles aggregated: the parameters that vary, J/output token,
+    output tok/s and TTFT p50 (mean ±95 % CI), cycles, then the flags. Fits the terminal
+    (80 columns when piped); --wide adds TTFT p99, mean W, CV and the full intervals.
 
     Example: llem results show results/my-study_1a2b3c4d_20260101T000000Z --csv > rows.csv
     """
@@ -47,7 +52,7 @@ def show_command(
         return
     from llenergymeasure.cli.results_render import render_show
 
-    render_show(study)
+    render_show(study, wide=wide)
 
 
 @results_app.command("compare", context_settings=_CTX)
@@ -95,7 +100,7 @@ def report_command(
 ) -> None:
     """One self-contained HTML file (no server, no network): summary table, Pareto plots,
     parameter-vs-energy charts, each run's power/clock/temperature series, flags, method and
-    environment. Needs the report extra (plotly).
+    environment.
 
     Example: llem results report results/my-study_1a2b3c4d_20260101T000000Z -o report.html
     """

@@ -153,8 +153,16 @@ def run_command(
     precision: str | None = typer.Option(None, "--precision", help="float32 | float16 | bfloat16"),
     load_format: str | None = typer.Option(None, "--load-format", help="auto | dummy"),
     n_prompts: int | None = typer.Option(None, "--n-prompts", help="Number of prompts."),
-    max_input_tokens: int | None = typer.Option(None, "--max-input-tokens"),
-    max_output_tokens: int | None = typer.Option(None, "--max-output-tokens"),
+    max_input_tokens: int | None = typer.Option(
+        None,
+        "--max-input-tokens",
+        help="Prompt length in tokens (synthetic); longer dataset prompts are cut to it.",
+    ),
+    max_output_tokens: int | None = typer.Option(
+        None,
+        "--max-output-tokens",
+        help="Tokens each request generates (exactly, with ignore_eos, the default).",
+    ),
     batch_size: int | None = typer.Option(
         None,
         "--batch-size",

@@ -2,7 +2,8 @@
 
 One :class:`ExperimentStats` per experiment (keyed by config hash): for every headline metric
 an :class:`Interval` (mean and 95 % bootstrap interval over the completed cycles), and the
-cycle-to-cycle coefficient of variation of J/output token with its flag. Computed by
+cycle-to-cycle coefficient of variation of J/output token, output tok/s and TTFT/TPOT p50
+with their flags. Computed by
 :func:`llenergymeasure.analysis.bootstrap.confidence_intervals`; the method and its parameters
 are stored beside the numbers so a reader never has to guess them.
 """
@@ -45,7 +46,9 @@ class ExperimentStats(_Model):
     n_cycles_completed: int
     metrics: dict[str, Interval] = Field(default_factory=dict)
     j_per_output_token_cv: float | None = None  # sample std / mean over cycles; None: not measured
-    flags: list[str] = Field(default_factory=list)  # e.g. "high_cycle_cv"
+    # metric -> cycle-to-cycle CV (J/output token, output tok/s, TTFT p50, TPOT p50 where measured)
+    cycle_cv: dict[str, float] = Field(default_factory=dict)
+    flags: list[str] = Field(default_factory=list)  # e.g. "high_cycle_cv", "high_cycle_cv_ttft"
 
 
 class ConfidenceIntervals(_Model):
@@ -57,4 +60,5 @@ class ConfidenceIntervals(_Model):
     seed: int
     min_cycles: int
     cv_threshold: float  # j_per_output_token_cv above this is flagged high_cycle_cv
+    cv_thresholds: dict[str, float] = Field(default_factory=dict)  # metric -> its CV threshold
     experiments: dict[str, ExperimentStats] = Field(default_factory=dict)

@@ -26,7 +26,7 @@ from llenergymeasure_contract.time_budget import (
 
 STUDY_RESULT_FILE = "study_result.json"
 # 1.1: confidence_intervals, impact_inputs, impact metrics; 1.2: time_breakdown_s,
-# measuring_fraction
+# measuring_fraction, cycle_cv of throughput and latency
 STUDY_RESULT_SCHEMA_VERSION = "1.2"
 #: How a table shows the harness's "null" sampler (no energy sampler ran): pandas and Arrow CSV
 #: readers turn the string "null" into a missing value, which is not what it means.

@@ -104,6 +104,7 @@ def make_runner(
         return SlurmRunner(
             plan.study.runner.slurm, container_settings(plan, opts), base_dir=str(base_dir(plan))
         )
+    why = "runner: local asked for"  # said on the study's first line (runner local (why))
     if kind in ("docker", "auto"):
         try:
             client = client if client is not None else connect()
@@ -111,6 +112,7 @@ def make_runner(
             if kind == "docker":
                 raise PreflightError([str(exc.message)], hint=exc.hint) from exc
             client = None
+            why = "auto: no Docker engine reachable"
         missing = missing_images(plan, client) if client is not None and kind == "auto" else []
         if client is not None and missing and runs_locally(plan):
             if con is not None and not opts.quiet:
@@ -120,6 +122,7 @@ def make_runner(
                     "the image(s)"
                 )
             client = None
+            why = f"auto: image {', '.join(missing)} not in Docker"
         if client is not None:
             return DockerRunner(container_settings(plan, opts), client=client)
     d = plan.study.runner.docker
@@ -132,6 +135,7 @@ def make_runner(
         hf_cache_dir=d.hf_cache_dir,
         engine_cache_dir=d.engine_cache_dir,
         compile_cache_dir=compile_cache_root(plan),
+        chosen_because=why,
     )
 
 

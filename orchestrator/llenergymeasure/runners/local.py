@@ -48,8 +48,10 @@ class LocalRunner:
         engine_cache_dir: str | None = None,
         compile_cache_dir: str | None = None,
         poll_s: float = 0.1,
+        chosen_because: str | None = None,
     ) -> None:
         self.python = python or sys.executable
+        self.chosen_because = chosen_because  # why the study runs locally, said to the user
         self.command = command
         self.base_env = dict(base_env) if base_env is not None else None
         self.stop_grace_s = stop_grace_s

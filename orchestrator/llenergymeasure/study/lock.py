@@ -3,8 +3,13 @@
 :class:`StudyLock` takes ``fcntl.flock(LOCK_EX | LOCK_NB)`` on the lock file for as long as the
 study runs. A second ``llem run --resume`` of the same study is refused at once, naming the
 holder's pid. The kernel drops the lock when the holding process exits, however it exits
-(normal exit, SIGKILL, a crash), so a stale lock can never block a resume; the file itself
-stays and is harmless.
+(normal exit, SIGKILL, a crash), so a stale lock can never block a resume. A clean exit (the
+study finished, failed, or stopped by Ctrl-C/SIGTERM) also removes the file, so a finished study
+folder holds only results; after a crash the file stays and is harmless.
+
+The file is unlinked while still locked. A process that opened it just before the unlink and
+locks it afterwards holds a lock on a file no longer in the folder: :meth:`StudyLock.acquire`
+checks that the locked file is still the one at the path and otherwise starts again.
 """
 
 from __future__ import annotations
@@ -33,6 +38,16 @@ class StudyLock:
         Raises:
             PreflightError: another live process holds it (its pid is named).
         """
+        while True:
+            fd = self._lock_fd()
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # unlinked by the previous holder between our open and lock: retry
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def _lock_fd(self) -> int:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -48,13 +63,14 @@ class StudyLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        return fd
 
     def release(self) -> None:
-        """Drop the lock (closing the descriptor releases it)."""
+        """Remove the lock file, then drop the lock (closing the descriptor releases it)."""
         if self._fd is not None:
+            if _same_file(self._fd, self.path):
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -71,6 +87,16 @@ class StudyLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file at ``path`` (not unlinked or replaced)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
 def _read_pid(fd: int) -> int | None:

@@ -17,13 +17,14 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Table as RichTable
 from rich.text import Text
 
-from llenergymeasure.results.study import RunMetrics, StudyResult
+from llenergymeasure.results.study import RunMetrics, RunSummary, StudyResult
 from llenergymeasure.runners.base import RunOutcome
 from llenergymeasure.study.manifest import RunRecord
 from llenergymeasure.study.plan import PlannedExperiment
+from llenergymeasure.textable import Column, Table, fit_table, wrap_text
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -54,6 +55,12 @@ def key_figures(metrics: RunMetrics | None) -> str:
     if metrics.quality_flags:
         parts.append("flags: " + ",".join(metrics.quality_flags))
     return " · ".join(parts) or "no figures"
+
+
+def runner_label(runner: Any) -> str:
+    """The runner's name, with why it was chosen when it says (``local (auto: ...)``)."""
+    why = getattr(runner, "chosen_because", None)
+    return f"{runner.name} ({why})" if why else str(runner.name)
 
 
 def describe(exp: PlannedExperiment) -> str:
@@ -207,7 +214,7 @@ class StudyProgress:
 
     def __rich__(self) -> RenderableType:
         now = time.monotonic()
-        grid = Table.grid(padding=(0, 1))
+        grid = RichTable.grid(padding=(0, 1))
         grid.add_column(style="bold")
         grid.add_column()
         grid.add_row(
@@ -229,30 +236,63 @@ class StudyProgress:
         return Group(grid)
 
     def summary(self, result: StudyResult) -> None:
-        """The end-of-study summary (printed even with ``quiet``)."""
-        table = Table(title=f"{result.study_name}: {result.state}", show_lines=False)
-        for col in ("run", "state", "tok/s", "J/tok", "W", "time", "cause"):
-            table.add_column(col)
-        for run in result.runs:
-            m = run.metrics
-            table.add_row(
-                run.run_id,
-                run.state,
-                _num(m.output_tokens_per_s if m else None, ".1f"),
-                _num(m.j_per_output_token if m else None, ".3g"),
-                _num(m.avg_power_w if m else None, ".0f"),
-                fmt_duration(run.duration_s),
-                (run.failure_kind or "") if run.state != "completed" else "",
-            )
-        self.console.print(table)
-        self.console.print(
+        """The end-of-study summary (printed even with ``quiet``), within the console's width."""
+        for line in summary_lines(result, list(self.estimates), self.console.width):
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def summary_lines(
+    result: StudyResult, plan_order: list[str], width: int, *, wide: bool = False
+) -> list[str]:
+    """The end-of-study table: one row per run, numbered by experiment as the dry run does.
+
+    Args:
+        result: The study result.
+        plan_order: The config hashes in plan order (experiment ``i`` is ``plan_order[i-1]``).
+        width: The width to fit (see :mod:`llenergymeasure.textable`).
+        wide: Every column whatever the width.
+    """
+    number = {h: i for i, h in enumerate(plan_order, start=1)}
+    runs = result.runs
+
+    def figure(run: RunSummary, name: str, fmt: str) -> str:
+        value = getattr(run.metrics, name) if run.metrics is not None else None
+        if value is not None:
+            return format(value, fmt)
+        return "not measured" if run.state == "completed" else "—"
+
+    columns = [
+        Column("run", [r.run_id for r in runs], priority=3),
+        Column("cycle", [str(r.cycle) for r in runs], right=True),
+        Column("state", [r.state for r in runs]),
+        Column("tok/s", [figure(r, "output_tokens_per_s", ".1f") for r in runs], True),
+        Column("J/tok", [figure(r, "j_per_output_token", ".3g") for r in runs], True),
+        Column("W", [figure(r, "avg_power_w", ".0f") for r in runs], True, priority=2),
+        Column("time", [fmt_duration(r.duration_s) for r in runs], True, priority=1),
+    ]
+    if any(r.state != "completed" for r in runs):
+        causes = [str(r.failure_kind or "") if r.state != "completed" else "" for r in runs]
+        columns.append(Column("cause", causes))
+    table = Table(
+        numbers=[str(number.get(r.config_hash, "?")) for r in runs],
+        params=[
+            {"backend": r.backend, "model": r.model, "precision": r.precision, **r.params}
+            for r in runs
+        ],
+        columns=columns,
+        param_order=("backend", "model", "precision"),
+        wide_hint="llem results show --wide: every figure",
+        notes=[
             f"{result.n_completed}/{result.n_runs} completed · wall {fmt_duration(result.wall_s)}"
             f" (runs {fmt_duration(result.experiments_s)}, gaps {fmt_duration(result.gaps_s)})"
             f" · {result.study_dir}",
-            highlight=False,
-        )
-        if result.measuring_fraction is not None:
-            self.console.print(measuring_line(result), highlight=False)
+            *([measuring_line(result)] if result.measuring_fraction is not None else []),
+        ],
+    )
+    return [
+        *wrap_text(f"{result.study_name}: {result.state}", width),
+        *fit_table(table, width, wide=wide),
+    ]
 
 
 def measuring_line(result: StudyResult) -> str:
@@ -266,7 +306,3 @@ def measuring_line(result: StudyResult) -> str:
     )
     frac = result.measuring_fraction or 0.0
     return f"measuring {frac:.0%} of the time in runs" + (f" ({shown})" if shown else "")
-
-
-def _num(value: Any, fmt: str) -> str:
-    return "" if value is None else format(value, fmt)

@@ -37,7 +37,7 @@ from llenergymeasure.study.load_times import remember_load_time
 from llenergymeasure.study.manifest import Attempt, ManifestStore, RunRecord, StudyState
 from llenergymeasure.study.options import StudyRunOptions, base_dir
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan, gap_after
-from llenergymeasure.study.progress import StudyProgress
+from llenergymeasure.study.progress import StudyProgress, runner_label
 from llenergymeasure.study.signals import StopSignals, Terminated
 from llenergymeasure_contract.files import RESULT_FILE
 from llenergymeasure_contract.timestamps import utc_iso
@@ -142,7 +142,7 @@ class StudySession:
                 done=len(store.manifest.runs) - len(todo),
                 quiet=self.opts.quiet,
                 estimates={e.config_hash: e.estimate.duration_s for e in self.plan.experiments},
-                runner=self.runner.name,
+                runner=runner_label(self.runner),
             )
             with self._progress:
                 self.runner.execute(todo, self)
