@@ -21,17 +21,29 @@ field per registered backend, and ``backend:`` accepts exactly the registered na
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
+from llenergymeasure_contract.backend_rules import (
+    check_endpoint,
+    check_pytorch,
+    check_tensorrt,
+    check_vllm,
+)
 from llenergymeasure_contract.errors import ConfigError
 from llenergymeasure_contract.sections import PyTorchConfig, TensorRTConfig, VLLMConfig
 from llenergymeasure_contract.serving import EndpointConfig
 
+if TYPE_CHECKING:
+    from llenergymeasure_contract.experiment import ExperimentConfig
+
 Ulimit = int | tuple[int, int]  # a value, or (soft, hard); -1 is unlimited
+#: A backend's cross-field rule of a whole experiment config (raises ``ValueError``).
+ConfigRule = Callable[["ExperimentConfig"], None]
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,10 @@ class BackendSpec:
         untagged_base_cuda: (regex, CUDA version) for upstream bases whose tag does not carry
             their CUDA version (checked against the pulled image's ``ENV CUDA_VERSION`` in the
             release workflow).
+        engine_distribution: The engine's installed distribution (its version keys the
+            compile cache and is recorded); ``None`` when there is none.
+        validate: Its cross-field rule of a whole experiment config (``ValueError`` with the
+            fix), run after the rules every backend shares.
     """
 
     name: str
@@ -109,6 +125,19 @@ class BackendSpec:
     kv_cache_dtype_key: str | None = None
     release_bases: tuple[ReleaseBase, ...] = ()
     untagged_base_cuda: tuple[tuple[str, str], ...] = ()
+    engine_distribution: str | None = None
+    validate: ConfigRule | None = None
+
+    def engine_version(self) -> str | None:
+        """The installed version of the engine distribution (``None``: none, not installed)."""
+        from importlib import metadata
+
+        if self.engine_distribution is None:
+            return None
+        try:
+            return metadata.version(self.engine_distribution)
+        except metadata.PackageNotFoundError:
+            return None
 
     @property
     def concurrency_path(self) -> str:
@@ -145,6 +174,8 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="pytorch",
         engine="transformers",
         modules=("torch", "transformers"),
+        engine_distribution="transformers",
+        validate=check_pytorch,
         needs_gpu=False,
         cap_concurrency=False,
         container=ContainerDefaults(ipc_mode=None, shm_size="8g"),
@@ -160,6 +191,8 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="vllm",
         engine="vLLM",
         modules=("vllm",),
+        engine_distribution="vllm",
+        validate=check_vllm,
         parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
         continuous_batching=True,
         container=ContainerDefaults(
@@ -187,6 +220,8 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="trtllm",
         engine="TensorRT-LLM",
         modules=("tensorrt_llm",),
+        engine_distribution="tensorrt_llm",
+        validate=check_tensorrt,
         parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
         continuous_batching=True,
         uses_engine_cache=True,
@@ -210,6 +245,7 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="pytorch",
         engine="OpenAI-compatible server",
         modules=("aiohttp",),
+        validate=check_endpoint,
         needs_gpu=False,
         container=ContainerDefaults(ipc_mode=None, shm_size="1g"),
         oom_hint="the server ran out of memory: lower its own batch or context limits",
@@ -310,6 +346,7 @@ __all__ = [
     "REGISTRY",
     "BackendRegistry",
     "BackendSpec",
+    "ConfigRule",
     "ContainerDefaults",
     "ReleaseBase",
     "Ulimit",

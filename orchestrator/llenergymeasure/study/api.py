@@ -103,18 +103,9 @@ def run_study(
         study_dir = new_study_dir(base, plan)
         with StudyLock(study_dir):
             store = start_study(study_dir, plan, runner_obj.name)
-            session = StudySession(
-                plan=plan,
-                store=store,
-                runner=runner_obj,
-                report=report,
-                opts=opts,
-                console=con,
-                sleep=sleep,
-                signals=signals,
-                notifier=notifier,
-            )
-            return session.execute()
+            return StudySession(
+                plan, store, runner_obj, report, opts, con, sleep, signals, notifier
+            ).execute()
 
 
 def resume(
@@ -220,18 +211,9 @@ def resume(
                 f"note: resuming with the {runner_obj.name} runner (started with "
                 f"{store.manifest.runner})"
             )
-        session = StudySession(
-            plan=plan_now,
-            store=store,
-            runner=runner_obj,
-            report=report,
-            opts=opts,
-            console=con,
-            sleep=sleep,
-            signals=signals,
-            notifier=notifier,
-        )
-        return session.execute()
+        return StudySession(
+            plan_now, store, runner_obj, report, opts, con, sleep, signals, notifier
+        ).execute()
 
 
 def run_experiment(
