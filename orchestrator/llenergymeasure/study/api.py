@@ -221,7 +221,7 @@ def run_experiment(
     options: StudyRunOptions | None = None,
     *,
     results_dir: str | Path | None = None,
-    runner: Runner | None = None,
+    runner: Runner | str | None = None,
     console: Console | None = None,
     **flags: Any,
 ) -> ExperimentResult:
@@ -232,7 +232,8 @@ def run_experiment(
             file holding one experiment (``llem run`` syntax, without sweeps).
         options: Execution options (``runner``, ``quiet``, ...); ``flags`` override fields.
         results_dir: Where the study folder goes (default: the config's, else ``results``).
-        runner: A ready runner (tests).
+        runner: ``"docker"``, ``"local"``, ``"slurm"`` or ``"auto"`` (the default: the
+            config's ``runner``), or a ready runner (tests).
         console: Where to draw progress.
 
     Returns:
@@ -266,7 +267,10 @@ def run_experiment(
             f"{len(study.experiments)}",
             hint="use run_study for sweeps and experiment lists",
         )
-    result = run_study(build_plan(study), options, runner=runner, console=console, **flags)
+    opts = merge_options(options, flags)
+    if isinstance(runner, str):
+        opts.runner, runner = runner, None
+    result = run_study(build_plan(study), opts, runner=runner, console=console)
     run = result.runs[0]
     loaded = None
     if run.result_path is not None:
