@@ -24,16 +24,18 @@ from llenergymeasure.contract import HarnessEnv
 from llenergymeasure.runners.slurm import (
     JobInfo,
     SlurmCli,
-    apptainer_image,
     job_outcome,
     parse_comment,
     parse_sacct,
     parse_squeue,
+)
+from llenergymeasure.runners.slurm_preflight import parse_gres_gpus
+from llenergymeasure.runners.slurm_script import (
+    apptainer_image,
     pyxis_image,
     render_job_script,
     time_limit_min,
 )
-from llenergymeasure.runners.slurm_preflight import parse_gres_gpus
 from llenergymeasure.runners.spec import ContainerSettings, RunRequest
 
 IMAGE = "llenergymeasure/pytorch:test-cpu"

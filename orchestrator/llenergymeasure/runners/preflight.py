@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from llenergymeasure.config.study import PullPolicy
 from llenergymeasure.errors import ConfigError, PreflightError, RunnerError
 from llenergymeasure.runners.docker import GPU_CAPABILITIES, explain_api_error
 from llenergymeasure.runners.spec import LABEL_OWNER_PID, LABEL_STUDY
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
     from llenergymeasure.study.plan import PlannedExperiment
 
 logger = logging.getLogger(__name__)
-
-PullPolicy = Literal["missing", "always", "never"]
 
 HARNESS_MODULE = "llenergymeasure_harness"
 
@@ -258,10 +257,9 @@ def run_preflight(
                         )
     else:
         _check_local(request, find_spec, host_nvidia_smi, report, problems)
-    for path in request.input_paths:
-        if not Path(path).expanduser().exists():
-            problems.append(f"input path {path} (named in the study) does not exist")
-    _check_disk(request, problems)
+    check_inputs_and_disk(
+        request.input_paths, request.results_dir, request.min_free_bytes, problems
+    )
     if problems:
         raise PreflightError(problems)
     return report
@@ -588,8 +586,15 @@ def _check_local(
             )
 
 
-def _check_disk(request: PreflightRequest, problems: list[str]) -> None:
-    probe = request.results_dir
+def check_inputs_and_disk(
+    input_paths: Iterable[str], results_dir: Path, min_free_bytes: int, problems: list[str]
+) -> None:
+    """Every input path exists; the results dir (or its nearest existing parent) has
+    ``min_free_bytes`` free and is writable. Each problem is appended to ``problems``."""
+    for path in input_paths:
+        if not Path(path).expanduser().exists():
+            problems.append(f"input path {path} (named in the study) does not exist")
+    probe = results_dir
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     try:
@@ -597,10 +602,10 @@ def _check_disk(request: PreflightRequest, problems: list[str]) -> None:
     except OSError as exc:
         problems.append(f"cannot check free space at {probe}: {exc}")
         return
-    if free < request.min_free_bytes:
+    if free < min_free_bytes:
         problems.append(
-            f"only {free / 1024**3:.1f} GiB free under {request.results_dir}; need at least "
-            f"{request.min_free_bytes / 1024**3:.1f} GiB"
+            f"only {free / 1024**3:.1f} GiB free under {results_dir}; need at least "
+            f"{min_free_bytes / 1024**3:.1f} GiB"
         )
     if not os.access(probe, os.W_OK):
-        problems.append(f"results directory {request.results_dir} is not writable")
+        problems.append(f"results directory {results_dir} is not writable")
