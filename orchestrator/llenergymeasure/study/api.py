@@ -44,6 +44,7 @@ from llenergymeasure.study.directory import (
     storage_error,
 )
 from llenergymeasure.study.lock import StudyLock
+from llenergymeasure.study.manifest import ManifestStore
 from llenergymeasure.study.options import (
     StudyRunOptions,
     absolute,
@@ -152,21 +153,7 @@ def resume(
         check = plan_from_file(config)
     check_design(store, check)
     plan_now = apply_overrides(saved, execution_overrides, runner_overrides or {})
-    jobs = {
-        r.run_id: r.last.job_id
-        for r in store.manifest.runs
-        if r.state == "running" and r.last is not None and r.last.job_id is not None
-    }
-    adopting = adopts_jobs(runner_kind(plan_now, opts, runner))
-    if jobs and not adopting:
-        raise ConfigError(
-            f"{study_dir} has Slurm jobs that may still be queued or running "
-            f"({', '.join(sorted(set(jobs.values())))})",
-            hint="resume with --runner slurm (it adopts them), or scancel them first",
-        )
-    # A runner that adopts jobs takes every run left running: by job id, or by the job's
-    # comment when the id never reached the manifest.
-    keep = {r.run_id for r in store.manifest.runs if r.state == "running"} if adopting else set()
+    keep = _jobs_to_adopt(store, adopts_jobs(runner_kind(plan_now, opts, runner)))
     todo = [r for r in store.manifest.runs if r.state != "completed"]
     if dry_run:  # reads only: no lock, no recovery written
         con.print(
@@ -282,6 +269,25 @@ def run_experiment(
             hint=f"see {result.study_dir}",
         )
     return loaded
+
+
+def _jobs_to_adopt(store: ManifestStore, adopting: bool) -> set[str]:
+    """The runs left running whose jobs the runner adopts (every one, when it adopts jobs).
+
+    Raises:
+        ConfigError: runs have scheduler jobs that may still run, and the runner cannot
+            adopt them.
+    """
+    running = [r for r in store.manifest.runs if r.state == "running"]
+    jobs = {r.last.job_id for r in running if r.last is not None and r.last.job_id is not None}
+    if jobs and not adopting:
+        raise ConfigError(
+            f"{store.study_dir} has Slurm jobs that may still be queued or running "
+            f"({', '.join(sorted(jobs))})",
+            hint="resume with --runner slurm (it adopts them), or scancel them first",
+        )
+    # by job id, or by the job's comment when the id never reached the manifest
+    return {r.run_id for r in running} if adopting else set()
 
 
 def _preflight(
