@@ -31,7 +31,8 @@ from llenergymeasure.notify import Notifier
 from llenergymeasure.results.study import StudyResult
 from llenergymeasure.runners.base import Runner
 from llenergymeasure.runners.factory import adopts_jobs, make_runner, runner_kind
-from llenergymeasure.runners.preflight import ImageFacts, PreflightReport, StudyNeeds
+from llenergymeasure.runners.needs import StudyNeeds
+from llenergymeasure.runners.preflight import ImageFacts, PreflightReport
 from llenergymeasure.study.assemble import study_result
 from llenergymeasure.study.directory import (
     adopt_finished,
