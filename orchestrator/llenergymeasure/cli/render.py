@@ -7,6 +7,7 @@ must print in well under a second (see ``benchmarks/bench_dry_run.py``).
 from __future__ import annotations
 
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan
+from llenergymeasure.study.progress import fmt_duration
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -16,20 +17,6 @@ def fmt_bytes(n: float | None) -> str:
     if n >= 1024**3:
         return f"{n / 1024**3:.1f} GiB"
     return f"{n / 1024**2:.0f} MiB"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """Human-readable duration, or '?' when unknown."""
-    if seconds is None:
-        return "?"
-    s = round(seconds)
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    if h:
-        return f"{h}h{m:02d}m"
-    if m:
-        return f"{m}m{sec:02d}s"
-    return f"{sec}s"
 
 
 _COLUMNS = ("backend", "model", "precision")
