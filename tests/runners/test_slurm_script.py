@@ -21,6 +21,7 @@ from tests.runners.conftest import tiny_config
 
 from llenergymeasure.config.slurm import SlurmSettings
 from llenergymeasure.contract import HarnessEnv
+from llenergymeasure.runners.local import LocalRunner
 from llenergymeasure.runners.slurm import (
     JobInfo,
     SlurmCli,
@@ -123,6 +124,23 @@ def test_local_launcher_exports_the_contract_with_host_paths(request_: RunReques
     assert henv.config.config_hash == request_.config.config_hash
     assert henv.image is None  # the harness on the node ran no image
     assert text.rstrip().endswith("exec /opt/py/bin/python3 -m llenergymeasure_harness")
+
+
+def test_local_launcher_gets_the_local_runners_caches(request_: RunRequest) -> None:
+    """The local launcher's environment is the local runner's: HF_HOME and the compile cache."""
+    container = ContainerSettings(hf_cache_dir="/data/hf", compile_cache_dir="/data/compile")
+    settings = SlurmSettings(launcher="local", python="/opt/py/bin/python3")
+    text = render_job_script(request_, settings, container, base_dir="/").text
+    env = exported(text)
+    local = LocalRunner(
+        python="/opt/py/bin/python3",
+        base_env={},
+        hf_cache_dir="/data/hf",
+        compile_cache_dir="/data/compile",
+    ).spec_for(request_)
+    assert env["HF_HOME"] == local.env["HF_HOME"] == "/data/hf"
+    assert env["LLEM_COMPILE_CACHE_DIR"] == local.env["LLEM_COMPILE_CACHE_DIR"]
+    assert env["LLEM_COMPILE_CACHE_DIR"].startswith("/data/compile/local-")
 
 
 def test_docker_launcher_mirrors_the_docker_runner(request_: RunRequest) -> None:

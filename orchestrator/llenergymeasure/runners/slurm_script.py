@@ -31,9 +31,8 @@ from llenergymeasure.runners.spec import (
     ContainerSpec,
     RunRequest,
     build_container_spec,
-    harness_env,
+    host_harness_env,
 )
-from llenergymeasure_contract.registry import REGISTRY
 
 if TYPE_CHECKING:
     from llenergymeasure.config.slurm import SlurmSettings
@@ -223,22 +222,14 @@ def _local_launcher(
     # The harness on the node, like the local runner: no image (its provenance would be
     # wrong), and the job's own environment (sbatch exports the submitter's) for the rest.
     request = replace(request, image=None, image_digest=None, image_labels=None)
-    env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
-    env.update(container.extra_env)
-    baseline = (
-        str(request.study_cache_dir / "baseline.json")
-        if request.study_cache_dir is not None
-        else None
-    )
-    uses_cache = REGISTRY.get(str(request.config.backend)).uses_engine_cache
-    engines = container.engine_cache_dir if uses_cache else None
+    env = dict(container.extra_env)
     env.update(
-        harness_env(
+        host_harness_env(
             request,
-            config=request.config,
-            results_dir=str(request.run_dir),
-            baseline_cache=baseline,
-            engine_cache_dir=engines,
+            python=slurm.python,
+            hf_cache_dir=container.hf_cache_dir,
+            engine_cache_dir=container.engine_cache_dir,
+            compile_cache_dir=container.compile_cache_dir,
         )
     )
     command = container.command or (slurm.python, "-m", "llenergymeasure_harness")

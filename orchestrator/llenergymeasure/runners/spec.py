@@ -304,6 +304,51 @@ def harness_env(
     return env.to_env()
 
 
+def host_harness_env(
+    request: RunRequest,
+    *,
+    python: str,
+    hf_cache_dir: str | None = None,
+    engine_cache_dir: str | None = None,
+    compile_cache_dir: str | None = None,
+) -> dict[str, str]:
+    """The harness environment of a run on this host or a node, with host paths: the one
+    builder of the local runner and the Slurm local launcher (the Docker runner maps the same
+    caches into the container, :func:`build_container_spec`).
+
+    Args:
+        request: The run.
+        python: The interpreter that runs the harness (keys the compile cache).
+        hf_cache_dir: ``HF_HOME`` (``None``: the environment's own).
+        engine_cache_dir: The engine cache, for backends that use one.
+        compile_cache_dir: The compile-cache root; the run gets its interpreter's subfolder.
+    """
+    env = {"PYTHONUNBUFFERED": "1"}
+    if hf_cache_dir:
+        env["HF_HOME"] = hf_cache_dir
+    baseline_cache = (
+        str(request.study_cache_dir / "baseline.json")
+        if request.study_cache_dir is not None
+        else None
+    )
+    uses_engine_cache = REGISTRY.get(str(request.config.backend)).uses_engine_cache
+    env.update(
+        harness_env(
+            request,
+            config=request.config,
+            results_dir=str(request.run_dir),
+            baseline_cache=baseline_cache,
+            engine_cache_dir=engine_cache_dir if uses_engine_cache else None,
+            compile_cache_dir=(
+                posixpath.join(compile_cache_dir, local_compile_cache_key(python))
+                if compile_cache_dir
+                else None
+            ),
+        )
+    )
+    return env
+
+
 def container_name(request: RunRequest, owner_pid: int | None = None) -> str:
     """A readable container name, unique per study and process (Docker allows [a-zA-Z0-9_.-]).
 
@@ -437,30 +482,15 @@ def build_local_spec(
 ) -> LocalSpec:
     """Build the subprocess description for ``request``: host paths, same env contract."""
     env = dict(base_env)
-    env["PYTHONUNBUFFERED"] = "1"
     for name, value in MULTICAST_OFF.items():
         env.setdefault(name, value)  # the host's own setting wins
-    if hf_cache_dir:
-        env["HF_HOME"] = hf_cache_dir
-    baseline_cache = (
-        str(request.study_cache_dir / "baseline.json")
-        if request.study_cache_dir is not None
-        else None
-    )
     env.update(
-        harness_env(
+        host_harness_env(
             request,
-            config=request.config,
-            results_dir=str(request.run_dir),
-            baseline_cache=baseline_cache,
-            engine_cache_dir=engine_cache_dir
-            if REGISTRY.get(str(request.config.backend)).uses_engine_cache
-            else None,
-            compile_cache_dir=(
-                posixpath.join(compile_cache_dir, local_compile_cache_key(python))
-                if compile_cache_dir
-                else None
-            ),
+            python=python,
+            hf_cache_dir=hf_cache_dir,
+            engine_cache_dir=engine_cache_dir,
+            compile_cache_dir=compile_cache_dir,
         )
     )
     return LocalSpec(
