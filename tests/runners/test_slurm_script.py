@@ -38,6 +38,7 @@ from llenergymeasure.runners.slurm_script import (
     time_limit_min,
 )
 from llenergymeasure.runners.spec import ContainerSettings, RunRequest
+from llenergymeasure_contract.results import HarnessErrorRecord
 
 IMAGE = "llenergymeasure/pytorch:test-cpu"
 
@@ -298,9 +299,9 @@ def test_cancel_by_us_is_interrupted_and_harness_error_read(request_: RunRequest
     """Our own scancel is an interruption; a FAILED job with error.json is a harness error."""
     assert job_outcome(request_, info("CANCELLED"), cancelled_by_us=True).status == "interrupted"
     request_.run_dir.mkdir(parents=True)
-    (request_.run_dir / "error.json").write_text(
-        json.dumps({"error_class": "ValueError", "message": "bad", "phase": "load"})
-    )
+    HarnessErrorRecord(
+        error_class="ValueError", message="bad", phase="load", occurred_at="2026-01-01T00:00:00Z"
+    ).write(request_.run_dir / "error.json")
     out = job_outcome(request_, info("FAILED", exit_code=1))
     assert out.failure_kind == "harness_error" and "ValueError: bad" in (out.message or "")
 
