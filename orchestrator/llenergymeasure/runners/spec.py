@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure._version import __version__
+from llenergymeasure_contract.architecture import is_local_path
 from llenergymeasure_contract.env import ENV_CONFIG_JSON, MULTICAST_OFF
 from llenergymeasure_contract.registry import REGISTRY
 
@@ -167,15 +168,6 @@ class LocalSpec:
     stop_grace_s: float = 10.0
 
 
-def _looks_like_host_path(value: str) -> bool:
-    """True for strings the user wrote as a filesystem path rather than a hub id.
-
-    Decided by syntax only (no I/O): absolute, ``~``-relative or ``./``/``../``-relative.
-    A bare ``org/name`` is a hub id.
-    """
-    return value.startswith(("/", "~", "./", "../")) or value in {".", ".."}
-
-
 # Mounting a user path over one of these would shadow the image itself.
 _RESERVED_PREFIXES = (
     "/bin",
@@ -246,7 +238,7 @@ def rewrite_host_paths(
     mounter = _Mounter(base_dir)
     for key, role in (("model", "model"), ("tokenizer", "tokenizer")):
         value = out.get(key)
-        if isinstance(value, str) and _looks_like_host_path(value):
+        if isinstance(value, str) and is_local_path(value):
             out[key] = mounter.map(role, value)
     dataset = out.get("dataset")
     if isinstance(dataset, dict):
@@ -389,7 +381,16 @@ def build_container_spec(
     original = config.model_dump(mode="json")
     cfg_dict, input_mounts = rewrite_host_paths(original, base_dir)
     if cfg_dict != original:
-        config = type(config).model_validate(cfg_dict)
+        # only the paths change: a copy, not a third validation (the loader validated it on
+        # the host; the harness validates it once more in the container)
+        update: dict[str, Any] = {
+            k: cfg_dict[k] for k in ("model", "tokenizer") if cfg_dict.get(k) != original.get(k)
+        }
+        if cfg_dict.get("dataset") != original.get("dataset"):
+            update["dataset"] = config.dataset.model_copy(
+                update={"path": cfg_dict["dataset"]["path"]}
+            )
+        config = config.model_copy(update=update)
 
     mounts: list[Mount] = [Mount(str(request.run_dir), CONTAINER_RESULTS_DIR)]
     baseline_cache: str | None = None
