@@ -361,6 +361,27 @@ def host_compile_cache_dir(request: RunRequest, settings: ContainerSettings) -> 
     return posixpath.join(settings.compile_cache_dir, key)
 
 
+def _container_config(
+    config: ExperimentConfig, base_dir: str
+) -> tuple[ExperimentConfig, tuple[Mount, ...]]:
+    """The config the container sees (host paths mapped, :func:`rewrite_host_paths`) and the
+    mounts that map them.
+
+    Only the paths change, so it is a copy, not a third validation: the loader validated the
+    config on the host and the harness validates it once more in the container.
+    """
+    original = config.model_dump(mode="json")
+    cfg_dict, mounts = rewrite_host_paths(original, base_dir)
+    if cfg_dict == original:
+        return config, mounts
+    update: dict[str, Any] = {
+        k: cfg_dict[k] for k in ("model", "tokenizer") if cfg_dict.get(k) != original.get(k)
+    }
+    if cfg_dict.get("dataset") != original.get("dataset"):
+        update["dataset"] = config.dataset.model_copy(update={"path": cfg_dict["dataset"]["path"]})
+    return config.model_copy(update=update), mounts
+
+
 def build_container_spec(
     request: RunRequest,
     settings: ContainerSettings,
@@ -378,19 +399,7 @@ def build_container_spec(
         raise ValueError(f"run {request.run_id}: no image resolved for the Docker runner")
     config = request.config
     spec = REGISTRY.get(str(config.backend))
-    original = config.model_dump(mode="json")
-    cfg_dict, input_mounts = rewrite_host_paths(original, base_dir)
-    if cfg_dict != original:
-        # only the paths change: a copy, not a third validation (the loader validated it on
-        # the host; the harness validates it once more in the container)
-        update: dict[str, Any] = {
-            k: cfg_dict[k] for k in ("model", "tokenizer") if cfg_dict.get(k) != original.get(k)
-        }
-        if cfg_dict.get("dataset") != original.get("dataset"):
-            update["dataset"] = config.dataset.model_copy(
-                update={"path": cfg_dict["dataset"]["path"]}
-            )
-        config = config.model_copy(update=update)
+    config, input_mounts = _container_config(config, base_dir)
 
     mounts: list[Mount] = [Mount(str(request.run_dir), CONTAINER_RESULTS_DIR)]
     baseline_cache: str | None = None
