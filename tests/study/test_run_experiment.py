@@ -6,22 +6,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.runners.conftest import tiny_config
 
-from llenergymeasure import ConfigError, ExperimentConfig, ExperimentResult, run_experiment
+from llenergymeasure import ConfigError, ExperimentResult, run_experiment
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-TINY = {
-    "model": "tiny-llama",
-    "load_format": "dummy",
-    "precision": "float32",
-    "n_prompts": 2,
-    "max_input_tokens": 16,
-    "max_output_tokens": 4,
-    "warmup": {"n_batches": 0},
-    "baseline": {"enabled": False},
-    "gpus": [],
-}
+#: The runners' tiny config, made quick on a CPU.
+CONFIG = tiny_config(
+    precision="float32",
+    n_prompts=2,
+    max_output_tokens=4,
+    gpus=[],
+    warmup={"n_batches": 0},
+    baseline={"enabled": False},
+)
+TINY = CONFIG.model_dump(mode="json", exclude_unset=True)
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_run_experiment_returns_the_result_of_an_experiment_config(tmp_path: Path) -> None:
     """An ExperimentConfig, local runner: the ExperimentResult, in a study folder under cwd."""
-    result = run_experiment(ExperimentConfig(**TINY), runner="local", quiet=True)
+    result = run_experiment(CONFIG, runner="local", quiet=True)
     assert isinstance(result, ExperimentResult)
     assert result.config.model == "tiny-llama"
     assert result.config.n_prompts == 2
