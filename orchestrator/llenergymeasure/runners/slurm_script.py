@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llenergymeasure._version import __version__
+from llenergymeasure.errors import ConfigError
 from llenergymeasure.runners.spec import (
     HARNESS_COMMAND,
     LABEL_OWNER_HOST,
@@ -33,6 +34,7 @@ from llenergymeasure.runners.spec import (
     build_container_spec,
     host_harness_env,
 )
+from llenergymeasure_contract.strict import control_chars
 
 if TYPE_CHECKING:
     from llenergymeasure.config.slurm import SlurmSettings
@@ -77,8 +79,17 @@ def gpu_request(settings: SlurmSettings, n_gpus: int) -> str | None:
 
 
 def _sbatch_line(option: str) -> str:
-    # sbatch reads #SBATCH lines with shell-like quoting; quote values with spaces.
+    """One ``#SBATCH`` line. sbatch reads these with its own quoting (double quotes and
+    backslash escapes); a value with a space is double-quoted, and anything sbatch would read
+    differently from what was meant (a line break, a quote, a backslash) is refused here,
+    whatever validated it before."""
     key, sep, value = option.partition("=")
+    if control_chars(option) or '"' in option or "\\" in option:
+        raise ConfigError(
+            f"the sbatch option {option[:80]!r} cannot be written into a job script "
+            "(control characters, quotes or backslashes)",
+            hint="check the slurm: section and results_dir of the study",
+        )
     if sep and any(c.isspace() for c in value):
         return f'#SBATCH {key}="{value}"'
     return f"#SBATCH {option}"
