@@ -7,6 +7,8 @@ and directory contract between them) and :class:`BackendSpec` (one per backend, 
 dependency is pydantic. Modules:
 
     experiment    ExperimentConfig and its sections (datasets, decoder, warmup, energy)
+    chat          conversations in the OpenAI chat format (format: chat datasets)
+    windows       steady-state window problems, both rules' thresholds, ML.ENERGY's figures
     sections      the per-backend sections (pytorch:, vllm:, tensorrt:)
     registry      BackendSpec and the backend registry
     results       ExperimentResult, HarnessErrorRecord, atomic JSON writes

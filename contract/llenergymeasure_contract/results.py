@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
+from llenergymeasure_contract.windows import InputTruncation, MLEnergySteadyState, WindowProblem
 
 SCHEMA_VERSION = "1.0"
 
@@ -242,15 +243,20 @@ class QualityFlag(_Model):
 class SteadyState(_Model):
     """Continuous-batching steady-state window (vLLM), beside the whole-run figures."""
 
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
     start_s: float
     end_s: float
     duration_s: float
     valid: bool
     reason: str | None = None
+    problems: list[WindowProblem] = Field(default_factory=list)  # empty when valid
     output_tokens: int | None = None
     gpu_energy_j: float | None = None
     j_per_output_token: float | None = None
     output_tokens_per_s: float | None = None
+    # Time-averaged requests between first token and end inside the window.
+    avg_running_batch: float | None = None
     # n_prompts that would give a 30 s window (invalid windows only; None when valid or not
     # estimable): offline, at the throughput this run measured; open-loop arrivals, at the
     # configured rate and this run's request lifetime (llenergymeasure_contract.sizing).
@@ -342,6 +348,9 @@ class ExperimentResult(_Model):
     latency: LatencyMetrics
     compute: ComputeMetrics
     steady_state: SteadyState | None = None
+    # ML.ENERGY's window and stability rule beside ours (llenergymeasure_contract.windows).
+    steady_state_mlenergy: MLEnergySteadyState | None = None
+    input_truncation: InputTruncation | None = None  # text and chat datasets
     prefix_cache: PrefixCacheUsage | None = None
     phase_energy: PhaseEnergy | None = None
     compile_cache: CompileCacheInfo | None = None

@@ -424,6 +424,7 @@ def test_harness_sets_multicast_off_before_the_engine_loads(
 
 def test_unfilled_batch_gets_no_n_prompts_suggestion() -> None:
     """More prompts do not fill a batch that runs in waves: no suggestion for that reason."""
+    from llenergymeasure_contract.windows import WindowProblem
     from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
     from llenergymeasure_harness.experiment import suggest_n_prompts
 
@@ -433,7 +434,7 @@ def test_unfilled_batch_gets_no_n_prompts_suggestion() -> None:
     unfilled = SteadyStateWindow(
         start_s=0.0,
         end_s=36.4,
-        valid=False,
+        problems=(WindowProblem.UNDERFILLED,),
         reason="the batch never filled: 44.2 requests running on average, under 80% of 64",
         target_concurrency=64,
         n_requests=1536,

@@ -35,6 +35,9 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     max_new_tokens: int
     prompt_text: str | None = None  # None for synthetic token-id prompts
+    # Prompt tokens cut to fit max_input_tokens (text datasets: from the right; chat: from the
+    # left, keeping the end of the conversation); counted in the result's input_truncation.
+    truncated_input_tokens: int = 0
 
 
 @dataclass

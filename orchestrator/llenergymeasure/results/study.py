@@ -68,6 +68,15 @@ class RunMetrics(_Model):
     cost_per_request: float | None = None
     net_cost_per_request: float | None = None
     cost_currency: str | None = None
+    # Steady state (continuous batching, arriving traffic): our window and ML.ENERGY's rule
+    # beside it (result.json steady_state / steady_state_mlenergy; docs/methodology.md).
+    steady_j_per_output_token: float | None = None
+    steady_window_s: float | None = None
+    steady_valid: bool | None = None
+    mlenergy_j_per_output_token: float | None = None
+    mlenergy_window_s: float | None = None
+    mlenergy_stable: bool | None = None
+    avg_running_batch: float | None = None  # in ML.ENERGY's window (K = max_num_seqs)
     energy_sampler: str | None = None  # nvml | zeus | codecarbon | none (no sampler ran)
     backend_library: str | None = None  # the library backend_version is of, e.g. transformers
     backend_version: str | None = None
@@ -80,6 +89,7 @@ class RunMetrics(_Model):
         slo = result.traffic.slo if result.traffic is not None else None
         sampler = result.energy.sampler
         env = result.environment
+        ours, theirs = result.steady_state, result.steady_state_mlenergy
         return cls(
             n_requests=result.throughput.n_requests,
             output_tokens=result.throughput.output_tokens,
@@ -100,6 +110,13 @@ class RunMetrics(_Model):
             slo_attainment=slo.slo_attainment if slo is not None else None,
             goodput_requests_per_s=slo.goodput_requests_per_s if slo is not None else None,
             j_per_slo_request=slo.j_per_slo_request if slo is not None else None,
+            steady_j_per_output_token=ours.j_per_output_token if ours else None,
+            steady_window_s=ours.duration_s if ours else None,
+            steady_valid=ours.valid if ours else None,
+            mlenergy_j_per_output_token=theirs.j_per_output_token if theirs else None,
+            mlenergy_window_s=theirs.duration_s if theirs else None,
+            mlenergy_stable=theirs.stable if theirs else None,
+            avg_running_batch=theirs.avg_running_batch if theirs else None,
             energy_sampler=NO_SAMPLER if sampler == "null" else sampler,
             backend_library=env.backend_library,
             backend_version=env.backend_version,
