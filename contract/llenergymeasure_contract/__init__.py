@@ -16,6 +16,8 @@ dependency is pydantic. Modules:
     files         file names of a results directory, harness exit codes
     architecture  built-in model architectures (dummy weights, FLOPs)
     errors        the one error hierarchy (LLEMError and its subclasses)
+    reuse         engine_key, EngineGroup: experiments sharing one loaded engine
+    time_budget   where a run's wall time went (load, warmup, measure, ...)
 """
 
 from llenergymeasure_contract._version import CONTRACT_VERSION, __version__

@@ -12,10 +12,26 @@ import hashlib
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from llenergymeasure_contract.architecture import builtin_name_for
+from llenergymeasure_contract.lengths import (
+    LengthSpec,
+    WorkloadProvenance,
+    builtin_profiles,
+    check_caps,
+    expected_length,
+    prepare_experiment_data,
+)
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.sections import (
     BackendName,
@@ -52,6 +68,7 @@ class _Dataset(BaseModel):
     @field_validator(
         "input_len",
         "output_len",
+        "profile",
         "path",
         "name",
         "split",
@@ -66,15 +83,46 @@ class _Dataset(BaseModel):
 
 
 class SyntheticDataset(_Dataset):
-    """Seeded random token ids: the same prompts on every backend, no tokenizer needed."""
+    """Seeded random token ids: the same prompts on every backend, no tokenizer needed.
+
+    Lengths are an integer or a distribution (:mod:`llenergymeasure_contract.lengths`), drawn
+    per request from ``random_seed``; ``profile`` names a workload profile that supplies them.
+    """
 
     source: Literal["synthetic"] = "synthetic"
-    input_len: int | None = Field(
-        None, ge=1, description="Prompt length in tokens; default max_input_tokens."
+    profile: str | None = Field(
+        None, description="Workload profile: a built-in name or a YAML/JSON file."
     )
-    output_len: int | None = Field(
-        None, ge=1, description="Output length in tokens; default max_output_tokens."
+    input_len: LengthSpec | None = Field(
+        None, description="Prompt length in tokens, or a distribution; default max_input_tokens."
     )
+    output_len: LengthSpec | None = Field(
+        None, description="Output length in tokens, or a distribution; default max_output_tokens."
+    )
+    provenance: WorkloadProvenance | None = Field(
+        None, description="Filled from the profile when the study is loaded."
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_unused_late_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Fields that joined later are left out when unused, so the hash of every config
+        # measured before them is unchanged (and an older image still accepts the config).
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("profile", "provenance"):
+                if data.get(key) is None:
+                    data.pop(key, None)
+        return data
+
+    @model_validator(mode="after")
+    def _profile_resolved(self) -> SyntheticDataset:
+        if self.profile is not None and self.provenance is None:
+            raise ValueError(
+                f"profile {self.profile!r} is not a built-in profile "
+                f"({', '.join(builtin_profiles())}); a profile file is read when a study file "
+                "is loaded (relative to it); `llem workloads list` shows the built-in ones"
+            )
+        return self
 
 
 class _TextOrChat(_Dataset):
@@ -317,6 +365,7 @@ class ExperimentConfig(_Model):
             dataset = data.get("dataset")
             if isinstance(dataset, dict) and "source" not in dataset:
                 data = {**data, "dataset": {"source": "synthetic", **dataset}}
+            data = prepare_experiment_data(data)
             backend = data.get("backend", DEFAULT_BACKEND)
             if isinstance(backend, str) and backend in REGISTRY and data.get(backend) is None:
                 data = {**data, backend: {}}
@@ -345,16 +394,11 @@ class ExperimentConfig(_Model):
                 f"list more GPUs or lower the parallel sizes"
             )
         if isinstance(self.dataset, SyntheticDataset):
-            if self.dataset.input_len and self.dataset.input_len > self.max_input_tokens:
-                raise ValueError(
-                    f"dataset.input_len ({self.dataset.input_len}) exceeds max_input_tokens "
-                    f"({self.max_input_tokens}); raise max_input_tokens or shorten input_len"
-                )
-            if self.dataset.output_len and self.dataset.output_len > self.max_output_tokens:
-                raise ValueError(
-                    f"dataset.output_len ({self.dataset.output_len}) exceeds max_output_tokens "
-                    f"({self.max_output_tokens}); raise max_output_tokens or shorten output_len"
-                )
+            ds = self.dataset
+            check_caps(ds.input_len, self.max_input_tokens, "dataset.input_len", "max_input_tokens")
+            check_caps(
+                ds.output_len, self.max_output_tokens, "dataset.output_len", "max_output_tokens"
+            )
         elif (
             self.load_format == "dummy"
             and self.tokenizer is None
@@ -391,15 +435,17 @@ class ExperimentConfig(_Model):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def resolved_input_len(self) -> int:
-        """Prompt length in tokens for synthetic prompts (the cap for text datasets)."""
+        """Prompt length in tokens for synthetic prompts (the cap for text datasets); about
+        the mean for a distribution."""
         if isinstance(self.dataset, SyntheticDataset) and self.dataset.input_len:
-            return self.dataset.input_len
+            return expected_length(self.dataset.input_len, self.max_input_tokens)
         return self.max_input_tokens
 
     def resolved_output_len(self) -> int:
-        """Tokens each request generates (exactly, with ignore_eos; at most, without)."""
+        """Tokens each request generates (exactly, with ignore_eos; at most, without); about
+        the mean for a distribution."""
         if isinstance(self.dataset, SyntheticDataset) and self.dataset.output_len:
-            return self.dataset.output_len
+            return expected_length(self.dataset.output_len, self.max_output_tokens)
         return self.max_output_tokens
 
     @property

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
+from llenergymeasure_contract.lengths import WorkloadOutcome
+from llenergymeasure_contract.reuse import EngineShare
 from llenergymeasure_contract.windows import InputTruncation, MLEnergySteadyState, WindowProblem
 
 SCHEMA_VERSION = "1.0"
@@ -284,6 +286,10 @@ class PhaseMethod(_Model):
     j_per_decode_token: float | None = None
     reason: str | None = None  # why the figures are None
     prefill_pass_duration_s: float | None = None  # prefill_pass_difference only
+    # prefill_pass_difference: requests the pass ran (a sized subset of the measured shapes)
+    # and the factor its energy was scaled by to the measured prompt tokens (1.0: all of them)
+    prefill_pass_requests: int | None = None
+    prefill_pass_scale: float | None = None
     n_steps: int | None = None  # timeline_decode_fit only
     n_clean_decode_steps: int | None = None
     decode_fit_j: dict[str, float] | None = None
@@ -327,6 +333,7 @@ class Timings(_Model):
     baseline_s: float | None = None
     measure_s: float | None = None
     prefill_pass_s: float | None = None  # the prefill-only pass after the measured window
+    gap_s: float | None = None  # engine groups: the thermal rest before this run, in-container
     total_s: float | None = None
 
 
@@ -355,6 +362,8 @@ class ExperimentResult(_Model):
     phase_energy: PhaseEnergy | None = None
     compile_cache: CompileCacheInfo | None = None
     traffic: TrafficOutcome | None = None
+    workload: WorkloadOutcome | None = None  # lengths asked for and produced, the profile
+    engine_share: EngineShare | None = None  # the loaded engine was shared (reuse_engine)
     quality_flags: list[QualityFlag] = Field(default_factory=list)
     environment: EnvironmentSnapshot
     artifacts: dict[str, str] = Field(default_factory=dict)  # kind -> file name in results dir

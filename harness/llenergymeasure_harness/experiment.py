@@ -62,8 +62,14 @@ from llenergymeasure_harness.energy.optional import open_extra
 from llenergymeasure_harness.energy.sampler import integrate_power
 from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_kind
 from llenergymeasure_harness.environment import snapshot
+from llenergymeasure_harness.lengths import workload_outcome
 from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
-from llenergymeasure_harness.phase_energy import phase_energy, prefill_pass_split, timeline_split
+from llenergymeasure_harness.phase_energy import (
+    phase_energy,
+    prefill_pass_split,
+    run_prefill_pass,
+    timeline_split,
+)
 from llenergymeasure_harness.prompts import (
     build_requests,
     distinct_requests,
@@ -99,6 +105,8 @@ class Deps:
     sleep: Callable[[float], None] = time.sleep
     epoch: Callable[[], float] = time.time
     cuda_visible: str | None = field(default_factory=lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    #: Engine groups: annotates the assembled result before it is written (group.py).
+    finalize: Callable[[ExperimentResult], ExperimentResult] | None = None
 
 
 def _resolve_nvml_index(nvml: Nvml, ref: int | str) -> int:
@@ -257,6 +265,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         # The window a continuous-batching engine computed itself, with its configured
         # concurrency; the result reports that one rather than a second computation.
         engine_window: SteadyStateWindow | None = getattr(backend, "last_steady_state", None)
+        static_batch = getattr(backend, "last_static_batch", None)  # before the next run()
         if extra_src is not None:
             try:
                 extra_result = extra_src.end("measure")
@@ -284,7 +293,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         if meter is not None:
             meter.begin_window("prefill_pass", sync)
         t_p0 = d.clock()
-        pass_records = backend.run(pass_requests)
+        pass_records = run_prefill_pass(backend, pass_requests, d.clock)
         t_p1 = d.clock()
         if meter is not None:
             pass_window = meter.end_window("prefill_pass", sync)
@@ -328,6 +337,8 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             total_s=d.clock() - t_begin,
         )
         result = result.model_copy(update={"input_truncation": input_truncation(cfg, requests)})
+        if d.finalize is not None:
+            result = d.finalize(result)
 
         # ------------------------------------------------------------------ write
         phase = "write"
@@ -335,14 +346,16 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         if sampler.rows():
             write_parquet_atomic(out_dir / TIMESERIES_FILE, sampler.columns())
             artifacts["timeseries"] = TIMESERIES_FILE
-        write_parquet_atomic(
-            out_dir / REQUESTS_FILE,
-            metrics.request_columns(records, cfg.traffic.latency_mode),
-        )
+        columns = metrics.request_columns(records, cfg.traffic.latency_mode)
+        asked_by_id = {r.request_id: r.max_new_tokens for r in requests}
+        columns["max_new_tokens"] = [asked_by_id.get(i) for i in columns["request_id"]]
+        write_parquet_atomic(out_dir / REQUESTS_FILE, columns)
         artifacts["requests"] = REQUESTS_FILE
         if (out_dir / "server.log").is_file():
             artifacts["server_log"] = "server.log"
-        result = result.model_copy(update={"artifacts": artifacts})
+        asked = [r.max_new_tokens for r in requests]
+        workload = workload_outcome(cfg, asked, records, static_batch)
+        result = result.model_copy(update={"artifacts": artifacts, "workload": workload})
         result.write(out_dir / RESULT_FILE)
         chown_outputs(out_dir, env.host_uid, env.host_gid)
         return result

@@ -1,8 +1,10 @@
 """Prompt building, independent of any backend: every backend gets the same requests.
 
-* ``synthetic``: seeded random token ids (``random.Random(random_seed)``), exactly
-  ``resolved_input_len()`` tokens each, drawn from ``[SYNTHETIC_LOW, vocab_size)``. No
-  tokenizer needed; the same config gives the same ids on vLLM, TensorRT-LLM and PyTorch.
+* ``synthetic``: seeded random token ids (``random.Random(random_seed)``) drawn from
+  ``[SYNTHETIC_LOW, vocab_size)``; each request's prompt length and ``max_new_tokens`` are
+  ``input_len`` / ``output_len``, an integer or a seeded distribution
+  (:mod:`llenergymeasure_harness.lengths`). No tokenizer needed; the same config gives the
+  same ids and lengths on vLLM, TensorRT-LLM and PyTorch.
 * ``jsonl``: ``text_field`` of each line, tokenized and truncated to ``max_input_tokens``
   (the end is cut).
 * ``hub``: a Hugging Face dataset column (``datasets`` is imported only here, only then).
@@ -13,7 +15,7 @@
   conversation's ``max_tokens`` is its requests' output cap (never above ``max_output_tokens``).
 
 Text datasets with fewer rows than ``n_prompts`` are cycled. Every request asks for
-``resolved_output_len()`` new tokens unless its conversation says fewer. Each request records
+``max_output_tokens`` new tokens unless its conversation says fewer. Each request records
 how many prompt tokens were cut (``GenerationRequest.truncated_input_tokens``).
 
 Warmup and the prefill-only pass never reuse measured prompts: :func:`distinct_requests` gives
@@ -48,6 +50,7 @@ from llenergymeasure_contract.experiment import (
 )
 from llenergymeasure_contract.windows import InputTruncation
 from llenergymeasure_harness.backends.base import GenerationRequest
+from llenergymeasure_harness.lengths import request_lengths
 
 #: Lowest synthetic token id: skips the special tokens most vocabularies put first.
 SYNTHETIC_LOW = 100
@@ -66,16 +69,18 @@ def vocab_size_for(config: ExperimentConfig) -> int | None:
 
 
 def synthetic_requests(config: ExperimentConfig, vocab_size: int) -> list[GenerationRequest]:
+    """Seeded random prompts; each request's prompt and output length from the dataset's
+    length specs (:func:`~llenergymeasure_harness.lengths.request_lengths`)."""
     if vocab_size <= SYNTHETIC_LOW:
         raise ConfigError(f"vocab_size {vocab_size} too small for synthetic prompts")
     rng = random.Random(config.random_seed)
-    n_in = config.resolved_input_len()
-    n_out = config.resolved_output_len()
+    n_in = request_lengths(config, "input_len")
+    n_out = request_lengths(config, "output_len")
     return [
         GenerationRequest(
             request_id=i,
-            prompt_token_ids=[rng.randrange(SYNTHETIC_LOW, vocab_size) for _ in range(n_in)],
-            max_new_tokens=n_out,
+            prompt_token_ids=[rng.randrange(SYNTHETIC_LOW, vocab_size) for _ in range(n_in[i])],
+            max_new_tokens=n_out[i],
         )
         for i in range(config.n_prompts)
     ]

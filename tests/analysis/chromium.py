@@ -30,7 +30,8 @@ PLOT_CHECK = """new Promise(resolve => setTimeout(() => resolve({
     return {
       points: Number(p.dataset.points),
       traces: gd && gd.data ? gd.data.length : 0,
-      drawn: gd ? gd.querySelectorAll('.scatterlayer .point, .scatterlayer .js-line').length : 0,
+      drawn: gd ? gd.querySelectorAll(
+        '.scatterlayer .point, .scatterlayer .js-line, .barlayer .point').length : 0,
       width: gd ? gd.getBoundingClientRect().width : 0,
       height: gd ? gd.getBoundingClientRect().height : 0,
       title: (p.previousElementSibling || {}).textContent || '',

@@ -197,6 +197,29 @@ SLO = {"traffic": {"slo": {"ttft_s": 1.0, "tpot_s": 0.05}}}
 SERVED = {"backend": "vllm", "server": {}}
 EP = {"backend": "endpoint", "gpus": [], "endpoint": {"url": "http://127.0.0.1:8000"}}
 
+NORMAL = {"dist": "normal", "mean": 64, "stddev": 8, "min": 2, "max": 200}
+HIST = {"dist": "empirical", "bins": [1, 10, 20], "counts": [1, 2], "path": "h.json"}
+#: (leaf of a length spec, a spec holding it, a changed value)
+LENGTH_KNOBS: list[tuple[str, dict[str, Any], Any]] = [
+    ("dist", NORMAL, "lognormal"),
+    ("mean", NORMAL, 65),
+    ("stddev", NORMAL, 9),
+    ("min", NORMAL, 3),
+    ("max", NORMAL, 199),
+    ("shape", {"dist": "pareto", "mean": 64, "shape": 2.5}, 3.0),
+    ("bins", HIST, [1, 11, 20]),
+    ("counts", HIST, [2, 1]),
+    ("path", HIST, "other.json"),
+    ("values", {"dist": "empirical", "values": [3, 4]}, [3, 5]),
+]
+PROFILED = {
+    "dataset": {
+        "profile": "mine.yaml",
+        "input_len": 16,
+        "provenance": {"name": "mine", "description": "d", "source": "s", "date": "2026-01-01"},
+    }
+}
+
 #: (leaf it covers, extra base settings, changes): every leaf of ExperimentConfig appears.
 KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("model", {}, {"model": "llama-3.1-8b"}),
@@ -207,8 +230,23 @@ KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("backend", {}, {"backend": "vllm"}),
     ("precision", {}, {"precision": "float16"}),
     ("dataset.source", {}, {"dataset": {"source": "hub", "name": "org/set"}, "tokenizer": "gpt2"}),
-    ("dataset.input_len", {}, {"dataset.input_len": 64}),
-    ("dataset.output_len", {}, {"dataset.output_len": 32}),
+    *(
+        (f"dataset.{role}.{leaf}", {"dataset": {role: spec}}, {f"dataset.{role}.{leaf}": value})
+        for role in ("input_len", "output_len")
+        for leaf, spec, value in LENGTH_KNOBS
+    ),
+    ("dataset.profile", PROFILED, {"dataset.profile": "theirs.yaml"}),
+    *(
+        (f"dataset.provenance.{leaf}", PROFILED, {f"dataset.provenance.{leaf}": value})
+        for leaf, value in (
+            ("name", "other"),
+            ("description", "other"),
+            ("source", "other"),
+            ("date", "2026-01-02"),
+            ("assumptions", ["other"]),
+            ("reproduces", {"output_len": {"mean": 5.0}}),
+        )
+    ),
     ("dataset.path", JSONL, {"dataset.path": "/data/q.jsonl"}),
     ("dataset.text_field", JSONL, {"dataset.text_field": "text"}),
     ("dataset.format", JSONL, {"dataset.format": "chat"}),

@@ -9,7 +9,10 @@ Per-token timestamps come from :class:`StepTimestamper`, a ``StoppingCriteria`` 
 calls once per step (the first call is the first token, after prefill). On CUDA it records a
 CUDA event per step and converts all of them to the ``perf_counter`` clock once, after the batch
 (one ``elapsed_time`` per event against an anchor event synchronised with ``perf_counter``), so
-it adds no synchronisation to the loop; on CPU it reads ``perf_counter`` directly.
+it adds no synchronisation to the loop; on CPU it reads ``perf_counter`` directly. It also
+stops each row at its own ``max_new_tokens`` when a batch's requests differ in length; the
+batch still runs until its longest row ends, and ``last_static_batch`` counts the slots
+(rows x steps) against the tokens asked for: the waste of static batching under mixed lengths.
 """
 
 from __future__ import annotations
@@ -38,13 +41,27 @@ _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
 class StepTimestamper:
-    """Stopping criterion that never stops; it timestamps each generate step.
+    """Stopping criterion that timestamps each generate step and stops each row at its length.
 
     Args:
         device: The torch device generate runs on (CUDA: events; otherwise perf_counter).
+        expected_steps: Steps to pre-create CUDA events for.
+        prompt_width: Columns of the (padded) prompt, so ``input_ids.shape[1] - prompt_width``
+            tokens have been generated when the criterion is called.
+        row_limits: Each row's own ``max_new_tokens``; None (or all equal) never stops a row
+            (``max_new_tokens`` ends the batch). A row that reaches its limit is marked done,
+            and transformers pads it from then on while the batch's longest row runs: the idle
+            slots static batching costs (counted by the backend).
     """
 
-    def __init__(self, device: Any = None, expected_steps: int = 0) -> None:
+    def __init__(
+        self,
+        device: Any = None,
+        expected_steps: int = 0,
+        *,
+        prompt_width: int = 0,
+        row_limits: Sequence[int] | None = None,
+    ) -> None:
         import torch
 
         self._torch = torch
@@ -59,6 +76,10 @@ class StepTimestamper:
         )
         self.step_times_s: list[float] = []
         self._false: Any = None
+        self._width = prompt_width
+        self._limits: Any = None
+        if row_limits is not None and len(set(row_limits)) > 1:
+            self._limits = torch.tensor(list(row_limits), dtype=torch.long, device=device)
 
     def __call__(self, input_ids: Any, scores: Any = None, **kwargs: Any) -> Any:
         if self.use_events:
@@ -70,6 +91,8 @@ class StepTimestamper:
             self._events.append(ev)
         else:
             self.step_times_s.append(time.perf_counter())
+        if self._limits is not None:
+            return self._limits <= (input_ids.shape[1] - self._width)
         n = input_ids.shape[0]
         if self._false is None or self._false.shape[0] != n:
             self._false = self._torch.zeros(n, dtype=self._torch.bool, device=input_ids.device)
@@ -133,6 +156,8 @@ class PyTorchBackend:
         self.pad_id = 0
         self.eos_ids: set[int] = set()
         self.gen_config: Any = None
+        # Slot accounting of the last run(): rows x decode steps vs tokens asked for.
+        self.last_static_batch: dict[str, int] | None = None
 
     # ----------------------------------------------------------------- load
 
@@ -213,6 +238,26 @@ class PyTorchBackend:
                 "attn_implementation": sec.attn_implementation,
             },
         )
+
+    def rebind(self, config: ExperimentConfig) -> None:
+        """Take another experiment's run-time settings on the loaded model (engine reuse).
+
+        Only the registry's ``run_time_keys`` may differ from the loaded config (batch size,
+        decoder, lengths, traffic); the generation config is rebuilt from the model's own,
+        the seed set again and the peak-memory counters reset, as after a load.
+        """
+        assert isinstance(config.pytorch, PyTorchConfig)
+        self.config = config
+        self.section = config.pytorch
+        seed_everything(config.random_seed)
+        self.gen_config = self._generation_config(
+            copy.deepcopy(self.model.generation_config), config
+        )
+        if self.devices:
+            import torch
+
+            for d in self.devices:
+                torch.cuda.reset_peak_memory_stats(d)
 
     @staticmethod
     def _dummy_config(config: ExperimentConfig, auto_config: Any) -> Any:
@@ -322,6 +367,7 @@ class PyTorchBackend:
     def run(
         self, requests: Sequence[GenerationRequest], plan: ArrivalPlan | None = None
     ) -> list[RequestRecord]:
+        self.last_static_batch = {"tokens_generated": 0, "tokens_requested": 0}
         if plan is not None and not plan.is_offline:
             return self._run_arrivals(requests, plan)
         bs = self.section.batch_size
@@ -386,7 +432,12 @@ class PyTorchBackend:
         gc.max_new_tokens = max_new
         gc.min_new_tokens = max_new if self.config.ignore_eos else None
         kwargs: dict[str, Any] = dict(self.section.generate_kwargs)
-        stamper = StepTimestamper(self.device, expected_steps=max_new)
+        stamper = StepTimestamper(
+            self.device,
+            expected_steps=max_new,
+            prompt_width=width,
+            row_limits=[r.max_new_tokens for r in reqs],
+        )
         submit = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(
@@ -401,6 +452,10 @@ class PyTorchBackend:
             torch.cuda.synchronize(self.device)
         end = time.perf_counter()
         generated = out[:, width:].tolist()
+        if self.last_static_batch is not None:
+            # Every row holds its slot for every step the batch ran, done or not.
+            self.last_static_batch["tokens_generated"] += len(reqs) * (out.shape[1] - width)
+            self.last_static_batch["tokens_requested"] += sum(r.max_new_tokens for r in reqs)
         records: list[RequestRecord] = []
         for r, toks in zip(reqs, generated, strict=True):
             n = min(len(toks), r.max_new_tokens)

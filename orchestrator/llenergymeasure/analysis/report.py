@@ -35,6 +35,7 @@ from llenergymeasure.analysis.table import (
     params_label,
     show_metrics,
 )
+from llenergymeasure.analysis.workload import workload_histograms
 from llenergymeasure.errors import PreflightError
 from llenergymeasure_contract.results import atomic_path
 
@@ -459,6 +460,7 @@ def render_report(study: LoadedStudy) -> str:
     _axis_charts(page, rows)
     page.add("<h2>Time series: power, SM clock, temperature</h2>")
     _timeseries(page, study)
+    workload_histograms(page, study)
     page.add("<h2>Quality flags</h2>")
     page.add(_flags_table(study))
     page.add("<h2>Method</h2>")

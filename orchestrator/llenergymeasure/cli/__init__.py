@@ -1,6 +1,7 @@
 """The ``llem`` command line. :func:`main` maps every :class:`LLEMError` to its exit code.
 
-Commands live one per module (``run``, ``config_cmd``, ``images``, ``results``); each parses
+Commands live one per module (``run``, ``config_cmd``, ``images``, ``results``,
+``workloads``); each parses
 its options, calls one library function and renders the outcome. Exit codes: 0 success, 1 an
 experiment or runtime failure, 2 bad config or usage, 130 interrupted (Ctrl-C), 143 stopped by
 SIGTERM. Tracebacks only with ``-v`` (``llem run``) or ``LLEM_DEBUG=1`` (any command).
@@ -64,6 +65,9 @@ app.add_typer(images_app, name="images")
 from llenergymeasure.cli.results import results_app  # noqa: E402
 
 app.add_typer(results_app, name="results")
+from llenergymeasure.cli.workloads import workloads_app  # noqa: E402
+
+app.add_typer(workloads_app, name="workloads")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

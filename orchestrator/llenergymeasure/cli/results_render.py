@@ -18,6 +18,7 @@ from llenergymeasure.analysis.table import (
     show_metrics,
     steady_state_lines,
 )
+from llenergymeasure.analysis.workload import workload_lines
 
 
 def render_show(study: LoadedStudy, console: Console | None = None) -> None:
@@ -50,6 +51,8 @@ def render_show(study: LoadedStudy, console: Console | None = None) -> None:
     con.print(table)
     for line in steady_state_lines(study):
         con.print(escape(line))
+    for line in workload_lines(study):
+        con.print(escape(line), soft_wrap=True)
     con.print(_method_line())
 
 

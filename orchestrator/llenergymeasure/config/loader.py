@@ -61,6 +61,7 @@ from llenergymeasure.config.study import (
     StudyConfig,
 )
 from llenergymeasure.config.user import UserDefaults
+from llenergymeasure.config.workloads import resolve_workload_files
 from llenergymeasure.errors import ConfigError
 from llenergymeasure_contract.architecture import (
     builtin_name_for,
@@ -77,6 +78,7 @@ from llenergymeasure_contract.experiment import (
     JsonlDataset,
     WarmupConfig,
 )
+from llenergymeasure_contract.lengths import DIST_NAMES
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.strict import MAX_TEXT_LEN, control_chars
 from llenergymeasure_contract.traffic import TrafficConfig
@@ -401,6 +403,8 @@ def _clean_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     for i, part in enumerate(loc):
         if i > 0 and loc[i - 1] == "dataset" and part in _UNION_TAGS:
             continue
+        if i > 0 and loc[i - 1] in ("input_len", "output_len") and part in DIST_NAMES:
+            continue
         if isinstance(part, str) and part.startswith(("function-", "tagged-union")):
             continue
         out.append(part)
@@ -478,6 +482,7 @@ def _resolve_paths(
         path = dataset.get("path")
         if isinstance(path, str):
             dataset["path"] = resolve(path, "dataset.path", must_exist=True)
+    resolve_workload_files(data, base_dir, cand.source_of, problems)
 
 
 def _expansion_size(

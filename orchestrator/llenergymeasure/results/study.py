@@ -8,6 +8,7 @@ the path to it. Tables (CSV, Parquet) are made by :mod:`llenergymeasure.results.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,16 @@ from llenergymeasure.config.impact import ImpactInputs
 from llenergymeasure.results.stats import ConfidenceIntervals
 from llenergymeasure.runners.base import FailureKind, RunState
 from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
+from llenergymeasure_contract.time_budget import (
+    measuring_fraction,
+    run_time_breakdown,
+    sum_breakdowns,
+)
 
 STUDY_RESULT_FILE = "study_result.json"
-STUDY_RESULT_SCHEMA_VERSION = "1.1"  # 1.1: confidence_intervals, impact_inputs, impact metrics
+# 1.1: confidence_intervals, impact_inputs, impact metrics; 1.2: time_breakdown_s,
+# measuring_fraction
+STUDY_RESULT_SCHEMA_VERSION = "1.2"
 #: How a table shows the harness's "null" sampler (no energy sampler ran): pandas and Arrow CSV
 #: readers turn the string "null" into a missing value, which is not what it means.
 NO_SAMPLER = "none"
@@ -124,6 +132,31 @@ class RunMetrics(_Model):
         )
 
 
+def time_budget(
+    results: Iterable[ExperimentResult], experiments_s: float, gaps_s: float
+) -> dict[str, Any]:
+    """The study's ``time_breakdown_s`` and ``measuring_fraction`` from its completed runs.
+
+    The harness's phases of every completed run are summed part by part; ``gaps`` adds the
+    thermal gaps between runs (``gaps_s``) to those inside engine groups; ``other`` is what
+    the runs' wall time (``experiments_s``: container start, imports, writes, failed runs)
+    leaves over. The parts sum to ``experiments_s + gaps_s``.
+
+    ``measuring_fraction`` is the measured windows' time over the time spent in runs, thermal
+    rests left out: ``measure / (experiments_s - in-run gaps)``; None before any run ended.
+    """
+    per_run = sum_breakdowns(run_time_breakdown(r.timings) for r in results)
+    in_run_gaps = per_run["gaps"]
+    named = sum(v for k, v in per_run.items() if k != "other")
+    breakdown = dict(per_run)
+    breakdown["gaps"] = in_run_gaps + gaps_s
+    breakdown["other"] = max(0.0, experiments_s - named)
+    return {
+        "time_breakdown_s": {k: round(v, 3) for k, v in breakdown.items()},
+        "measuring_fraction": measuring_fraction(per_run["measure"], experiments_s, in_run_gaps),
+    }
+
+
 class RunSummary(_Model):
     """One planned run, whatever happened to it."""
 
@@ -147,6 +180,8 @@ class RunSummary(_Model):
     node: str | None = None  # Slurm runner: where it ran
     params: dict[str, Any] = Field(default_factory=dict)  # the sweep values of this experiment
     metrics: RunMetrics | None = None
+    # where the run's harness time went (llenergymeasure_contract.time_budget), completed runs
+    time_breakdown_s: dict[str, float] | None = None
 
 
 class StudyResult(_Model):
@@ -175,6 +210,10 @@ class StudyResult(_Model):
     runs: list[RunSummary]
     impact_inputs: ImpactInputs | None = None  # carbon/cost inputs and their sources; None: none
     confidence_intervals: ConfidenceIntervals | None = None  # per experiment, across cycles
+    # where the time went (llenergymeasure_contract.time_budget parts, seconds, summing to
+    # experiments_s + gaps_s) and measure / (experiments_s - in-run gaps): docs/methodology.md
+    time_breakdown_s: dict[str, float] | None = None
+    measuring_fraction: float | None = None
 
     @property
     def exit_code(self) -> int:

@@ -159,6 +159,14 @@ def describe_exit(exit_code: int) -> str:
     return f"exit code {exit_code}"
 
 
+def read_error_record(results_dir: Path) -> HarnessErrorRecord | None:
+    """The harness's ``error.json``, typed; ``None`` when absent or not a valid record."""
+    try:
+        return HarnessErrorRecord.load(results_dir / ERROR_FILE)
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
+
+
 def harness_error_message(results_dir: Path) -> str | None:
     """``<class>: <message> (phase <phase>)`` of the harness's ``error.json``; ``None`` when
     there is none. A file that is not a valid error record is said to be one."""

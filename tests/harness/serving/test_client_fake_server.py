@@ -130,3 +130,21 @@ def test_an_unset_basic_auth_variable_is_named_without_any_request() -> None:
     )
     with pytest.raises(ConfigError, match="LLEM_EP_AUTH"):
         EndpointBackend(environ={}).load(config)
+
+
+def test_each_request_is_sent_and_held_to_its_own_length(server: FakeSSEServer) -> None:
+    """Mixed lengths: each body carries its own max_tokens = min_tokens, each record its count."""
+    lengths = [1, 7, 3, 12]
+    reqs = [GenerationRequest(i, [100 + i] * 4, n) for i, n in enumerate(lengths)]
+    records = _client(server).run(
+        reqs, ArrivalPlan(pattern="constant", offsets_s=(0, 0.01, 0.02, 0.03))
+    )
+    sent = sorted(  # a set: the client may probe the forcing with a copy of a request
+        {
+            (b["prompt"][0], b["max_tokens"], b["min_tokens"])
+            for b in server.behaviour.requests
+            if "min_tokens" in b
+        }
+    )
+    assert sent == [(100 + i, n, n) for i, n in enumerate(lengths)]
+    assert [r.output_tokens for r in records] == lengths
