@@ -82,8 +82,16 @@ def builtin_name_for(model: str) -> str | None:
 
 
 def is_local_path(model: str) -> bool:
-    """Whether ``model`` is written as a filesystem path rather than a hub id or name."""
-    return model.startswith(("/", "./", "../", "~")) or model.endswith(".json")
+    """Whether ``model`` is written as a filesystem path rather than a hub id or name.
+
+    The one test, by syntax only (no I/O), of every side: the loader (which makes such paths
+    absolute), the Docker runner (which mounts them) and preflight (which checks they exist).
+    Absolute, ``~``-relative, ``./``/``../``-relative, ``.``/``..``, or a ``.json`` file; a
+    bare ``org/name`` is a hub id.
+    """
+    return (
+        model.startswith(("/", "./", "../", "~")) or model in {".", ".."} or model.endswith(".json")
+    )
 
 
 @dataclass(frozen=True)

@@ -386,17 +386,6 @@ class ExperimentConfig(_Model):
                     f"section '{other}:' does not match backend '{self.backend}'; "
                     f"move those settings under '{self.backend}:' or set backend: {other}"
                 )
-        if self.server is not None and self.backend == "endpoint":
-            raise ValueError(
-                "server: starts the engine's own server; backend endpoint measures one that is "
-                "already running; remove server: or pick backend pytorch/vllm/tensorrt"
-            )
-        if self.server is not None and self.backend == "pytorch" and self.load_format == "dummy":
-            raise ValueError(
-                "server mode with backend pytorch runs `transformers serve`, which loads a "
-                "checkpoint (weights and tokenizer) and cannot build dummy weights; use "
-                "load_format: auto with a local model directory or hub id"
-            )
         if self.quality is not None:
             problem = quality_problem(self)
             if problem:
@@ -432,50 +421,8 @@ class ExperimentConfig(_Model):
                 f"but built-in architecture '{self.model}' has none; set tokenizer: to a hub id "
                 "or local path, or use dataset: {source: synthetic}"
             )
-        if isinstance(self.pytorch, PyTorchConfig):
-            if self.pytorch.attn_implementation.startswith("flash") and self.precision in (
-                "float32",
-                "auto",
-            ):
-                raise ValueError(
-                    f"pytorch.attn_implementation={self.pytorch.attn_implementation} runs only "
-                    f"in float16/bfloat16, not precision={self.precision}; use sdpa or set "
-                    "precision: bfloat16"
-                )
-            if self.pytorch.batch_size > self.n_prompts:
-                raise ValueError(
-                    f"pytorch.batch_size ({self.pytorch.batch_size}) exceeds n_prompts "
-                    f"({self.n_prompts}), so no batch is ever full; raise n_prompts"
-                )
-        if isinstance(self.vllm, VLLMConfig):
-            quant = (self.vllm.quantization or "").lower()
-            if quant == "fp8" and self.precision == "float32":
-                raise ValueError(
-                    "vllm.quantization=fp8 needs float16/bfloat16 activations, not "
-                    "precision=float32"
-                )
-            if self.vllm.max_model_len is not None and (
-                self.vllm.max_model_len < self.max_input_tokens + self.max_output_tokens
-            ):
-                raise ValueError(
-                    f"vllm.max_model_len ({self.vllm.max_model_len}) is shorter than "
-                    f"max_input_tokens + max_output_tokens "
-                    f"({self.max_input_tokens + self.max_output_tokens})"
-                )
-        if isinstance(self.tensorrt, TensorRTConfig):
-            if self.tensorrt.quantization is not None and self.precision == "float32":
-                raise ValueError(
-                    f"tensorrt.quantization={self.tensorrt.quantization} needs float16/bfloat16, "
-                    "not precision=float32"
-                )
-            if self.tensorrt.max_seq_len is not None and (
-                self.tensorrt.max_seq_len < self.max_input_tokens + self.max_output_tokens
-            ):
-                raise ValueError(
-                    f"tensorrt.max_seq_len ({self.tensorrt.max_seq_len}) is shorter than "
-                    f"max_input_tokens + max_output_tokens "
-                    f"({self.max_input_tokens + self.max_output_tokens})"
-                )
+        if spec.validate is not None:  # the backend's own rules (its registry entry)
+            spec.validate(self)
         return self
 
     # ----------------------------------------------------------------- derived values

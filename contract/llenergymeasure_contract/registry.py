@@ -21,17 +21,29 @@ field per registered backend, and ``backend:`` accepts exactly the registered na
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
+from llenergymeasure_contract.backend_rules import (
+    check_endpoint,
+    check_pytorch,
+    check_tensorrt,
+    check_vllm,
+)
 from llenergymeasure_contract.errors import ConfigError
 from llenergymeasure_contract.sections import PyTorchConfig, TensorRTConfig, VLLMConfig
 from llenergymeasure_contract.serving import EndpointConfig
 
+if TYPE_CHECKING:
+    from llenergymeasure_contract.experiment import ExperimentConfig
+
 Ulimit = int | tuple[int, int]  # a value, or (soft, hard); -1 is unlimited
+#: A backend's cross-field rule of a whole experiment config (raises ``ValueError``).
+ConfigRule = Callable[["ExperimentConfig"], None]
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,10 @@ class BackendSpec:
             release workflow).
         supports_loglikelihood: True when its engine returns log-probabilities of given text
             (``quality:`` tasks scored by log-likelihood, such as multiple choice, need it).
+        engine_distribution: The engine's installed distribution (its version keys the
+            compile cache and is recorded); ``None`` when there is none.
+        validate: Its cross-field rule of a whole experiment config (``ValueError`` with the
+            fix), run after the rules every backend shares.
         run_time_keys: Dotted config keys the loaded engine does not fix, so experiments that
             differ only in them can share one loaded engine (``execution.reuse_engine``);
             every other key is load-time (:func:`~llenergymeasure_contract.reuse.engine_key`).
@@ -116,6 +132,19 @@ class BackendSpec:
     untagged_base_cuda: tuple[tuple[str, str], ...] = ()
     supports_loglikelihood: bool = True
     run_time_keys: tuple[str, ...] = ()
+    engine_distribution: str | None = None
+    validate: ConfigRule | None = None
+
+    def engine_version(self) -> str | None:
+        """The installed version of the engine distribution (``None``: none, not installed)."""
+        from importlib import metadata
+
+        if self.engine_distribution is None:
+            return None
+        try:
+            return metadata.version(self.engine_distribution)
+        except metadata.PackageNotFoundError:
+            return None
 
     @property
     def concurrency_path(self) -> str:
@@ -172,6 +201,8 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="pytorch",
         engine="transformers",
         modules=("torch", "transformers"),
+        engine_distribution="transformers",
+        validate=check_pytorch,
         needs_gpu=False,
         cap_concurrency=False,
         container=ContainerDefaults(ipc_mode=None, shm_size="8g"),
@@ -189,6 +220,8 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="vllm",
         engine="vLLM",
         modules=("vllm",),
+        engine_distribution="vllm",
+        validate=check_vllm,
         parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
         continuous_batching=True,
         run_time_keys=COMMON_RUN_TIME_KEYS,
@@ -218,6 +251,8 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         engine="TensorRT-LLM",
         modules=("tensorrt_llm",),
         supports_loglikelihood=False,  # not wired to the evaluation adapter yet
+        engine_distribution="tensorrt_llm",
+        validate=check_tensorrt,
         parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
         continuous_batching=True,
         uses_engine_cache=True,
@@ -246,6 +281,7 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         # Chat endpoints score no given text (completions with echo+logprobs is not wired
         # yet); generate_until tasks go through /v1/completions.
         supports_loglikelihood=False,
+        validate=check_endpoint,
         needs_gpu=False,
         run_time_keys=COMMON_RUN_TIME_KEYS,
         container=ContainerDefaults(ipc_mode=None, shm_size="1g"),
@@ -348,6 +384,7 @@ __all__ = [
     "REGISTRY",
     "BackendRegistry",
     "BackendSpec",
+    "ConfigRule",
     "ContainerDefaults",
     "ReleaseBase",
     "Ulimit",

@@ -34,12 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure_contract.env import ENV_COMPILE_CACHE_DIR
+from llenergymeasure_contract.registry import REGISTRY
 
 logger = logging.getLogger(__name__)
 
-
-#: The engine distribution whose version keys each backend's cache.
-ENGINE_DISTRIBUTION = {"pytorch": "transformers", "vllm": "vllm", "tensorrt": "tensorrt_llm"}
 
 #: Library cache variables pointed into the keyed directory (variable -> subdirectory).
 CACHE_VARIABLES = {
@@ -58,7 +56,9 @@ def _version(dist: str) -> str:
 
 def cache_key(backend: str) -> str:
     """The directory name for this environment's compiled artefacts (no engine import)."""
-    engine = ENGINE_DISTRIBUTION.get(backend, backend)
+    # the engine distribution whose version keys the backend's cache (its registry entry's)
+    named = REGISTRY.get(backend).engine_distribution if backend in REGISTRY else None
+    engine = named or backend
     parts = [
         f"{backend}-{_version(engine)}",
         f"torch-{_version('torch')}",

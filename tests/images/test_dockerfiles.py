@@ -129,3 +129,16 @@ def test_plain_build_gives_the_default_variant(backend: str) -> None:
     resolved = base.group(1).replace("${ENGINE_VERSION}", version.group(1))
     assert resolved == images.variant_for(backend).base_image
     assert images.default_image(backend).endswith(f"-cuda{images.variant_for(backend).cuda_major}")
+
+
+def test_shared_install_step_is_the_same_in_every_dockerfile() -> None:
+    """The wheel-install RUN step, repeated per Dockerfile (the classic builder has no include),
+    is the same in all three but for the engine's own version check."""
+
+    def install_step(backend: str) -> str:
+        (step,) = [i for i in _instructions(_dockerfile(backend)) if i.startswith("RUN set -eu;")]
+        return re.sub(r'if \[ "\$\{ENGINE_CHECK\}" = "1" \]; then .*?; +fi;', "<check>", step)
+
+    steps = {backend: install_step(backend) for backend in BACKENDS}
+    assert all("<check>" in s for s in steps.values()), steps
+    assert len(set(steps.values())) == 1, steps

@@ -21,20 +21,24 @@ from tests.runners.conftest import tiny_config
 
 from llenergymeasure.config.slurm import SlurmSettings
 from llenergymeasure.contract import HarnessEnv
+from llenergymeasure.runners.local import LocalRunner
 from llenergymeasure.runners.slurm import (
     JobInfo,
     SlurmCli,
-    apptainer_image,
     job_outcome,
     parse_comment,
     parse_sacct,
     parse_squeue,
+)
+from llenergymeasure.runners.slurm_preflight import parse_gres_gpus
+from llenergymeasure.runners.slurm_script import (
+    apptainer_image,
     pyxis_image,
     render_job_script,
     time_limit_min,
 )
-from llenergymeasure.runners.slurm_preflight import parse_gres_gpus
 from llenergymeasure.runners.spec import ContainerSettings, RunRequest
+from llenergymeasure_contract.results import HarnessErrorRecord
 
 IMAGE = "llenergymeasure/pytorch:test-cpu"
 
@@ -121,6 +125,23 @@ def test_local_launcher_exports_the_contract_with_host_paths(request_: RunReques
     assert henv.config.config_hash == request_.config.config_hash
     assert henv.image is None  # the harness on the node ran no image
     assert text.rstrip().endswith("exec /opt/py/bin/python3 -m llenergymeasure_harness")
+
+
+def test_local_launcher_gets_the_local_runners_caches(request_: RunRequest) -> None:
+    """The local launcher's environment is the local runner's: HF_HOME and the compile cache."""
+    container = ContainerSettings(hf_cache_dir="/data/hf", compile_cache_dir="/data/compile")
+    settings = SlurmSettings(launcher="local", python="/opt/py/bin/python3")
+    text = render_job_script(request_, settings, container, base_dir="/").text
+    env = exported(text)
+    local = LocalRunner(
+        python="/opt/py/bin/python3",
+        base_env={},
+        hf_cache_dir="/data/hf",
+        compile_cache_dir="/data/compile",
+    ).spec_for(request_)
+    assert env["HF_HOME"] == local.env["HF_HOME"] == "/data/hf"
+    assert env["LLEM_COMPILE_CACHE_DIR"] == local.env["LLEM_COMPILE_CACHE_DIR"]
+    assert env["LLEM_COMPILE_CACHE_DIR"].startswith("/data/compile/local-")
 
 
 def test_docker_launcher_mirrors_the_docker_runner(request_: RunRequest) -> None:
@@ -278,9 +299,9 @@ def test_cancel_by_us_is_interrupted_and_harness_error_read(request_: RunRequest
     """Our own scancel is an interruption; a FAILED job with error.json is a harness error."""
     assert job_outcome(request_, info("CANCELLED"), cancelled_by_us=True).status == "interrupted"
     request_.run_dir.mkdir(parents=True)
-    (request_.run_dir / "error.json").write_text(
-        json.dumps({"error_class": "ValueError", "message": "bad", "phase": "load"})
-    )
+    HarnessErrorRecord(
+        error_class="ValueError", message="bad", phase="load", occurred_at="2026-01-01T00:00:00Z"
+    ).write(request_.run_dir / "error.json")
     out = job_outcome(request_, info("FAILED", exit_code=1))
     assert out.failure_kind == "harness_error" and "ValueError: bad" in (out.message or "")
 

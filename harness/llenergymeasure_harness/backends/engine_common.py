@@ -31,18 +31,20 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from llenergymeasure_contract.architecture import ArchitectureSpec, resolve_architecture
 from llenergymeasure_contract.errors import ConfigError, ExperimentError, LLEMError
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.registry import REGISTRY
-from llenergymeasure_harness.backends.base import RequestRecord
+from llenergymeasure_harness.backends.base import GenerationRequest, RequestRecord
+from llenergymeasure_harness.backends.steady_state import SteadyStateWindow, steady_state_window
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +130,42 @@ def warn_short_outputs(
             requested[short[0].request_id],
         )
     return len(short)
+
+
+class _EngineBackend(Protocol):
+    """What :func:`finish_run` and :func:`remove_own_workdir` read of a backend."""
+
+    steady_state_target: int | None
+    last_steady_state: SteadyStateWindow | None
+    _own_workdir: Path | None
+
+
+def finish_run(
+    backend: _EngineBackend,
+    records: list[RequestRecord],
+    requests: Sequence[GenerationRequest],
+    *,
+    engine: str,
+    ignore_eos: bool,
+) -> list[RequestRecord]:
+    """The end of a continuous-batching engine's ``run()``: warn about short outputs and
+    compute the steady-state window (when the backend has a target); the records."""
+    warn_short_outputs(
+        records,
+        {r.request_id: r.max_new_tokens for r in requests},
+        engine=engine,
+        ignore_eos=ignore_eos,
+    )
+    if backend.steady_state_target is not None:
+        backend.last_steady_state = steady_state_window(records, backend.steady_state_target)
+    return records
+
+
+def remove_own_workdir(backend: _EngineBackend) -> None:
+    """The end of ``close()``: remove the work directory the backend made itself, once."""
+    if backend._own_workdir is not None:
+        shutil.rmtree(backend._own_workdir, ignore_errors=True)
+        backend._own_workdir = None
 
 
 # --------------------------------------------------------------------------- model source
@@ -421,12 +459,14 @@ __all__ = [
     "StderrTail",
     "UnsupportedModelError",
     "eos_token_id",
+    "finish_run",
     "has_root_cause",
     "is_generic_engine_failure",
     "is_out_of_memory",
     "is_unsupported_model",
     "jsonable",
     "prepare_model_source",
+    "remove_own_workdir",
     "translate_engine_error",
     "warn_short_outputs",
 ]

@@ -60,12 +60,13 @@ from llenergymeasure_harness.backends.engine_common import (
     ModelSource,
     RequestTimeline,
     eos_token_id,
+    finish_run,
     jsonable,
     prepare_model_source,
+    remove_own_workdir,
     translate_engine_error,
-    warn_short_outputs,
 )
-from llenergymeasure_harness.backends.steady_state import SteadyStateWindow, steady_state_window
+from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
 from llenergymeasure_harness.traffic import ArrivalPlan
 
 logger = logging.getLogger(__name__)
@@ -545,15 +546,7 @@ class TensorRTBackend:
             raise
         except Exception as exc:
             raise translate_engine_error(exc, engine=ENGINE, phase="run", config=config) from exc
-        warn_short_outputs(
-            records,
-            {r.request_id: r.max_new_tokens for r in requests},
-            engine=ENGINE,
-            ignore_eos=config.ignore_eos,
-        )
-        if self.steady_state_target is not None:
-            self.last_steady_state = steady_state_window(records, self.steady_state_target)
-        return records
+        return finish_run(self, records, requests, engine=ENGINE, ignore_eos=config.ignore_eos)
 
     def peak_memory_bytes(self) -> dict[int, int] | None:
         """Not observable here: the executor runs in worker processes (use NVML's reading)."""
@@ -567,9 +560,7 @@ class TensorRTBackend:
                 llm.shutdown()
             except Exception:  # closing must not mask the experiment's own error
                 logger.warning("TensorRT-LLM shutdown failed", exc_info=True)
-        if self._own_workdir is not None:
-            shutil.rmtree(self._own_workdir, ignore_errors=True)
-            self._own_workdir = None
+        remove_own_workdir(self)
 
     # ----------------------------------------------------------------- engine
 

@@ -44,7 +44,6 @@ from the engine's outputs (``prompt_token_ids`` and the streamed ``token_ids``).
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -68,14 +67,15 @@ from llenergymeasure_harness.backends.engine_common import (
     ModelSource,
     RequestTimeline,
     StderrTail,
+    finish_run,
     has_root_cause,
     is_generic_engine_failure,
     jsonable,
     prepare_model_source,
+    remove_own_workdir,
     translate_engine_error,
-    warn_short_outputs,
 )
-from llenergymeasure_harness.backends.steady_state import SteadyStateWindow, steady_state_window
+from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
 from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
 
 logger = logging.getLogger(__name__)
@@ -536,15 +536,7 @@ class VLLMBackend(_EvaluationMethods):
                 f"(first: {unfinished[:5]})"
             )
         records = [timelines[k].to_record() for k in order]
-        warn_short_outputs(
-            records,
-            {r.request_id: r.max_new_tokens for r in requests},
-            engine=ENGINE,
-            ignore_eos=config.ignore_eos,
-        )
-        if self.steady_state_target is not None:
-            self.last_steady_state = steady_state_window(records, self.steady_state_target)
-        return records
+        return finish_run(self, records, requests, engine=ENGINE, ignore_eos=config.ignore_eos)
 
     def peak_memory_bytes(self) -> dict[int, int] | None:
         """Not observable here: vLLM's workers run in other processes (use NVML's reading)."""
@@ -563,9 +555,7 @@ class VLLMBackend(_EvaluationMethods):
                     logger.warning("vLLM engine core shutdown failed", exc_info=True)
             del llm
             release_device_memory()
-        if self._own_workdir is not None:
-            shutil.rmtree(self._own_workdir, ignore_errors=True)
-            self._own_workdir = None
+        remove_own_workdir(self)
 
     # ----------------------------------------------------------------- helpers
 

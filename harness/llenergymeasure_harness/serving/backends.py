@@ -23,6 +23,7 @@ from typing import Any
 
 from llenergymeasure_contract.errors import ConfigError, ExperimentError
 from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_harness.backends.base import GenerationRequest, LoadInfo, RequestRecord
 from llenergymeasure_harness.backends.engine_common import (
     prepare_model_source,
@@ -377,13 +378,7 @@ def _first_model_id(models: dict[str, Any] | None) -> str | None:
 
 
 def _engine_version(backend: str) -> str:
-    from importlib import metadata
-
-    dist = {"pytorch": "transformers", "vllm": "vllm", "tensorrt": "tensorrt_llm"}[backend]
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return REGISTRY.get(backend).engine_version() or "unknown"
 
 
 __all__ = ["EndpointBackend", "ServerBackend"]

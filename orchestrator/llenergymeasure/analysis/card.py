@@ -33,13 +33,12 @@ def _features(schema: Any) -> list[dict[str, Any]]:
     return [{"name": f.name, **_feature(f.type)} for f in schema]
 
 
-def dataset_card(study: LoadedStudy, runs_schema: Any, experiments_schema: Any) -> str:
-    """The card's text (see the module docstring)."""
-    res = study.result
+def _card_header(n_runs: int, name: str, runs_schema: Any, experiments_schema: Any) -> str:
+    """The card's YAML front matter (the Hub reads its configs and features)."""
     header = {
-        "pretty_name": f"llenergymeasure study {res.study_name}",
+        "pretty_name": f"llenergymeasure study {name}",
         "tags": ["llenergymeasure", "energy", "llm", "inference", "benchmark"],
-        "size_categories": ["n<1K" if len(res.runs) < 1000 else "1K<n<10K"],
+        "size_categories": ["n<1K" if n_runs < 1000 else "1K<n<10K"],
         "configs": [
             {
                 "config_name": "runs",
@@ -56,10 +55,33 @@ def dataset_card(study: LoadedStudy, runs_schema: Any, experiments_schema: Any) 
             {"config_name": "experiments", "features": _features(experiments_schema)},
         ],
     }
+    return yaml.safe_dump(header, sort_keys=False, width=100).rstrip()
+
+
+def _impact_lines(imp: Any) -> list[str]:
+    """The carbon and cost inputs and their sources (or that there were none)."""
+    if imp is None:
+        return ["No carbon or cost inputs were given: the `impact.*` columns are null.", ""]
+    lines = ["Carbon and cost inputs (and where each came from):", ""]
+    for key, value in (
+        ("carbon.grid_gco2_per_kwh", imp.carbon.grid_gco2_per_kwh),
+        ("carbon.pue", imp.carbon.pue),
+        ("cost.price_per_kwh", imp.cost.price_per_kwh),
+        ("cost.currency", imp.cost.currency),
+    ):
+        if value is not None:
+            lines.append(f"- `{key}` = {value} ({imp.sources.get(key, '?')})")
+    lines.append("")
+    return lines
+
+
+def dataset_card(study: LoadedStudy, runs_schema: Any, experiments_schema: Any) -> str:
+    """The card's text (see the module docstring)."""
+    res = study.result
     env = study.environment()
     lines = [
         "---",
-        yaml.safe_dump(header, sort_keys=False, width=100).rstrip(),
+        _card_header(len(res.runs), res.study_name, runs_schema, experiments_schema),
         "---",
         "",
         f"# {res.study_name}: LLM inference energy, throughput and latency",
@@ -109,20 +131,7 @@ def dataset_card(study: LoadedStudy, runs_schema: Any, experiments_schema: Any) 
         f"of variation of J/output token is above {bootstrap.CV_THRESHOLD:.0%}.",
         "",
     ]
-    imp = res.impact_inputs
-    if imp is not None:
-        lines += ["Carbon and cost inputs (and where each came from):", ""]
-        for key, value in (
-            ("carbon.grid_gco2_per_kwh", imp.carbon.grid_gco2_per_kwh),
-            ("carbon.pue", imp.carbon.pue),
-            ("cost.price_per_kwh", imp.cost.price_per_kwh),
-            ("cost.currency", imp.cost.currency),
-        ):
-            if value is not None:
-                lines.append(f"- `{key}` = {value} ({imp.sources.get(key, '?')})")
-        lines.append("")
-    else:
-        lines += ["No carbon or cost inputs were given: the `impact.*` columns are null.", ""]
+    lines += _impact_lines(res.impact_inputs)
     lines += ["## Environment", "", "| fact | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in env.items()]
     lines += [

@@ -39,6 +39,7 @@ from pydantic import BaseModel
 from llenergymeasure.analysis.table import LoadedStudy, flat_row, load_study_dir
 from llenergymeasure.errors import UsageError
 from llenergymeasure.results.aggregate import csv_cell
+from llenergymeasure.results.arrow_types import arrow_type, infer_arrow_type
 from llenergymeasure.results.study import RunMetrics
 from llenergymeasure_contract.results import ExperimentResult, atomic_path
 
@@ -106,41 +107,6 @@ def _strip_optional(ann: Any) -> Any:
     return ann
 
 
-def _arrow_of(ann: Any) -> Any:
-    import pyarrow as pa
-
-    origin = typing.get_origin(ann)
-    if ann is bool:
-        return pa.bool_()
-    if ann is int:
-        return pa.int64()
-    if ann is float:
-        return pa.float64()
-    if origin is list:
-        inner = typing.get_args(ann)[0]
-        if inner in (str, int, float, bool):
-            return pa.list_(_arrow_of(inner))
-    return pa.string()
-
-
-def _infer(values: list[Any]) -> Any:
-    import pyarrow as pa
-
-    seen = [v for v in values if v is not None]
-    if not seen:
-        return None
-    if all(isinstance(v, bool) for v in seen):
-        return pa.bool_()
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in seen):
-        return pa.int64()
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen):
-        return pa.float64()
-    if all(isinstance(v, list) for v in seen):
-        inner = _infer([x for v in seen for x in v])
-        return pa.list_(inner if inner is not None else pa.string())
-    return pa.string()
-
-
 def _coerce(v: Any, t: Any) -> Any:
     import pyarrow as pa
 
@@ -164,7 +130,7 @@ def table(rows: list[dict[str, Any]], typer: Any) -> Any:
     columns = []
     for name in names:
         values = [r.get(name) for r in rows]
-        t = _infer(values) or typer(name)
+        t = infer_arrow_type(values) or typer(name)
         fields.append(pa.field(name, t))
         columns.append(pa.array([_coerce(v, t) for v in values], type=t))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
@@ -212,7 +178,7 @@ def _run_typer(name: str) -> Any:
     if name == "quality_flags":
         return pa.list_(pa.string())
     ann = _annotation_at(ExperimentResult, name.split("."))
-    return _arrow_of(ann) if ann is not None else pa.string()
+    return arrow_type(ann) if ann is not None else pa.string()
 
 
 def _exp_typer(name: str) -> Any:

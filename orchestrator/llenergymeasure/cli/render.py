@@ -12,6 +12,7 @@ from typing import Any
 
 from llenergymeasure.study.grouping import group_lines
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan
+from llenergymeasure.study.progress import fmt_duration
 from llenergymeasure.textable import (
     Column,
     Table,
@@ -29,20 +30,6 @@ def fmt_bytes(n: float | None) -> str:
     if n >= 1024**3:
         return f"{n / 1024**3:.1f} GiB"
     return f"{n / 1024**2:.0f} MiB"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """Human-readable duration, or '?' when unknown."""
-    if seconds is None:
-        return "?"
-    s = round(seconds)
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    if h:
-        return f"{h}h{m:02d}m"
-    if m:
-        return f"{m}m{sec:02d}s"
-    return f"{sec}s"
 
 
 def _row_params(e: PlannedExperiment, concurrency_path: dict[str, str]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from llenergymeasure.runners.factory import dry_run_job_scripts
 from llenergymeasure.study.api import resume as resume_study
 from llenergymeasure.study.api import run_study
 from llenergymeasure.study.load_times import cached_startups
+from llenergymeasure.study.options import StudyRunOptions
 from llenergymeasure.study.plan import StudyPlan, build_plan
 from llenergymeasure.study.signals import Terminated
 from llenergymeasure_contract.experiment import DEFAULT_BACKEND
@@ -202,55 +203,27 @@ def run_command(
         raise UsageError("--json goes with --dry-run")
     if quiet and verbose:
         raise UsageError("-q and -v contradict each other; pick one")
-    execution_overrides: dict[str, Any] = {}
-    if cycles is not None:
-        execution_overrides["n_cycles"] = cycles
-    if order is not None:
-        execution_overrides["cycle_order"] = order
-    if no_gaps:
-        execution_overrides.update(config_gap_s=0.0, cycle_gap_s=0.0)
-    if timeout_s is not None:
-        execution_overrides["experiment_timeout_s"] = timeout_s
+    execution_overrides = _execution_overrides(cycles, order, no_gaps, timeout_s)
     runner_overrides: dict[str, Any] = {"runner": runner} if runner else {}
-
+    opts = StudyRunOptions(quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes)
     if resume is not None:
-        given = [
-            flag
-            for flag, value in (
-                ("--model", model),
-                ("--backend", backend),
-                ("--precision", precision),
-                ("--load-format", load_format),
-                ("--n-prompts", n_prompts),
-                ("--max-input-tokens", max_input_tokens),
-                ("--max-output-tokens", max_output_tokens),
-                ("--batch-size", batch_size),
-                ("--gpus", gpus),
-                ("--set", set_items or None),
-                ("--results-dir", results_dir),
-            )
-            if value is not None
-        ]
-        if given:
-            raise UsageError(
-                f"{', '.join(given)} cannot change a started study: what it measures and "
-                "where its results go are fixed in its plan.json",
-                hint="resume without them, or start a new study with them",
-            )
+        _refuse_on_resume(
+            {"--model": model, "--backend": backend, "--precision": precision}
+            | {"--load-format": load_format, "--n-prompts": n_prompts}
+            | {"--max-input-tokens": max_input_tokens, "--max-output-tokens": max_output_tokens}
+            | {"--batch-size": batch_size, "--gpus": gpus, "--set": set_items or None}
+            | {"--results-dir": results_dir}
+        )
         with _sigterm_is_143():
             resumed = resume_study(
                 resume.absolute(),
+                opts,
                 config=config.absolute() if config is not None else None,
                 execution_overrides=execution_overrides,
                 runner_overrides=runner_overrides,
-                quiet=quiet,
-                verbose=verbose,
-                export_csv=export_csv,
-                assume_yes=yes,
                 dry_run=dry_run,
             )
         return int(resumed)
-
     overrides = collect_overrides(
         config=config,
         model=model,
@@ -273,25 +246,59 @@ def run_command(
         results_dir=str(Path(results_dir).expanduser().absolute()) if results_dir else None,
     )
     if dry_run:
-        scripts = dry_run_job_scripts(plan)  # None: the runner submits no job scripts
-        if as_json:
-            doc = plan.to_json_dict()
-            if scripts is not None:
-                doc["job_scripts"] = [{"run_id": r, "script": text} for r, text in scripts]
-            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        else:
-            from llenergymeasure.cli.render import plan_table
-
-            sys.stdout.write(plan_table(plan) + "\n")
-            for run_id, text in scripts or []:
-                sys.stdout.write(f"\n# ---- job script of run {run_id}\n{text}")
+        _print_dry_run(plan, as_json=as_json)
         return 0
-
     with _sigterm_is_143():
-        result = run_study(
-            plan, quiet=quiet, verbose=verbose, export_csv=export_csv, assume_yes=yes
-        )
+        result = run_study(plan, opts)
     return int(result)  # 0 when every run completed, else 1
+
+
+def _execution_overrides(
+    cycles: int | None, order: str | None, no_gaps: bool, timeout_s: float | None
+) -> dict[str, Any]:
+    """The ``execution:`` keys the flags ``--cycles``, ``--order``, ``--no-gaps`` and
+    ``--timeout`` set."""
+    out: dict[str, Any] = {}
+    if cycles is not None:
+        out["n_cycles"] = cycles
+    if order is not None:
+        out["cycle_order"] = order
+    if no_gaps:
+        out.update(config_gap_s=0.0, cycle_gap_s=0.0)
+    if timeout_s is not None:
+        out["experiment_timeout_s"] = timeout_s
+    return out
+
+
+def _refuse_on_resume(flags: dict[str, Any]) -> None:
+    """Refuse flags that would change what a started study measures or where it writes.
+
+    Raises:
+        UsageError: naming the flags given (``None``: not given).
+    """
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} cannot change a started study: what it measures and "
+            "where its results go are fixed in its plan.json",
+            hint="resume without them, or start a new study with them",
+        )
+
+
+def _print_dry_run(plan: StudyPlan, *, as_json: bool) -> None:
+    """The plan (a table, or JSON), with the job scripts of a batch-scheduler runner."""
+    scripts = dry_run_job_scripts(plan)  # None: the runner submits no job scripts
+    if as_json:
+        doc = plan.to_json_dict()
+        if scripts is not None:
+            doc["job_scripts"] = [{"run_id": r, "script": text} for r, text in scripts]
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    from llenergymeasure.cli.render import plan_table
+
+    sys.stdout.write(plan_table(plan) + "\n")
+    for run_id, text in scripts or []:
+        sys.stdout.write(f"\n# ---- job script of run {run_id}\n{text}")
 
 
 @contextlib.contextmanager

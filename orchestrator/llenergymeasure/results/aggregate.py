@@ -11,11 +11,10 @@ Arrow's ``null`` type), and ``quality_flags`` is a ``list<string>`` as in JSON. 
 from __future__ import annotations
 
 import csv
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.results.arrow_types import arrow_type, infer_arrow_type
 from llenergymeasure.results.study import RunMetrics, StudyResult
 from llenergymeasure_contract.results import atomic_path
 
@@ -54,43 +53,6 @@ _IDENTITY_TYPES = {
 }
 
 
-def _arrow_type(py: Any) -> Any:
-    import pyarrow as pa
-
-    if py is bool:
-        return pa.bool_()
-    if py is int:
-        return pa.int64()
-    if py is float:
-        return pa.float64()
-    return pa.string()
-
-
-def _field_type(annotation: Any) -> Any:
-    """Arrow type of a ``RunMetrics`` field annotation (``float | None`` -> float64)."""
-    import pyarrow as pa
-
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _field_type(args[0]) if len(args) == 1 else pa.string()
-    if origin is list:
-        return pa.list_(_field_type(typing.get_args(annotation)[0]))
-    return _arrow_type(annotation)
-
-
-def _param_type(values: list[Any]) -> Any:
-    """Arrow type of a ``param.<key>`` column from its values (all None: string)."""
-    seen = [v for v in values if v is not None]
-    if seen and all(isinstance(v, bool) for v in seen):
-        return _arrow_type(bool)
-    if seen and all(isinstance(v, int) and not isinstance(v, bool) for v in seen):
-        return _arrow_type(int)
-    if seen and all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen):
-        return _arrow_type(float)
-    return _arrow_type(str)
-
-
 def arrow_schema(rows: list[dict[str, Any]]) -> Any:
     """The Parquet schema of :func:`summary_rows` (see the module docstring)."""
     import pyarrow as pa
@@ -99,11 +61,11 @@ def arrow_schema(rows: list[dict[str, Any]]) -> Any:
     columns = list(rows[0]) if rows else ["study_id", *_IDENTITY[1:], *_METRICS, "quality_flags"]
     for name in columns:
         if name.startswith("param."):
-            t = _param_type([r.get(name) for r in rows])
+            t = infer_arrow_type([r.get(name) for r in rows], lists=False) or arrow_type(str)
         elif name in RunMetrics.model_fields:
-            t = _field_type(RunMetrics.model_fields[name].annotation)
+            t = arrow_type(RunMetrics.model_fields[name].annotation)
         else:
-            t = _arrow_type(_IDENTITY_TYPES.get(name, str))
+            t = arrow_type(_IDENTITY_TYPES.get(name, str))
         fields.append(pa.field(name, t))
     return pa.schema(fields)
 

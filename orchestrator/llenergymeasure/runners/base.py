@@ -21,7 +21,6 @@ every later step (progress line, study result) reads that object.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import threading
 from collections.abc import Callable
@@ -32,12 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llenergymeasure.runners.spec import RunRequest
 from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
-from llenergymeasure_contract.results import ExperimentResult
+from llenergymeasure_contract.results import ExperimentResult, HarnessErrorRecord
 from llenergymeasure_contract.timestamps import utc_iso
 
 if TYPE_CHECKING:
     from llenergymeasure.config.study import RunnerSettings
-    from llenergymeasure.runners.preflight import PreflightReport, StudyNeeds
+    from llenergymeasure.runners.needs import StudyNeeds
+    from llenergymeasure.runners.preflight import PreflightReport
     from llenergymeasure.study.manifest import RunRecord
     from llenergymeasure.study.session import StudySession
 
@@ -159,22 +159,25 @@ def describe_exit(exit_code: int) -> str:
     return f"exit code {exit_code}"
 
 
-def read_error_record(results_dir: Path) -> dict[str, Any] | None:
-    """The harness's ``error.json`` as a dict, or ``None`` when absent or unreadable."""
-    path = results_dir / ERROR_FILE
+def read_error_record(results_dir: Path) -> HarnessErrorRecord | None:
+    """The harness's ``error.json``, typed; ``None`` when absent or not a valid record."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return HarnessErrorRecord.load(results_dir / ERROR_FILE)
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
-    return data if isinstance(data, dict) else {"message": str(data)}
 
 
-def _error_message(record: dict[str, Any]) -> str:
-    kind = record.get("error_class") or record.get("error_type") or record.get("type")
-    message = record.get("message") or record.get("error") or ""
-    phase = record.get("phase")
-    text = f"{kind}: {message}" if kind else str(message)
-    return f"{text} (phase {phase})" if phase else text
+def harness_error_message(results_dir: Path) -> str | None:
+    """``<class>: <message> (phase <phase>)`` of the harness's ``error.json``; ``None`` when
+    there is none. A file that is not a valid error record is said to be one."""
+    path = results_dir / ERROR_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = HarnessErrorRecord.load(path)
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        return f"{ERROR_FILE} is not a valid error record: {str(exc).splitlines()[0][:200]}"
+    return f"{record.error_class}: {record.message} (phase {record.phase})"
 
 
 def load_result(results_dir: Path) -> tuple[ExperimentResult | None, str | None]:
@@ -202,7 +205,7 @@ def classify(
     log_path: Path | None = None,
 ) -> RunOutcome:
     """Classify a finished run from its exit state and its results directory (see module doc)."""
-    record = read_error_record(results_dir)
+    error = harness_error_message(results_dir)
     base: dict[str, Any] = {
         "exit_code": exit_code,
         "oom_killed": oom_killed,
@@ -269,12 +272,12 @@ def classify(
             message=f"{RESULT_FILE} is not a valid result: {why}",
             **base,
         )
-    if record is not None:
+    if error is not None:
         return RunOutcome(
             status="failed",
             failure_kind="harness_error",
             message=f"harness failed ({describe_exit(exit_code if exit_code is not None else -1)}"
-            f"): {_error_message(record)}",
+            f"): {error}",
             **base,
         )
     what = describe_exit(exit_code) if exit_code is not None else "no exit status"

@@ -45,7 +45,8 @@ from llenergymeasure_contract.timestamps import utc_iso
 
 if TYPE_CHECKING:
     from llenergymeasure.config.study import RunnerSettings
-    from llenergymeasure.runners.preflight import PreflightReport, StudyNeeds
+    from llenergymeasure.runners.needs import StudyNeeds
+    from llenergymeasure.runners.preflight import PreflightReport
     from llenergymeasure.study.manifest import RunRecord
     from llenergymeasure.study.session import StudySession
 
@@ -54,8 +55,14 @@ logger = logging.getLogger(__name__)
 GPU_CAPABILITIES = [["gpu", "compute", "utility"]]
 
 
-def connect(factory: Callable[[], Any] | None = None) -> Any:
-    """A docker client that answered ``ping``; ``RunnerError`` (with a fix) otherwise."""
+def connect(factory: Callable[[], Any] | None = None, *, timeout_s: float = 60.0) -> Any:
+    """A docker client that answered ``ping``; ``RunnerError`` (with a fix) otherwise.
+
+    Args:
+        factory: Makes the client (tests); default: ``docker.from_env``.
+        timeout_s: The client's API timeout: 60 s for running containers; an image build
+            streams for longer between chunks (``llem images build`` passes 600 s).
+    """
     try:
         import docker
         import requests
@@ -81,7 +88,7 @@ def connect(factory: Callable[[], Any] | None = None) -> Any:
             )
     client: Any = None
     try:
-        client = factory() if factory is not None else docker.from_env(timeout=60)
+        client = factory() if factory is not None else docker.from_env(timeout=timeout_s)
         client.ping()
     except (DockerException, requests.exceptions.RequestException) as exc:
         if client is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from llenergymeasure.runners.base import RunOutcome, classify, read_error_record
 from llenergymeasure.runners.spec import GroupRequest
+from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
 
 #: error.json classes that mean the run was stopped, not that it failed.
 _STOPPED = {"KeyboardInterrupt", "HarnessTerminated"}
@@ -33,9 +34,9 @@ def member_outcomes(group: GroupRequest, outcome: RunOutcome) -> list[RunOutcome
     out: list[RunOutcome] = []
     for member in group.members:
         record = read_error_record(member.run_dir)
-        has_result = (member.run_dir / "result.json").is_file()
-        if has_result or record is not None:
-            stopped = record is not None and record.get("error_class") in _STOPPED
+        has_result = (member.run_dir / RESULT_FILE).is_file()
+        if has_result or (member.run_dir / ERROR_FILE).is_file():
+            stopped = record is not None and record.error_class in _STOPPED
             out.append(
                 classify(
                     results_dir=member.run_dir,

@@ -25,7 +25,8 @@ from llenergymeasure_contract.timestamps import utc_iso
 
 if TYPE_CHECKING:
     from llenergymeasure.config.study import RunnerSettings
-    from llenergymeasure.runners.preflight import PreflightReport, StudyNeeds
+    from llenergymeasure.runners.needs import StudyNeeds
+    from llenergymeasure.runners.preflight import PreflightReport
     from llenergymeasure.study.manifest import RunRecord
     from llenergymeasure.study.session import StudySession
 

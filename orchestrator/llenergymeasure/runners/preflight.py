@@ -30,8 +30,9 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from llenergymeasure.config.study import PullPolicy
 from llenergymeasure.errors import ConfigError, PreflightError, RunnerError
 from llenergymeasure.runners.docker import GPU_CAPABILITIES, explain_api_error
 from llenergymeasure.runners.spec import LABEL_OWNER_PID, LABEL_STUDY
@@ -42,12 +43,7 @@ from llenergymeasure_contract.env import (
 )
 from llenergymeasure_contract.registry import REGISTRY
 
-if TYPE_CHECKING:
-    from llenergymeasure.study.plan import PlannedExperiment
-
 logger = logging.getLogger(__name__)
-
-PullPolicy = Literal["missing", "always", "never"]
 
 HARNESS_MODULE = "llenergymeasure_harness"
 
@@ -151,64 +147,6 @@ class PreflightReport:
 Confirm = Callable[[str], bool]
 
 
-@dataclass(frozen=True)
-class StudyNeeds:
-    """What a study's runs need from the host: the input of every runner's ``preflight``.
-
-    Attributes:
-        experiments: The experiments about to run (a resumed study: those not completed).
-        results_dir: Where the study folder is (free disk space is checked there).
-        input_paths: Host paths the experiments read (model, tokenizer, dataset).
-        pull_policy: How a missing image is obtained.
-        request_gpus: Whether the runs get GPUs (off on CPU-only hosts).
-        min_free_bytes: The free-disk threshold under ``results_dir``.
-        env_passthrough: ``docker.env_passthrough`` names (a note names the unset ones).
-        confirm: Asks the user a yes/no question (``None``: not interactive).
-        assume_yes: Answer yes to questions (pull a missing image).
-        resumed: A resumed study (its folder was proven when it started).
-    """
-
-    experiments: tuple[PlannedExperiment, ...]
-    results_dir: Path
-    input_paths: tuple[str, ...] = ()
-    pull_policy: PullPolicy = "missing"
-    request_gpus: bool = True
-    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
-    env_passthrough: tuple[str, ...] = ()
-    confirm: Confirm | None = None
-    assume_yes: bool = False
-    resumed: bool = False
-
-    def host_request(
-        self,
-        runner: Literal["docker", "local"],
-        *,
-        ulimits: Mapping[str, Mapping[str, int | tuple[int, int]]] | None = None,
-    ) -> PreflightRequest:
-        """The :class:`PreflightRequest` of these needs for the Docker or local runner."""
-        images: dict[str, set[int]] = {}
-        for e in self.experiments:
-            images.setdefault(e.image, set()).update(e.config.gpus)
-        return PreflightRequest(
-            ulimits=ulimits or {},
-            runner=runner,
-            results_dir=self.results_dir,
-            images={k: frozenset(v) for k, v in images.items()} if runner == "docker" else {},
-            backends=frozenset(e.config.backend for e in self.experiments),
-            gpus=frozenset(g for e in self.experiments for g in e.config.gpus),
-            input_paths=self.input_paths,
-            pull_policy=self.pull_policy,
-            request_gpus=self.request_gpus,
-            min_free_bytes=self.min_free_bytes,
-        )
-
-    def check_host(self, request: PreflightRequest, client: Any = None) -> PreflightReport:
-        """:func:`run_preflight` of ``request`` with these needs' question and answer."""
-        return run_preflight(
-            request, client=client, confirm=self.confirm, assume_yes=self.assume_yes
-        )
-
-
 def run_preflight(
     request: PreflightRequest,
     *,
@@ -259,10 +197,9 @@ def run_preflight(
                         )
     else:
         _check_local(request, find_spec, host_nvidia_smi, report, problems)
-    for path in request.input_paths:
-        if not Path(path).expanduser().exists():
-            problems.append(f"input path {path} (named in the study) does not exist")
-    _check_disk(request, problems)
+    check_inputs_and_disk(
+        request.input_paths, request.results_dir, request.min_free_bytes, problems
+    )
     if problems:
         raise PreflightError(problems)
     return report
@@ -596,8 +533,15 @@ def _check_local(
             )
 
 
-def _check_disk(request: PreflightRequest, problems: list[str]) -> None:
-    probe = request.results_dir
+def check_inputs_and_disk(
+    input_paths: Iterable[str], results_dir: Path, min_free_bytes: int, problems: list[str]
+) -> None:
+    """Every input path exists; the results dir (or its nearest existing parent) has
+    ``min_free_bytes`` free and is writable. Each problem is appended to ``problems``."""
+    for path in input_paths:
+        if not Path(path).expanduser().exists():
+            problems.append(f"input path {path} (named in the study) does not exist")
+    probe = results_dir
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     try:
@@ -605,10 +549,10 @@ def _check_disk(request: PreflightRequest, problems: list[str]) -> None:
     except OSError as exc:
         problems.append(f"cannot check free space at {probe}: {exc}")
         return
-    if free < request.min_free_bytes:
+    if free < min_free_bytes:
         problems.append(
-            f"only {free / 1024**3:.1f} GiB free under {request.results_dir}; need at least "
-            f"{request.min_free_bytes / 1024**3:.1f} GiB"
+            f"only {free / 1024**3:.1f} GiB free under {results_dir}; need at least "
+            f"{min_free_bytes / 1024**3:.1f} GiB"
         )
     if not os.access(probe, os.W_OK):
-        problems.append(f"results directory {request.results_dir} is not writable")
+        problems.append(f"results directory {results_dir} is not writable")

@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llenergymeasure.errors import PreflightError, RunnerError
-from llenergymeasure.runners.preflight import HARNESS_MODULE, PreflightReport, backend_modules
-from llenergymeasure.runners.slurm import (
-    JOB_PREFIX,
-    SlurmRunner,
-    apptainer_image,
-    pyxis_image,
+from llenergymeasure.runners.preflight import (
+    HARNESS_MODULE,
+    PreflightReport,
+    backend_modules,
+    check_inputs_and_disk,
 )
+from llenergymeasure.runners.slurm import SlurmRunner
+from llenergymeasure.runners.slurm_script import JOB_PREFIX, apptainer_image, pyxis_image
 
 if TYPE_CHECKING:
     from llenergymeasure.study.plan import PlannedExperiment
@@ -101,10 +102,7 @@ def slurm_preflight(
         (len(e.config.gpus) for e in experiments if runner.container.request_gpus), default=0
     )
     _check_partition(runner, n_gpus, problems)
-    for path in input_paths:
-        if not Path(path).expanduser().exists():
-            problems.append(f"input path {path} (named in the study) does not exist")
-    _check_disk(results_dir, min_free_bytes, problems)
+    check_inputs_and_disk(input_paths, results_dir, min_free_bytes, problems)
     if not problems and settings.check_shared_dir and probe:
         _probe(runner, experiments, results_dir, report, problems, sleep=sleep)
     if problems:
@@ -153,22 +151,6 @@ def _check_partition(runner: SlurmRunner, n_gpus: int, problems: list[str]) -> N
                 f"{', '.join(sorted({r[1] for r in mine}))}); an experiment asks for {n_gpus}. "
                 "Pick another slurm.partition, or gpus: [] on a CPU-only cluster"
             )
-
-
-def _check_disk(results_dir: Path, min_free_bytes: int, problems: list[str]) -> None:
-    probe = results_dir
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        free = shutil.disk_usage(probe).free
-    except OSError as exc:
-        problems.append(f"cannot check free space at {probe}: {exc}")
-        return
-    if free < min_free_bytes:
-        problems.append(
-            f"only {free / 1024**3:.1f} GiB free under {results_dir}; need at least "
-            f"{min_free_bytes / 1024**3:.1f} GiB"
-        )
 
 
 def probe_script(

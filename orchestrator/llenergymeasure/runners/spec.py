@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure._version import __version__
+from llenergymeasure_contract.architecture import is_local_path
 from llenergymeasure_contract.env import ENV_CONFIG_JSON, ENV_GROUP_FILE, MULTICAST_OFF
 from llenergymeasure_contract.evaluation import is_task_file
 from llenergymeasure_contract.registry import REGISTRY
@@ -251,15 +252,6 @@ def group_file(
     return GroupFile(str(group.file_host()), doc.model_dump_json(indent=1))
 
 
-def _looks_like_host_path(value: str) -> bool:
-    """True for strings the user wrote as a filesystem path rather than a hub id.
-
-    Decided by syntax only (no I/O): absolute, ``~``-relative or ``./``/``../``-relative.
-    A bare ``org/name`` is a hub id.
-    """
-    return value.startswith(("/", "~", "./", "../")) or value in {".", ".."}
-
-
 # Mounting a user path over one of these would shadow the image itself.
 _RESERVED_PREFIXES = (
     "/bin",
@@ -331,7 +323,7 @@ def rewrite_host_paths(
     mounter = _Mounter(base_dir)
     for key, role in (("model", "model"), ("tokenizer", "tokenizer")):
         value = out.get(key)
-        if isinstance(value, str) and _looks_like_host_path(value):
+        if isinstance(value, str) and is_local_path(value):
             out[key] = mounter.map(role, value)
     dataset = out.get("dataset")
     if isinstance(dataset, dict):
@@ -398,6 +390,51 @@ def harness_env(
     return env.to_env()
 
 
+def host_harness_env(
+    request: RunRequest,
+    *,
+    python: str,
+    hf_cache_dir: str | None = None,
+    engine_cache_dir: str | None = None,
+    compile_cache_dir: str | None = None,
+) -> dict[str, str]:
+    """The harness environment of a run on this host or a node, with host paths: the one
+    builder of the local runner and the Slurm local launcher (the Docker runner maps the same
+    caches into the container, :func:`build_container_spec`).
+
+    Args:
+        request: The run.
+        python: The interpreter that runs the harness (keys the compile cache).
+        hf_cache_dir: ``HF_HOME`` (``None``: the environment's own).
+        engine_cache_dir: The engine cache, for backends that use one.
+        compile_cache_dir: The compile-cache root; the run gets its interpreter's subfolder.
+    """
+    env = {"PYTHONUNBUFFERED": "1"}
+    if hf_cache_dir:
+        env["HF_HOME"] = hf_cache_dir
+    baseline_cache = (
+        str(request.study_cache_dir / "baseline.json")
+        if request.study_cache_dir is not None
+        else None
+    )
+    uses_engine_cache = REGISTRY.get(str(request.config.backend)).uses_engine_cache
+    env.update(
+        harness_env(
+            request,
+            config=request.config,
+            results_dir=str(request.run_dir),
+            baseline_cache=baseline_cache,
+            engine_cache_dir=engine_cache_dir if uses_engine_cache else None,
+            compile_cache_dir=(
+                posixpath.join(compile_cache_dir, local_compile_cache_key(python))
+                if compile_cache_dir
+                else None
+            ),
+        )
+    )
+    return env
+
+
 def container_name(request: RunRequest, owner_pid: int | None = None) -> str:
     """A readable container name, unique per study and process (Docker allows [a-zA-Z0-9_.-]).
 
@@ -418,6 +455,27 @@ def host_compile_cache_dir(request: RunRequest, settings: ContainerSettings) -> 
     return posixpath.join(settings.compile_cache_dir, key)
 
 
+def _container_config(
+    config: ExperimentConfig, base_dir: str
+) -> tuple[ExperimentConfig, tuple[Mount, ...]]:
+    """The config the container sees (host paths mapped, :func:`rewrite_host_paths`) and the
+    mounts that map them.
+
+    Only the paths change, so it is a copy, not a third validation: the loader validated the
+    config on the host and the harness validates it once more in the container.
+    """
+    original = config.model_dump(mode="json")
+    cfg_dict, mounts = rewrite_host_paths(original, base_dir)
+    if cfg_dict == original:
+        return config, mounts
+    update: dict[str, Any] = {
+        k: cfg_dict[k] for k in ("model", "tokenizer") if cfg_dict.get(k) != original.get(k)
+    }
+    if cfg_dict.get("dataset") != original.get("dataset"):
+        update["dataset"] = config.dataset.model_copy(update={"path": cfg_dict["dataset"]["path"]})
+    return config.model_copy(update=update), mounts
+
+
 def build_container_spec(
     request: RunRequest,
     settings: ContainerSettings,
@@ -435,10 +493,7 @@ def build_container_spec(
         raise ValueError(f"run {request.run_id}: no image resolved for the Docker runner")
     config = request.config
     spec = REGISTRY.get(str(config.backend))
-    original = config.model_dump(mode="json")
-    cfg_dict, input_mounts = rewrite_host_paths(original, base_dir)
-    if cfg_dict != original:
-        config = type(config).model_validate(cfg_dict)
+    config, input_mounts = _container_config(config, base_dir)
 
     mounts: list[Mount] = [Mount(str(request.run_dir), CONTAINER_RESULTS_DIR)]
     baseline_cache: str | None = None
@@ -565,30 +620,15 @@ def build_local_spec(
 ) -> LocalSpec:
     """Build the subprocess description for ``request``: host paths, same env contract."""
     env = dict(base_env)
-    env["PYTHONUNBUFFERED"] = "1"
     for name, value in MULTICAST_OFF.items():
         env.setdefault(name, value)  # the host's own setting wins
-    if hf_cache_dir:
-        env["HF_HOME"] = hf_cache_dir
-    baseline_cache = (
-        str(request.study_cache_dir / "baseline.json")
-        if request.study_cache_dir is not None
-        else None
-    )
     env.update(
-        harness_env(
+        host_harness_env(
             request,
-            config=request.config,
-            results_dir=str(request.run_dir),
-            baseline_cache=baseline_cache,
-            engine_cache_dir=engine_cache_dir
-            if REGISTRY.get(str(request.config.backend)).uses_engine_cache
-            else None,
-            compile_cache_dir=(
-                posixpath.join(compile_cache_dir, local_compile_cache_key(python))
-                if compile_cache_dir
-                else None
-            ),
+            python=python,
+            hf_cache_dir=hf_cache_dir,
+            engine_cache_dir=engine_cache_dir,
+            compile_cache_dir=compile_cache_dir,
         )
     )
     group = request.group

@@ -31,7 +31,8 @@ from llenergymeasure.notify import Notifier
 from llenergymeasure.results.study import StudyResult
 from llenergymeasure.runners.base import Runner
 from llenergymeasure.runners.factory import adopts_jobs, make_runner, runner_kind
-from llenergymeasure.runners.preflight import ImageFacts, PreflightReport, StudyNeeds
+from llenergymeasure.runners.needs import StudyNeeds
+from llenergymeasure.runners.preflight import ImageFacts, PreflightReport
 from llenergymeasure.study.assemble import study_result
 from llenergymeasure.study.directory import (
     adopt_finished,
@@ -44,6 +45,7 @@ from llenergymeasure.study.directory import (
     storage_error,
 )
 from llenergymeasure.study.lock import StudyLock
+from llenergymeasure.study.manifest import ManifestStore
 from llenergymeasure.study.options import (
     StudyRunOptions,
     absolute,
@@ -104,18 +106,9 @@ def run_study(
         study_dir = new_study_dir(base, plan)
         with StudyLock(study_dir):
             store = start_study(study_dir, plan, runner_obj.name)
-            session = StudySession(
-                plan=plan,
-                store=store,
-                runner=runner_obj,
-                report=report,
-                opts=opts,
-                console=con,
-                sleep=sleep,
-                signals=signals,
-                notifier=notifier,
-            )
-            return session.execute()
+            return StudySession(
+                plan, store, runner_obj, report, opts, con, sleep, signals, notifier
+            ).execute()
 
 
 def resume(
@@ -162,21 +155,7 @@ def resume(
         check = plan_from_file(config)
     check_design(store, check)
     plan_now = apply_overrides(saved, execution_overrides, runner_overrides or {})
-    jobs = {
-        r.run_id: r.last.job_id
-        for r in store.manifest.runs
-        if r.state == "running" and r.last is not None and r.last.job_id is not None
-    }
-    adopting = adopts_jobs(runner_kind(plan_now, opts, runner))
-    if jobs and not adopting:
-        raise ConfigError(
-            f"{study_dir} has Slurm jobs that may still be queued or running "
-            f"({', '.join(sorted(set(jobs.values())))})",
-            hint="resume with --runner slurm (it adopts them), or scancel them first",
-        )
-    # A runner that adopts jobs takes every run left running: by job id, or by the job's
-    # comment when the id never reached the manifest.
-    keep = {r.run_id for r in store.manifest.runs if r.state == "running"} if adopting else set()
+    keep = _jobs_to_adopt(store, adopts_jobs(runner_kind(plan_now, opts, runner)))
     todo = [r for r in store.manifest.runs if r.state != "completed"]
     if dry_run:  # reads only: no lock, no recovery written
         con.print(
@@ -221,18 +200,9 @@ def resume(
                 f"note: resuming with the {runner_obj.name} runner (started with "
                 f"{store.manifest.runner})"
             )
-        session = StudySession(
-            plan=plan_now,
-            store=store,
-            runner=runner_obj,
-            report=report,
-            opts=opts,
-            console=con,
-            sleep=sleep,
-            signals=signals,
-            notifier=notifier,
-        )
-        return session.execute()
+        return StudySession(
+            plan_now, store, runner_obj, report, opts, con, sleep, signals, notifier
+        ).execute()
 
 
 def run_experiment(
@@ -240,7 +210,7 @@ def run_experiment(
     options: StudyRunOptions | None = None,
     *,
     results_dir: str | Path | None = None,
-    runner: Runner | None = None,
+    runner: Runner | str | None = None,
     console: Console | None = None,
     **flags: Any,
 ) -> ExperimentResult:
@@ -251,7 +221,8 @@ def run_experiment(
             file holding one experiment (``llem run`` syntax, without sweeps).
         options: Execution options (``runner``, ``quiet``, ...); ``flags`` override fields.
         results_dir: Where the study folder goes (default: the config's, else ``results``).
-        runner: A ready runner (tests).
+        runner: ``"docker"``, ``"local"``, ``"slurm"`` or ``"auto"`` (the default: the
+            config's ``runner``), or a ready runner (tests).
         console: Where to draw progress.
 
     Returns:
@@ -285,7 +256,10 @@ def run_experiment(
             f"{len(study.experiments)}",
             hint="use run_study for sweeps and experiment lists",
         )
-    result = run_study(build_plan(study), options, runner=runner, console=console, **flags)
+    opts = merge_options(options, flags)
+    if isinstance(runner, str):
+        opts.runner, runner = runner, None
+    result = run_study(build_plan(study), opts, runner=runner, console=console)
     run = result.runs[0]
     loaded = None
     if run.result_path is not None:
@@ -297,6 +271,25 @@ def run_experiment(
             hint=f"see {result.study_dir}",
         )
     return loaded
+
+
+def _jobs_to_adopt(store: ManifestStore, adopting: bool) -> set[str]:
+    """The runs left running whose jobs the runner adopts (every one, when it adopts jobs).
+
+    Raises:
+        ConfigError: runs have scheduler jobs that may still run, and the runner cannot
+            adopt them.
+    """
+    running = [r for r in store.manifest.runs if r.state == "running"]
+    jobs = {r.last.job_id for r in running if r.last is not None and r.last.job_id is not None}
+    if jobs and not adopting:
+        raise ConfigError(
+            f"{store.study_dir} has Slurm jobs that may still be queued or running "
+            f"({', '.join(sorted(jobs))})",
+            hint="resume with --runner slurm (it adopts them), or scancel them first",
+        )
+    # by job id, or by the job's comment when the id never reached the manifest
+    return {r.run_id for r in running} if adopting else set()
 
 
 def _preflight(

@@ -11,8 +11,9 @@ from typing import Any
 
 from llenergymeasure.errors import ConfigError, UsageError
 from llenergymeasure.runners.preflight import DEFAULT_MIN_FREE_BYTES
-from llenergymeasure.runners.spec import ContainerSettings, _looks_like_host_path
+from llenergymeasure.runners.spec import ContainerSettings
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan
+from llenergymeasure_contract.architecture import is_local_path
 
 #: Set to 1 on CPU-only hosts (CI): containers get no GPU request at all, said out loud.
 ENV_NO_GPU = "LLEM_NO_GPU"
@@ -138,9 +139,7 @@ def input_paths(exps: list[PlannedExperiment], base: Path) -> tuple[str, ...]:
     out: set[str] = set()
     for exp in exps:
         cfg = exp.config
-        out.update(
-            v for v in (cfg.model, cfg.tokenizer) if isinstance(v, str) and _looks_like_host_path(v)
-        )
+        out.update(v for v in (cfg.model, cfg.tokenizer) if isinstance(v, str) and is_local_path(v))
         path = getattr(cfg.dataset, "path", None)
         if isinstance(path, str):
             out.add(str(base / Path(path).expanduser()))

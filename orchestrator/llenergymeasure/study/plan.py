@@ -294,7 +294,7 @@ def steady_state_notes(planned: list[PlannedExperiment]) -> list[str]:
                 notes.append(note)
             continue
         closed = cfg.traffic.pattern == "closed_loop"
-        if cfg.backend not in ("vllm", "tensorrt") and not closed:
+        if not REGISTRY.get(cfg.backend).continuous_batching and not closed:
             continue
         # Closed loop (every backend): waves of the users, who keep at most the engine's batch
         # busy; the roofline's full-batch step time errs towards fewer tokens/s, more prompts.

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.harness.backends.engine_inputs import engine_config, engine_requests
 
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.errors import ConfigError, ExperimentError
-from llenergymeasure_harness.backends.base import Backend, GenerationRequest
+from llenergymeasure_harness.backends.base import Backend
 from llenergymeasure_harness.backends.engine_common import (
     EngineOutOfMemoryError,
     UnsupportedModelError,
@@ -34,25 +35,10 @@ from llenergymeasure_harness.testing.engines.fake_tensorrt_llm import (
 
 
 def _config(**overrides: Any) -> ExperimentConfig:
-    base: dict[str, Any] = {
-        "model": "tiny-llama",
-        "load_format": "dummy",
-        "backend": "tensorrt",
-        "n_prompts": 12,
-        "max_input_tokens": 8,
-        "max_output_tokens": 5,
-    }
-    base.update(overrides)
-    return ExperimentConfig(**base)
+    return engine_config("tensorrt", **overrides)
 
 
-def _requests(n: int, prompt_len: int = 8, max_new: int = 5) -> list[GenerationRequest]:
-    return [
-        GenerationRequest(
-            request_id=i, prompt_token_ids=[3 + i] * prompt_len, max_new_tokens=max_new
-        )
-        for i in range(n)
-    ]
+_requests = engine_requests
 
 
 @pytest.fixture

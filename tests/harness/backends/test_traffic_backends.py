@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from tests.harness.backends.engine_inputs import engine_config
 from tests.harness.conftest import make_config
 
-from llenergymeasure.config import ExperimentConfig
 from llenergymeasure_harness.backends.base import GenerationRequest
 from llenergymeasure_harness.backends.tensorrt import TensorRTBackend
 from llenergymeasure_harness.backends.vllm import VLLMBackend
@@ -26,17 +25,7 @@ from llenergymeasure_harness.traffic import ArrivalPlan
 STEP_S = 0.01
 
 
-def _config(backend: str, **overrides: Any) -> ExperimentConfig:
-    base: dict[str, Any] = {
-        "model": "tiny-llama",
-        "load_format": "dummy",
-        "backend": backend,
-        "n_prompts": 12,
-        "max_input_tokens": 8,
-        "max_output_tokens": 5,
-    }
-    base.update(overrides)
-    return ExperimentConfig(**base)
+_config = engine_config
 
 
 def _requests(n: int, max_new: int = 5) -> list[GenerationRequest]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.harness.backends.engine_inputs import engine_config, engine_requests
 
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.errors import ConfigError, ExperimentError
@@ -27,25 +28,10 @@ from llenergymeasure_harness.testing.engines.fake_vllm import RequestOutputKind
 
 
 def _config(**overrides: Any) -> ExperimentConfig:
-    base: dict[str, Any] = {
-        "model": "tiny-llama",
-        "load_format": "dummy",
-        "backend": "vllm",
-        "n_prompts": 12,
-        "max_input_tokens": 8,
-        "max_output_tokens": 5,
-    }
-    base.update(overrides)
-    return ExperimentConfig(**base)
+    return engine_config("vllm", **overrides)
 
 
-def _requests(n: int, prompt_len: int = 8, max_new: int = 5) -> list[GenerationRequest]:
-    return [
-        GenerationRequest(
-            request_id=i, prompt_token_ids=[3 + i] * prompt_len, max_new_tokens=max_new
-        )
-        for i in range(n)
-    ]
+_requests = engine_requests
 
 
 @pytest.fixture
