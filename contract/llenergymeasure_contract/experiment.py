@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.fields import FieldInfo
 
 from llenergymeasure_contract.architecture import builtin_name_for
+from llenergymeasure_contract.lora import LoraConfig, check_lora_backend
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.sections import (
     BackendName,
@@ -174,6 +175,7 @@ IDENTITY_WHEN_NON_DEFAULT: dict[str, object] = {
     "traffic": DEFAULT_TRAFFIC,
     "server": None,
     "endpoint": None,
+    "lora": None,
 }
 
 
@@ -214,6 +216,9 @@ class ExperimentConfig(_Model):
         None,
         description="Server mode: run the engine's OpenAI-compatible server and measure it "
         "over HTTP (transformers serve / vllm serve / trtllm-serve).",
+    )
+    lora: LoraConfig | None = Field(
+        None, description="LoRA adapters the requests are served through (see lora.py)."
     )
     pytorch: PyTorchConfig | None = None
     vllm: VLLMConfig | None = None
@@ -280,6 +285,10 @@ class ExperimentConfig(_Model):
                 "load_format: auto with a local model directory or hub id"
             )
         spec = REGISTRY.get(self.backend)
+        if self.lora is not None:
+            check_lora_backend(
+                self.lora, spec.lora, backend=self.backend, server_mode=self.server is not None
+            )
         if not self.gpus and spec.needs_gpu:
             raise ValueError(
                 f"gpus: [] means CPU only, but backend {self.backend} needs a GPU; "

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from pydantic import BaseModel
 
 from llenergymeasure_contract.errors import ConfigError
+from llenergymeasure_contract.lora import VLLM_MAX_LORA_RANKS, LoraSupport
 from llenergymeasure_contract.sections import PyTorchConfig, TensorRTConfig, VLLMConfig
 from llenergymeasure_contract.serving import EndpointConfig
 
@@ -91,6 +92,7 @@ class BackendSpec:
         untagged_base_cuda: (regex, CUDA version) for upstream bases whose tag does not carry
             their CUDA version (checked against the pulled image's ``ENV CUDA_VERSION`` in the
             release workflow).
+        lora: What it can do with LoRA adapters (``lora:``); None when it serves none.
     """
 
     name: str
@@ -109,6 +111,12 @@ class BackendSpec:
     kv_cache_dtype_key: str | None = None
     release_bases: tuple[ReleaseBase, ...] = ()
     untagged_base_cuda: tuple[tuple[str, str], ...] = ()
+    lora: LoraSupport | None = None
+
+    @property
+    def supports_lora(self) -> bool:
+        """True when experiments on it may have a ``lora:`` section."""
+        return self.lora is not None
 
     @property
     def concurrency_path(self) -> str:
@@ -148,6 +156,9 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         needs_gpu=False,
         cap_concurrency=False,
         container=ContainerDefaults(ipc_mode=None, shm_size="8g"),
+        # peft: every adapter loaded onto the model at load, none swapped (transformers
+        # serve has no adapter support, so no server mode).
+        lora=LoraSupport(swaps=False, cpu_cache=False),
         release_bases=(
             ReleaseBase("pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime", "2.11.0"),
             ReleaseBase("pytorch/pytorch:2.11.0-cuda13.0-cudnn9-runtime", "2.11.0"),
@@ -171,6 +182,9 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         oom_hint="lower vllm.max_num_seqs, vllm.max_model_len or vllm.gpu_memory_utilization "
         "(leave room for other processes), raise tensor_parallel_size, or quantize",
         kv_cache_dtype_key="kv_cache_dtype",
+        lora=LoraSupport(
+            swaps=True, cpu_cache=True, server=True, rank_choices=VLLM_MAX_LORA_RANKS
+        ),
         release_bases=(
             ReleaseBase("vllm/vllm-openai:v0.33.0-cu129", "0.33.0"),
             ReleaseBase("vllm/vllm-openai:v0.33.0", "0.33.0"),
@@ -196,6 +210,9 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         ),
         oom_hint="lower tensorrt.max_batch_size, max_num_tokens, max_seq_len or "
         "kv_cache_free_gpu_memory_fraction, raise tensor_parallel_size, or quantize",
+        # LLM API lora_config (max_loras GPU slots, max_cpu_loras host cache); trtllm-serve's
+        # adapter loading is not wired here, so no server mode.
+        lora=LoraSupport(swaps=True, cpu_cache=True),
         # TensorRT-LLM ships one CUDA per release: 13.0 since 1.2 (its release notes), so
         # there is no CUDA 12 variant.
         release_bases=(ReleaseBase("nvcr.io/nvidia/tensorrt-llm/release:1.2.1", "1.2.1"),),
@@ -213,6 +230,8 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         needs_gpu=False,
         container=ContainerDefaults(ipc_mode=None, shm_size="1g"),
         oom_hint="the server ran out of memory: lower its own batch or context limits",
+        # The request's model field names an adapter the server already serves.
+        lora=LoraSupport(swaps=True, cpu_cache=False, kinds=("served",)),
     ),
 )
 
