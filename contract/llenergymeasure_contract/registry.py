@@ -182,9 +182,7 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         oom_hint="lower vllm.max_num_seqs, vllm.max_model_len or vllm.gpu_memory_utilization "
         "(leave room for other processes), raise tensor_parallel_size, or quantize",
         kv_cache_dtype_key="kv_cache_dtype",
-        lora=LoraSupport(
-            swaps=True, cpu_cache=True, server=True, rank_choices=VLLM_MAX_LORA_RANKS
-        ),
+        lora=LoraSupport(swaps=True, cpu_cache=True, server=True, rank_choices=VLLM_MAX_LORA_RANKS),
         release_bases=(
             ReleaseBase("vllm/vllm-openai:v0.33.0-cu129", "0.33.0"),
             ReleaseBase("vllm/vllm-openai:v0.33.0", "0.33.0"),

@@ -41,6 +41,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llenergymeasure.config.impact import CarbonConfig, CostConfig, ImpactInputs
+from llenergymeasure.config.lora_paths import resolve_adapter_paths
 from llenergymeasure.config.notify import NotifyConfig
 from llenergymeasure.config.study import (
     DuplicateExperiment,
@@ -437,6 +438,12 @@ def _resolve_paths(
         path = dataset.get("path")
         if isinstance(path, str):
             dataset["path"] = resolve(path, "dataset.path", must_exist=True)
+    lora = data.get("lora")
+    if isinstance(lora, dict):
+        data["lora"] = lora = copy.deepcopy(lora)  # sections may be shared between candidates
+        resolve_adapter_paths(
+            lora, lambda v, k: resolve(v, k, must_exist=True), cand.source_of(("lora",)), problems
+        )
 
 
 def _expansion_size(
