@@ -58,6 +58,7 @@ from llenergymeasure_harness.energy.optional import open_extra
 from llenergymeasure_harness.energy.sampler import integrate_power
 from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_kind
 from llenergymeasure_harness.environment import snapshot
+from llenergymeasure_harness.lora import lora_outcome, request_adapter_columns
 from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
 from llenergymeasure_harness.phase_energy import phase_energy, prefill_pass_split, timeline_split
 from llenergymeasure_harness.prompts import build_requests, distinct_requests, vocab_size_for
@@ -319,6 +320,11 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             total_s=d.clock() - t_begin,
         )
 
+        if cfg.lora is not None:
+            counters = getattr(backend, "lora_counters", None)
+            outcome = lora_outcome(cfg, requests, records, result.energy.gpu_energy_j, counters)
+            result = result.model_copy(update={"lora": outcome})
+
         # ------------------------------------------------------------------ write
         phase = "write"
         artifacts: dict[str, str] = {}
@@ -327,7 +333,10 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             artifacts["timeseries"] = TIMESERIES_FILE
         write_parquet_atomic(
             out_dir / REQUESTS_FILE,
-            metrics.request_columns(records, cfg.traffic.latency_mode),
+            {
+                **metrics.request_columns(records, cfg.traffic.latency_mode),
+                **request_adapter_columns(requests, records),
+            },
         )
         artifacts["requests"] = REQUESTS_FILE
         if (out_dir / "server.log").is_file():

@@ -35,6 +35,9 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     max_new_tokens: int
     prompt_text: str | None = None  # None for synthetic token-id prompts
+    # The LoRA adapter (its name in ``lora:``) this request is served through; None: the base
+    # model. Chosen by the harness (llenergymeasure_harness.lora.assign_adapters).
+    adapter: str | None = None
 
 
 @dataclass
@@ -59,6 +62,9 @@ class RequestRecord:
     cached_input_tokens: int | None = None
     # When the request was due under the traffic plan (None: offline, all due at the start).
     arrival_s: float | None = None
+    # sha256 (16 hex) of the generated token ids, where the engine returns them: tells two
+    # runs' outputs apart (a LoRA adapter against the base model) without storing the tokens.
+    output_sha256: str | None = None
 
 
 @dataclass(frozen=True)
