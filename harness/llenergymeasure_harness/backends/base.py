@@ -118,6 +118,13 @@ class Backend(Protocol):
         ...
 
 
+def token_ids_digest(token_ids: Sequence[int]) -> str:
+    """16 hex of the sha256 of generated token ids (``RequestRecord.output_sha256``)."""
+    import hashlib
+
+    return hashlib.sha256(",".join(map(str, token_ids)).encode()).hexdigest()[:16]
+
+
 def release_device_memory() -> None:
     """Collect dropped model objects and return cached CUDA blocks to the driver.
 
