@@ -321,12 +321,12 @@ def check_lora_backend(
         raise ValueError(
             f"lora.max_cpu_loras: backend {backend} has no CPU adapter cache; remove it"
         )
-    if support.rank_choices and lora.max_lora_rank is not None:
-        if lora.max_lora_rank not in support.rank_choices:
-            raise ValueError(
-                f"lora.max_lora_rank ({lora.max_lora_rank}) is not one backend {backend} "
-                f"accepts: {', '.join(map(str, support.rank_choices))}"
-            )
+    rank = lora.max_lora_rank
+    if support.rank_choices and rank is not None and rank not in support.rank_choices:
+        raise ValueError(
+            f"lora.max_lora_rank ({rank}) is not one backend {backend} accepts: "
+            f"{', '.join(map(str, support.rank_choices))}"
+        )
 
 
 def select_adapters(

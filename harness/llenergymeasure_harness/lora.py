@@ -86,7 +86,11 @@ def write_safetensors(path: Path, tensors: list[tuple[str, list[int], bytes]]) -
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape, data in tensors:
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": "F32",
+            "shape": shape,
+            "data_offsets": [offset, offset + len(data)],
+        }
         offset += len(data)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
@@ -127,10 +131,18 @@ def write_generated_adapter(
             block = "self_attn" if module in _ATTENTION else "mlp"
             prefix = f"base_model.model.model.layers.{layer}.{block}.{module}"
             tensors.append(
-                (f"{prefix}.lora_A.weight", [r, d_in], _normal(seed * 100_003 + n, r * d_in, 1.0 / math.sqrt(d_in)))
+                (
+                    f"{prefix}.lora_A.weight",
+                    [r, d_in],
+                    _normal(seed * 100_003 + n, r * d_in, 1.0 / math.sqrt(d_in)),
+                )
             )
             tensors.append(
-                (f"{prefix}.lora_B.weight", [d_out, r], _normal(seed * 100_003 + n + 1, d_out * r, B_STD))
+                (
+                    f"{prefix}.lora_B.weight",
+                    [d_out, r],
+                    _normal(seed * 100_003 + n + 1, d_out * r, B_STD),
+                )
             )
             n += 2
     tensors.sort(key=lambda t: t[0])
@@ -227,7 +239,9 @@ def prepare_adapters(config: ExperimentConfig, workdir: Path | None = None) -> A
                     out.workdir / ref.name, hf_config, ref.spec, ref.index, config.model
                 )
             )
-        elif ref.kind == "path" and path is not None and not (Path(path) / ADAPTER_CONFIG).is_file():
+        elif (
+            ref.kind == "path" and path is not None and not (Path(path) / ADAPTER_CONFIG).is_file()
+        ):
             raise ConfigError(f"LoRA adapter {ref.name!r}: {path} holds no {ADAPTER_CONFIG}")
         out.adapters.append(Adapter(ref.name, path, i, ref.rank, ref.kind))
     logger.info("LoRA: %d adapter(s) ready (%s)", len(out.adapters), config.lora.selection)

@@ -39,12 +39,11 @@ def resolve_adapter_paths(
     adapters = lora.get("adapters")
     if not isinstance(adapters, list):
         return
-    for i, entry in enumerate(adapters):
-        if isinstance(entry, str) and is_local_path(entry):
-            entry = {"path": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+    for i, raw in enumerate(adapters):
+        given = {"path": raw} if isinstance(raw, str) and is_local_path(raw) else raw
+        if not isinstance(given, dict) or not isinstance(given.get("path"), str):
             continue
-        entry = dict(entry)
+        entry = dict(given)
         key = f"lora.adapters[{i}].path"
         entry["path"] = resolved = resolve(entry["path"], key)
         adapters[i] = entry
