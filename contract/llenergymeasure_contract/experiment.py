@@ -355,6 +355,11 @@ class ExperimentConfig(_Model):
                     f"({self.max_input_tokens + self.max_output_tokens})"
                 )
         if isinstance(self.tensorrt, TensorRTConfig):
+            if self.lora is not None and self.tensorrt.trtllm_backend != "pytorch":
+                raise ValueError(
+                    "lora: with backend tensorrt runs on TensorRT-LLM's PyTorch flow; set "
+                    "tensorrt.trtllm_backend: pytorch (an engine build needs the LoRA plugin)"
+                )
             if self.tensorrt.quantization is not None and self.precision == "float32":
                 raise ValueError(
                     f"tensorrt.quantization={self.tensorrt.quantization} needs float16/bfloat16, "
