@@ -161,9 +161,11 @@ def write_generated_adapter(
         "modules_to_save": None,
         "use_rslora": False,
         "use_dora": False,
-        "llem_generated": {"seed": seed, "b_std": B_STD, "index": index},
     }
     (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    # How it was made, apart: peft warns about keys its LoraConfig does not know.
+    made = {"seed": seed, "index": index, "a_std": "1/sqrt(in_features)", "b_std": B_STD}
+    (out_dir / "llem_generated.json").write_text(json.dumps(made), encoding="utf-8")
     return out_dir
 
 
