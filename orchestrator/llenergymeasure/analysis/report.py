@@ -458,6 +458,9 @@ def render_report(study: LoadedStudy) -> str:
     _axis_charts(page, rows)
     page.add("<h2>Time series: power, SM clock, temperature</h2>")
     _timeseries(page, study)
+    from llenergymeasure.analysis.lora import lora_report_section
+
+    page.add(lora_report_section(study))
     page.add("<h2>Quality flags</h2>")
     page.add(_flags_table(study))
     page.add("<h2>Method</h2>")

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from llenergymeasure.analysis import bootstrap
 from llenergymeasure.analysis.compare import Comparison
+from llenergymeasure.analysis.lora import LoraRow
 from llenergymeasure.analysis.table import (
     SHOW_METRICS,
     TRAFFIC_SHOW_METRICS,
@@ -94,4 +95,34 @@ def render_compare(cmp: Comparison, console: Console | None = None) -> None:
     con.print(
         "overlap: whether the row's 95 % interval overlaps the baseline's "
         "(no: a difference beyond the cycle-to-cycle spread; ?: an interval is missing)."
+    )
+
+
+def render_lora(rows: list[LoraRow], console: Console | None = None) -> None:
+    """LoRA experiments beside their no-adapter base (nothing when there are none)."""
+    if not rows:
+        return
+    con = console or Console(highlight=False)
+    table = Table(title="LoRA adapters against the same study's run without them")
+    for col in ("config", "adapters", "J/tok", "base J/tok", "×", "tok/s", "base tok/s", "×"):
+        table.add_column(col, justify="left" if col == "config" else "right")
+
+    def f(v: float | None) -> str:
+        return "—" if v is None else fmt_value(v)
+
+    for r in rows:
+        table.add_row(
+            r.config_hash[:10],
+            str(r.n_adapters),
+            f(r.j_per_output_token),
+            f(r.base_j_per_output_token),
+            f(r.j_ratio),
+            f(r.output_tokens_per_s),
+            f(r.base_output_tokens_per_s),
+            f(r.throughput_ratio),
+        )
+    con.print(table)
+    con.print(
+        "base: the same config without lora: (— none in the study); requests per adapter and "
+        "per-adapter energy in --json and the exports."
     )
