@@ -73,11 +73,11 @@ def _normal(rng_seed: int, n: int, std: float) -> bytes:
         import numpy as np
     except ImportError:
         rng = random.Random(rng_seed)
-        values = array("f", (rng.gauss(0.0, std) for _ in range(n)))
-        return values.tobytes()  # the machines we run on are little-endian
+        floats = array("f", (rng.gauss(0.0, std) for _ in range(n)))
+        return floats.tobytes()  # the machines we run on are little-endian
     gen = np.random.default_rng(rng_seed)
-    values = gen.standard_normal(n, dtype=np.float32) * np.float32(std)
-    return bytes(values.astype("<f4").tobytes())
+    draws = gen.standard_normal(n, dtype=np.float32) * np.float32(std)
+    return bytes(draws.astype("<f4").tobytes())
 
 
 def write_safetensors(path: Path, tensors: list[tuple[str, list[int], bytes]]) -> None:

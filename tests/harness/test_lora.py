@@ -38,8 +38,14 @@ from llenergymeasure_harness.testing.engines import (
 )
 from llenergymeasure_harness.testing.fake_nvml import FakeNvml
 
-TINY = resolve_architecture("tiny-llama")
-assert TINY is not None
+
+def _tiny() -> dict[str, Any]:
+    arch = resolve_architecture("tiny-llama")
+    assert arch is not None
+    return dict(arch.hf_config)
+
+
+TINY = _tiny()
 
 
 def _lora(count: int = 2, rank: int = 8, **extra: Any) -> dict[str, Any]:
@@ -107,12 +113,12 @@ def test_generated_adapter_has_peft_names_and_shapes(tmp_path: Path) -> None:
     """The safetensors file holds lora_A [r, in] and lora_B [out, r] per layer and module."""
     safetensors = pytest.importorskip("safetensors.numpy")
     spec = GenerateSpec(rank=4, target_modules=["q_proj", "v_proj", "down_proj"], seed=7)
-    out = write_generated_adapter(tmp_path / "a", TINY.hf_config, spec, 0, "tiny-llama")
+    out = write_generated_adapter(tmp_path / "a", TINY, spec, 0, "tiny-llama")
     config = json.loads((out / ADAPTER_CONFIG).read_text())
     assert (config["peft_type"], config["r"], config["lora_alpha"]) == ("LORA", 4, 4)
     tensors = safetensors.load_file(str(out / ADAPTER_WEIGHTS))
-    shapes = module_shapes(TINY.hf_config)
-    layers = TINY.hf_config["num_hidden_layers"]
+    shapes = module_shapes(TINY)
+    layers = TINY["num_hidden_layers"]
     assert len(tensors) == layers * 3 * 2
     a = tensors["base_model.model.model.layers.1.mlp.down_proj.lora_A.weight"]
     b = tensors["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"]
@@ -124,9 +130,9 @@ def test_generated_adapter_has_peft_names_and_shapes(tmp_path: Path) -> None:
 def test_generated_adapters_are_seeded(tmp_path: Path) -> None:
     """The same spec and index give the same bytes; another index gives others."""
     spec = GenerateSpec(rank=2)
-    one = write_generated_adapter(tmp_path / "x", TINY.hf_config, spec, 0, "m")
-    two = write_generated_adapter(tmp_path / "y", TINY.hf_config, spec, 0, "m")
-    three = write_generated_adapter(tmp_path / "z", TINY.hf_config, spec, 1, "m")
+    one = write_generated_adapter(tmp_path / "x", TINY, spec, 0, "m")
+    two = write_generated_adapter(tmp_path / "y", TINY, spec, 0, "m")
+    three = write_generated_adapter(tmp_path / "z", TINY, spec, 1, "m")
     data = [(p / ADAPTER_WEIGHTS).read_bytes() for p in (one, two, three)]
     assert data[0] == data[1] != data[2]
 
@@ -139,7 +145,7 @@ def test_peft_loads_generated_adapters_and_outputs_change(tmp_path: Path) -> Non
     peft = pytest.importorskip("peft")
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = dict(TINY.hf_config)
+    cfg = dict(TINY)
     model_type = cfg.pop("model_type")
     cfg.pop("torch_dtype", None)
     torch.manual_seed(0)
@@ -198,7 +204,7 @@ def test_vllm_sends_one_lora_request_per_request(tmp_path: Path) -> None:
 
 def test_vllm_fake_refuses_rank_above_max_lora_rank(tmp_path: Path) -> None:
     """An adapter directory whose rank exceeds max_lora_rank fails in the engine, as in vLLM."""
-    big = write_generated_adapter(tmp_path / "big", TINY.hf_config, GenerateSpec(rank=32), 0, "m")
+    big = write_generated_adapter(tmp_path / "big", TINY, GenerateSpec(rank=32), 0, "m")
     cfg = _config(lora={"adapters": [{"path": str(big)}], "max_lora_rank": 16})
     fake = FakeVLLM()
     with fake.installed():
