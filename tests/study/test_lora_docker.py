@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -103,3 +104,42 @@ def test_two_generated_adapters_in_docker_change_outputs_and_are_accounted(
     assert sum(s.input_tokens for s in shares.values()) == lora.throughput.input_tokens
     # CPU: no energy counter, so no energy to apportion (None, never 0).
     assert all(s.energy_j is None for s in shares.values())
+
+    # What a person reads next: compare and the report put the adapters beside the base run.
+    env["COLUMNS"] = "80"
+    cmp = subprocess.run(
+        [*LLEM, "results", "compare", str(study_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    assert "LoRA adapters against the same study's run without them" in cmp.stdout
+    assert all(len(line) <= 80 for line in cmp.stdout.splitlines())
+    doc = json.loads(
+        subprocess.run(
+            [*LLEM, "results", "compare", str(study_dir), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout
+    )
+    (row,) = doc["lora"]
+    assert row["requests_per_adapter"] == {"lora-0": 4, "lora-1": 4}
+    assert row["base_output_tokens_per_s"] == pytest.approx(base.throughput.output_tokens_per_s)
+    report = subprocess.run(
+        [*LLEM, "results", "report", str(study_dir), "-o", "report.html"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "LoRA adapters against the base model" in Path("report.html").read_text("utf-8")
+    summary = (study_dir / "summary.csv").read_text("utf-8").splitlines()
+    assert "lora_n_adapters" in summary[0]
