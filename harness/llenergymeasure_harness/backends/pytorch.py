@@ -241,7 +241,8 @@ class PyTorchBackend:
         )
         for adapter in rest:
             self.model.load_adapter(adapter.path, adapter_name=adapter.name, is_trainable=False)
-        self.model.to(self.device)
+        # peft puts each adapter's weights on the device of the layer it adapts (no .to(): a
+        # model dispatched over several GPUs keeps its placement).
         # peft holds every adapter on the model at once: loaded once each, never swapped.
         self.lora_counters = {"adapter_loads": len(self.adapters.adapters), "adapter_swaps": 0}
 
