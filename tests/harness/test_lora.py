@@ -321,3 +321,40 @@ async def _one(llm: Any, lora: Any) -> Any:
     return llm.generate_async(
         [5, 6], tensorrt_llm.SamplingParams(end_id=2, max_tokens=2), lora_request=lora
     )
+
+
+# --------------------------------------------------------------------------- PyTorch (peft)
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+def test_pytorch_backend_mixes_adapters_in_a_batch() -> None:
+    """The PyTorch backend loads both adapters with peft and serves a batch mixing them and
+    the base model; adapter rows differ from the base run's, base rows do not."""
+    pytest.importorskip("peft")
+    from llenergymeasure_harness.backends.pytorch import PyTorchBackend
+
+    def run(lora: dict[str, Any] | None) -> list[str | None]:
+        cfg = _config(
+            "pytorch",
+            gpus=[],
+            precision="float32",
+            n_prompts=4,
+            pytorch={"batch_size": 4},
+            lora=lora,
+        )
+        requests = build_requests(cfg)
+        if lora is not None:  # the last request goes to the base model
+            requests[-1] = GenerationRequest(3, requests[-1].prompt_token_ids, 5)
+        backend = PyTorchBackend()
+        backend.load(cfg)
+        try:
+            return [r.output_sha256 for r in backend.run(requests)]
+        finally:
+            backend.close()
+
+    base = run(None)
+    modules = ["q_proj", "v_proj", "o_proj", "down_proj"]
+    mixed = run({"adapters": [{"generate": {"count": 2, "rank": 8, "target_modules": modules}}]})
+    # one batch: lora-0, lora-1, lora-0, base
+    assert all(h is not None for h in base + mixed)
+    assert [a != b for a, b in zip(base, mixed, strict=True)] == [True, True, True, False]
