@@ -3,7 +3,8 @@
 The host-side package (the ``llem`` CLI and library). Main entry points: :func:`load_study`
 expands a study file into a :class:`StudyConfig`; :func:`build_plan` orders its runs into a
 :class:`StudyPlan`; :func:`run_study` (or :func:`resume`) executes it, one container per run,
-and returns a :class:`StudyResult` of :class:`ExperimentResult` files. Nothing here imports a
+and returns a :class:`StudyResult` of :class:`ExperimentResult` files; :func:`run_experiment`
+measures one experiment and returns its :class:`ExperimentResult`. Nothing here imports a
 GPU library.
 """
 
@@ -25,7 +26,14 @@ from llenergymeasure.errors import (
     UsageError,
 )
 from llenergymeasure.results import ExperimentResult, StudyResult
-from llenergymeasure.study import StudyPlan, StudyRunOptions, build_plan, resume, run_study
+from llenergymeasure.study import (
+    StudyPlan,
+    StudyRunOptions,
+    build_plan,
+    resume,
+    run_experiment,
+    run_study,
+)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -50,5 +58,6 @@ __all__ = [
     "expand_study",
     "load_study",
     "resume",
+    "run_experiment",
     "run_study",
 ]

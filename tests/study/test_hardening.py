@@ -203,13 +203,13 @@ def test_study_lock_refuses_a_second_holder_and_survives_a_crash(tmp_path: Path)
 def test_sigterm_before_any_run_exits_143(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """SIGTERM while the study is still preparing (preflight) exits 143, not 130."""
     from llenergymeasure.cli import main
-    from llenergymeasure.study import executor
+    from llenergymeasure.study import api
     from llenergymeasure.study.signals import Terminated
 
     def stop(*args: Any, **kwargs: Any) -> Any:
         raise Terminated
 
-    monkeypatch.setattr(executor, "_make_runner", stop)
+    monkeypatch.setattr(api, "make_runner", stop)
     study = tmp_path / "s.yaml"
     study.write_text("model: tiny-llama\nload_format: dummy\n")
     monkeypatch.setenv("LLEM_USER_CONFIG", "")

@@ -7,15 +7,15 @@ from collections.abc import Callable
 import pytest
 from tests.study.conftest import IMAGE
 
-from llenergymeasure.study import executor
-from llenergymeasure.study.executor import StudyRunOptions, _make_runner
+from llenergymeasure.runners import factory
+from llenergymeasure.runners.factory import make_runner
+from llenergymeasure.study.options import StudyRunOptions
 from llenergymeasure.study.plan import StudyPlan
 from llenergymeasure.testing.fake_docker import FakeDockerClient
 
 
 def choose(plan: StudyPlan, client: FakeDockerClient, runner: str = "auto") -> str:
-    chosen, _ = _make_runner(plan, StudyRunOptions(runner=runner), None, client)
-    return chosen.name
+    return make_runner(plan, StudyRunOptions(runner=runner), None, client).name
 
 
 def test_auto_uses_docker_when_it_has_every_image(
@@ -29,7 +29,7 @@ def test_auto_falls_back_to_this_host_when_an_image_is_missing(
     plan_factory: Callable[..., StudyPlan], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Docker reachable but the image absent, and this host runs the backend: local runner."""
-    monkeypatch.setattr(executor, "_runs_locally", lambda plan: True)
+    monkeypatch.setattr(factory, "runs_locally", lambda plan: True)
     assert choose(plan_factory(), FakeDockerClient(images=set())) == "local"
 
 
@@ -37,7 +37,7 @@ def test_auto_keeps_docker_when_this_host_cannot_run_the_backend(
     plan_factory: Callable[..., StudyPlan], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Image absent and no local backend: Docker, whose preflight explains how to get it."""
-    monkeypatch.setattr(executor, "_runs_locally", lambda plan: False)
+    monkeypatch.setattr(factory, "runs_locally", lambda plan: False)
     assert choose(plan_factory(), FakeDockerClient(images=set())) == "docker"
 
 
@@ -45,5 +45,5 @@ def test_explicit_docker_never_falls_back(
     plan_factory: Callable[..., StudyPlan], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """runner: docker is obeyed even when the image is missing and the host could run it."""
-    monkeypatch.setattr(executor, "_runs_locally", lambda plan: True)
+    monkeypatch.setattr(factory, "runs_locally", lambda plan: True)
     assert choose(plan_factory(), FakeDockerClient(images=set()), runner="docker") == "docker"

@@ -21,8 +21,9 @@ from llenergymeasure.config.loader import (
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.config.user import load_user_defaults, user_config_path
 from llenergymeasure.errors import InterruptedStudy, UsageError
-from llenergymeasure.study.executor import dry_run_job_scripts, run_study
-from llenergymeasure.study.executor import resume as resume_study
+from llenergymeasure.runners.factory import dry_run_job_scripts
+from llenergymeasure.study.api import resume as resume_study
+from llenergymeasure.study.api import run_study
 from llenergymeasure.study.plan import StudyPlan, build_plan
 from llenergymeasure.study.signals import Terminated
 from llenergymeasure_contract.experiment import DEFAULT_BACKEND
@@ -263,7 +264,7 @@ def run_command(
         results_dir=str(Path(results_dir).expanduser().absolute()) if results_dir else None,
     )
     if dry_run:
-        scripts = dry_run_job_scripts(plan) if plan.study.runner.runner == "slurm" else None
+        scripts = dry_run_job_scripts(plan)  # None: the runner submits no job scripts
         if as_json:
             doc = plan.to_json_dict()
             if scripts is not None:

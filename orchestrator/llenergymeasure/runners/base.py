@@ -26,7 +26,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -34,6 +34,12 @@ from llenergymeasure.runners.spec import RunRequest
 from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
 from llenergymeasure_contract.results import ExperimentResult
 from llenergymeasure_contract.timestamps import utc_iso
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.study import RunnerSettings
+    from llenergymeasure.runners.preflight import PreflightReport, StudyNeeds
+    from llenergymeasure.study.manifest import RunRecord
+    from llenergymeasure.study.session import StudySession
 
 #: The one state enum of a run, everywhere (manifest, outcome, study result): pending and
 #: running in the manifest; a finished run's outcome is one of the last three.
@@ -92,9 +98,30 @@ class RunOutcome(BaseModel):
 
 
 class Runner(Protocol):
-    """Runs the harness for one request and classifies how it ended."""
+    """Runs the harness for a study's runs; owns everything that differs between runners.
+
+    The study session never asks which runner it holds: preflight, the image provenance and
+    how the runs are executed (one at a time, or many jobs in flight) are the runner's.
+    """
 
     name: str
+    #: Each run's request names the planned image (containers, a Slurm job's launcher).
+    uses_image: ClassVar[bool]
+    #: Its runs outlive the orchestrator (scheduler jobs) and a resumed study adopts them.
+    adopts_jobs: ClassVar[bool]
+
+    @classmethod
+    def ran_image(cls, settings: RunnerSettings) -> bool:
+        """Whether runs ran in the planned image, so it is their provenance."""
+        ...
+
+    def preflight(self, needs: StudyNeeds) -> PreflightReport:
+        """Check the host (or cluster) for ``needs``; ``PreflightError`` lists every problem."""
+        ...
+
+    def execute(self, todo: list[RunRecord], session: StudySession) -> None:
+        """Run ``todo`` (plan order) to the end, reporting each ended run to ``session``."""
+        ...
 
     def run(
         self,

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from llenergymeasure.errors import RunnerError
 from llenergymeasure.runners.base import LogSink, LogWriter, RunOutcome, classify
@@ -42,6 +42,12 @@ from llenergymeasure.runners.spec import (
 )
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.timestamps import utc_iso
+
+if TYPE_CHECKING:
+    from llenergymeasure.config.study import RunnerSettings
+    from llenergymeasure.runners.preflight import PreflightReport, StudyNeeds
+    from llenergymeasure.study.manifest import RunRecord
+    from llenergymeasure.study.session import StudySession
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +171,8 @@ class DockerRunner:
     """Runs each experiment in a fresh container of its backend's image."""
 
     name = "docker"
+    uses_image: ClassVar[bool] = True
+    adopts_jobs: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -195,6 +203,47 @@ class DockerRunner:
             owner_pid=os.getpid(),
             owner_host=socket.gethostname(),
         )
+
+    @classmethod
+    def ran_image(cls, settings: RunnerSettings) -> bool:
+        """Always: every run ran in its planned image."""
+        return True
+
+    def preflight(self, needs: StudyNeeds) -> PreflightReport:
+        """Daemon, images (pull policy), ulimits and GPUs per image; inputs, disk."""
+        report = needs.check_host(
+            needs.host_request("docker", ulimits=self._ulimits_by_image(needs)),
+            client=self.client,
+        )
+        unset = [n for n in needs.env_passthrough if n not in os.environ]
+        if unset:
+            report.notes.append(
+                f"docker.env_passthrough: {', '.join(unset)} not set in this environment; the "
+                "containers run without it"
+            )
+        return report
+
+    def _ulimits_by_image(self, needs: StudyNeeds) -> dict[str, dict[str, int | tuple[int, int]]]:
+        """The ulimits each image's containers will get, from this runner's container spec."""
+        out: dict[str, dict[str, int | tuple[int, int]]] = {}
+        for e in needs.experiments:
+            if e.image in out:
+                continue
+            probe = RunRequest(
+                config=e.config,
+                study_id="preflight",
+                run_id="preflight",
+                cycle=1,
+                run_dir=Path("/nonexistent/preflight"),
+                log_path=Path("/nonexistent/preflight.log"),
+                image=e.image,
+            )
+            out[e.image] = dict(self.spec_for(probe).ulimits)
+        return out
+
+    def execute(self, todo: list[RunRecord], session: StudySession) -> None:
+        """One container at a time, in plan order, with the thermal gaps."""
+        session.run_each(todo)
 
     def cleanup_leftovers(self) -> list[str]:
         """Remove containers of this tool whose owning process is gone (earlier crashes)."""

@@ -16,18 +16,26 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import IO
+from typing import IO, TYPE_CHECKING, ClassVar
 
 from llenergymeasure.errors import RunnerError
 from llenergymeasure.runners.base import LogSink, LogWriter, RunOutcome, classify
 from llenergymeasure.runners.spec import LocalSpec, RunRequest, build_local_spec
 from llenergymeasure_contract.timestamps import utc_iso
 
+if TYPE_CHECKING:
+    from llenergymeasure.config.study import RunnerSettings
+    from llenergymeasure.runners.preflight import PreflightReport, StudyNeeds
+    from llenergymeasure.study.manifest import RunRecord
+    from llenergymeasure.study.session import StudySession
+
 
 class LocalRunner:
     """Runs each experiment as a harness subprocess of this Python interpreter."""
 
     name = "local"
+    uses_image: ClassVar[bool] = False
+    adopts_jobs: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -66,6 +74,19 @@ class LocalRunner:
     def cleanup_leftovers(self) -> list[str]:
         """Nothing to clean: child processes die with their session or are reaped here."""
         return []
+
+    @classmethod
+    def ran_image(cls, settings: RunnerSettings) -> bool:
+        """Never: the runs ran on this host, not in the planned image."""
+        return False
+
+    def preflight(self, needs: StudyNeeds) -> PreflightReport:
+        """Each backend's engine and the harness importable here; inputs, GPUs, disk."""
+        return needs.check_host(needs.host_request("local"))
+
+    def execute(self, todo: list[RunRecord], session: StudySession) -> None:
+        """One run at a time, in plan order, with the thermal gaps."""
+        session.run_each(todo)
 
     def run(
         self,

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from llenergymeasure.errors import ConfigError, PreflightError, RunnerError
 from llenergymeasure.runners.docker import GPU_CAPABILITIES, explain_api_error
@@ -40,6 +40,9 @@ from llenergymeasure_contract.env import (
     check_contract_version,
 )
 from llenergymeasure_contract.registry import REGISTRY
+
+if TYPE_CHECKING:
+    from llenergymeasure.study.plan import PlannedExperiment
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +148,64 @@ class PreflightReport:
 
 
 Confirm = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class StudyNeeds:
+    """What a study's runs need from the host: the input of every runner's ``preflight``.
+
+    Attributes:
+        experiments: The experiments about to run (a resumed study: those not completed).
+        results_dir: Where the study folder is (free disk space is checked there).
+        input_paths: Host paths the experiments read (model, tokenizer, dataset).
+        pull_policy: How a missing image is obtained.
+        request_gpus: Whether the runs get GPUs (off on CPU-only hosts).
+        min_free_bytes: The free-disk threshold under ``results_dir``.
+        env_passthrough: ``docker.env_passthrough`` names (a note names the unset ones).
+        confirm: Asks the user a yes/no question (``None``: not interactive).
+        assume_yes: Answer yes to questions (pull a missing image).
+        resumed: A resumed study (its folder was proven when it started).
+    """
+
+    experiments: tuple[PlannedExperiment, ...]
+    results_dir: Path
+    input_paths: tuple[str, ...] = ()
+    pull_policy: PullPolicy = "missing"
+    request_gpus: bool = True
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
+    env_passthrough: tuple[str, ...] = ()
+    confirm: Confirm | None = None
+    assume_yes: bool = False
+    resumed: bool = False
+
+    def host_request(
+        self,
+        runner: Literal["docker", "local"],
+        *,
+        ulimits: Mapping[str, Mapping[str, int | tuple[int, int]]] | None = None,
+    ) -> PreflightRequest:
+        """The :class:`PreflightRequest` of these needs for the Docker or local runner."""
+        images: dict[str, set[int]] = {}
+        for e in self.experiments:
+            images.setdefault(e.image, set()).update(e.config.gpus)
+        return PreflightRequest(
+            ulimits=ulimits or {},
+            runner=runner,
+            results_dir=self.results_dir,
+            images={k: frozenset(v) for k, v in images.items()} if runner == "docker" else {},
+            backends=frozenset(e.config.backend for e in self.experiments),
+            gpus=frozenset(g for e in self.experiments for g in e.config.gpus),
+            input_paths=self.input_paths,
+            pull_policy=self.pull_policy,
+            request_gpus=self.request_gpus,
+            min_free_bytes=self.min_free_bytes,
+        )
+
+    def check_host(self, request: PreflightRequest, client: Any = None) -> PreflightReport:
+        """:func:`run_preflight` of ``request`` with these needs' question and answer."""
+        return run_preflight(
+            request, client=client, confirm=self.confirm, assume_yes=self.assume_yes
+        )
 
 
 def run_preflight(

@@ -11,7 +11,7 @@ runners; only the *launcher* inside the job differs::
     singularity the same with singularity and SINGULARITYENV_
     enroot      srun --container-image=<image> --container-mounts=... (pyxis)
 
-Per study (see :mod:`llenergymeasure.study.batch` for the loop)::
+Per study (see :mod:`llenergymeasure.runners.slurm_batch` for the loop)::
 
     render script ─► runs/…/ + jobs/<run folder>.sbatch ─► sbatch --parsable ─► job id (manifest)
         one poller for all jobs in flight: squeue --states=all -j id,id,… (backoff 2 s … 30 s),
@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from llenergymeasure._version import __version__
 from llenergymeasure.errors import RunnerError
@@ -64,6 +64,10 @@ from llenergymeasure_contract.timestamps import utc_iso
 
 if TYPE_CHECKING:
     from llenergymeasure.config.slurm import SlurmSettings
+    from llenergymeasure.config.study import RunnerSettings
+    from llenergymeasure.runners.preflight import PreflightReport, StudyNeeds
+    from llenergymeasure.study.manifest import RunRecord
+    from llenergymeasure.study.session import StudySession
 
 JOB_PREFIX = "llem-"
 JOBS_DIR = "jobs"
@@ -762,6 +766,8 @@ class SlurmRunner:
     """
 
     name = "slurm"
+    uses_image: ClassVar[bool] = True
+    adopts_jobs: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -784,6 +790,52 @@ class SlurmRunner:
             self.container,
             base_dir=request.input_base_dir or self.base_dir or os.getcwd(),
         )
+
+    @classmethod
+    def ran_image(cls, settings: RunnerSettings) -> bool:
+        """Unless the jobs' launcher is ``local`` (the harness on the node, no image)."""
+        return settings.slurm.launcher != "local"
+
+    def preflight(self, needs: StudyNeeds) -> PreflightReport:
+        """Slurm commands, partition, inputs, disk, and a probe job that proves the study
+        folder is shared with the nodes (not for a resumed study: its jobs may hold them)."""
+        from llenergymeasure.runners.slurm_preflight import slurm_preflight
+
+        return slurm_preflight(
+            self,
+            needs.experiments,
+            results_dir=needs.results_dir,
+            input_paths=needs.input_paths,
+            min_free_bytes=needs.min_free_bytes,
+            probe=not needs.resumed,
+        )
+
+    def execute(self, todo: list[RunRecord], session: StudySession) -> None:
+        """Many runs in flight as jobs, one poller (:mod:`~llenergymeasure.runners.slurm_batch`);
+        thermal gaps do not apply (consecutive jobs may run on other nodes)."""
+        from llenergymeasure.runners.slurm_batch import BatchLoop
+
+        ex = session.plan.study.execution
+        if ex.config_gap_s or ex.cycle_gap_s:
+            session.say(
+                "note: thermal gaps are not applied between Slurm jobs (consecutive "
+                "jobs may run on different nodes)"
+            )
+        loop = BatchLoop(
+            plan=session.plan,
+            store=session.store,
+            runner=self,
+            make_request=session.make_request,
+            on_end=session.end_batch_run,
+            progress=session.progress,
+            console=session.console,
+            quiet=session.opts.quiet,
+            sleep=session.sleep,
+        )
+        try:
+            loop.run(todo)
+        finally:
+            session.clock.experiments_s += loop.experiments_s
 
     def cleanup_leftovers(self) -> list[str]:
         """Nothing: a study's jobs outlive the orchestrator on purpose (``--resume`` adopts

@@ -1,6 +1,7 @@
-"""The study loop for a batch scheduler: many runs in flight as Slurm jobs, one poller.
+"""The Slurm runner's ``execute``: many runs in flight as Slurm jobs, one poller.
 
-The sequential loop in :mod:`llenergymeasure.study.executor` runs one run at a time. With
+The Docker and local runners run one run at a time
+(:meth:`~llenergymeasure.study.session.StudySession.run_each`). With
 ``runner: slurm`` the runs are jobs on a cluster, so up to ``slurm.max_concurrent`` are in
 flight at once and one poll (``squeue`` for all of them, ``sacct`` for jobs slurmctld has
 forgotten) updates every one; the interval backs off from ``poll_min_s`` to ``poll_max_s``
