@@ -13,6 +13,7 @@ import pytest
 
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.contract import HarnessEnv
+from llenergymeasure.errors import ConfigError
 from llenergymeasure_contract.architecture import resolve_architecture
 from llenergymeasure_contract.lora import GenerateSpec, select_adapters
 from llenergymeasure_harness.backends.base import GenerationRequest
@@ -358,3 +359,39 @@ def test_pytorch_backend_mixes_adapters_in_a_batch() -> None:
     # one batch: lora-0, lora-1, lora-0, base
     assert all(h is not None for h in base + mixed)
     assert [a != b for a, b in zip(base, mixed, strict=True)] == [True, True, True, False]
+
+
+# --------------------------------------------------------------------------- endpoint
+
+
+def test_endpoint_sends_each_adapter_name_as_the_model() -> None:
+    """backend: endpoint sends each request to its served adapter by name, and refuses at
+    load an adapter the server does not serve."""
+    from llenergymeasure_harness.lora import assign_adapters
+    from llenergymeasure_harness.serving.backends import EndpointBackend
+    from llenergymeasure_harness.testing.fake_sse_server import FakeSSEBehaviour, FakeSSEServer
+
+    behaviour = FakeSSEBehaviour(model="base", lora_models=("sql", "chat"))
+    with FakeSSEServer(behaviour) as srv:
+        cfg = ExperimentConfig(
+            model="base",
+            backend="endpoint",
+            n_prompts=4,
+            max_input_tokens=4,
+            max_output_tokens=3,
+            gpus=[],
+            endpoint={"url": srv.base_url, "prompt_format": "token_ids"},
+            lora={"adapters": [{"served": "sql"}, {"served": "chat"}]},
+        )
+        backend = EndpointBackend()
+        backend.load(cfg)
+        requests = [GenerationRequest(i, [5, 6, 7, 8], 3) for i in range(4)]
+        records = backend.run(assign_adapters(cfg, requests))
+        assert [r.output_tokens for r in records] == [3] * 4
+        # (the first request is the client's output-length probe, to the base model)
+        assert [r["model"] for r in behaviour.requests][-4:] == ["sql", "chat", "sql", "chat"]
+        missing = ExperimentConfig.model_validate(
+            {**cfg.model_dump(), "lora": {"adapters": [{"served": "legal"}]}}
+        )
+        with pytest.raises(ConfigError, match="not LoRA adapter"):
+            EndpointBackend().load(missing)
