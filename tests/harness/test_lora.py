@@ -199,6 +199,7 @@ def test_vllm_sends_one_lora_request_per_request(tmp_path: Path) -> None:
         assert {r.lora_name: r.lora_int_id for r in lora} == {"lora-0": 1, "lora-1": 2}
         assert all((Path(r.lora_path) / ADAPTER_CONFIG).is_file() for r in lora)
         assert len(records) == 12
+        assert all(r.output_sha256 is not None for r in records)  # digest of streamed ids
         backend.close()
     assert not Path(lora[0].lora_path).exists()  # generated adapters are removed on close
 

@@ -487,6 +487,7 @@ class VLLMBackend:
                         timeline.cached_input_tokens = cached
                     completion = output.outputs[0]
                     timeline.add_tokens(len(completion.token_ids), now)
+                    timeline.token_ids.extend(completion.token_ids)
                     if output.finished:
                         timeline.finish(now, completion.finish_reason)
                         finished += 1
