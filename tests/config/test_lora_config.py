@@ -173,3 +173,12 @@ def test_lora_is_sweepable_and_leaves_other_hashes_alone(
         assert f"lora.selection={policy}" in out
     plain = ExperimentConfig(model="tiny-llama", load_format="dummy")
     assert "lora" not in json.loads(plain.to_json())
+
+
+def test_a_backend_without_lora_support_is_refused() -> None:
+    """A registered backend whose spec has no LoRA support (a plugin's) refuses lora:."""
+    from llenergymeasure_contract.lora import LoraConfig, check_lora_backend
+
+    lora = LoraConfig.model_validate({"adapters": [{"generate": {"count": 1}}]})
+    with pytest.raises(ValueError, match="lora: backend toy cannot serve LoRA adapters"):
+        check_lora_backend(lora, None, backend="toy", server_mode=False)
