@@ -182,3 +182,15 @@ def test_a_backend_without_lora_support_is_refused() -> None:
     lora = LoraConfig.model_validate({"adapters": [{"generate": {"count": 1}}]})
     with pytest.raises(ValueError, match="lora: backend toy cannot serve LoRA adapters"):
         check_lora_backend(lora, None, backend="toy", server_mode=False)
+
+
+def test_adapter_directories_are_input_paths_for_preflight(tmp_path: Path) -> None:
+    """Preflight checks adapter directories exist, like the model and dataset paths."""
+    from llenergymeasure.study.options import input_paths
+    from llenergymeasure.study.plan import build_plan
+
+    adapter = _adapter(tmp_path / "adapters" / "sql", rank=8)
+    study = tmp_path / "study.yaml"
+    study.write_text(HEAD + "gpus: []\nlora:\n  adapters: [./adapters/sql]\n", encoding="utf-8")
+    plan = build_plan(load_study(study))
+    assert str(adapter) in input_paths(list(plan.experiments), tmp_path)
