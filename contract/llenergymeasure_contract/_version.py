@@ -10,4 +10,4 @@ it with ``python -m llenergymeasure_harness --version``.
 """
 
 __version__ = "2.0.0"
-CONTRACT_VERSION = 2
+CONTRACT_VERSION = 3

@@ -12,7 +12,7 @@ import hashlib
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from llenergymeasure_contract.architecture import builtin_name_for
@@ -25,20 +25,48 @@ from llenergymeasure_contract.sections import (
     VLLMConfig,
 )
 from llenergymeasure_contract.serving import EndpointConfig, ServerConfig
+from llenergymeasure_contract.strict import (
+    MAX_SEED,
+    MAX_TOKENS,
+    STRICT_CONFIG,
+    StrictModel,
+    strict_value,
+)
 from llenergymeasure_contract.traffic import DEFAULT_TRAFFIC, TrafficConfig
 
 Precision = Literal["float32", "float16", "bfloat16", "auto"]
 PRECISION_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """Frozen, strict input (:mod:`llenergymeasure_contract.strict`)."""
 
 
 # --------------------------------------------------------------------------- datasets
 
 
-class SyntheticDataset(_Model):
+class _Dataset(BaseModel):
+    """A dataset section: strict input, with ``source`` (the union's tag) left alone."""
+
+    model_config = STRICT_CONFIG
+
+    @field_validator(
+        "input_len",
+        "output_len",
+        "path",
+        "name",
+        "split",
+        "subset",
+        "text_field",
+        mode="before",
+        check_fields=False,
+    )
+    @classmethod
+    def _strict_input(cls, value: Any, info: ValidationInfo) -> Any:
+        return strict_value(cls, info.field_name or "", value)
+
+
+class SyntheticDataset(_Dataset):
     """Seeded random token ids: the same prompts on every backend, no tokenizer needed."""
 
     source: Literal["synthetic"] = "synthetic"
@@ -50,7 +78,7 @@ class SyntheticDataset(_Model):
     )
 
 
-class JsonlDataset(_Model):
+class JsonlDataset(_Dataset):
     """Prompts from a JSONL file, one object per line."""
 
     source: Literal["jsonl"]
@@ -58,7 +86,7 @@ class JsonlDataset(_Model):
     text_field: str = Field("prompt", description="Key holding the prompt text.")
 
 
-class HubDataset(_Model):
+class HubDataset(_Dataset):
     """Prompts from a Hugging Face hub dataset."""
 
     source: Literal["hub"]
@@ -197,8 +225,8 @@ class ExperimentConfig(_Model):
     # Frozen sub-models: one shared default instance each is safe, and cheaper than a factory.
     dataset: DatasetConfig = SyntheticDataset()
     n_prompts: int = Field(100, ge=1, le=1_000_000)
-    max_input_tokens: int = Field(512, ge=1)
-    max_output_tokens: int = Field(128, ge=1)
+    max_input_tokens: int = Field(512, ge=1, le=MAX_TOKENS)
+    max_output_tokens: int = Field(128, ge=1, le=MAX_TOKENS)
     ignore_eos: bool = Field(True, description="Fixed-length output: generate exactly the cap.")
     decoder: DecoderConfig = DecoderConfig()
     warmup: WarmupConfig = WarmupConfig()
@@ -208,7 +236,7 @@ class ExperimentConfig(_Model):
         default_factory=lambda: [0],
         description="GPU indices on the host; [] runs on the CPU (pytorch only, no energy).",
     )
-    random_seed: int = 42
+    random_seed: int = Field(42, ge=0, le=MAX_SEED, description="0 .. 2**32-1.")
     traffic: TrafficConfig = Field(
         DEFAULT_TRAFFIC, description="How requests arrive: offline (all at t=0) or a process."
     )

@@ -28,9 +28,10 @@ import random
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llenergymeasure_contract.architecture import is_local_path
+from llenergymeasure_contract.strict import MAX_SEED, StrictModel
 
 #: Modules of the shipped architectures (Llama, Mistral, Qwen2) a generated adapter may target.
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -41,8 +42,8 @@ VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 Selection = Literal["round_robin", "uniform", "zipf"]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """Frozen, strict input (:mod:`llenergymeasure_contract.strict`)."""
 
 
 def _check_name(value: str | None) -> str | None:
@@ -65,7 +66,7 @@ class GenerateSpec(_Model):
         None, gt=0, description="lora_alpha; default the rank (scale alpha/r = 1)."
     )
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
-    seed: int = Field(0, description="Adapter i is drawn from seed + i.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Adapter i is drawn from seed + i.")
     name_prefix: str = Field("lora", description="Adapters are named PREFIX-0, PREFIX-1, ...")
 
     @field_validator("target_modules")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from llenergymeasure_contract.strict import StrictModel
 
 
 def canonical_dict(value: Any) -> Any:
@@ -21,9 +23,7 @@ def canonical_dict(value: Any) -> Any:
     return value
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _Section(StrictModel):
     @field_validator("*", mode="after")
     @classmethod
     def _canonical(cls, value: Any) -> Any:

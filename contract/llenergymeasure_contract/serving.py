@@ -14,17 +14,32 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from llenergymeasure_contract.strict import StrictModel, check_url, redact_url
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: How to give an endpoint its credentials instead of writing them into the URL.
+ENDPOINT_CREDENTIALS_FIX = (
+    "Pass credentials by the NAME of an environment variable: endpoint.api_key_env: NAME (a "
+    "Bearer token), or endpoint.basic_auth_env: NAME holding user:password; export it and "
+    "hand it to the container with docker: {env_passthrough: [NAME]}"
+)
 #: Flags of the serve commands the experiment itself decides.
 RESERVED_SERVER_ARGS = ("--host", "--port", "--model", "--dtype", "--seed")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """Frozen, strict input (:mod:`llenergymeasure_contract.strict`)."""
 
 
 class ServerConfig(_Model):
@@ -59,6 +74,11 @@ class EndpointConfig(_Model):
         None,
         description="NAME of the environment variable holding the API key (never the key).",
     )
+    basic_auth_env: str | None = Field(
+        None,
+        description="NAME of the environment variable holding 'user:password' for HTTP basic "
+        "authentication (never the credentials, and never in the url).",
+    )
     prompt_format: Literal["auto", "text", "token_ids"] = Field(
         "auto",
         description="auto: text when a tokenizer is available (tokenizer: or a local model "
@@ -77,20 +97,43 @@ class EndpointConfig(_Model):
     def _http_url(cls, value: str) -> str:
         v = value.strip().rstrip("/")
         if not v.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint.url must start with http:// or https://, got {value!r}")
+            raise ValueError(
+                f"endpoint.url must start with http:// or https://, got {redact_url(value)!r}"
+            )
+        check_url(v, "endpoint.url", ENDPOINT_CREDENTIALS_FIX)
         if v.endswith("/v1"):
             v = v[: -len("/v1")]
         return v
 
-    @field_validator("api_key_env")
+    @field_validator("api_key_env", "basic_auth_env")
     @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
+    def _env_name(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and not _ENV_NAME.match(value):
+            # the message never repeats the value: it may be the secret itself
             raise ValueError(
-                "endpoint.api_key_env is the NAME of an environment variable (letters, digits, "
-                "underscores), not the key itself; e.g. api_key_env: OPENAI_API_KEY"
+                f"endpoint.{info.field_name} is the NAME of an environment variable (letters, "
+                f"digits, underscores), not the secret itself; e.g. {info.field_name}: "
+                + ("OPENAI_API_KEY" if info.field_name == "api_key_env" else "LLEM_ENDPOINT_AUTH")
             )
         return value
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> EndpointConfig:
+        if self.api_key_env is not None and self.basic_auth_env is not None:
+            raise ValueError(
+                "endpoint.api_key_env (a Bearer token) and endpoint.basic_auth_env (basic "
+                "authentication) both set the Authorization header; keep one"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # basic_auth_env joined later: left out when unset, so the config hash of every
+        # endpoint experiment measured before it stays the same.
+        data: dict[str, Any] = handler(self)
+        if data.get("basic_auth_env", "") is None:
+            del data["basic_auth_env"]
+        return data
 
 
 __all__ = ["RESERVED_SERVER_ARGS", "EndpointConfig", "ServerConfig"]

@@ -23,15 +23,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from llenergymeasure_contract.strict import MAX_SEED, StrictModel
 
 TrafficPattern = Literal["offline", "constant", "poisson", "gamma", "closed_loop"]
 #: Patterns that draw arrival times from a rate.
 RATE_PATTERNS: tuple[str, ...] = ("constant", "poisson", "gamma")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """Frozen, strict input (:mod:`llenergymeasure_contract.strict`)."""
 
 
 class SLOConfig(_Model):
@@ -73,7 +75,12 @@ class TrafficConfig(_Model):
     concurrency: int | None = Field(
         None, ge=1, description="closed_loop: users, each with one request in flight."
     )
-    seed: int = Field(0, description="Seed of the arrival times (the same seed, the same times).")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of the arrival times (the same seed, the same times).",
+    )
     max_wait_s: float = Field(
         0.05,
         ge=0.0,

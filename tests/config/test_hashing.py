@@ -247,6 +247,7 @@ KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("server.args", SERVED, {"server.args": ["--max-log-len", "10"]}),
     ("endpoint.url", EP, {"endpoint.url": "http://127.0.0.1:9000"}),
     ("endpoint.api_key_env", EP, {"endpoint.api_key_env": "MY_KEY"}),
+    ("endpoint.basic_auth_env", EP, {"endpoint.basic_auth_env": "MY_AUTH"}),
     ("endpoint.prompt_format", EP, {"endpoint.prompt_format": "text"}),
     ("endpoint.request_timeout_s", EP, {"endpoint.request_timeout_s": 30.0}),
     ("endpoint.max_concurrency", EP, {"endpoint.max_concurrency": 8}),

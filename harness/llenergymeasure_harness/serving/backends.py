@@ -32,6 +32,7 @@ from llenergymeasure_harness.lora import AdapterSet, prepare_adapters
 from llenergymeasure_harness.serving.client import (
     ClientSettings,
     StreamingClient,
+    basic_authorization,
     fetch_models,
     output_length_forced,
 )
@@ -88,6 +89,8 @@ class _HTTPBackend:
         self._client: StreamingClient | None = None
         self._tokenizer: Any = None
         self._prompt_format = "token_ids"
+        #: ``Authorization`` header for HTTP basic authentication (endpoint.basic_auth_env).
+        self._authorization: str | None = None
         #: Where the server log goes (set by the harness to the results directory).
         self.output_dir: Path | None = None
         self.server_info: dict[str, Any] = {}
@@ -120,6 +123,7 @@ class _HTTPBackend:
             base_url=base_url,
             model=model,
             api_key=api_key,
+            authorization=self._authorization,
             temperature=dec.temperature,
             top_p=dec.top_p,
             seed=config.random_seed if dec.do_sample else None,
@@ -130,7 +134,9 @@ class _HTTPBackend:
 
     def _models(self, base_url: str, api_key: str | None) -> dict[str, Any] | None:
         try:
-            return asyncio.run(fetch_models(base_url, api_key=api_key))
+            return asyncio.run(
+                fetch_models(base_url, api_key=api_key, authorization=self._authorization)
+            )
         except Exception as exc:  # informational; the requests themselves will tell
             logger.warning("GET %s/v1/models failed: %s", base_url, exc)
             return None
@@ -287,6 +293,18 @@ class EndpointBackend(_HTTPBackend):
                     hint=f"export {section.api_key_env} on the host and pass it through to the "
                     "harness by name (docs/runner.md), or run with --runner local",
                 )
+        self._authorization = None
+        basic_env = getattr(section, "basic_auth_env", None)
+        if basic_env is not None:
+            user_password = self._environ.get(basic_env)
+            if not user_password or ":" not in user_password:
+                raise ConfigError(
+                    f"endpoint.basic_auth_env names {basic_env}, which is not set (to "
+                    "user:password) in the harness environment",
+                    hint=f"export {basic_env}=user:password on the host and pass it through to "
+                    "the harness by name (docs/runner.md), or run with --runner local",
+                )
+            self._authorization = basic_authorization(user_password)
         models = self._models(section.url, api_key)
         if models is None:
             raise ExperimentError(
@@ -327,6 +345,7 @@ class EndpointBackend(_HTTPBackend):
             "url": section.url,
             "models": models,
             "api_key_env": section.api_key_env,  # the variable's name; the key is never kept
+            "basic_auth_env": basic_env,
             "prompt_format": self._prompt_format,
         }
         vocab = len(self._tokenizer) if self._tokenizer is not None else None

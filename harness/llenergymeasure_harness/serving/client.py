@@ -59,6 +59,8 @@ class ClientSettings:
         base_url: ``http://host:port`` (``/v1/...`` is appended).
         model: The served model name (``/v1/models`` id).
         api_key: Bearer token, read from the environment by the caller; never logged.
+        authorization: A whole ``Authorization`` header value (HTTP basic authentication),
+            used instead of ``api_key``; never logged.
         temperature / top_p / seed: Decoding; greedy is temperature 0.
         ignore_eos: Ask for exactly ``max_new_tokens`` per request.
         request_timeout_s: Per-request read timeout.
@@ -67,6 +69,7 @@ class ClientSettings:
     base_url: str
     model: str
     api_key: str | None = None
+    authorization: str | None = None
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
@@ -146,8 +149,9 @@ class StreamingClient:
 
         plan = plan or ArrivalPlan.offline()
         headers = {"Accept": "text/event-stream"}
-        if self.settings.api_key:
-            headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        auth = auth_header(self.settings.api_key, self.settings.authorization)
+        if auth:
+            headers["Authorization"] = auth
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=30.0, sock_read=self.settings.request_timeout_s
         )
@@ -336,13 +340,32 @@ class StreamingClient:
         self.forcing = "none"
 
 
+def auth_header(api_key: str | None, authorization: str | None = None) -> str | None:
+    """The ``Authorization`` header: the given value, else ``Bearer <api_key>``, else none."""
+    if authorization:
+        return authorization
+    return f"Bearer {api_key}" if api_key else None
+
+
+def basic_authorization(user_password: str) -> str:
+    """``Basic <base64(user:password)>`` (RFC 7617) from ``user:password``."""
+    import base64
+
+    return "Basic " + base64.b64encode(user_password.encode("utf-8")).decode("ascii")
+
+
 async def fetch_models(
-    base_url: str, *, api_key: str | None = None, timeout_s: float = 10.0
+    base_url: str,
+    *,
+    api_key: str | None = None,
+    authorization: str | None = None,
+    timeout_s: float = 10.0,
 ) -> dict[str, Any]:
     """``GET /v1/models`` as JSON (raises ``aiohttp`` errors to the caller)."""
     import aiohttp
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    auth = auth_header(api_key, authorization)
+    headers = {"Authorization": auth} if auth else {}
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with (
         aiohttp.ClientSession(base_url=base_url, headers=headers, timeout=timeout) as http,

@@ -39,6 +39,8 @@ class FakeSSEBehaviour:
     # --lora-modules); a request naming any other model is refused.
     lora_models: tuple[str, ...] = ()
     requests: list[dict[str, Any]] = field(default_factory=list)
+    #: The ``Authorization`` header of every request received (None when absent), in order.
+    authorizations: list[str | None] = field(default_factory=list)
 
 
 class FakeSSEServer:
@@ -108,6 +110,7 @@ class FakeSSEServer:
                     for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)
                 }
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                self.behaviour.authorizations.append(headers.get("authorization"))
                 await self._route(method, path, body, writer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass

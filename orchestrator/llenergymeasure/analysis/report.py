@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llenergymeasure.analysis import bootstrap
+from llenergymeasure.analysis.outfile import check_output_file, output_write_error
 from llenergymeasure.analysis.table import (
     ExperimentRow,
     LoadedStudy,
@@ -483,13 +484,16 @@ def write_report(study_dir: str | Path, output: str | Path) -> Path:
     """Write the report of the study in ``study_dir`` to ``output`` (atomically).
 
     Raises:
-        UsageError: not a study directory.
+        UsageError: not a study directory, or ``output`` cannot be written.
         PreflightError: plotly (the ``report`` extra) is not installed.
     """
+    out = check_output_file(Path(output).expanduser())
     _plotly()
     study = load_study_dir(study_dir)
-    out = Path(output).expanduser()
     text = render_report(study)
-    with atomic_path(out) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    try:
+        with atomic_path(out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise output_write_error(out, exc) from exc
     return out

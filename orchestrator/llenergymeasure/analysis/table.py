@@ -119,6 +119,11 @@ def load_study_dir(path: str | Path) -> LoadedStudy:
         ConfigError: ``study_result.json`` is not valid (exit 2).
     """
     p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(
+            f"{p}: no such file or directory",
+            hint="pass a study directory, e.g. results/<name>_<hash>_<UTC time>",
+        )
     file = p / STUDY_RESULT_FILE if p.is_dir() else p
     if not file.is_file():
         hint = (
@@ -128,8 +133,21 @@ def load_study_dir(path: str | Path) -> LoadedStudy:
         )
         raise UsageError(f"{p}: no {STUDY_RESULT_FILE} there", hint=hint)
     try:
-        result = StudyResult.model_validate_json(file.read_text(encoding="utf-8"))
-    except (OSError, ValidationError, ValueError) as exc:
+        text = file.read_text(encoding="utf-8")
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"truncated or damaged: not complete JSON (line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg})",
+            source=str(file),
+            hint="the file was cut short (a full disk, an interrupted copy?); restore it from "
+            "a backup (each run's own result.json is under runs/)",
+        ) from exc
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"cannot read it: {exc}", source=str(file)) from exc
+    try:
+        result = StudyResult.model_validate_json(text)
+    except (ValidationError, ValueError) as exc:
         raise ConfigError(
             f"not a valid study result: {str(exc).splitlines()[0]}",
             source=str(file),

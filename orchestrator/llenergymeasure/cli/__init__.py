@@ -3,11 +3,12 @@
 Commands live one per module (``run``, ``config_cmd``, ``images``, ``results``); each parses
 its options, calls one library function and renders the outcome. Exit codes: 0 success, 1 an
 experiment or runtime failure, 2 bad config or usage, 130 interrupted (Ctrl-C), 143 stopped by
-SIGTERM. Tracebacks only with ``-v``.
+SIGTERM. Tracebacks only with ``-v`` (``llem run``) or ``LLEM_DEBUG=1`` (any command).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -68,7 +69,7 @@ app.add_typer(results_app, name="results")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (see the module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    verbose = "-v" in args or "--verbose" in args
+    verbose = "-v" in args or "--verbose" in args or _debug_env()
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         result = app(args=args, prog_name="llem", standalone_mode=False)
@@ -98,9 +99,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verbose:
             err.print_exception()
         else:
-            err.print("  run again with -v for the traceback, and please report it")
+            err.print(f"  {_traceback_hint(args)}, and please report it")
         return 1
     return int(result) if isinstance(result, int) else 0
+
+
+#: Set to 1 to print the traceback of any error, from any command.
+ENV_DEBUG = "LLEM_DEBUG"
+#: Commands that take -v/--verbose themselves.
+_VERBOSE_COMMANDS = ("run",)
+
+
+def _debug_env() -> bool:
+    return os.environ.get(ENV_DEBUG, "") not in ("", "0", "false", "no")
+
+
+def _traceback_hint(args: list[str]) -> str:
+    """How to get the traceback: -v where the command has it, else the environment."""
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command in _VERBOSE_COMMANDS:
+        return "run again with -v for the traceback"
+    return f"run again with {ENV_DEBUG}=1 for the traceback"
 
 
 def _escape(text: str) -> str:

@@ -41,6 +41,17 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llenergymeasure.config.impact import CarbonConfig, CostConfig, ImpactInputs
+from llenergymeasure.config.inputs import (
+    MAX_NESTING,
+    MAX_STUDY_FILE_BYTES,
+    check_regular_file,
+    echo,
+    expand_path,
+    jsonl_problem,
+    nesting_problem,
+    prefixes,
+    shown,
+)
 from llenergymeasure.config.lora_paths import resolve_adapter_paths
 from llenergymeasure.config.notify import NotifyConfig
 from llenergymeasure.config.study import (
@@ -67,6 +78,7 @@ from llenergymeasure_contract.experiment import (
     WarmupConfig,
 )
 from llenergymeasure_contract.registry import REGISTRY
+from llenergymeasure_contract.strict import MAX_TEXT_LEN, control_chars
 from llenergymeasure_contract.traffic import TrafficConfig
 
 RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker", "slurm")
@@ -132,12 +144,17 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """Parse a YAML or JSON study file into a mapping.
 
     Raises:
-        ConfigError: missing file, syntax error (with line and column), or not a mapping.
+        ConfigError: missing file, not a regular file, too large or too deeply nested, syntax
+            error (with line and column), or not a mapping.
     """
-    if not path.exists():
-        raise ConfigError("file not found", source=str(path), hint="check the path")
-    if path.is_dir():
-        raise ConfigError("is a directory, not a study file", source=str(path))
+    st = check_regular_file(path)
+    if st.st_size > MAX_STUDY_FILE_BYTES:
+        raise ConfigError(
+            f"is {st.st_size / 1024**2:.0f} MiB; a study file may be at most "
+            f"{MAX_STUDY_FILE_BYTES // 1024**2} MiB",
+            source=str(path),
+            hint="is this the study file? a large sweep is written as lists, not expanded",
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -147,6 +164,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
             data = json.loads(text)
         else:
             data = yaml.load(text, Loader=_UniqueKeyLoader)
+        deep = nesting_problem(data)
+    except RecursionError as exc:
+        deep = f"mappings and lists nest too deeply (more than {MAX_NESTING} levels)"
+        raise ConfigError(deep, source=str(path), hint="a study needs only a few levels") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=str(path)
@@ -160,6 +181,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
             source=str(path),
             hint="check indentation and that every 'key: value' has a space after the colon",
         ) from exc
+    if deep:
+        raise ConfigError(deep, source=str(path), hint="a study needs only a few levels")
     if data is None:
         raise ConfigError("file is empty", source=str(path), hint="add at least 'model:'")
     if not isinstance(data, dict):
@@ -181,6 +204,7 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
 
 
 def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    check_regular_file(path)  # before resolve(): a symlink loop is a message, not a crash
     path = path.resolve()
     if path in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path))
@@ -192,9 +216,9 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]
     if not isinstance(base, str):
         raise ConfigError(f"base: must be a file path, got {type(base).__name__}", source=str(path))
     base_path = (path.parent / base).expanduser()
-    if not base_path.exists():
+    if not base_path.exists() and not base_path.is_symlink():
         raise ConfigError(
-            f"base: {base!r} not found (looked for {base_path})",
+            f"base: {echo(base)} not found (looked for {base_path})",
             source=str(path),
             hint="base: paths are relative to the file that names them",
         )
@@ -246,7 +270,7 @@ def check_key_path(dotted: str) -> str | None:
             where = ".".join(walked) or "an experiment"
             close = difflib.get_close_matches(part, list(fields), n=3, cutoff=0.6)
             suggestion = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            return f"unknown key {part!r} in {where}{suggestion}"
+            return f"unknown key {echo(part)} in {where}{suggestion}"
         walked.append(part)
         fields = _child_fields(fields[part])  # {} at a leaf: any further part is unknown
     return None
@@ -394,7 +418,7 @@ def _format_validation(exc: ValidationError, cand: _Candidate) -> list[str]:
         elif err["type"] not in ("value_error", "assertion_error") and not isinstance(
             err.get("input"), dict | list
         ):
-            msg = f"{msg} (got {err.get('input')!r})"
+            msg = f"{msg} (got {echo(err.get('input'))})"
         problems.append(f"{where}: {msg}")
     return problems
 
@@ -415,14 +439,30 @@ def _resolve_paths(
         return resolved
 
     def _resolve_one(value: str, key: str, *, must_exist: bool) -> str:
+        where = cand.source_of(tuple(key.split(".")))
+        if len(value) > MAX_TEXT_LEN or control_chars(value):
+            return value  # the experiment's validation names the key and says why
         candidate = Path(value).expanduser()
         if not candidate.is_absolute():
             candidate = base_dir / candidate
-        if candidate.exists():
-            return str(candidate.resolve())
+        try:
+            exists = candidate.exists()
+            resolved = str(candidate.resolve()) if exists else None
+        except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+            why = getattr(exc, "strerror", None) or str(exc)
+            problem = f"{where}: cannot look up path {echo(value)}: {why}"
+            if problem not in problems:
+                problems.append(problem)
+            return value
+        if resolved is not None:
+            if key == "dataset.path":
+                bad = jsonl_problem(Path(resolved))
+                if bad and f"{where}: {bad}" not in problems:
+                    problems.append(f"{where}: {bad}")
+            return resolved
         if must_exist or is_local_path(value):
             problem = (
-                f"{cand.source_of(tuple(key.split('.')))}: path {value!r} does not exist "
+                f"{where}: path {echo(value)} does not exist "
                 f"(looked for {candidate}); paths are relative to the study file"
             )
             if problem not in problems:
@@ -469,7 +509,7 @@ def _expansion_size(
 
 
 def _label_point(assignments: list[tuple[str, Any, str]], n: int) -> str:
-    desc = ", ".join(f"{k}={v}" for k, v, _ in assignments)
+    desc = ", ".join(f"{k}={shown(v)}" for k, v, _ in assignments)
     return f"sweep point {n} ({desc})" if desc else f"sweep point {n}"
 
 
@@ -507,7 +547,7 @@ def expand_study(
     for key in shared:
         if not isinstance(key, str):
             problems.append(
-                f"{key!r}: keys must be strings; quote it (YAML reads unquoted "
+                f"{echo(key)}: keys must be strings; quote it (YAML reads unquoted "
                 "on/off/yes/no/null and numbers as non-strings)"
             )
             continue
@@ -541,8 +581,8 @@ def expand_study(
                     continue
                 if not isinstance(values, list):
                     problems.append(
-                        f"sweep.{key}: expected a list of values, got {values!r}; "
-                        f"write [{values!r}] for a single value"
+                        f"sweep.{key}: expected a list of values, got {echo(values)}; "
+                        f"write [{echo(values)}] for a single value"
                     )
                     continue
                 if not values:
@@ -555,6 +595,14 @@ def expand_study(
                     )
                     continue
                 sweep[key] = values
+            for key in sweep:
+                parent = next((p for p in prefixes(key) if p in sweep), None)
+                if parent is not None:
+                    problems.append(
+                        f"sweep.{key}: sweeps a part of sweep.{parent}, which sets the whole "
+                        f"{parent} section; every point would carry two contradicting labels. "
+                        f"Sweep either {parent} or its keys, not both"
+                    )
 
     # ---- explicit experiments
     exp_raw = raw.get("experiments")
@@ -567,7 +615,7 @@ def expand_study(
         else:
             for i, entry in enumerate(exp_raw):
                 if not isinstance(entry, dict):
-                    problems.append(f"experiments[{i}]: must be a mapping, got {entry!r}")
+                    problems.append(f"experiments[{i}]: must be a mapping, got {echo(entry)}")
                     continue
                 # an entry's own name: is the experiment's label (ExperimentConfig.name)
                 bad = [k for k in entry if k in STUDY_KEYS and k != "name"]
@@ -604,7 +652,7 @@ def expand_study(
 
     limit = raw.get("max_experiments", DEFAULT_MAX_EXPERIMENTS)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        problems.append(f"max_experiments: must be a positive integer, got {limit!r}")
+        problems.append(f"max_experiments: must be a positive integer, got {echo(limit)}")
         limit = DEFAULT_MAX_EXPERIMENTS
     size = _expansion_size(sweep, entries, default_backend)
     if size > limit:
@@ -766,6 +814,12 @@ def expand_study(
         runner = RunnerSettings.model_validate(runner_data)
     except ValidationError as exc:
         problems.extend(_section_problems(exc, ""))
+    chosen = runner_data.get("runner", runner.runner)
+    if "slurm" in raw and isinstance(chosen, str) and chosen != "slurm":
+        problems.append(
+            f"slurm: the section applies to runner: slurm only, but the runner is "
+            f"{chosen}; set runner: slurm (or --runner slurm), or remove the section"
+        )
     for key in runner.images:
         if key not in REGISTRY:
             problems.append(
@@ -774,15 +828,25 @@ def expand_study(
 
     name = raw.get("name", Path(source).stem if source != COMMAND_LINE else "llem")
     if not isinstance(name, str) or not name.strip():
-        problems.append(f"name: must be a non-empty string, got {name!r}")
+        problems.append(f"name: must be a non-empty string, got {echo(name)}")
+        name = "study"
+    elif control_chars(name) or len(name) > 200:
+        problems.append(
+            f"name: must be one line of printable text of at most 200 characters, got {echo(name)}"
+        )
         name = "study"
     results = results_dir or raw.get("results_dir") or user.results_dir or "./results"
     if not isinstance(results, str) or not results.strip():
-        problems.append(f"results_dir: must be a path string, got {results!r}")
+        problems.append(f"results_dir: must be a path string, got {echo(results)}")
+        results = "./results"
+    elif control_chars(results) or len(results) > MAX_TEXT_LEN:
+        problems.append(
+            f"results_dir: must be one line of printable text (a path), got {echo(results)}"
+        )
         results = "./results"
     # Made absolute once, here (relative to the working directory, as typed): bind mounts,
     # the manifest and a resume from another directory all need the absolute path.
-    results = os.path.abspath(os.path.expanduser(results))
+    results = os.path.abspath(expand_path(results, "results_dir", problems))
 
     impact = _impact_inputs(raw, user, source, problems)
     notify = _notify(raw, problems)
@@ -826,7 +890,7 @@ def _impact_inputs(
                 sources[f"{key}.{k}"] = f"user config {user.source or '(defaults)'}"
         given = raw.get(key)
         if given is not None and not isinstance(given, dict):
-            problems.append(f"{key}: must be a mapping, got {given!r}")
+            problems.append(f"{key}: must be a mapping, got {echo(given)}")
             given = None
         for k, v in (given or {}).items():
             merged[k] = v
@@ -852,7 +916,7 @@ def _notify(raw: Mapping[str, Any], problems: list[str]) -> NotifyConfig:
         return NotifyConfig()
     if not isinstance(given, dict):
         problems.append(
-            f"notify: must be a mapping (notify: {{webhooks: [URL, ...]}}), got {given!r}"
+            f"notify: must be a mapping (notify: {{webhooks: [URL, ...]}}), got {echo(given)}"
         )
         return NotifyConfig()
     try:
@@ -879,8 +943,10 @@ def _section_problems(exc: ValidationError, prefix: str) -> list[str]:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif not isinstance(err.get("input"), dict | list):
-            msg = f"{msg} (got {err.get('input')!r})"
+        elif err["type"] not in ("value_error", "assertion_error") and not isinstance(
+            err.get("input"), dict | list
+        ):
+            msg = f"{msg} (got {echo(err.get('input'))})"
         out.append(f"{where}: {msg}")
     return out
 

@@ -16,10 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure.config.inputs import check_regular_file
+from llenergymeasure.errors import ConfigError
 from llenergymeasure_contract.architecture import is_local_path
 
 #: peft's adapter config file name.
 ADAPTER_CONFIG = "adapter_config.json"
+#: An adapter_config.json is a few hundred bytes; anything this large is not one.
+MAX_ADAPTER_CONFIG_BYTES = 1_000_000
 
 
 def resolve_adapter_paths(
@@ -51,7 +55,9 @@ def resolve_adapter_paths(
         if not path.exists():
             continue  # resolve() reported it
         config = path / ADAPTER_CONFIG
-        if not config.is_file():
+        try:
+            st = check_regular_file(config, ADAPTER_CONFIG)
+        except ConfigError:
             problems.append(
                 f"{where}.adapters[{i}].path: {resolved} holds no {ADAPTER_CONFIG}; an adapter "
                 "is a directory in peft's format (adapter_config.json + adapter_model.safetensors)"
@@ -59,6 +65,8 @@ def resolve_adapter_paths(
             continue
         if entry.get("rank") is None:
             try:
+                if st.st_size > MAX_ADAPTER_CONFIG_BYTES:
+                    raise ValueError(f"larger than {MAX_ADAPTER_CONFIG_BYTES:,} bytes")
                 rank = json.loads(config.read_text(encoding="utf-8")).get("r")
             except (OSError, ValueError, AttributeError) as exc:
                 problems.append(f"{where}.adapters[{i}].path: cannot read {config}: {exc}")

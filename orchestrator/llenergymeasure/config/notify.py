@@ -19,14 +19,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from llenergymeasure_contract.strict import StrictModel, check_url
 
 NotifyEvent = Literal["experiment_end", "study_end"]
 ALL_EVENTS: tuple[NotifyEvent, ...] = ("experiment_end", "study_end")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """Frozen, strict input (:mod:`llenergymeasure_contract.strict`)."""
 
 
 class WebhookConfig(_Model):
@@ -42,6 +44,17 @@ class WebhookConfig(_Model):
     events: list[NotifyEvent] = Field(
         default_factory=lambda: list(ALL_EVENTS), min_length=1, description="What to send."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, url: str) -> str:
+        return check_url(
+            url,
+            "notify.webhooks[].url",
+            "Authenticate the POSTs by signing them instead: secret_env: NAME names the "
+            "environment variable holding the HMAC key, and the receiver checks the "
+            "X-LLEM-Signature header.",
+        )
 
     @model_validator(mode="before")
     @classmethod

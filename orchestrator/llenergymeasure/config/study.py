@@ -12,12 +12,13 @@ import re
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from llenergymeasure.config.impact import ImpactInputs
 from llenergymeasure.config.notify import NotifyConfig
 from llenergymeasure.config.slurm import SlurmSettings
 from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.strict import MAX_SEED, StrictModel
 
 CycleOrder = Literal["sequential", "interleaved", "shuffled"]
 RunnerName = Literal["docker", "local", "auto", "slurm"]
@@ -31,8 +32,14 @@ SECRET_NAME = re.compile(
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+#: Longest rest between experiments or cycles (a day).
+MAX_GAP_S = 86_400.0
+#: Longest single run (a week).
+MAX_TIMEOUT_S = 604_800.0
+
+
+class _Model(StrictModel):
+    """Frozen, strict input (:mod:`llenergymeasure_contract.strict`)."""
 
 
 class ExecutionConfig(_Model):
@@ -44,10 +51,18 @@ class ExecutionConfig(_Model):
         description="sequential: A A B B; interleaved: A B A B; shuffled: each cycle in a "
         "seeded random order.",
     )
-    shuffle_seed: int = Field(0, description="Seed of the shuffled order (reproducible).")
-    config_gap_s: float = Field(60.0, ge=0.0, description="Thermal rest between experiments.")
-    cycle_gap_s: float = Field(120.0, ge=0.0, description="Thermal rest between cycles.")
-    experiment_timeout_s: float = Field(3600.0, gt=0.0, description="Stop a run after this.")
+    shuffle_seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of the shuffled order (reproducible)."
+    )
+    config_gap_s: float = Field(
+        60.0, ge=0.0, le=MAX_GAP_S, description="Thermal rest between experiments."
+    )
+    cycle_gap_s: float = Field(
+        120.0, ge=0.0, le=MAX_GAP_S, description="Thermal rest between cycles."
+    )
+    experiment_timeout_s: float = Field(
+        3600.0, gt=0.0, le=MAX_TIMEOUT_S, description="Stop a run after this."
+    )
     max_consecutive_failures: int = Field(
         3, ge=0, description="Stop the study after this many failures in a row (0 = never)."
     )

@@ -25,19 +25,18 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError
 
 from llenergymeasure.config.impact import CarbonConfig, CostConfig
 from llenergymeasure.config.study import PullPolicy, RunnerName
 from llenergymeasure.errors import ConfigError
+from llenergymeasure_contract.strict import StrictModel
 
 ENV_USER_CONFIG = "LLEM_USER_CONFIG"
 
 
-class UserDefaults(BaseModel):
+class UserDefaults(StrictModel):
     """Host-wide defaults, lowest precedence after built-ins."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     results_dir: str | None = None
     runner: RunnerName | None = None

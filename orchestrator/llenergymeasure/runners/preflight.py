@@ -12,7 +12,8 @@ Docker runner::
     host paths named in configs exist ─► free disk space under the results dir
 
 Local runner: each backend's engine importable (``importlib.util.find_spec``, nothing is
-imported), the harness importable, GPUs free via the host's ``nvidia-smi`` when it exists.
+imported), the harness importable, the GPUs the study names present and free (the host's
+``nvidia-smi``; no ``nvidia-smi`` means no GPU, so a study naming GPUs stops here).
 
 Everything found wrong raises one :class:`~llenergymeasure.errors.PreflightError`.
 """
@@ -563,7 +564,12 @@ def _check_local(
         return
     text = (nvidia_smi or host_nvidia_smi)()
     if text is None:
-        report.notes.append("no nvidia-smi on this host; GPUs were not checked")
+        # Never a CPU result labelled as a GPU one: a study that names GPUs needs them.
+        problems.append(
+            f"the study asks for GPUs {sorted(request.gpus)}, but this host shows none "
+            "(no nvidia-smi; GPUs found: none); run on the CPU with gpus: [] (pytorch, no "
+            "energy), or on a host with GPUs"
+        )
         return
     if text.startswith("error:"):
         problems.append(f"nvidia-smi failed: {text[6:].strip()}")
@@ -573,8 +579,10 @@ def _check_local(
     known = {g.index for g in gpus}
     absent = sorted(set(request.gpus) - known)
     if absent:
+        found = ", ".join(f"{g.index} ({g.name})" for g in gpus) or "none"
         problems.append(
-            f"GPUs {absent} do not exist on this host (nvidia-smi sees {sorted(known)})"
+            f"GPUs {absent} do not exist on this host (GPUs found: {found}); list GPUs that "
+            "exist, or gpus: [] to run on the CPU"
         )
     wanted = [g for g in gpus if g.index in request.gpus]
     by_uuid = {g.uuid for g in wanted}

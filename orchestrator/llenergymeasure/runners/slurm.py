@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from llenergymeasure._version import __version__
-from llenergymeasure.errors import RunnerError
+from llenergymeasure.errors import ConfigError, RunnerError
 from llenergymeasure.runners.base import FailureKind, LogSink, RunOutcome, classify
 from llenergymeasure.runners.spec import (
     HARNESS_COMMAND,
@@ -60,6 +60,7 @@ from llenergymeasure.runners.spec import (
     harness_env,
 )
 from llenergymeasure_contract.registry import REGISTRY
+from llenergymeasure_contract.strict import control_chars
 from llenergymeasure_contract.timestamps import utc_iso
 
 if TYPE_CHECKING:
@@ -412,8 +413,17 @@ def gpu_request(settings: SlurmSettings, n_gpus: int) -> str | None:
 
 
 def _sbatch_line(option: str) -> str:
-    # sbatch reads #SBATCH lines with shell-like quoting; quote values with spaces.
+    """One ``#SBATCH`` line. sbatch reads these with its own quoting (double quotes and
+    backslash escapes); a value with a space is double-quoted, and anything sbatch would read
+    differently from what was meant (a line break, a quote, a backslash) is refused here,
+    whatever validated it before."""
     key, sep, value = option.partition("=")
+    if control_chars(option) or '"' in option or "\\" in option:
+        raise ConfigError(
+            f"the sbatch option {option[:80]!r} cannot be written into a job script "
+            "(control characters, quotes or backslashes)",
+            hint="check the slurm: section and results_dir of the study",
+        )
     if sep and any(c.isspace() for c in value):
         return f'#SBATCH {key}="{value}"'
     return f"#SBATCH {option}"

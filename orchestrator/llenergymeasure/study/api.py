@@ -54,7 +54,7 @@ from llenergymeasure.study.options import (
     refuse_fixed,
     request_gpus,
 )
-from llenergymeasure.study.plan import StudyPlan
+from llenergymeasure.study.plan import StudyPlan, plan_json
 from llenergymeasure.study.session import StudySession
 from llenergymeasure.study.signals import StopSignals
 from llenergymeasure_contract.results import ExperimentResult
@@ -95,6 +95,7 @@ def run_study(
     """
     opts = merge_options(options, flags)
     notifier = Notifier.for_study(plan.study.notify)  # a missing secret: refused before anything
+    plan_json(plan)  # a plan.json that would not resume: refused before anything too
     con = console or Console()
     base = absolute(plan.study.results_dir)
     with StopSignals() as signals:

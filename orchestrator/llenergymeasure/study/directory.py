@@ -26,7 +26,7 @@ from llenergymeasure.study.manifest import (
     read_damage_checked,
 )
 from llenergymeasure.study.options import absolute
-from llenergymeasure.study.plan import StudyPlan
+from llenergymeasure.study.plan import StudyPlan, plan_json
 from llenergymeasure_contract.files import RESULT_FILE
 from llenergymeasure_contract.results import write_json_atomic
 from llenergymeasure_contract.timestamps import utc_compact, utc_iso
@@ -94,7 +94,7 @@ def start_study(study_dir: Path, plan: StudyPlan, runner_name: str) -> ManifestS
         ],
     )
     try:
-        write_json_atomic(study_dir / PLAN_FILE, plan.model_dump_json(indent=1))
+        write_json_atomic(study_dir / PLAN_FILE, plan_json(plan))  # proven to read back
         store = ManifestStore(study_dir, manifest)
         store.write()
     except OSError as exc:

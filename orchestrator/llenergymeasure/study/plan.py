@@ -15,10 +15,11 @@ from __future__ import annotations
 import random
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.config.study import CycleOrder, StudyConfig
+from llenergymeasure.errors import ConfigError
 from llenergymeasure_contract.architecture import DTYPE_BYTES, resolve_architecture
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.sizing import (
@@ -52,7 +53,8 @@ class RunKey(BaseModel):
 class ExperimentEstimate(BaseModel):
     """Rough, clearly-labelled estimates for planning (not measurements)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # an estimate that overflows is written as "Infinity" and read back as inf, not null
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
 
     parameter_count: int | None = None
     weights_bytes: float | None = None
@@ -78,7 +80,7 @@ class PlannedExperiment(BaseModel):
 class StudyPlan(BaseModel):
     """Everything ``llem run`` will do, in order."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
 
     study: StudyConfig
     study_design_hash: str
@@ -121,6 +123,39 @@ class StudyPlan(BaseModel):
             "estimated_duration_s": self.estimated_duration_s,
             "notes": list(self.notes),
         }
+
+
+def plan_json(plan: StudyPlan) -> str:
+    """``plan`` as the text of ``plan.json``, proven to read back as the same plan.
+
+    ``--resume`` reads this file and refuses one it cannot trust; a plan that would not read
+    back (a value the writer accepts and the reader refuses) is refused here, before anything
+    runs, instead of stranding the study half way.
+
+    Raises:
+        ConfigError: the plan does not round-trip; names what differs.
+    """
+    text = plan.model_dump_json(indent=1)
+    try:
+        again = StudyPlan.model_validate_json(text).model_dump_json(indent=1)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:10]
+        ]
+        raise ConfigError(
+            "the study's plan would not read back from plan.json, so it could not be resumed",
+            source=plan.study.source,
+            problems=problems,
+            hint="please report this; change the values named above meanwhile",
+        ) from exc
+    if again != text:
+        raise ConfigError(
+            "the study's plan does not read back from plan.json unchanged, so it could not be "
+            "resumed",
+            source=plan.study.source,
+            hint="please report this",
+        )
+    return text
 
 
 def order_runs(hashes: list[str], n_cycles: int, order: CycleOrder, seed: int = 0) -> list[RunKey]:

@@ -97,3 +97,36 @@ def test_offline_with_max_in_flight_caps_the_requests_in_flight(server: FakeSSES
     for r in records:
         in_flight = sum(1 for o in records if o.submit_s <= r.submit_s < o.end_s)
         assert in_flight <= 2
+
+
+def test_basic_authentication_goes_in_the_authorization_header_only(
+    server: FakeSSEServer,
+) -> None:
+    """endpoint.basic_auth_env's user:password is sent as HTTP basic authentication on every
+    request (models list included), never in a body."""
+    import asyncio
+
+    from llenergymeasure_harness.serving.client import basic_authorization, fetch_models
+
+    auth = basic_authorization("admin:hunter2")
+    assert auth == "Basic YWRtaW46aHVudGVyMg=="
+    asyncio.run(fetch_models(server.base_url, authorization=auth))
+    _client(server, authorization=auth, forcing="none").run(_requests(2))
+    assert server.behaviour.authorizations and set(server.behaviour.authorizations) == {auth}
+    assert all("hunter2" not in str(b) for b in server.behaviour.requests)
+
+
+def test_an_unset_basic_auth_variable_is_named_without_any_request() -> None:
+    """basic_auth_env naming an unset variable: a config error naming it, before any request."""
+    from llenergymeasure_contract import ExperimentConfig
+    from llenergymeasure_contract.errors import ConfigError
+    from llenergymeasure_harness.serving.backends import EndpointBackend
+
+    config = ExperimentConfig(
+        model="m",
+        backend="endpoint",
+        gpus=[],
+        endpoint={"url": "http://127.0.0.1:9", "basic_auth_env": "LLEM_EP_AUTH"},
+    )
+    with pytest.raises(ConfigError, match="LLEM_EP_AUTH"):
+        EndpointBackend(environ={}).load(config)
