@@ -7,6 +7,8 @@ and directory contract between them) and :class:`BackendSpec` (one per backend, 
 dependency is pydantic. Modules:
 
     experiment    ExperimentConfig and its sections (datasets, decoder, warmup, energy)
+    chat          conversations in the OpenAI chat format (format: chat datasets)
+    windows       steady-state window problems, both rules' thresholds, ML.ENERGY's figures
     sections      the per-backend sections (pytorch:, vllm:, tensorrt:)
     registry      BackendSpec and the backend registry
     results       ExperimentResult, HarnessErrorRecord, atomic JSON writes
@@ -14,6 +16,8 @@ dependency is pydantic. Modules:
     files         file names of a results directory, harness exit codes
     architecture  built-in model architectures (dummy weights, FLOPs)
     errors        the one error hierarchy (LLEMError and its subclasses)
+    reuse         engine_key, EngineGroup: experiments sharing one loaded engine
+    time_budget   where a run's wall time went (load, warmup, measure, ...)
 """
 
 from llenergymeasure_contract._version import CONTRACT_VERSION, __version__

@@ -45,6 +45,9 @@ ENV_CONTRACT_VERSION = "LLEM_CONTRACT_VERSION"
 #: The host's config hash: the identity of the run even when the config handed to the harness
 #: has host paths rewritten to container paths (which would change its own hash).
 ENV_CONFIG_HASH = "LLEM_CONFIG_HASH"
+#: A JSON :class:`~llenergymeasure_contract.reuse.EngineGroup` (a path the harness can read):
+#: run every member on one loaded engine. The single-run variables then describe the first.
+ENV_GROUP_FILE = "LLEM_GROUP_FILE"
 
 #: Name -> value that turns NVLink multicast (NVLS) off in NCCL, PyTorch's symmetric memory and
 #: NVSHMEM. On shared NVSwitch hosts a program that uses multicast can put the host's GPUs out
@@ -81,6 +84,7 @@ class HarnessEnv(BaseModel):
     host_uid: int | None = None
     host_gid: int | None = None
     config_hash: str | None = None
+    group_file: str | None = None
 
     def to_env(self) -> dict[str, str]:
         """The variables to set for the harness process or container."""
@@ -101,6 +105,7 @@ class HarnessEnv(BaseModel):
             ENV_HOST_UID: self.host_uid,
             ENV_HOST_GID: self.host_gid,
             ENV_CONFIG_HASH: self.config_hash,
+            ENV_GROUP_FILE: self.group_file,
         }
         env.update({k: str(v) for k, v in optional.items() if v is not None})
         if self.image_labels:
@@ -164,6 +169,7 @@ class HarnessEnv(BaseModel):
             host_uid=_int(ENV_HOST_UID),
             host_gid=_int(ENV_HOST_GID),
             config_hash=environ.get(ENV_CONFIG_HASH) or None,
+            group_file=environ.get(ENV_GROUP_FILE) or None,
         )
 
     @property
@@ -224,6 +230,7 @@ __all__ = [
     "ENV_CONTRACT_VERSION",
     "ENV_CYCLE",
     "ENV_ENGINE_CACHE_DIR",
+    "ENV_GROUP_FILE",
     "ENV_HOST_GID",
     "ENV_HOST_UID",
     "ENV_IMAGE",

@@ -78,16 +78,50 @@ class SyntheticDataset(_Dataset):
     )
 
 
-class JsonlDataset(_Dataset):
-    """Prompts from a JSONL file, one object per line."""
+class _TextOrChat(_Dataset):
+    """What a text dataset's rows hold: a prompt (``text``) or a conversation (``chat``).
+
+    ``chat`` rows are OpenAI-format message lists (:mod:`llenergymeasure_contract.chat`),
+    rendered with the model's chat template; ``turns: each`` sends every user turn as its own
+    request with the history before it (ML.ENERGY's ``lm-arena-chat``), ``last`` only the last.
+    """
+
+    format: Literal["text", "chat"] = Field(
+        "text", description="text: one prompt per row; chat: one conversation per row."
+    )
+    messages_field: str = Field(
+        "messages", description="format chat: key (column) holding the message list."
+    )
+    turns: Literal["last", "each"] = Field(
+        "last", description="format chat: one request per conversation, or per user turn."
+    )
+
+    @field_validator("messages_field", mode="before")
+    @classmethod
+    def _strict_messages_field(cls, value: Any, info: ValidationInfo) -> Any:
+        return strict_value(cls, info.field_name or "", value)
+
+    @model_validator(mode="after")
+    def _chat_keys_need_chat(self) -> _TextOrChat:
+        # Non-default values only: a dumped config (defaults written out) must validate again.
+        if self.format == "text" and (self.turns != "last" or self.messages_field != "messages"):
+            raise ValueError(
+                "dataset.turns and dataset.messages_field apply to conversations; "
+                "set dataset.format: chat (or leave them out)"
+            )
+        return self
+
+
+class JsonlDataset(_TextOrChat):
+    """Prompts (or conversations, with ``format: chat``) from a JSONL file, one per line."""
 
     source: Literal["jsonl"]
     path: str = Field(description="Path to the .jsonl file (relative to the study file).")
     text_field: str = Field("prompt", description="Key holding the prompt text.")
 
 
-class HubDataset(_Dataset):
-    """Prompts from a Hugging Face hub dataset."""
+class HubDataset(_TextOrChat):
+    """Prompts (or conversations, with ``format: chat``) from a Hugging Face hub dataset."""
 
     source: Literal["hub"]
     name: str = Field(description="Hub dataset id, e.g. 'tatsu-lab/alpaca'.")

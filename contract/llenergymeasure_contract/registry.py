@@ -93,6 +93,9 @@ class BackendSpec:
             their CUDA version (checked against the pulled image's ``ENV CUDA_VERSION`` in the
             release workflow).
         lora: What it can do with LoRA adapters (``lora:``); None when it serves none.
+        run_time_keys: Dotted config keys the loaded engine does not fix, so experiments that
+            differ only in them can share one loaded engine (``execution.reuse_engine``);
+            every other key is load-time (:func:`~llenergymeasure_contract.reuse.engine_key`).
     """
 
     name: str
@@ -112,6 +115,7 @@ class BackendSpec:
     release_bases: tuple[ReleaseBase, ...] = ()
     untagged_base_cuda: tuple[tuple[str, str], ...] = ()
     lora: LoraSupport | None = None
+    run_time_keys: tuple[str, ...] = ()
 
     @property
     def supports_lora(self) -> bool:
@@ -142,6 +146,25 @@ class BackendSpec:
         return n
 
 
+#: Keys no engine fixes at load: the requests (count, lengths, dataset, traffic), how they are
+#: decoded, and the measurement around them. ``random_seed`` is not among them (vLLM and the
+#: servers seed the engine at load), nor ``tokenizer``, ``gpus`` or ``server``. A key that is
+#: not listed is load-time, so a new key never lets two different engines pass for one.
+COMMON_RUN_TIME_KEYS: tuple[str, ...] = (
+    "name",
+    "dataset",
+    "n_prompts",
+    "max_input_tokens",
+    "max_output_tokens",
+    "ignore_eos",
+    "decoder",
+    "warmup",
+    "baseline",
+    "energy",
+    "traffic",
+)
+
+
 # Engines that share tensors between processes need the host IPC namespace (the vLLM and
 # TensorRT-LLM docs both run with --ipc=host); PyTorch's generate() only needs a /dev/shm
 # larger than Docker's 64 MB default.
@@ -159,6 +182,8 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         # peft: every adapter loaded onto the model at load, none swapped (transformers
         # serve has no adapter support, so no server mode).
         lora=LoraSupport(swaps=False, cpu_cache=False),
+        # generate() takes the batch per call; the model does not fix it at load
+        run_time_keys=(*COMMON_RUN_TIME_KEYS, "pytorch.batch_size"),
         release_bases=(
             ReleaseBase("pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime", "2.11.0"),
             ReleaseBase("pytorch/pytorch:2.11.0-cuda13.0-cudnn9-runtime", "2.11.0"),
@@ -173,6 +198,7 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         modules=("vllm",),
         parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
         continuous_batching=True,
+        run_time_keys=COMMON_RUN_TIME_KEYS,
         container=ContainerDefaults(
             ipc_mode="host",
             env=MappingProxyType(
@@ -202,6 +228,8 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
         continuous_batching=True,
         uses_engine_cache=True,
+        # max_input_tokens sizes the built engine (max_input_len) unless the section sets it
+        run_time_keys=tuple(k for k in COMMON_RUN_TIME_KEYS if k != "max_input_tokens"),
         # TensorRT-LLM's documented run: --ulimit memlock=-1 --ulimit stack=67108864
         container=ContainerDefaults(
             ipc_mode="host", ulimits=MappingProxyType({"memlock": -1, "stack": 67108864})
@@ -226,6 +254,7 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         engine="OpenAI-compatible server",
         modules=("aiohttp",),
         needs_gpu=False,
+        run_time_keys=COMMON_RUN_TIME_KEYS,
         container=ContainerDefaults(ipc_mode=None, shm_size="1g"),
         oom_hint="the server ran out of memory: lower its own batch or context limits",
         # The request's model field names an adapter the server already serves.
@@ -324,6 +353,7 @@ def get_backend_spec(name: str) -> BackendSpec:
 __all__ = [
     "BACKENDS_ENTRY_POINTS",
     "BUILTIN_BACKENDS",
+    "COMMON_RUN_TIME_KEYS",
     "REGISTRY",
     "BackendRegistry",
     "BackendSpec",

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
+from llenergymeasure_contract.reuse import EngineShare
+from llenergymeasure_contract.windows import InputTruncation, MLEnergySteadyState, WindowProblem
 
 SCHEMA_VERSION = "1.0"
 
@@ -242,15 +244,20 @@ class QualityFlag(_Model):
 class SteadyState(_Model):
     """Continuous-batching steady-state window (vLLM), beside the whole-run figures."""
 
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
     start_s: float
     end_s: float
     duration_s: float
     valid: bool
     reason: str | None = None
+    problems: list[WindowProblem] = Field(default_factory=list)  # empty when valid
     output_tokens: int | None = None
     gpu_energy_j: float | None = None
     j_per_output_token: float | None = None
     output_tokens_per_s: float | None = None
+    # Time-averaged requests between first token and end inside the window.
+    avg_running_batch: float | None = None
     # n_prompts that would give a 30 s window (invalid windows only; None when valid or not
     # estimable): offline, at the throughput this run measured; open-loop arrivals, at the
     # configured rate and this run's request lifetime (llenergymeasure_contract.sizing).
@@ -278,6 +285,10 @@ class PhaseMethod(_Model):
     j_per_decode_token: float | None = None
     reason: str | None = None  # why the figures are None
     prefill_pass_duration_s: float | None = None  # prefill_pass_difference only
+    # prefill_pass_difference: requests the pass ran (a sized subset of the measured shapes)
+    # and the factor its energy was scaled by to the measured prompt tokens (1.0: all of them)
+    prefill_pass_requests: int | None = None
+    prefill_pass_scale: float | None = None
     n_steps: int | None = None  # timeline_decode_fit only
     n_clean_decode_steps: int | None = None
     decode_fit_j: dict[str, float] | None = None
@@ -349,6 +360,7 @@ class Timings(_Model):
     baseline_s: float | None = None
     measure_s: float | None = None
     prefill_pass_s: float | None = None  # the prefill-only pass after the measured window
+    gap_s: float | None = None  # engine groups: the thermal rest before this run, in-container
     total_s: float | None = None
 
 
@@ -370,11 +382,15 @@ class ExperimentResult(_Model):
     latency: LatencyMetrics
     compute: ComputeMetrics
     steady_state: SteadyState | None = None
+    # ML.ENERGY's window and stability rule beside ours (llenergymeasure_contract.windows).
+    steady_state_mlenergy: MLEnergySteadyState | None = None
+    input_truncation: InputTruncation | None = None  # text and chat datasets
     prefix_cache: PrefixCacheUsage | None = None
     phase_energy: PhaseEnergy | None = None
     compile_cache: CompileCacheInfo | None = None
     traffic: TrafficOutcome | None = None
     lora: LoraOutcome | None = None
+    engine_share: EngineShare | None = None  # the loaded engine was shared (reuse_engine)
     quality_flags: list[QualityFlag] = Field(default_factory=list)
     environment: EnvironmentSnapshot
     artifacts: dict[str, str] = Field(default_factory=dict)  # kind -> file name in results dir

@@ -53,6 +53,8 @@ environment:
   LLEM_RESULTS_DIR   where result.json / error.json and parquet files go (required)
   LLEM_BASELINE_CACHE, LLEM_CYCLE, LLEM_STUDY_ID, LLEM_IMAGE, LLEM_IMAGE_DIGEST,
   LLEM_IMAGE_LABELS_JSON, LLEM_HOST_UID, LLEM_HOST_GID (optional); HF_TOKEN (secret, never written)
+  LLEM_GROUP_FILE    an engine group (JSON): run each member on one loaded engine, each into
+                     its own results folder (execution.reuse_engine)
 
 exit codes: 0 ok, 1 failed (error.json has the phase), 2 bad config, 130/143 interrupted
 
@@ -132,6 +134,45 @@ def _check_config(source: str | None, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
+def _run_group(env: HarnessEnv, deps: Deps | None) -> int:
+    """Run the engine group named by ``LLEM_GROUP_FILE``; one error.json per failed member.
+
+    Exit code: 0 when every member completed, 1 when any failed, 2 for an unreadable group
+    file, 130/143 when interrupted (the members not started have no file).
+    """
+    from pydantic import ValidationError
+
+    from llenergymeasure_contract.reuse import EngineGroup
+    from llenergymeasure_harness.group import run_group
+
+    assert env.group_file is not None
+    try:
+        group = EngineGroup.load(env.group_file)
+    except (OSError, ValidationError) as exc:
+        err = ConfigError(f"{env.group_file} is not a readable engine group: {exc}")
+        write_error(env.results_dir, run_id=env.run_id, phase="config", exc=err, tb=None)
+        return EXIT_CONFIG
+
+    def on_error(menv: HarnessEnv, phase: str, exc: BaseException, tb: str | None) -> None:
+        logger.error("run %s failed in phase %s: %s", menv.run_id, phase, exc)
+        write_error(menv.results_dir, run_id=menv.run_id, phase=phase, exc=exc, tb=tb)
+
+    outcome = run_group(env, group, deps, on_error)
+    done = sum(1 for m in outcome.members if m.state == "completed")
+    logger.info(
+        "engine group %s: %d of %d runs completed on %d engine load(s)",
+        group.group_id,
+        done,
+        len(group.members),
+        outcome.loads,
+    )
+    if isinstance(outcome.interrupted, HarnessTerminated):
+        return EXIT_TERMINATED
+    if outcome.interrupted is not None:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if done == len(group.members) else EXIT_FAILED
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise HarnessTerminated("terminated by SIGTERM")
 
@@ -192,6 +233,12 @@ def main(
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread (tests)
         previous = None
+    if env.group_file:
+        try:
+            return _run_group(env, deps)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     try:
         result = run_experiment(env, deps)
     except PhaseError as err:

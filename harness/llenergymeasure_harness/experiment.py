@@ -42,10 +42,14 @@ from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.results import ExperimentResult
 from llenergymeasure_contract.sizing import arrival_steady_state_n_prompts, steady_state_n_prompts
 from llenergymeasure_contract.timestamps import utc_iso
+from llenergymeasure_contract.windows import WindowProblem
 from llenergymeasure_harness import compile_cache, metrics
 from llenergymeasure_harness.backends import get_backend
 from llenergymeasure_harness.backends.base import GenerationRequest, RequestRecord
-from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
+from llenergymeasure_harness.backends.steady_state import (
+    SteadyStateWindow,
+    mlenergy_steady_state,
+)
 from llenergymeasure_harness.child_env import apply_child_env
 from llenergymeasure_harness.energy.baseline import (
     STATE_MODEL_LOADED,
@@ -60,8 +64,18 @@ from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_
 from llenergymeasure_harness.environment import snapshot
 from llenergymeasure_harness.lora import lora_outcome, request_adapter_columns
 from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
-from llenergymeasure_harness.phase_energy import phase_energy, prefill_pass_split, timeline_split
-from llenergymeasure_harness.prompts import build_requests, distinct_requests, vocab_size_for
+from llenergymeasure_harness.phase_energy import (
+    phase_energy,
+    prefill_pass_split,
+    run_prefill_pass,
+    timeline_split,
+)
+from llenergymeasure_harness.prompts import (
+    build_requests,
+    distinct_requests,
+    input_truncation,
+    vocab_size_for,
+)
 from llenergymeasure_harness.quality import quality_flags
 from llenergymeasure_harness.traffic import ArrivalPlan
 from llenergymeasure_harness.warmup import run_warmup
@@ -91,6 +105,8 @@ class Deps:
     sleep: Callable[[float], None] = time.sleep
     epoch: Callable[[], float] = time.time
     cuda_visible: str | None = field(default_factory=lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    #: Engine groups: annotates the assembled result before it is written (group.py).
+    finalize: Callable[[ExperimentResult], ExperimentResult] | None = None
 
 
 def _resolve_nvml_index(nvml: Nvml, ref: int | str) -> int:
@@ -276,7 +292,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         if meter is not None:
             meter.begin_window("prefill_pass", sync)
         t_p0 = d.clock()
-        pass_records = backend.run(pass_requests)
+        pass_records = run_prefill_pass(backend, pass_requests, d.clock)
         t_p1 = d.clock()
         if meter is not None:
             pass_window = meter.end_window("prefill_pass", sync)
@@ -319,6 +335,9 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
             ended_epoch=d.epoch(),
             total_s=d.clock() - t_begin,
         )
+        result = result.model_copy(update={"input_truncation": input_truncation(cfg, requests)})
+        if d.finalize is not None:
+            result = d.finalize(result)
 
         if cfg.lora is not None:
             counters = getattr(backend, "lora_counters", None)
@@ -450,18 +469,23 @@ def _assemble(
         "parameter_count": info.parameter_count,
         "peak_memory_bytes_per_gpu": {str(k): v for k, v in (peak or {}).items()},
     }
-    steady = None
+    steady = steady_mlenergy = None
     continuous = REGISTRY.get(cfg.backend).continuous_batching
-    if continuous or cfg.traffic.uses_arrivals:
-        steady = _steady_state(
-            cfg,
-            records=records,
-            engine_window=engine_window,
-            sampler=sampler,
-            labels=labels,
-            gross=gross,
-            integrated=integrated,
-        )
+    # The run's steady-state window, computed once (the engine's when it placed one).
+    measured = (
+        measured_window(cfg, records, engine_window)
+        if records and (continuous or cfg.traffic.uses_arrivals)
+        else None
+    )
+    if measured is not None:
+
+        def energy_of(start_s: float, end_s: float) -> float | None:
+            return _window_energy(
+                sampler, labels, start_s, end_s, gross=gross, integrated=integrated
+            )
+
+        steady = _steady_state(cfg, records=records, w=measured, energy_of=energy_of)
+        steady_mlenergy = mlenergy_steady_state(records, cfg.concurrency, energy_of)
     prefix = _prefix_cache(cfg, records)
     pass_split = prefill_pass_split(
         total_j=gross,
@@ -499,8 +523,8 @@ def _assemble(
         input_tokens=prefix["input_tokens"],
         prefix_caching_requested=prefix["requested"],
     )
-    if records and (cfg.traffic.uses_arrivals or continuous):
-        flag = steady_state_flag(cfg, records)
+    if measured is not None:
+        flag = steady_state_flag(cfg, records, measured)
         if flag is not None:
             flags.append(flag)
     server = info.extra.get("server")
@@ -558,6 +582,7 @@ def _assemble(
         latency=metrics.latency(records, mode),
         compute=compute,
         steady_state=steady,
+        steady_state_mlenergy=steady_mlenergy,
         traffic=traffic,
         prefix_cache=prefix,
         phase_energy=phases,
@@ -634,23 +659,16 @@ def _traffic_outcome(
     }
 
 
-def _steady_state(
-    cfg: ExperimentConfig,
-    *,
-    records: list[Any],
-    engine_window: SteadyStateWindow | None,
-    sampler: Any,
-    labels: list[int],
-    gross: float | None,
-    integrated: float | None,
-) -> dict[str, Any] | None:
-    """Steady-state window of the run, energy from scaled integrated power.
+def measured_window(
+    cfg: ExperimentConfig, records: list[Any], engine_window: SteadyStateWindow | None = None
+) -> SteadyStateWindow:
+    """The run's steady-state window, chosen by its traffic (the one place that chooses).
 
-    Offline continuous batching: the window the engine computed (ML.ENERGY's rule with K =
-    its configured batch, ``vllm.max_num_seqs`` / ``tensorrt.max_batch_size``), or the same
-    rule here for an engine that computes none; closed loop:
-    the same rule with K = the users; open-loop arrivals: from the first request finished to
-    the last arrival (:func:`~.backends.steady_state.arrival_steady_state_window`).
+    Closed loop: ML.ENERGY's rule with K = the users; open-loop arrivals: from the first request
+    finished to the last arrival (:func:`~.backends.steady_state.arrival_steady_state_window`);
+    offline continuous batching: the window the engine computed with its configured batch
+    (``vllm.max_num_seqs`` / ``tensorrt.max_batch_size``), or the same rule here with K =
+    :attr:`ExperimentConfig.window_k` for an engine that computes none.
     """
     from llenergymeasure_harness.backends.steady_state import (
         arrival_steady_state_window,
@@ -659,26 +677,49 @@ def _steady_state(
 
     traffic = cfg.traffic
     if traffic.pattern == "closed_loop":
-        w = steady_state_window(records, cfg.window_k)
-    elif traffic.uses_arrivals:
-        w = arrival_steady_state_window(records)
-    elif engine_window is not None:
-        w = engine_window
-    else:
-        w = steady_state_window(records, cfg.concurrency)
+        return steady_state_window(records, cfg.window_k)
+    if traffic.uses_arrivals:
+        return arrival_steady_state_window(records)
+    if engine_window is not None:
+        return engine_window
+    return steady_state_window(records, cfg.window_k)
+
+
+def _window_energy(
+    sampler: Any,
+    labels: list[int],
+    start_s: float,
+    end_s: float,
+    *,
+    gross: float | None,
+    integrated: float | None,
+) -> float | None:
+    """GPU energy over ``[start_s, end_s]``: sampled power integrated per GPU, scaled onto the
+    energy counter (exact over the whole measured window); None without samples."""
+    parts = [
+        integrate_power(sampler.power_series(lab, start_s, end_s), start_s, end_s) for lab in labels
+    ]
+    if not labels or any(p is None for p in parts):
+        return None
+    energy = float(sum(p for p in parts if p is not None))
+    if gross and integrated:
+        energy *= gross / integrated
+    return energy
+
+
+def _steady_state(
+    cfg: ExperimentConfig,
+    *,
+    records: list[Any],
+    w: SteadyStateWindow,
+    energy_of: Callable[[float, float], float | None],
+) -> dict[str, Any] | None:
+    """The steady-state section of the result from the run's window (:func:`measured_window`),
+    energy from scaled integrated power (:func:`_window_energy`)."""
     if w.start_s is None or w.end_s is None:
         return None
     duration = w.end_s - w.start_s
-    energy = None
-    parts = [
-        integrate_power(sampler.power_series(lab, w.start_s, w.end_s), w.start_s, w.end_s)
-        for lab in labels
-    ]
-    if labels and all(p is not None for p in parts):
-        energy = float(sum(p for p in parts if p is not None))
-        # The counter is exact over the whole window; scale the sampled power onto it.
-        if gross and integrated:
-            energy *= gross / integrated
+    energy = energy_of(w.start_s, w.end_s)
     out_tok = w.output_tokens
     return {
         "start_s": w.start_s,
@@ -686,10 +727,12 @@ def _steady_state(
         "duration_s": duration,
         "valid": w.valid,
         "reason": w.reason,
+        "problems": [p.value for p in w.problems],
         "output_tokens": out_tok,
         "gpu_energy_j": energy,
         "j_per_output_token": energy / out_tok if energy is not None and out_tok else None,
         "output_tokens_per_s": out_tok / duration if out_tok and duration > 0 else None,
+        "avg_running_batch": w.mean_concurrency,
         "suggested_n_prompts": None if w.valid else _suggestion(cfg, records, w),
     }
 
@@ -708,8 +751,8 @@ def suggest_n_prompts(cfg: ExperimentConfig, records: list[Any], window: Any) ->
     The window's own throughput when it has one (the full-batch rate), else the whole run's
     (lower, so the suggestion errs towards more prompts).
     """
-    reason = window.reason or ""
-    if reason and "lasted" not in reason and "too few requests" not in reason:
+    problems = set(window.problems)
+    if problems and not problems & {WindowProblem.TOO_SHORT, WindowProblem.TOO_FEW_REQUESTS}:
         return None  # too short is what more prompts fix; an unfilled batch they do not
     rate = window.output_tokens_per_s
     if not rate and records:
@@ -729,8 +772,7 @@ def suggest_arrival_n_prompts(cfg: ExperimentConfig, records: list[Any], window:
     opens at that finish). Only for a window too short: ``lasted`` under the minimum, or the
     arrivals ending before the first request finished.
     """
-    reason = window.reason or ""
-    if "lasted" not in reason and "arrivals ended before the first request finished" not in reason:
+    if not set(window.problems) & {WindowProblem.TOO_SHORT, WindowProblem.ARRIVALS_ENDED_EARLY}:
         return None
     rate = cfg.traffic.rate_per_s
     arrivals = [r.arrival_s for r in records if r.arrival_s is not None]
@@ -740,26 +782,22 @@ def suggest_arrival_n_prompts(cfg: ExperimentConfig, records: list[Any], window:
     return arrival_steady_state_n_prompts(rate, lifetime_s)
 
 
-def steady_state_flag(cfg: ExperimentConfig, records: list[Any]) -> dict[str, str] | None:
+def steady_state_flag(
+    cfg: ExperimentConfig, records: list[Any], window: SteadyStateWindow | None = None
+) -> dict[str, str] | None:
     """A ``steady_state_invalid`` quality flag with the reason and a sized n_prompts.
 
-    Open-loop arrivals: the arrival window, sized from the rate and the measured lifetime;
-    closed loop: the ML.ENERGY window with K = the users; otherwise the continuous-batching
-    window; the last two sized from the measured throughput.
+    ``window`` is the run's window (default :func:`measured_window`). Open-loop arrivals are
+    sized from the rate and the measured lifetime; closed loop (K = the users) and continuous
+    batching from the measured throughput.
     """
-    from llenergymeasure_harness.backends.steady_state import (
-        arrival_steady_state_window,
-        steady_state_window,
-    )
-
+    w = window if window is not None else measured_window(cfg, records)
     if cfg.traffic.open_loop:
-        w = arrival_steady_state_window(records)
         kind, basis = (
             "open-loop",
             f"this run's request lifetime at {cfg.traffic.rate_per_s:g} req/s",
         )
     else:
-        w = steady_state_window(records, cfg.window_k)
         closed = cfg.traffic.pattern == "closed_loop"
         kind = f"closed-loop ({cfg.window_k} users)" if closed else "continuous-batching"
         basis = "this run's throughput"

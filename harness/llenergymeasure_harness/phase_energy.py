@@ -15,6 +15,14 @@ Two methods; the result's ``phase_energy.method`` says which one its headline fi
   ``E_decode / (output tokens - N)`` (the first output token of each request comes out of the
   prefill).
 
+  The pass is sized to what its figure needs (:func:`prefill_pass_waves`): whole waves of the
+  measured batch (``backend.warmup_unit`` requests) until it has lasted
+  :data:`PREFILL_PASS_MIN_S` or every shape ran. The NVML energy counter moves about every
+  100 ms, so 2 s is at least 20 updates: one update's quantisation is then at most 5 % of the
+  pass, less than the run-to-run spread. With n of the N requests run, its energy is scaled
+  per prefill token to the measured set: ``E_prefill = E_pass x P_N / P_n`` (P: prompt tokens;
+  the factor is ``prefill_pass_scale``, 1.0 when all N ran).
+
 ``timeline_decode_fit`` (continuous batching: vLLM, TensorRT-LLM)::
 
     engine steps ─┬─ s1 ─┬─ s2 ─┬─ ... ─┬─ sK ──   step i = (s_{i-1}, s_i], energy e_i from
@@ -43,16 +51,27 @@ import bisect
 import itertools
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from llenergymeasure_harness.backends.base import RequestRecord
+from llenergymeasure_harness.backends.base import GenerationRequest, RequestRecord
 
 METHOD_PASS = "prefill_pass_difference"
 METHOD_TIMELINE = "timeline_decode_fit"
 
 #: Fewest clean decode steps the timeline fit accepts.
 MIN_CLEAN_STEPS = 8
+
+#: The prefill pass stops after the first whole wave that brings it to this many seconds:
+#: 20 updates of NVML's ~100 ms energy counter (see the module docstring).
+PREFILL_PASS_MIN_S = 2.0
+
+
+def prefill_pass_waves(n_requests: int, wave: int) -> list[tuple[int, int]]:
+    """The pass's waves as ``(start, end)`` slices: whole waves of ``wave`` requests (the last
+    one shorter when ``wave`` does not divide ``n_requests``)."""
+    wave = max(1, wave)
+    return [(i, min(n_requests, i + wave)) for i in range(0, n_requests, wave)]
 
 
 def _div(a: float | None, b: float) -> float | None:
@@ -73,6 +92,23 @@ def token_counts(records: Sequence[RequestRecord]) -> tuple[int, int]:
     return prefill, decode
 
 
+def run_prefill_pass(
+    backend: Any,
+    requests: Sequence[GenerationRequest],
+    clock: Callable[[], float],
+    min_s: float = PREFILL_PASS_MIN_S,
+) -> list[RequestRecord]:
+    """Run the prefill pass in whole waves of the measured batch until it has lasted
+    ``min_s`` or every request ran (the caller's counter window bounds it)."""
+    records: list[RequestRecord] = []
+    t0 = clock()
+    for start, end in prefill_pass_waves(len(requests), int(backend.warmup_unit)):
+        records.extend(backend.run(requests[start:end]))
+        if clock() - t0 >= min_s:
+            break
+    return records
+
+
 def prefill_pass_split(
     *,
     total_j: float | None,
@@ -82,18 +118,27 @@ def prefill_pass_split(
     pass_duration_s: float,
 ) -> dict[str, Any]:
     """The prefill-pass method's figures (see the module docstring)."""
-    prefill_tokens = sum(r.input_tokens - (r.cached_input_tokens or 0) for r in pass_records)
+    pass_tokens = sum(r.input_tokens - (r.cached_input_tokens or 0) for r in pass_records)
     _, decode_tokens = token_counts(records)
-    decode_j = total_j - pass_j if total_j is not None and pass_j is not None else None
+    scale = 1.0
+    prefill_tokens = pass_tokens
+    if 0 < len(pass_records) < len(records) and pass_tokens > 0:
+        # a sized pass: its J per prefill token, over the prompt tokens of every measured shape
+        prefill_tokens = sum(r.input_tokens for r in records)
+        scale = prefill_tokens / pass_tokens
+    prefill_j = pass_j * scale if pass_j is not None else None
+    decode_j = total_j - prefill_j if total_j is not None and prefill_j is not None else None
     return {
         "method": METHOD_PASS,
-        "prefill_energy_j": pass_j,
+        "prefill_energy_j": prefill_j,
         "decode_energy_j": decode_j,
         "prefill_tokens": prefill_tokens,
         "decode_tokens": decode_tokens,
-        "j_per_prefill_token": _div(pass_j, prefill_tokens),
+        "j_per_prefill_token": _div(pass_j, pass_tokens),
         "j_per_decode_token": _div(decode_j, decode_tokens),
         "prefill_pass_duration_s": pass_duration_s,
+        "prefill_pass_requests": len(pass_records),
+        "prefill_pass_scale": scale,
         "reason": None if decode_j is not None else "energy not measured",
     }
 
@@ -284,6 +329,8 @@ __all__ = [
     "METHOD_TIMELINE",
     "phase_energy",
     "prefill_pass_split",
+    "prefill_pass_waves",
+    "run_prefill_pass",
     "timeline_split",
     "token_counts",
 ]

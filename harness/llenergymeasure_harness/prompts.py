@@ -3,11 +3,18 @@
 * ``synthetic``: seeded random token ids (``random.Random(random_seed)``), exactly
   ``resolved_input_len()`` tokens each, drawn from ``[SYNTHETIC_LOW, vocab_size)``. No
   tokenizer needed; the same config gives the same ids on vLLM, TensorRT-LLM and PyTorch.
-* ``jsonl``: ``text_field`` of each line, tokenized and truncated to ``max_input_tokens``.
+* ``jsonl``: ``text_field`` of each line, tokenized and truncated to ``max_input_tokens``
+  (the end is cut).
 * ``hub``: a Hugging Face dataset column (``datasets`` is imported only here, only then).
+* ``format: chat`` (either source): conversations (:mod:`llenergymeasure_contract.chat`), each
+  user turn (``turns: each``) or the last (``turns: last``) one request with its history,
+  rendered with the tokenizer's chat template (``add_generation_prompt=True``) and cut from the
+  left to ``max_input_tokens`` (the end of the conversation, the question, is what stays). A
+  conversation's ``max_tokens`` is its requests' output cap (never above ``max_output_tokens``).
 
 Text datasets with fewer rows than ``n_prompts`` are cycled. Every request asks for
-``resolved_output_len()`` new tokens.
+``resolved_output_len()`` new tokens unless its conversation says fewer. Each request records
+how many prompt tokens were cut (``GenerationRequest.truncated_input_tokens``).
 
 Warmup and the prefill-only pass never reuse measured prompts: :func:`distinct_requests` gives
 requests of the same shapes (lengths, ``max_new_tokens``) whose first token differs from the
@@ -19,12 +26,19 @@ default; TensorRT-LLM has KV-cache reuse).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llenergymeasure_contract.chat import (
+    ChatTurn,
+    Conversation,
+    expand_turns,
+    parse_conversation,
+    read_chat_jsonl,
+    read_jsonl_objects,
+)
 from llenergymeasure_contract.errors import ConfigError
 from llenergymeasure_contract.experiment import (
     ExperimentConfig,
@@ -32,6 +46,7 @@ from llenergymeasure_contract.experiment import (
     JsonlDataset,
     SyntheticDataset,
 )
+from llenergymeasure_contract.windows import InputTruncation
 from llenergymeasure_harness.backends.base import GenerationRequest
 from llenergymeasure_harness.lora import assign_adapters
 
@@ -127,29 +142,25 @@ def distinct_requests(
     return out
 
 
-def _jsonl_texts(ds: JsonlDataset, base_dir: Path | None) -> list[str]:
+def _jsonl_path(ds: JsonlDataset, base_dir: Path | None) -> Path:
     path = Path(ds.path).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read dataset {path}: {exc}") from exc
+    return path
+
+
+def _jsonl_texts(ds: JsonlDataset, base_dir: Path | None) -> list[str]:
+    path = _jsonl_path(ds, base_dir)
     texts: list[str] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{n}: not JSON: {exc}") from exc
+    for n, obj in read_jsonl_objects(path):
         if not isinstance(obj, dict) or not isinstance(obj.get(ds.text_field), str):
             raise ConfigError(f"{path}:{n}: no string field {ds.text_field!r}")
         texts.append(obj[ds.text_field])
     return texts
 
 
-def _hub_texts(ds: HubDataset, n: int) -> list[str]:
+def _hub_rows(ds: HubDataset, n: int, column: str) -> list[Any]:
+    """The first ``n`` values of a hub dataset column (``datasets`` imported only here)."""
     try:
         import datasets
     except ImportError as exc:
@@ -158,11 +169,26 @@ def _hub_texts(ds: HubDataset, n: int) -> list[str]:
         ) from exc
     split = f"{ds.split}[:{n}]"
     data: Any = datasets.load_dataset(ds.name, ds.subset, split=split)
-    if ds.text_field not in data.column_names:
+    if column not in data.column_names:
+        key = "messages_field" if ds.format == "chat" else "text_field"
         raise ConfigError(
-            f"hub dataset {ds.name} has no column {ds.text_field!r} (has {data.column_names})"
+            f"hub dataset {ds.name} has no column {column!r} (has {data.column_names})",
+            hint=f"set dataset.{key} to one of them",
         )
-    return [str(t) for t in data[ds.text_field]]
+    return list(data[column])
+
+
+def _hub_texts(ds: HubDataset, n: int) -> list[str]:
+    return [str(t) for t in _hub_rows(ds, n, ds.text_field)]
+
+
+def _hub_conversations(ds: HubDataset, n: int) -> list[Conversation]:
+    """Conversations from a hub column of message lists (e.g. lmarena's ``conversation_a``)."""
+    field = ds.messages_field
+    return [
+        parse_conversation({field: row}, f"hub dataset {ds.name} row {i}", field)
+        for i, row in enumerate(_hub_rows(ds, n, field))
+    ]
 
 
 def text_requests(
@@ -174,13 +200,86 @@ def text_requests(
     out: list[GenerationRequest] = []
     for i in range(config.n_prompts):
         text = texts[i % len(texts)]
-        ids = tokenize(text)[: config.max_input_tokens]
+        full = tokenize(text)
+        ids = full[: config.max_input_tokens]
         out.append(
             GenerationRequest(
-                request_id=i, prompt_token_ids=ids, max_new_tokens=n_out, prompt_text=text
+                request_id=i,
+                prompt_token_ids=ids,
+                max_new_tokens=n_out,
+                prompt_text=text,
+                truncated_input_tokens=len(full) - len(ids),
             )
         )
     return out
+
+
+def render_chat(tokenizer: Any, messages: tuple[dict[str, str], ...]) -> list[int]:
+    """Token ids of a conversation rendered with the tokenizer's chat template, ready for the
+    model's answer (``add_generation_prompt=True``; the template places any BOS itself)."""
+    encoded = tokenizer.apply_chat_template(
+        [dict(m) for m in messages], add_generation_prompt=True, tokenize=True
+    )
+    ids = encoded["input_ids"] if not isinstance(encoded, list) else encoded
+    return [int(t) for t in ids]
+
+
+def chat_requests(
+    config: ExperimentConfig,
+    conversations: list[Conversation],
+    tokenizer: Any,
+) -> list[GenerationRequest]:
+    """One request per turn (``dataset.turns``), cycled to ``n_prompts``, cut from the left.
+
+    Args:
+        config: The experiment (``dataset.turns``, ``max_input_tokens``, the output cap).
+        conversations: Checked conversations (``llenergymeasure_contract.chat``).
+        tokenizer: A ``transformers`` tokenizer with a chat template.
+    """
+    mode = "last" if isinstance(config.dataset, SyntheticDataset) else config.dataset.turns
+    turns: list[ChatTurn] = [t for c in conversations for t in expand_turns(c, mode)]
+    if not turns:
+        raise ConfigError("the dataset holds no conversations")
+    cap = config.resolved_output_len()
+    keep = config.max_input_tokens
+    out: list[GenerationRequest] = []
+    # Rendered once per turn: (kept ids, their text, tokens cut from the left).
+    rendered: dict[int, tuple[list[int], str, int]] = {}
+    for i in range(config.n_prompts):
+        j = i % len(turns)
+        if j not in rendered:
+            full = render_chat(tokenizer, turns[j].messages)
+            ids = full[-keep:] if len(full) > keep else full
+            text: str = tokenizer.decode(ids, skip_special_tokens=False)
+            rendered[j] = (ids, text, len(full) - len(ids))
+        ids, text, cut = rendered[j]
+        asked = turns[j].max_tokens
+        out.append(
+            GenerationRequest(
+                request_id=i,
+                prompt_token_ids=list(ids),
+                max_new_tokens=min(asked, cap) if asked is not None else cap,
+                prompt_text=text,
+                truncated_input_tokens=cut,
+            )
+        )
+    return out
+
+
+def input_truncation(
+    config: ExperimentConfig, requests: list[GenerationRequest]
+) -> InputTruncation | None:
+    """How many prompts of a text or chat dataset were cut, and by how many tokens (None for
+    synthetic prompts, which are built to length)."""
+    ds = config.dataset
+    if isinstance(ds, SyntheticDataset):
+        return None
+    cut = [r.truncated_input_tokens for r in requests if r.truncated_input_tokens > 0]
+    return InputTruncation(
+        side="left" if ds.format == "chat" else "right",
+        truncated_requests=len(cut),
+        truncated_input_tokens=sum(cut),
+    )
 
 
 def load_tokenizer(config: ExperimentConfig) -> Tokenize:
@@ -198,11 +297,32 @@ def load_tokenizer(config: ExperimentConfig) -> Tokenize:
     return tokenize
 
 
+def load_chat_tokenizer(config: ExperimentConfig) -> Any:
+    """The ``transformers`` tokenizer of the experiment, checked to have a chat template.
+
+    Raises:
+        ConfigError: it has none (``dataset.format: chat`` needs one).
+    """
+    from transformers import AutoTokenizer
+
+    name = config.tokenizer or config.model
+    tok = AutoTokenizer.from_pretrained(
+        name, revision=config.revision, trust_remote_code=config.trust_remote_code
+    )
+    if not getattr(tok, "chat_template", None):
+        raise ConfigError(
+            f"dataset.format: chat needs a chat template, and the tokenizer of {name!r} has none",
+            hint="use an instruct/chat model's tokenizer (tokenizer:), or dataset.format: text",
+        )
+    return tok
+
+
 def build_requests(
     config: ExperimentConfig,
     *,
     vocab_size: int | None = None,
     tokenize: Tokenize | None = None,
+    chat_tokenizer: Any = None,
     base_dir: Path | None = None,
 ) -> list[GenerationRequest]:
     """The experiment's requests, identical for every backend.
@@ -211,6 +331,7 @@ def build_requests(
         config: The experiment.
         vocab_size: For synthetic prompts; default from the architecture.
         tokenize: For text prompts; default ``load_tokenizer(config)``.
+        chat_tokenizer: For ``format: chat``; default ``load_chat_tokenizer(config)``.
         base_dir: Relative JSONL paths are resolved against it.
 
     Raises:
@@ -225,6 +346,14 @@ def build_requests(
                 hint="use a built-in architecture name or a local path with config.json",
             )
         return assign_adapters(config, synthetic_requests(config, vs))
+    if ds.format == "chat":
+        conversations = (
+            read_chat_jsonl(_jsonl_path(ds, base_dir), ds.messages_field)
+            if isinstance(ds, JsonlDataset)
+            else _hub_conversations(ds, config.n_prompts)
+        )
+        chats = chat_requests(config, conversations, chat_tokenizer or load_chat_tokenizer(config))
+        return assign_adapters(config, chats)
     texts = (
         _jsonl_texts(ds, base_dir)
         if isinstance(ds, JsonlDataset)

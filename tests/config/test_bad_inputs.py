@@ -17,6 +17,10 @@ import pytest
 from llenergymeasure.cli import main
 
 HEAD = "model: tiny-llama\nload_format: dummy\nn_prompts: 64\n"
+CHAT = HEAD + "tokenizer: ./tok\n"
+#: A local tokenizer directory with a chat template, and one good chat line.
+TOK = {"tok/tokenizer_config.json": "{}", "tok/chat_template.jinja": "{{ messages }}"}
+CHAT_LINE = '{"messages": [{"role": "user", "content": "hi"}]}\n'
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,55 @@ CASES = [
         HEAD + "dataset: {source: jsonl, path: p.jsonl}\n",
         "tokenizer",
         files={"p.jsonl": '{"prompt": "hello"}\n'},
+    ),
+    # ---- chat datasets (format: chat): the file checked on the host, by line
+    Case(
+        "chat-line-not-json",
+        CHAT + "dataset: {source: jsonl, path: c.jsonl, format: chat}\n",
+        "c.jsonl:2: not JSON",
+        files={**TOK, "c.jsonl": CHAT_LINE + "{oops\n"},
+    ),
+    Case(
+        "chat-line-without-messages",
+        CHAT + "dataset: {source: jsonl, path: c.jsonl, format: chat}\n",
+        "c.jsonl:1: no non-empty list 'messages'",
+        files={**TOK, "c.jsonl": '{"prompt": "hi"}\n'},
+    ),
+    Case(
+        "chat-bad-role",
+        CHAT + "dataset: {source: jsonl, path: c.jsonl, format: chat}\n",
+        "messages[0].role",
+        files={**TOK, "c.jsonl": '{"messages": [{"role": "bot", "content": "hi"}]}\n'},
+    ),
+    Case(
+        "chat-bad-max-tokens",
+        CHAT + "dataset: {source: jsonl, path: c.jsonl, format: chat}\n",
+        "c.jsonl:1: max_tokens",
+        files={**TOK, "c.jsonl": CHAT_LINE.replace("}]}", '}], "max_tokens": 0}')},
+    ),
+    Case(
+        "chat-empty-file",
+        CHAT + "dataset: {source: jsonl, path: c.jsonl, format: chat}\n",
+        "c.jsonl' is empty",
+        files={**TOK, "c.jsonl": "\n"},
+    ),
+    Case(
+        "chat-path-is-a-directory",
+        CHAT + "dataset: {source: jsonl, path: tok, format: chat}\n",
+        "tok' is a directory, not a JSONL dataset",
+        files=TOK,
+    ),
+    Case(
+        "chat-tokenizer-without-template",
+        HEAD + "tokenizer: ./plain\ndataset: {source: jsonl, path: c.jsonl, format: chat}\n",
+        "dataset.format: chat needs a chat template",
+        files={"plain/tokenizer_config.json": "{}", "c.jsonl": CHAT_LINE},
+    ),
+    Case(
+        "turns-without-chat",
+        CHAT + "dataset: {source: jsonl, path: c.jsonl, turns: each}\n",
+        "dataset.turns",
+        files={**TOK, "c.jsonl": '{"prompt": "hi"}\n'},
     ),
     Case(
         "max-model-len-too-short",

@@ -183,6 +183,10 @@ def test_config_hash_of_the_default_traffic_is_the_hash_from_before_traffic_exis
 BASE: dict[str, Any] = {"model": "tiny-llama", "load_format": "dummy", "gpus": [0, 1, 2, 3]}
 JSONL = {"dataset": {"source": "jsonl", "path": "/data/p.jsonl"}, "tokenizer": "gpt2"}
 HUB = {"dataset": {"source": "hub", "name": "org/set"}, "tokenizer": "gpt2"}
+CHAT = {
+    "dataset": {"source": "jsonl", "path": "/data/c.jsonl", "format": "chat"},
+    "tokenizer": "gpt2",
+}
 VLLM = {"backend": "vllm"}
 TRT = {"backend": "tensorrt"}
 PT = {"backend": "pytorch"}
@@ -208,6 +212,9 @@ KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("dataset.output_len", {}, {"dataset.output_len": 32}),
     ("dataset.path", JSONL, {"dataset.path": "/data/q.jsonl"}),
     ("dataset.text_field", JSONL, {"dataset.text_field": "text"}),
+    ("dataset.format", JSONL, {"dataset.format": "chat"}),
+    ("dataset.messages_field", CHAT, {"dataset.messages_field": "conversation"}),
+    ("dataset.turns", CHAT, {"dataset.turns": "each"}),
     ("dataset.name", HUB, {"dataset.name": "org/other"}),
     ("dataset.split", HUB, {"dataset.split": "test"}),
     ("dataset.subset", HUB, {"dataset.subset": "en"}),

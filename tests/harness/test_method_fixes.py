@@ -112,11 +112,13 @@ def test_warmup_and_prefill_pass_prompts_share_no_prefix_with_measured(tmp_path:
     for request_id, ids, _params in fake.added_requests:
         by_run.setdefault(request_id.split("-")[0], []).append(ids)
     runs = sorted(by_run, key=lambda k: int(k.removeprefix("llem")))
-    warmups, measured, passes = runs[:-2], runs[-2], runs[-1]
+    m = max(range(len(runs)), key=lambda i: len(by_run[runs[i]]))
+    warmups, measured, passes = runs[:m], runs[m], runs[m + 1 :]  # the pass runs in waves
     measured_firsts = {ids[0] for ids in by_run[measured]}
-    for run in [*warmups, passes]:
+    for run in [*warmups, *passes]:
         assert measured_firsts.isdisjoint({ids[0] for ids in by_run[run]}), run
-    assert len(by_run[measured]) == 40 and len(by_run[passes]) == 40
+    assert len(by_run[measured]) == 40
+    assert all(len(by_run[p]) == 8 for p in passes)  # whole waves of max_num_seqs
     assert result.prefix_cache is not None
     assert result.prefix_cache.cached_input_tokens == 0
     assert result.prefix_cache.hit_rate == 0.0
@@ -424,6 +426,7 @@ def test_harness_sets_multicast_off_before_the_engine_loads(
 
 def test_unfilled_batch_gets_no_n_prompts_suggestion() -> None:
     """More prompts do not fill a batch that runs in waves: no suggestion for that reason."""
+    from llenergymeasure_contract.windows import WindowProblem
     from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
     from llenergymeasure_harness.experiment import suggest_n_prompts
 
@@ -433,7 +436,7 @@ def test_unfilled_batch_gets_no_n_prompts_suggestion() -> None:
     unfilled = SteadyStateWindow(
         start_s=0.0,
         end_s=36.4,
-        valid=False,
+        problems=(WindowProblem.UNDERFILLED,),
         reason="the batch never filled: 44.2 requests running on average, under 80% of 64",
         target_concurrency=64,
         n_requests=1536,
@@ -480,3 +483,49 @@ def test_server_mode_phase_energy_is_the_prefill_pass() -> None:
     )
     headline = phase_energy("vllm", pass_split=pass_split, timeline=split)
     assert headline is not None and headline["method"] == "prefill_pass_difference"
+
+
+def test_vllm_group_builds_one_engine_for_greedy_and_sampled(tmp_path: Path) -> None:
+    """Engine reuse in-process on (fake) vLLM: greedy and sampled decoding share one LLM (the
+    decoder is run-time); each run's requests carry its own sampling parameters."""
+    from llenergymeasure_contract.reuse import EngineGroup, GroupMember, engine_key
+    from llenergymeasure_harness.group import run_group
+
+    fake = FakeVLLM(FakeVLLMBehaviour(step_time_s=0.05, prefill_time_per_token_s=0.0001))
+    clock = fake.behaviour.clock
+
+    def config(decoder: dict[str, Any]) -> ExperimentConfig:
+        return ExperimentConfig(
+            model="tiny-llama",
+            load_format="dummy",
+            backend="vllm",
+            n_prompts=16,
+            max_input_tokens=32,
+            max_output_tokens=8,
+            decoder=decoder,
+            baseline={"enabled": False},
+            energy={"sampler": "nvml"},
+            vllm={"max_num_seqs": 8},
+        )
+
+    configs = [config({"temperature": 0.0}), config({"temperature": 0.7, "top_p": 0.9})]
+    assert engine_key(configs[0]) == engine_key(configs[1])
+    members = [
+        GroupMember(run_id=f"r{i}", config=c, results_dir=str(tmp_path / f"r{i}"))
+        for i, c in enumerate(configs)
+    ]
+    group = EngineGroup(group_id="g1", engine_key=engine_key(configs[0]), members=members)
+    env = HarnessEnv(config=configs[0], run_id="r0", results_dir=str(tmp_path / "r0"))
+    deps = Deps(
+        open_nvml=lambda: FakeNvml(1, clock=clock, power_w=300.0),
+        make_backend=lambda name: VLLMBackend(clock=clock),
+        clock=clock,
+        sleep=clock.advance,
+        cuda_visible=None,
+    )
+    with fake.installed():
+        outcome = run_group(env, group, deps)
+    assert [m.state for m in outcome.members] == ["completed", "completed"]
+    assert len(fake.instances) == 1
+    temps = {params.temperature for _rid, _ids, params in fake.added_requests}
+    assert temps == {0.0, 0.7}

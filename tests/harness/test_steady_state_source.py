@@ -12,12 +12,14 @@ from typing import Any
 from tests.harness.conftest import World, harness_env, make_config
 
 from llenergymeasure.results import ExperimentResult
+from llenergymeasure_contract.windows import WindowProblem
 from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
 from llenergymeasure_harness.experiment import run_experiment
 
 
 def test_result_reports_the_engines_window(tmp_path: Path) -> None:
-    """The backend's ``last_steady_state`` (start, end, validity, reason) reaches result.json."""
+    """The backend's ``last_steady_state`` (start, end, problems, reason) reaches result.json,
+    and the steady_state_invalid flag is that same window's verdict (computed once)."""
     w = World(batch_size=4)
     backend: Any = w.backend
     inner = backend.run
@@ -30,7 +32,7 @@ def test_result_reports_the_engines_window(tmp_path: Path) -> None:
         windows[tokens] = backend.last_steady_state = SteadyStateWindow(
             start_s=records[0].submit_s,
             end_s=records[-1].end_s,
-            valid=False,
+            problems=(WindowProblem.UNDERFILLED,),
             reason=f"the engine's own verdict ({tokens} tokens)",
             target_concurrency=2,
             n_requests=len(records),
@@ -47,3 +49,6 @@ def test_result_reports_the_engines_window(tmp_path: Path) -> None:
         assert (steady.start_s, steady.end_s) == (measured.start_s, measured.end_s)
         assert steady.reason is not None and steady.reason.startswith(measured.reason or "-")
         assert steady.valid is False
+        assert steady.problems == [WindowProblem.UNDERFILLED]
+    flags = [f for f in result.quality_flags if f.code == "steady_state_invalid"]
+    assert len(flags) == 1 and (measured.reason or "-") in flags[0].message

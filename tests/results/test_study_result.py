@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from llenergymeasure.results.aggregate import export_study, summary_rows
 from llenergymeasure.results.study import RunMetrics, RunSummary, StudyResult
@@ -88,3 +89,29 @@ def test_export_csv_and_parquet(tmp_path: Path) -> None:
     with (tmp_path / "summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert rows[1]["message"] == "killed, by the OOM killer" and rows[1]["gpu_energy_j"] == ""
+
+
+def test_time_budget_adds_up_and_defines_the_measuring_fraction(tmp_path: Path) -> None:
+    """The study's time breakdown adds up to the runs' wall time plus the gaps between runs,
+    and the measuring fraction is measure over the time in runs without in-run gaps."""
+    from tests.harness.conftest import World, harness_env, make_config
+
+    from llenergymeasure.results.study import time_budget
+    from llenergymeasure_harness.experiment import run_experiment
+
+    result = run_experiment(harness_env(tmp_path, make_config()), World().deps())
+    grouped = result.model_copy(
+        update={
+            "timings": result.timings.model_copy(
+                update={"gap_s": 5.0, "total_s": (result.timings.total_s or 0) + 5.0}
+            )
+        }
+    )
+    runs_s = 2 * (result.timings.total_s or 0) + 5.0 + 30.0  # 30 s of container overhead
+    budget = time_budget([result, grouped], experiments_s=runs_s, gaps_s=60.0)
+    parts = budget["time_breakdown_s"]
+    assert sum(parts.values()) == pytest.approx(runs_s + 60.0, abs=0.01)
+    assert parts["gaps"] == pytest.approx(65.0)
+    measure = 2 * (result.timings.measure_s or 0)
+    assert budget["measuring_fraction"] == pytest.approx(measure / (runs_s - 5.0))
+    assert time_budget([], 0.0, 0.0)["measuring_fraction"] is None

@@ -38,6 +38,9 @@ class GenerationRequest:
     # The LoRA adapter (its name in ``lora:``) this request is served through; None: the base
     # model. Chosen by the harness (llenergymeasure_harness.lora.assign_adapters).
     adapter: str | None = None
+    # Prompt tokens cut to fit max_input_tokens (text datasets: from the right; chat: from the
+    # left, keeping the end of the conversation); counted in the result's input_truncation.
+    truncated_input_tokens: int = 0
 
 
 @dataclass

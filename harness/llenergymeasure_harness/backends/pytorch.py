@@ -246,6 +246,26 @@ class PyTorchBackend:
         # peft holds every adapter on the model at once: loaded once each, never swapped.
         self.lora_counters = {"adapter_loads": len(self.adapters.adapters), "adapter_swaps": 0}
 
+    def rebind(self, config: ExperimentConfig) -> None:
+        """Take another experiment's run-time settings on the loaded model (engine reuse).
+
+        Only the registry's ``run_time_keys`` may differ from the loaded config (batch size,
+        decoder, lengths, traffic); the generation config is rebuilt from the model's own,
+        the seed set again and the peak-memory counters reset, as after a load.
+        """
+        assert isinstance(config.pytorch, PyTorchConfig)
+        self.config = config
+        self.section = config.pytorch
+        seed_everything(config.random_seed)
+        self.gen_config = self._generation_config(
+            copy.deepcopy(self.model.generation_config), config
+        )
+        if self.devices:
+            import torch
+
+            for d in self.devices:
+                torch.cuda.reset_peak_memory_stats(d)
+
     @staticmethod
     def _dummy_config(config: ExperimentConfig, auto_config: Any) -> Any:
         from llenergymeasure_contract.architecture import resolve_architecture

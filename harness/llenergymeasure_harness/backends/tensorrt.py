@@ -560,6 +560,11 @@ class TensorRTBackend:
             extra=extra,
         )
 
+    def rebind(self, config: ExperimentConfig) -> None:
+        """Take another experiment's run-time settings on the loaded engine (engine reuse):
+        sampling parameters, lengths and traffic are read from the config at each run."""
+        self._config = config
+
     @property
     def warmup_unit(self) -> int:
         """One full in-flight batch: ``min(n_prompts, tensorrt.max_batch_size)`` requests."""

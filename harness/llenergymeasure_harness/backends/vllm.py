@@ -392,6 +392,11 @@ class VLLMBackend:
             extra=extra,
         )
 
+    def rebind(self, config: ExperimentConfig) -> None:
+        """Take another experiment's run-time settings on the loaded engine (engine reuse):
+        sampling parameters, lengths and traffic are read from the config at each run."""
+        self._config = config
+
     @property
     def warmup_unit(self) -> int:
         """One full continuous batch: ``min(n_prompts, vllm.max_num_seqs)`` requests."""

@@ -132,6 +132,24 @@ class _HTTPBackend:
         )
         return StreamingClient(settings, prompt_of=self._prompt_of, clock=self._clock)
 
+    def rebind(self, config: ExperimentConfig) -> None:
+        """Take another experiment's run-time settings against the same server (engine
+        reuse): a new client with its decoder settings, keeping the server's URL, model,
+        output-length forcing and extra request fields."""
+        old = self._client
+        if old is None:
+            raise ExperimentError(f"{type(self).__name__}.rebind() called before load()")
+        s = old.settings
+        client = self._make_client(config, s.base_url, s.model, s.api_key)
+        client.settings.extra_body.update(s.extra_body)
+        client.settings.max_in_flight = s.max_in_flight
+        if self._config is not None and config.ignore_eos == self._config.ignore_eos:
+            client.forcing = old.forcing
+        else:  # lengths no longer forced: none; newly forced: probe the server again
+            client.forcing = None if config.ignore_eos else "none"
+        self._config = config
+        self._client = client
+
     def _models(self, base_url: str, api_key: str | None) -> dict[str, Any] | None:
         try:
             return asyncio.run(

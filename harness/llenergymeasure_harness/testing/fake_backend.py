@@ -48,6 +48,8 @@ class FakeBackend:
         self.runs = 0
         self.closed = 0
         self.loaded = False
+        self.loads = 0
+        self.rebinds: list[ExperimentConfig] = []
 
     @property
     def warmup_unit(self) -> int:
@@ -57,6 +59,7 @@ class FakeBackend:
         if self.fail_in == "load":
             raise FakeBackendError("model failed to load")
         self.loaded = True
+        self.loads += 1
         return LoadInfo(
             backend_version="0.0-fake",
             backend_library="fake",
@@ -66,6 +69,10 @@ class FakeBackend:
             devices=list(config.gpus),
             extra={"vocab_size": 2048},
         )
+
+    def rebind(self, config: ExperimentConfig) -> None:
+        """Engine reuse: remember the config (its batch size is this fake's warmup unit)."""
+        self.rebinds.append(config)
 
     def _advance(self, seconds: float) -> None:
         adv = getattr(self.clock, "advance", None)

@@ -4,7 +4,9 @@ Servers such as ``transformers serve`` load a checkpoint from disk (weights, con
 tokenizer); the built-in ``tiny-llama`` architecture has no tokenizer and dummy weights are not
 on disk. :func:`build_tiny_checkpoint` writes one in about a second, without any download: a
 byte-level BPE tokenizer trained with ``tokenizers`` on a few sentences and a 2-layer, 64-wide
-Llama with seeded random weights.
+Llama with seeded random weights. With ``chat_template`` the tokenizer also gets a Jinja chat
+template (:data:`TINY_CHAT_TEMPLATE` is a small one in the Llama-2 style), saved where
+``transformers`` saves it (``chat_template.jinja``), for chat datasets.
 """
 
 from __future__ import annotations
@@ -18,8 +20,25 @@ _CORPUS = (
 )
 
 
-def build_tiny_checkpoint(path: Path, *, vocab_size: int = 320, seed: int = 0) -> Path:
-    """Write a tiny random Llama and its tokenizer to ``path``; returns ``path``."""
+#: A minimal chat template: BOS, then each message as ``<|role|>content</s>``, then the
+#: assistant's header when a generation prompt is asked for.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_tiny_checkpoint(
+    path: Path, *, vocab_size: int = 320, seed: int = 0, chat_template: str | None = None
+) -> Path:
+    """Write a tiny random Llama and its tokenizer to ``path``; returns ``path``.
+
+    Args:
+        path: The directory to write.
+        vocab_size: BPE vocabulary size (special tokens included).
+        seed: Seed of the random weights.
+        chat_template: A Jinja chat template for the tokenizer (None: no template).
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -39,6 +58,8 @@ def build_tiny_checkpoint(path: Path, *, vocab_size: int = 320, seed: int = 0) -
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
     fast.pad_token = fast.eos_token
+    if chat_template is not None:
+        fast.chat_template = chat_template
     fast.save_pretrained(path)
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -57,4 +78,4 @@ def build_tiny_checkpoint(path: Path, *, vocab_size: int = 320, seed: int = 0) -
     return path
 
 
-__all__ = ["build_tiny_checkpoint"]
+__all__ = ["TINY_CHAT_TEMPLATE", "build_tiny_checkpoint"]

@@ -272,6 +272,50 @@ def params_label(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "—"
 
 
+#: The steady-state figures :func:`steady_state_lines` shows (``RunMetrics`` fields).
+STEADY_METRICS = (
+    "steady_j_per_output_token",
+    "steady_window_s",
+    "mlenergy_j_per_output_token",
+    "mlenergy_window_s",
+    "avg_running_batch",
+)
+
+
+def steady_state_lines(study: LoadedStudy) -> list[str]:
+    """Each experiment's steady state, ours beside ML.ENERGY's rule: mean J/output token and
+    window over the cycles, how many cycles each rule accepted, and the average running batch;
+    two lines per experiment that has one, each under 80 columns (empty when none has)."""
+    counts: dict[str, list[int]] = {}  # config_hash -> [valid (ours), stable (theirs), runs]
+    for run in study.result.runs:
+        m = run.metrics
+        if m is None or (m.steady_valid is None and m.mlenergy_stable is None):
+            continue
+        c = counts.setdefault(run.config_hash, [0, 0, 0])
+        c[0] += bool(m.steady_valid)
+        c[1] += bool(m.mlenergy_stable)
+        c[2] += 1
+    lines: list[str] = []
+    for i, r in enumerate(study.rows, start=1):
+        if r.config_hash not in counts:
+            continue
+        valid, stable, n = counts[r.config_hash]
+        fig = {m: fmt_value(r.interval(m).mean) for m in STEADY_METRICS}
+        head = f"#{i}"
+        lines.append(
+            f"{head:<4}ours       J/tok {fig['steady_j_per_output_token']:>7}  "
+            f"window {fig['steady_window_s']:>5} s  valid {valid}/{n}"
+        )
+        lines.append(
+            f"{'':<4}ML.ENERGY  J/tok {fig['mlenergy_j_per_output_token']:>7}  "
+            f"window {fig['mlenergy_window_s']:>5} s  stable {stable}/{n}  "
+            f"batch {fig['avg_running_batch']}"
+        )
+    if lines:
+        lines.insert(0, "Steady state, means over cycles (docs/methodology.md):")
+    return lines
+
+
 def rows_json(rows: list[ExperimentRow]) -> list[dict[str, Any]]:
     """Rows as plain data (``llem results show --json``)."""
     return [

@@ -6,6 +6,7 @@ must print in well under a second (see ``benchmarks/bench_dry_run.py``).
 
 from __future__ import annotations
 
+from llenergymeasure.study.grouping import group_lines
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan
 
 
@@ -88,8 +89,11 @@ def plan_table(plan: StudyPlan) -> str:
     lines.append(
         f"gaps: {ex.config_gap_s:g} s between experiments, {ex.cycle_gap_s:g} s between cycles; "
         f"estimated duration incl. gaps: {fmt_duration(plan.estimated_duration_s)} "
-        "(rough: decode roofline at ~2 TB/s + 20 s start-up per run)"
+        "(rough: decode roofline at ~2 TB/s + start-up per engine load)"
     )
     lines.append(f"runner: {plan.study.runner.runner}   results: {plan.study.results_dir}")
     lines.extend(f"note: {n}" for n in plan.notes)
+    if plan.estimate_basis:
+        lines.append(f"estimate: {plan.estimate_basis}")
+    lines.extend(group_lines(plan.groups, {e.config_hash: e.index for e in plan.experiments}))
     return "\n".join(lines)

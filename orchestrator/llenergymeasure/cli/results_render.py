@@ -17,6 +17,7 @@ from llenergymeasure.analysis.table import (
     fmt_value,
     params_label,
     show_metrics,
+    steady_state_lines,
 )
 
 
@@ -48,6 +49,8 @@ def render_show(study: LoadedStudy, console: Console | None = None) -> None:
             escape(", ".join(r.flags)) or "—",
         )
     con.print(table)
+    for line in steady_state_lines(study):
+        con.print(escape(line))
     con.print(_method_line())
 
 

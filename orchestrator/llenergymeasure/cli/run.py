@@ -24,6 +24,7 @@ from llenergymeasure.errors import InterruptedStudy, UsageError
 from llenergymeasure.runners.factory import dry_run_job_scripts
 from llenergymeasure.study.api import resume as resume_study
 from llenergymeasure.study.api import run_study
+from llenergymeasure.study.load_times import cached_startups
 from llenergymeasure.study.plan import StudyPlan, build_plan
 from llenergymeasure.study.signals import Terminated
 from llenergymeasure_contract.experiment import DEFAULT_BACKEND
@@ -138,7 +139,7 @@ def load_plan(
             runner_overrides=runner_overrides,
             results_dir=results_dir,
         )
-    return build_plan(study)
+    return build_plan(study, startups=cached_startups())
 
 
 def run_command(

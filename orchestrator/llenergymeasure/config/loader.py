@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from llenergymeasure.config.datasets import dataset_problems
 from llenergymeasure.config.impact import CarbonConfig, CostConfig, ImpactInputs
 from llenergymeasure.config.inputs import (
     MAX_NESTING,
@@ -749,6 +750,7 @@ def expand_study(
     seen: dict[str, str] = {}
     if not problems:
         sections = _SharedSections()
+        dataset_checks: dict[str, str | None] = {}
         for cand in candidates:
             try:
                 exp = ExperimentConfig.model_validate(sections.intern(cand.data))
@@ -765,6 +767,9 @@ def expand_study(
                     continue
             if isinstance(exp.dataset, JsonlDataset | HubDataset) and exp.dataset.text_field == "":
                 problems.append(f"{cand.source_of(('dataset', 'text_field'))}: must not be empty")
+            for p in dataset_problems(exp, cand.source_of(("dataset",)), dataset_checks):
+                if p not in problems:
+                    problems.append(p)
             h = exp.config_hash
             if h in seen:
                 duplicates.append(

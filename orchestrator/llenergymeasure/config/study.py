@@ -66,6 +66,12 @@ class ExecutionConfig(_Model):
     max_consecutive_failures: int = Field(
         3, ge=0, description="Stop the study after this many failures in a row (0 = never)."
     )
+    reuse_engine: bool = Field(
+        False,
+        description="Run experiments that differ only in run-time settings (traffic, batch "
+        "size, lengths, decoder) in one container on one loaded engine, each in its own "
+        "measured window; off: one fresh container per run.",
+    )
 
 
 class DockerSettings(_Model):

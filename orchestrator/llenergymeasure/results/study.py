@@ -8,6 +8,7 @@ the path to it. Tables (CSV, Parquet) are made by :mod:`llenergymeasure.results.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,16 @@ from llenergymeasure.config.impact import ImpactInputs
 from llenergymeasure.results.stats import ConfidenceIntervals
 from llenergymeasure.runners.base import FailureKind, RunState
 from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
+from llenergymeasure_contract.time_budget import (
+    measuring_fraction,
+    run_time_breakdown,
+    sum_breakdowns,
+)
 
 STUDY_RESULT_FILE = "study_result.json"
-STUDY_RESULT_SCHEMA_VERSION = "1.1"  # 1.1: confidence_intervals, impact_inputs, impact metrics
+# 1.1: confidence_intervals, impact_inputs, impact metrics; 1.2: time_breakdown_s,
+# measuring_fraction
+STUDY_RESULT_SCHEMA_VERSION = "1.2"
 #: How a table shows the harness's "null" sampler (no energy sampler ran): pandas and Arrow CSV
 #: readers turn the string "null" into a missing value, which is not what it means.
 NO_SAMPLER = "none"
@@ -68,6 +76,15 @@ class RunMetrics(_Model):
     cost_per_request: float | None = None
     net_cost_per_request: float | None = None
     cost_currency: str | None = None
+    # Steady state (continuous batching, arriving traffic): our window and ML.ENERGY's rule
+    # beside it (result.json steady_state / steady_state_mlenergy; docs/methodology.md).
+    steady_j_per_output_token: float | None = None
+    steady_window_s: float | None = None
+    steady_valid: bool | None = None
+    mlenergy_j_per_output_token: float | None = None
+    mlenergy_window_s: float | None = None
+    mlenergy_stable: bool | None = None
+    avg_running_batch: float | None = None  # in ML.ENERGY's window (K = max_num_seqs)
     energy_sampler: str | None = None  # nvml | zeus | codecarbon | none (no sampler ran)
     backend_library: str | None = None  # the library backend_version is of, e.g. transformers
     backend_version: str | None = None
@@ -85,6 +102,7 @@ class RunMetrics(_Model):
         slo = result.traffic.slo if result.traffic is not None else None
         sampler = result.energy.sampler
         env = result.environment
+        ours, theirs = result.steady_state, result.steady_state_mlenergy
         return cls(
             n_requests=result.throughput.n_requests,
             output_tokens=result.throughput.output_tokens,
@@ -105,6 +123,13 @@ class RunMetrics(_Model):
             slo_attainment=slo.slo_attainment if slo is not None else None,
             goodput_requests_per_s=slo.goodput_requests_per_s if slo is not None else None,
             j_per_slo_request=slo.j_per_slo_request if slo is not None else None,
+            steady_j_per_output_token=ours.j_per_output_token if ours else None,
+            steady_window_s=ours.duration_s if ours else None,
+            steady_valid=ours.valid if ours else None,
+            mlenergy_j_per_output_token=theirs.j_per_output_token if theirs else None,
+            mlenergy_window_s=theirs.duration_s if theirs else None,
+            mlenergy_stable=theirs.stable if theirs else None,
+            avg_running_batch=theirs.avg_running_batch if theirs else None,
             energy_sampler=NO_SAMPLER if sampler == "null" else sampler,
             backend_library=env.backend_library,
             backend_version=env.backend_version,
@@ -113,6 +138,31 @@ class RunMetrics(_Model):
             lora_adapter_swaps=result.lora.adapter_swaps if result.lora is not None else None,
             quality_flags=[f.code for f in result.quality_flags],
         )
+
+
+def time_budget(
+    results: Iterable[ExperimentResult], experiments_s: float, gaps_s: float
+) -> dict[str, Any]:
+    """The study's ``time_breakdown_s`` and ``measuring_fraction`` from its completed runs.
+
+    The harness's phases of every completed run are summed part by part; ``gaps`` adds the
+    thermal gaps between runs (``gaps_s``) to those inside engine groups; ``other`` is what
+    the runs' wall time (``experiments_s``: container start, imports, writes, failed runs)
+    leaves over. The parts sum to ``experiments_s + gaps_s``.
+
+    ``measuring_fraction`` is the measured windows' time over the time spent in runs, thermal
+    rests left out: ``measure / (experiments_s - in-run gaps)``; None before any run ended.
+    """
+    per_run = sum_breakdowns(run_time_breakdown(r.timings) for r in results)
+    in_run_gaps = per_run["gaps"]
+    named = sum(v for k, v in per_run.items() if k != "other")
+    breakdown = dict(per_run)
+    breakdown["gaps"] = in_run_gaps + gaps_s
+    breakdown["other"] = max(0.0, experiments_s - named)
+    return {
+        "time_breakdown_s": {k: round(v, 3) for k, v in breakdown.items()},
+        "measuring_fraction": measuring_fraction(per_run["measure"], experiments_s, in_run_gaps),
+    }
 
 
 class RunSummary(_Model):
@@ -138,6 +188,8 @@ class RunSummary(_Model):
     node: str | None = None  # Slurm runner: where it ran
     params: dict[str, Any] = Field(default_factory=dict)  # the sweep values of this experiment
     metrics: RunMetrics | None = None
+    # where the run's harness time went (llenergymeasure_contract.time_budget), completed runs
+    time_breakdown_s: dict[str, float] | None = None
 
 
 class StudyResult(_Model):
@@ -166,6 +218,10 @@ class StudyResult(_Model):
     runs: list[RunSummary]
     impact_inputs: ImpactInputs | None = None  # carbon/cost inputs and their sources; None: none
     confidence_intervals: ConfidenceIntervals | None = None  # per experiment, across cycles
+    # where the time went (llenergymeasure_contract.time_budget parts, seconds, summing to
+    # experiments_s + gaps_s) and measure / (experiments_s - in-run gaps): docs/methodology.md
+    time_breakdown_s: dict[str, float] | None = None
+    measuring_fraction: float | None = None
 
     @property
     def exit_code(self) -> int:

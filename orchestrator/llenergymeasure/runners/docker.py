@@ -282,6 +282,8 @@ class DockerRunner:
 
         spec = self.spec_for(request)
         _prepare_host_dirs(request, self.settings)
+        if spec.group_file is not None:
+            spec.group_file.write()
         writer = LogWriter(request.log_path, echo)
         started_at = utc_iso()
         t0 = time.monotonic()
@@ -462,6 +464,10 @@ def _prepare_host_dirs(request: RunRequest, settings: ContainerSettings) -> None
     """
     request.run_dir.mkdir(parents=True, exist_ok=True)
     writable = [request.run_dir]
+    if request.group is not None:  # every member's folder is mounted, and the group file
+        for member in request.group.members[1:]:
+            member.run_dir.mkdir(parents=True, exist_ok=True)
+            writable.append(member.run_dir)
     uses_cache = REGISTRY.get(str(request.config.backend)).uses_engine_cache
     engines = settings.engine_cache_dir if uses_cache else None
     compiled = host_compile_cache_dir(request, settings)

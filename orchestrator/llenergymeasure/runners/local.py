@@ -100,6 +100,8 @@ class LocalRunner:
         request.run_dir.mkdir(parents=True, exist_ok=True)
         if request.study_cache_dir is not None:
             request.study_cache_dir.mkdir(parents=True, exist_ok=True)
+        if spec.group_file is not None:
+            spec.group_file.write()
         writer = LogWriter(request.log_path, echo)
         started_at = utc_iso()
         t0 = time.monotonic()

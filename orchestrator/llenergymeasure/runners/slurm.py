@@ -831,6 +831,8 @@ class SlurmRunner:
                 "note: thermal gaps are not applied between Slurm jobs (consecutive "
                 "jobs may run on different nodes)"
             )
+        if ex.reuse_engine:
+            session.say("note: execution.reuse_engine does not apply to Slurm: one job per run")
         loop = BatchLoop(
             plan=session.plan,
             store=session.store,

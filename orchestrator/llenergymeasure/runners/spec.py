@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure._version import __version__
-from llenergymeasure_contract.env import ENV_CONFIG_JSON, MULTICAST_OFF
+from llenergymeasure_contract.env import ENV_CONFIG_JSON, ENV_GROUP_FILE, MULTICAST_OFF
 from llenergymeasure_contract.registry import REGISTRY
 
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ LABEL_CYCLE = "llem.cycle"
 LABEL_VERSION = "llem.version"
 LABEL_OWNER_PID = "llem.owner_pid"
 LABEL_OWNER_HOST = "llem.owner_host"
+LABEL_GROUP = "llem.group"  # execution.reuse_engine: the engine group a container runs
+CONTAINER_GROUP_DIR = "/llem/group"  # the other members' results folders, one each
 
 HARNESS_COMMAND: tuple[str, ...] = ("python3", "-m", "llenergymeasure_harness")
 
@@ -130,6 +132,42 @@ class RunRequest:
     host_gid: int | None = None
     version: str = __version__
     input_base_dir: str | None = None  # resolves relative input paths; None: working dir
+    #: execution.reuse_engine: this request is the first run of a group that shares its
+    #: loaded engine with the others (one container or subprocess for all of them)
+    group: GroupRequest | None = None
+
+
+@dataclass(frozen=True)
+class GroupRequest:
+    """Runs sharing one loaded engine, run by one harness process (``LLEM_GROUP_FILE``).
+
+    Attributes:
+        group_id: The plan's group id (``g<N>``).
+        engine_key: The members' shared load-time hash.
+        members: Every run's request, in run order (the first is the one handed to the
+            runner, whose ``group`` this is).
+        config_gap_s: The thermal rest between two members, taken inside the harness.
+    """
+
+    group_id: str
+    engine_key: str
+    members: tuple[RunRequest, ...]
+    config_gap_s: float = 0.0
+
+    def file_host(self) -> Path:
+        """Where the runner writes the group file on the host (the study cache, else the
+        first run's folder)."""
+        first = self.members[0]
+        base = first.study_cache_dir if first.study_cache_dir is not None else first.run_dir
+        return base / "groups" / f"{self.group_id}_{first.run_id}.json"
+
+    @property
+    def timeout_s(self) -> float | None:
+        """The members' timeouts and gaps added up (None when any run has none)."""
+        limits = [m.timeout_s for m in self.members]
+        if any(t is None for t in limits):
+            return None
+        return sum(t for t in limits if t is not None) + self.config_gap_s * (len(self.members) - 1)
 
 
 @dataclass(frozen=True)
@@ -154,6 +192,7 @@ class ContainerSpec:
     name: str
     results_dir_host: str
     config_json: str  # the config the harness sees (host paths mapped into the container)
+    group_file: GroupFile | None = None  # engine groups: written by the runner before start
 
 
 @dataclass(frozen=True)
@@ -165,6 +204,50 @@ class LocalSpec:
     results_dir: str
     timeout_s: float | None
     stop_grace_s: float = 10.0
+    group_file: GroupFile | None = None  # engine groups: written by the runner before start
+
+
+@dataclass(frozen=True)
+class GroupFile:
+    """The :class:`~llenergymeasure_contract.reuse.EngineGroup` a runner writes for the
+    harness (``LLEM_GROUP_FILE``): its host path and its JSON."""
+
+    path_host: str
+    json_text: str
+
+    def write(self) -> None:
+        """Write it (the runner calls this just before starting the harness)."""
+        path = Path(self.path_host)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.json_text, encoding="utf-8")
+
+
+def group_file(
+    group: GroupRequest,
+    *,
+    results_dir_of: Mapping[str, str],
+    config_of: Mapping[str, ExperimentConfig],
+) -> GroupFile:
+    """The group file of ``group``, with each member's results folder and config as the
+    harness will see them (pure)."""
+    from llenergymeasure_contract.reuse import EngineGroup, GroupMember
+
+    doc = EngineGroup(
+        group_id=group.group_id,
+        engine_key=group.engine_key,
+        members=[
+            GroupMember(
+                run_id=m.run_id,
+                config=config_of[m.run_id],
+                results_dir=results_dir_of[m.run_id],
+                cycle=m.cycle,
+                config_hash=m.config.config_hash,  # the host's identity
+            )
+            for m in group.members
+        ],
+        config_gap_s=group.config_gap_s,
+    )
+    return GroupFile(str(group.file_host()), doc.model_dump_json(indent=1))
 
 
 def _looks_like_host_path(value: str) -> bool:
@@ -384,6 +467,37 @@ def build_container_spec(
         )
     )
     config_json = env[ENV_CONFIG_JSON]
+    timeout_s = request.timeout_s
+    group = request.group
+    group_doc: GroupFile | None = None
+    if group is not None:
+        results_dir_of = {request.run_id: CONTAINER_RESULTS_DIR}
+        config_of = {request.run_id: config}
+        taken = {m.target for m in mounts}
+        for member in group.members[1:]:
+            target = f"{CONTAINER_GROUP_DIR}/{member.run_id}"
+            mounts.append(Mount(str(member.run_dir), target))
+            results_dir_of[member.run_id] = target
+            m_original = member.config.model_dump(mode="json")
+            m_dict, m_mounts = rewrite_host_paths(m_original, base_dir)
+            config_of[member.run_id] = (
+                type(member.config).model_validate(m_dict)
+                if m_dict != m_original
+                else member.config
+            )
+            for mount in m_mounts:
+                if mount.target not in taken:
+                    mounts.append(mount)
+                    taken.add(mount.target)
+        group_doc = group_file(group, results_dir_of=results_dir_of, config_of=config_of)
+        name = Path(group_doc.path_host).name
+        base = (
+            CONTAINER_STUDY_CACHE
+            if request.study_cache_dir is not None
+            else (CONTAINER_RESULTS_DIR)
+        )
+        env[ENV_GROUP_FILE] = f"{base}/groups/{name}"
+        timeout_s = group.timeout_s
 
     labels = {
         LABEL_STUDY: request.study_id,
@@ -396,6 +510,8 @@ def build_container_spec(
         labels[LABEL_OWNER_PID] = str(owner_pid)
     if owner_host is not None:
         labels[LABEL_OWNER_HOST] = owner_host
+    if group is not None:
+        labels[LABEL_GROUP] = group.group_id
 
     defaults = spec.container
     ipc_mode = settings.ipc_mode if settings.ipc_mode is not None else defaults.ipc_mode
@@ -421,11 +537,12 @@ def build_container_spec(
         network_mode=settings.network_mode,
         mem_limit=settings.mem_limit,
         init=settings.init,
-        timeout_s=request.timeout_s,
+        timeout_s=timeout_s,
         stop_grace_s=settings.stop_grace_s,
         name=container_name(request, owner_pid),
         results_dir_host=str(request.run_dir),
         config_json=config_json,
+        group_file=group_doc,
     )
 
 
@@ -468,10 +585,20 @@ def build_local_spec(
             ),
         )
     )
+    group = request.group
+    group_doc: GroupFile | None = None
+    if group is not None:
+        group_doc = group_file(
+            group,
+            results_dir_of={m.run_id: str(m.run_dir) for m in group.members},
+            config_of={m.run_id: m.config for m in group.members},
+        )
+        env[ENV_GROUP_FILE] = group_doc.path_host
     return LocalSpec(
         command=command if command is not None else (python, "-m", "llenergymeasure_harness"),
         env=env,
         results_dir=str(request.run_dir),
-        timeout_s=request.timeout_s,
+        timeout_s=group.timeout_s if group is not None else request.timeout_s,
         stop_grace_s=stop_grace_s,
+        group_file=group_doc,
     )

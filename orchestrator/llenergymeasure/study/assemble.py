@@ -13,12 +13,19 @@ from typing import Any
 
 from llenergymeasure.analysis.enrich import enrich
 from llenergymeasure.results.aggregate import export_study
-from llenergymeasure.results.study import STUDY_RESULT_FILE, RunMetrics, RunSummary, StudyResult
+from llenergymeasure.results.study import (
+    STUDY_RESULT_FILE,
+    RunMetrics,
+    RunSummary,
+    StudyResult,
+    time_budget,
+)
 from llenergymeasure.runners.base import RunOutcome
 from llenergymeasure.runners.factory import ran_image
 from llenergymeasure.study.manifest import ManifestStore, RunRecord
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan
 from llenergymeasure_contract.files import RESULT_FILE
+from llenergymeasure_contract.time_budget import run_time_breakdown
 from llenergymeasure_contract.timestamps import utc_iso
 
 
@@ -44,6 +51,7 @@ def study_result(
     by_hash = {e.config_hash: e for e in plan.experiments}
     with_image = ran_image(m.runner, plan.study.runner)
     runs = [_summary(rec, by_hash.get(rec.config_hash), store, known, with_image) for rec in m.runs]
+    completed = [store.result_of(r.run_id) for r in m.runs if r.state == "completed"]
     counts = m.counts()
     result = StudyResult(
         study_id=m.study_id,
@@ -66,6 +74,7 @@ def study_result(
         n_interrupted=counts["interrupted"] + counts["running"],
         n_pending=counts["pending"],
         runs=runs,
+        **time_budget([r for r in completed if r is not None], m.experiments_s, m.gaps_s),
     )
     return enrich(result, plan.study.impact)
 
@@ -81,7 +90,11 @@ def _summary(
     last = rec.last
     metrics = None
     result_rel = None
+    breakdown = None
     if rec.state == "completed" and last is not None:
+        run_result = store.result_of(rec.run_id)  # kept in the store once read
+        if run_result is not None:
+            breakdown = {k: round(v, 3) for k, v in run_time_breakdown(run_result.timings).items()}
         metrics = known.get(rec.run_id)
         if metrics is None:
             # This session's results ride in the store (from their outcomes); a run completed
@@ -114,6 +127,7 @@ def _summary(
         node=last.node if last else None,
         params=dict(exp.params) if exp else {},
         metrics=metrics,
+        time_breakdown_s=breakdown,
     )
 
 

@@ -13,6 +13,7 @@ Cycle orders, for experiments A and B and two cycles::
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -20,8 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.config.study import CycleOrder, StudyConfig
 from llenergymeasure.errors import ConfigError
+from llenergymeasure.study.grouping import RunGroup, group_runs
+from llenergymeasure.study.load_times import estimate_basis
 from llenergymeasure_contract.architecture import DTYPE_BYTES, resolve_architecture
 from llenergymeasure_contract.registry import REGISTRY
+from llenergymeasure_contract.reuse import engine_key
 from llenergymeasure_contract.sizing import (
     MIN_STEADY_STATE_S,
     arrival_steady_state_duration_s,
@@ -88,6 +92,16 @@ class StudyPlan(BaseModel):
     runs: list[RunKey]
     estimated_duration_s: float | None = None
     notes: list[str] = Field(default_factory=list)
+    # execution.reuse_engine: the runs sharing one loaded engine (every run in one group)
+    groups: list[RunGroup] = Field(default_factory=list)
+    estimate_basis: str | None = None  # how start-up and load were estimated
+
+    def group_of(self, run_id: str) -> RunGroup | None:
+        """The engine group holding ``run_id`` (None without engine reuse)."""
+        for group in self.groups:
+            if run_id in group.run_ids:
+                return group
+        return None
 
     def experiment(self, config_hash: str) -> PlannedExperiment:
         """The planned experiment with this hash."""
@@ -121,6 +135,8 @@ class StudyPlan(BaseModel):
             "runs": [{"config_hash": r.config_hash, "cycle": r.cycle} for r in self.runs],
             "duplicates": [d.model_dump(mode="json") for d in self.study.duplicates],
             "estimated_duration_s": self.estimated_duration_s,
+            "estimate_basis": self.estimate_basis,
+            "groups": [g.model_dump(mode="json") for g in self.groups],
             "notes": list(self.notes),
         }
 
@@ -406,13 +422,21 @@ def _estimates(configs: list[ExperimentConfig]) -> list[ExperimentEstimate]:
     return out
 
 
-def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -> StudyPlan:
+def build_plan(
+    study: StudyConfig,
+    *,
+    image_for: dict[str, str] | None = None,
+    startups: Mapping[str, float] | None = None,
+) -> StudyPlan:
     """Plan ``study``: order its runs and attach images and estimates.
 
     Args:
         study: The expanded study.
         image_for: backend -> image reference; defaults come from
             :func:`llenergymeasure.images.default_image` and the study's ``images:``.
+        startups: engine key -> start-up and load seconds of earlier runs on this host
+            (:mod:`llenergymeasure.study.load_times`); the estimate assumes
+            ``ASSUMED_STARTUP_S`` for the others.
     """
     images = dict(image_for or {})
     for backend in {e.backend for e in study.experiments}:
@@ -440,6 +464,15 @@ def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -
     runs = order_runs(
         [p.config_hash for p in planned], ex.n_cycles, ex.cycle_order, ex.shuffle_seed
     )
+    keys: dict[str, str] = {}
+    groups: list[RunGroup] = []
+    group_note = None
+    if ex.reuse_engine or startups:
+        keys = {p.config_hash: engine_key(p.config) for p in planned}
+    if ex.reuse_engine:
+        runs, groups, group_note = group_runs(runs, keys, ex.cycle_order)
+    # start-up is paid by the first run of each group (every run without reuse)
+    pays = {g.run_ids[0] for g in groups}
     durations = {p.config_hash: p.estimate.duration_s for p in planned}
     total: float | None = 0.0
     for i, run in enumerate(runs):
@@ -447,7 +480,9 @@ def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -
         if d is None or total is None:
             total = None
             break
-        total += d
+        startup = (startups or {}).get(keys.get(run.config_hash, ""), ASSUMED_STARTUP_S)
+        paid = not groups or run.run_id in pays
+        total += d - ASSUMED_STARTUP_S + (startup if paid else 0.0)
         if i + 1 < len(runs):
             kind = gap_after(run, runs[i + 1], ex.cycle_order)
             total += ex.cycle_gap_s if kind == "cycle" else ex.config_gap_s
@@ -457,6 +492,9 @@ def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -
     ]
     notes.extend(steady_state_notes(planned))
     notes.extend(serving_mode_notes(planned))
+    if group_note is not None:
+        notes.append(group_note)
+    loads = [g.engine_key for g in groups] or [keys.get(r.config_hash, "") for r in runs]
     return StudyPlan.model_construct(
         study=study,
         study_design_hash=study.study_design_hash,
@@ -464,6 +502,8 @@ def build_plan(study: StudyConfig, *, image_for: dict[str, str] | None = None) -
         runs=runs,
         estimated_duration_s=total,
         notes=notes,
+        groups=groups,
+        estimate_basis=estimate_basis(startups or {}, loads, ASSUMED_STARTUP_S),
     )
 
 

@@ -251,6 +251,21 @@ class StudyProgress:
             f" · {result.study_dir}",
             highlight=False,
         )
+        if result.measuring_fraction is not None:
+            self.console.print(measuring_line(result), highlight=False)
+
+
+def measuring_line(result: StudyResult) -> str:
+    """``measuring 37 % of the time in runs (load 40 %, ...)``: where the GPU time went."""
+    parts = result.time_breakdown_s or {}
+    busy = sum(v for k, v in parts.items() if k != "gaps")
+    shown = ", ".join(
+        f"{k.replace('_', ' ')} {v / busy:.0%}"
+        for k, v in parts.items()
+        if k not in ("measure", "gaps") and busy > 0 and v / busy >= 0.005
+    )
+    frac = result.measuring_fraction or 0.0
+    return f"measuring {frac:.0%} of the time in runs" + (f" ({shown})" if shown else "")
 
 
 def _num(value: Any, fmt: str) -> str:

@@ -32,6 +32,8 @@ from llenergymeasure.runners.preflight import PreflightReport
 from llenergymeasure.runners.spec import RunRequest
 from llenergymeasure.study.assemble import outcome_metrics, run_payload, study_result, write_outputs
 from llenergymeasure.study.directory import run_folder, storage_error
+from llenergymeasure.study.group_run import batches, run_group
+from llenergymeasure.study.load_times import remember_load_time
 from llenergymeasure.study.manifest import Attempt, ManifestStore, RunRecord, StudyState
 from llenergymeasure.study.options import StudyRunOptions, base_dir
 from llenergymeasure.study.plan import PlannedExperiment, StudyPlan, gap_after
@@ -79,6 +81,8 @@ class StudySession:
     clock: SessionClock = field(default_factory=SessionClock)
     #: The run in flight (sequential runners), if any.
     current: RunRecord | None = None
+    #: An engine group in flight (execution.reuse_engine): every member, current first.
+    running: list[RunRecord] = field(default_factory=list)
     #: Run id -> the metrics of its result, computed once.
     metrics: dict[str, RunMetrics] = field(default_factory=dict)
     #: The study result last written to the study folder (the ``study_end`` payload).
@@ -224,11 +228,14 @@ class StudySession:
         When its ``result.json`` was already written (the signal came after the harness
         finished, before the runner returned), the run is completed, not interrupted.
         """
-        rec = self.current
+        for rec in self.running or ([self.current] if self.current is not None else []):
+            self._close_one(rec, status, kind, message)
+
+    def _close_one(self, rec: RunRecord, status: RunState, kind: FailureKind, message: str) -> None:
         store = self.store
-        if rec is None or store.run(rec.run_id).state != "running":
+        if store.run(rec.run_id).state != "running":
             return
-        last = rec.last
+        last = store.run(rec.run_id).last
         run_dir = store.study_dir / last.run_dir if last is not None else None
         result = load_result(run_dir)[0] if run_dir is not None else None
         if run_dir is not None and result is not None:
@@ -297,34 +304,59 @@ class StudySession:
         store = self.store
         consecutive = 0
         previous: RunRecord | None = None
-        for rec in todo:
+        echo = self.progress.echo if self.opts.verbose else None
+        for batch in batches(todo, self.plan):
+            rec = batch[0]
             if previous is not None:
                 self._gap(previous, rec)
-            request = self.make_request(rec, None)
-            self.current = rec
-            store.start_attempt(rec.run_id, request.run_dir, request.log_path)
-            self.progress.start_run(rec, self.experiment(rec))
-            echo = self.progress.echo if self.opts.verbose else None
-            outcome = self.runner.run(request, echo=echo)
-            self.clock.experiments_s += outcome.duration_s or 0.0
-            self.store.finish_attempt(rec.run_id, outcome)
-            self.current = None
-            self._report_end(rec, outcome)
-            previous = rec
-            # A signal that arrived after the harness had finished leaves the run completed
-            # (its result.json is whole); the study still stops here.
-            if outcome.status == "interrupted" or (
-                self.signals is not None and self.signals.received
-            ):
-                raise KeyboardInterrupt
-            consecutive = 0 if outcome.ok else consecutive + 1
-            limit = ex.max_consecutive_failures
-            if limit and consecutive >= limit:
-                store.set_state(
-                    "aborted",
-                    f"stopped after {consecutive} consecutive failures "
-                    f"(execution.max_consecutive_failures={limit})",
+            if len(batch) == 1:
+                request = self.make_request(rec, None)
+                self.current = rec
+                store.start_attempt(rec.run_id, request.run_dir, request.log_path)
+                self.progress.start_run(rec, self.experiment(rec))
+                ended = [(rec, self.runner.run(request, echo=echo))]
+            else:  # execution.reuse_engine: one process, one loaded engine for the batch
+                self.current = rec
+                self.running = list(batch)
+                self.progress.start_run(rec, self.experiment(rec))
+                ended = run_group(
+                    batch,
+                    self.plan,
+                    make_request=lambda r: self.make_request(r, None),
+                    start_attempt=lambda r, q: store.start_attempt(r.run_id, q.run_dir, q.log_path),
+                    run=lambda q: self.runner.run(q, echo=echo),
+                    on_result=lambda r, o: store.finish_attempt(r.run_id, o),
                 )
+            stop = abort = False
+            for i, (rec, outcome) in enumerate(ended):
+                if i > 0:  # a group member: its own line, as it ended in the group's process
+                    self.progress.start_run(rec, self.experiment(rec))
+                self.clock.experiments_s += outcome.duration_s or 0.0
+                if store.run(rec.run_id).state == "running":  # a member may be recorded already
+                    self.store.finish_attempt(rec.run_id, outcome)
+                remember_load_time(outcome.result, outcome.duration_s)
+                self._report_end(rec, outcome)
+                previous = rec
+                # A signal that arrived after the harness had finished leaves the run
+                # completed (its result.json is whole); the study still stops here.
+                if outcome.status == "interrupted" or (
+                    self.signals is not None and self.signals.received
+                ):
+                    stop = True
+                consecutive = 0 if outcome.ok else consecutive + 1
+                limit = ex.max_consecutive_failures
+                if limit and consecutive >= limit and not abort:
+                    abort = True
+                    store.set_state(
+                        "aborted",
+                        f"stopped after {consecutive} consecutive failures "
+                        f"(execution.max_consecutive_failures={limit})",
+                    )
+            self.current = None
+            self.running = []
+            if stop:
+                raise KeyboardInterrupt
+            if abort:
                 break
 
     def _report_end(self, rec: RunRecord, outcome: RunOutcome, *, with_id: bool = False) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from llenergymeasure_contract.windows import WindowProblem
 from llenergymeasure_harness.backends.base import RequestRecord
 from llenergymeasure_harness.backends.steady_state import (
     SteadyStateWindow,
@@ -92,6 +93,7 @@ def test_batch_never_filled_is_flagged() -> None:
     assert not window.valid
     assert window.mean_concurrency == pytest.approx(2.0)
     assert "never filled" in (window.reason or "")
+    assert WindowProblem.UNDERFILLED in window.problems
 
 
 def test_several_reasons_are_joined() -> None:
@@ -99,6 +101,7 @@ def test_several_reasons_are_joined() -> None:
     window = steady_state_window(_waves(n=40, k=2, length=0.1), 4)
     assert window.reason is not None
     assert "minimum" in window.reason and "never filled" in window.reason
+    assert window.problems == (WindowProblem.TOO_SHORT, WindowProblem.UNDERFILLED)
 
 
 def test_window_closing_before_opening_is_invalid() -> None:
@@ -165,7 +168,7 @@ def test_to_dict_is_json_ready() -> None:
     window = SteadyStateWindow(
         start_s=1.0,
         end_s=3.0,
-        valid=True,
+        problems=(),
         reason=None,
         target_concurrency=2,
         n_requests=9,
@@ -176,3 +179,4 @@ def test_to_dict_is_json_ready() -> None:
     assert data["duration_s"] == 2.0
     assert data["output_tokens_per_s"] == 5.0
     assert data["valid"] is True
+    assert data["problems"] == []

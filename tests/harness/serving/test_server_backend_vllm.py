@@ -148,3 +148,55 @@ def test_resolved_settings_have_the_same_keys_in_process_and_served() -> None:
     assert in_process["max_num_batched_tokens"] == 16384 != served["max_num_batched_tokens"]
     assert resolved_engine_config(None) is None
     assert vllm_resolved_from_log("INFO: Uvicorn running on http://127.0.0.1:8000") is None
+
+
+def test_a_rate_sweep_group_starts_the_server_once(
+    fake_serve: type[_FakeServeProcess], tmp_path: Path
+) -> None:
+    """Engine reuse in server mode: two traffic rates in one group start `vllm serve` once;
+    each rate's client traffic runs against it into its own result, and close stops it."""
+    import time
+
+    from llenergymeasure_contract.env import HarnessEnv
+    from llenergymeasure_contract.reuse import EngineGroup, GroupMember, engine_key
+    from llenergymeasure_harness.experiment import Deps
+    from llenergymeasure_harness.group import run_group
+    from llenergymeasure_harness.testing import FakeNvml
+
+    def config(rate: float) -> ExperimentConfig:
+        return ExperimentConfig.model_validate(
+            {
+                "model": "llama-3.1-8b",
+                "backend": "vllm",
+                "load_format": "dummy",
+                "n_prompts": 4,
+                "max_input_tokens": 8,
+                "max_output_tokens": 3,
+                "server": {},
+                "warmup": {"n_batches": 1},
+                "baseline": {"enabled": False},
+                "energy": {"timeseries": False},
+                "traffic": {"pattern": "poisson", "rate_per_s": rate},
+            }
+        )
+
+    configs = [config(20.0), config(40.0)]
+    assert engine_key(configs[0]) == engine_key(configs[1])
+    members = [
+        GroupMember(run_id=f"r{i}", config=c, results_dir=str(tmp_path / f"r{i}"))
+        for i, c in enumerate(configs)
+    ]
+    group = EngineGroup(group_id="g1", engine_key=engine_key(configs[0]), members=members)
+    env = HarnessEnv(config=configs[0], run_id="r0", results_dir=str(tmp_path / "r0"))
+    deps = Deps(
+        open_nvml=lambda: FakeNvml(1, clock=time.perf_counter, power_w=300.0),
+        make_backend=lambda name: serving_backends.ServerBackend(),
+        cuda_visible=None,
+    )
+    outcome = run_group(env, group, deps)
+    assert [m.state for m in outcome.members] == ["completed", "completed"]
+    (proc,) = fake_serve.launched
+    assert proc.stopped
+    results = [m.result for m in outcome.members]
+    assert [r.traffic.rate_per_s for r in results if r and r.traffic] == [20.0, 40.0]
+    assert all(r is not None and r.engine_share is not None for r in results)
