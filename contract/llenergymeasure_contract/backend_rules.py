@@ -69,6 +69,11 @@ def check_tensorrt(config: ExperimentConfig) -> None:
     section = config.tensorrt
     if not isinstance(section, TensorRTConfig):
         return
+    if config.lora is not None and section.trtllm_backend != "pytorch":
+        raise ValueError(
+            "lora: with backend tensorrt runs on TensorRT-LLM's PyTorch flow; set "
+            "tensorrt.trtllm_backend: pytorch (an engine build needs the LoRA plugin)"
+        )
     if section.quantization is not None and config.precision == "float32":
         raise ValueError(
             f"tensorrt.quantization={section.quantization} needs float16/bfloat16, "

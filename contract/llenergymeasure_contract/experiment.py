@@ -33,6 +33,7 @@ from llenergymeasure_contract.lengths import (
     expected_length,
     prepare_experiment_data,
 )
+from llenergymeasure_contract.lora import LoraConfig, check_lora_backend
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.sections import (
     BackendName,
@@ -286,6 +287,7 @@ IDENTITY_WHEN_NON_DEFAULT: dict[str, object] = {
     "server": None,
     "endpoint": None,
     "quality": None,
+    "lora": None,
 }
 
 
@@ -326,6 +328,9 @@ class ExperimentConfig(_Model):
         None,
         description="Server mode: run the engine's OpenAI-compatible server and measure it "
         "over HTTP (transformers serve / vllm serve / trtllm-serve).",
+    )
+    lora: LoraConfig | None = Field(
+        None, description="LoRA adapters the requests are served through (see lora.py)."
     )
     pytorch: PyTorchConfig | None = None
     vllm: VLLMConfig | None = None
@@ -391,6 +396,10 @@ class ExperimentConfig(_Model):
             if problem:
                 raise ValueError(problem)
         spec = REGISTRY.get(self.backend)
+        if self.lora is not None:
+            check_lora_backend(
+                self.lora, spec.lora, backend=self.backend, server_mode=self.server is not None
+            )
         if not self.gpus and spec.needs_gpu:
             raise ValueError(
                 f"gpus: [] means CPU only, but backend {self.backend} needs a GPU; "

@@ -35,6 +35,7 @@ from llenergymeasure_contract.backend_rules import (
     check_vllm,
 )
 from llenergymeasure_contract.errors import ConfigError
+from llenergymeasure_contract.lora import VLLM_MAX_LORA_RANKS, LoraSupport
 from llenergymeasure_contract.sections import PyTorchConfig, TensorRTConfig, VLLMConfig
 from llenergymeasure_contract.serving import EndpointConfig
 
@@ -109,6 +110,7 @@ class BackendSpec:
             compile cache and is recorded); ``None`` when there is none.
         validate: Its cross-field rule of a whole experiment config (``ValueError`` with the
             fix), run after the rules every backend shares.
+        lora: What it can do with LoRA adapters (``lora:``); None when it serves none.
         run_time_keys: Dotted config keys the loaded engine does not fix, so experiments that
             differ only in them can share one loaded engine (``execution.reuse_engine``);
             every other key is load-time (:func:`~llenergymeasure_contract.reuse.engine_key`).
@@ -131,6 +133,7 @@ class BackendSpec:
     release_bases: tuple[ReleaseBase, ...] = ()
     untagged_base_cuda: tuple[tuple[str, str], ...] = ()
     supports_loglikelihood: bool = True
+    lora: LoraSupport | None = None
     run_time_keys: tuple[str, ...] = ()
     engine_distribution: str | None = None
     validate: ConfigRule | None = None
@@ -145,6 +148,11 @@ class BackendSpec:
             return metadata.version(self.engine_distribution)
         except metadata.PackageNotFoundError:
             return None
+
+    @property
+    def supports_lora(self) -> bool:
+        """True when experiments on it may have a ``lora:`` section."""
+        return self.lora is not None
 
     @property
     def concurrency_path(self) -> str:
@@ -206,6 +214,9 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         needs_gpu=False,
         cap_concurrency=False,
         container=ContainerDefaults(ipc_mode=None, shm_size="8g"),
+        # peft: every adapter loaded onto the model at load, none swapped (transformers
+        # serve has no adapter support, so no server mode).
+        lora=LoraSupport(swaps=False, cpu_cache=False),
         # generate() takes the batch per call; the model does not fix it at load
         run_time_keys=(*COMMON_RUN_TIME_KEYS, "pytorch.batch_size"),
         release_bases=(
@@ -234,6 +245,7 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         oom_hint="lower vllm.max_num_seqs, vllm.max_model_len or vllm.gpu_memory_utilization "
         "(leave room for other processes), raise tensor_parallel_size, or quantize",
         kv_cache_dtype_key="kv_cache_dtype",
+        lora=LoraSupport(swaps=True, cpu_cache=True, server=True, rank_choices=VLLM_MAX_LORA_RANKS),
         release_bases=(
             ReleaseBase("vllm/vllm-openai:v0.33.0-cu129", "0.33.0"),
             ReleaseBase("vllm/vllm-openai:v0.33.0", "0.33.0"),
@@ -264,6 +276,9 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         ),
         oom_hint="lower tensorrt.max_batch_size, max_num_tokens, max_seq_len or "
         "kv_cache_free_gpu_memory_fraction, raise tensor_parallel_size, or quantize",
+        # LLM API lora_config (max_loras GPU slots, max_cpu_loras host cache); trtllm-serve's
+        # adapter loading is not wired here, so no server mode.
+        lora=LoraSupport(swaps=True, cpu_cache=True),
         # TensorRT-LLM ships one CUDA per release: 13.0 since 1.2 (its release notes), so
         # there is no CUDA 12 variant.
         release_bases=(ReleaseBase("nvcr.io/nvidia/tensorrt-llm/release:1.2.1", "1.2.1"),),
@@ -286,6 +301,8 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         run_time_keys=COMMON_RUN_TIME_KEYS,
         container=ContainerDefaults(ipc_mode=None, shm_size="1g"),
         oom_hint="the server ran out of memory: lower its own batch or context limits",
+        # The request's model field names an adapter the server already serves.
+        lora=LoraSupport(swaps=True, cpu_cache=False, kinds=("served",)),
     ),
 )
 

@@ -323,6 +323,34 @@ class CompileCacheInfo(_Model):
     bytes_after: int = 0
 
 
+class AdapterShare(_Model):
+    """One LoRA adapter's part of a run (``ExperimentResult.lora.per_adapter``)."""
+
+    adapter: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    energy_j: float | None = None  # the run's GPU energy x this adapter's output-token share
+    energy_j_per_output_token: float | None = None
+
+
+class LoraOutcome(_Model):
+    """The adapter mix of a run with ``lora:`` and what each adapter took.
+
+    Energy is one window over every request (they share batches), so it is apportioned to
+    the adapters by their share of the output tokens (``energy_apportioned_by``).
+    """
+
+    n_adapters: int
+    selection: str
+    max_loras: int  # adapters resident at once
+    max_lora_rank: int | None = None
+    energy_apportioned_by: Literal["output_tokens"] = "output_tokens"
+    adapter_loads: int | None = None  # None: the engine does not report it
+    adapter_swaps: int | None = None  # None: the engine does not report it
+    per_adapter: list[AdapterShare] = Field(default_factory=list)
+
+
 class Timings(_Model):
     """Wall-clock phases (seconds) and UTC timestamps."""
 
@@ -370,6 +398,7 @@ class ExperimentResult(_Model):
     traffic: TrafficOutcome | None = None
     workload: WorkloadOutcome | None = None  # lengths asked for and produced, the profile
     evaluation: EvaluationResult | None = None  # accuracy of the quality: section
+    lora: LoraOutcome | None = None
     engine_share: EngineShare | None = None  # the loaded engine was shared (reuse_engine)
     quality_flags: list[QualityFlag] = Field(default_factory=list)
     environment: EnvironmentSnapshot

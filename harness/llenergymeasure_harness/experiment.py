@@ -67,6 +67,7 @@ from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_
 from llenergymeasure_harness.environment import snapshot
 from llenergymeasure_harness.evaluation import check_ready, run_evaluation
 from llenergymeasure_harness.lengths import workload_outcome
+from llenergymeasure_harness.lora import lora_outcome, request_adapter_columns
 from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
 from llenergymeasure_harness.phase_energy import (
     phase_energy,
@@ -360,6 +361,11 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         if d.finalize is not None:
             result = d.finalize(result)
 
+        if cfg.lora is not None:
+            counters = getattr(backend, "lora_counters", None)
+            outcome = lora_outcome(cfg, requests, records, result.energy.gpu_energy_j, counters)
+            result = result.model_copy(update={"lora": outcome})
+
         # ------------------------------------------------------------------ write
         phase = "write"
         artifacts: dict[str, str] = {}
@@ -369,6 +375,7 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         columns = metrics.request_columns(records, cfg.traffic.latency_mode)
         asked_by_id = {r.request_id: r.max_new_tokens for r in requests}
         columns["max_new_tokens"] = [asked_by_id.get(i) for i in columns["request_id"]]
+        columns.update(request_adapter_columns(requests, records))
         write_parquet_atomic(out_dir / REQUESTS_FILE, columns)
         artifacts["requests"] = REQUESTS_FILE
         if (out_dir / "server.log").is_file():

@@ -220,6 +220,7 @@ def request_columns(
             "finish_reason",
             "token_times_s",
             "cached_input_tokens",
+            "output_sha256",
         )
     }
     for r in records:
@@ -240,4 +241,5 @@ def request_columns(
         cols["finish_reason"].append(r.finish_reason)
         cols["token_times_s"].append(list(r.token_times_s))
         cols["cached_input_tokens"].append(r.cached_input_tokens)
+        cols["output_sha256"].append(r.output_sha256)
     return cols

@@ -51,6 +51,7 @@ from llenergymeasure_contract.experiment import (
 from llenergymeasure_contract.windows import InputTruncation
 from llenergymeasure_harness.backends.base import GenerationRequest
 from llenergymeasure_harness.lengths import request_lengths
+from llenergymeasure_harness.lora import assign_adapters
 
 #: Lowest synthetic token id: skips the special tokens most vocabularies put first.
 SYNTHETIC_LOW = 100
@@ -140,6 +141,7 @@ def distinct_requests(
                 request_id=r.request_id,
                 prompt_token_ids=ids,
                 max_new_tokens=r.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                adapter=r.adapter,  # warmup loads the adapters the measured run uses
             )
         )
     return out
@@ -348,17 +350,18 @@ def build_requests(
                 f"cannot tell the vocabulary size of {config.model!r} for synthetic prompts",
                 hint="use a built-in architecture name or a local path with config.json",
             )
-        return synthetic_requests(config, vs)
+        return assign_adapters(config, synthetic_requests(config, vs))
     if ds.format == "chat":
         conversations = (
             read_chat_jsonl(_jsonl_path(ds, base_dir), ds.messages_field)
             if isinstance(ds, JsonlDataset)
             else _hub_conversations(ds, config.n_prompts)
         )
-        return chat_requests(config, conversations, chat_tokenizer or load_chat_tokenizer(config))
+        chats = chat_requests(config, conversations, chat_tokenizer or load_chat_tokenizer(config))
+        return assign_adapters(config, chats)
     texts = (
         _jsonl_texts(ds, base_dir)
         if isinstance(ds, JsonlDataset)
         else _hub_texts(ds, config.n_prompts)
     )
-    return text_requests(config, texts, tokenize or load_tokenizer(config))
+    return assign_adapters(config, text_requests(config, texts, tokenize or load_tokenizer(config)))

@@ -194,6 +194,7 @@ POISSON = {"traffic": {"pattern": "poisson", "rate_per_s": 4.0}}
 GAMMA = {"traffic": {"pattern": "gamma", "rate_per_s": 4.0, "burstiness": 2.0}}
 CLOSED = {"traffic": {"pattern": "closed_loop", "concurrency": 4}}
 SLO = {"traffic": {"slo": {"ttft_s": 1.0, "tpot_s": 0.05}}}
+LORA = {"backend": "vllm", "lora": {"adapters": [{"generate": {"count": 2, "rank": 8}}]}}
 SERVED = {"backend": "vllm", "server": {}}
 EP = {"backend": "endpoint", "gpus": [], "endpoint": {"url": "http://127.0.0.1:8000"}}
 QUAL = {"model": "org/m", "load_format": "auto", "quality": {"tasks": ["gsm8k"]}}
@@ -365,6 +366,12 @@ KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("tensorrt.engine_cache", TRT, {"tensorrt.engine_cache": False}),
     ("tensorrt.build_args", TRT, {"tensorrt.build_args": {"opt_num_tokens": 128}}),
     ("tensorrt.llm_args", TRT, {"tensorrt.llm_args": {"enable_attention_dp": True}}),
+    ("lora.adapters", LORA, {"lora.adapters": [{"generate": {"count": 3, "rank": 8}}]}),
+    ("lora.selection", LORA, {"lora.selection": "zipf"}),
+    ("lora.zipf_s", LORA, {"lora.zipf_s": 1.5}),
+    ("lora.max_loras", LORA, {"lora.max_loras": 1}),
+    ("lora.max_lora_rank", LORA, {"lora.max_lora_rank": 16}),
+    ("lora.max_cpu_loras", LORA, {"lora.max_cpu_loras": 4}),
 ]
 
 #: Leaves that are not knobs: the label, and a value derived from another field.

@@ -35,6 +35,9 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     max_new_tokens: int
     prompt_text: str | None = None  # None for synthetic token-id prompts
+    # The LoRA adapter (its name in ``lora:``) this request is served through; None: the base
+    # model. Chosen by the harness (llenergymeasure_harness.lora.assign_adapters).
+    adapter: str | None = None
     # Prompt tokens cut to fit max_input_tokens (text datasets: from the right; chat: from the
     # left, keeping the end of the conversation); counted in the result's input_truncation.
     truncated_input_tokens: int = 0
@@ -62,6 +65,9 @@ class RequestRecord:
     cached_input_tokens: int | None = None
     # When the request was due under the traffic plan (None: offline, all due at the start).
     arrival_s: float | None = None
+    # sha256 (16 hex) of the generated token ids, where the engine returns them: tells two
+    # runs' outputs apart (a LoRA adapter against the base model) without storing the tokens.
+    output_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,13 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the model and device memory. Safe to call twice."""
         ...
+
+
+def token_ids_digest(token_ids: Sequence[int]) -> str:
+    """16 hex of the sha256 of generated token ids (``RequestRecord.output_sha256``)."""
+    import hashlib
+
+    return hashlib.sha256(",".join(map(str, token_ids)).encode()).hexdigest()[:16]
 
 
 def release_device_memory() -> None:

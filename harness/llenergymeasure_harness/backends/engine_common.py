@@ -43,7 +43,7 @@ from llenergymeasure_contract.architecture import ArchitectureSpec, resolve_arch
 from llenergymeasure_contract.errors import ConfigError, ExperimentError, LLEMError
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.registry import REGISTRY
-from llenergymeasure_harness.backends.base import GenerationRequest, RequestRecord
+from llenergymeasure_harness.backends.base import GenerationRequest, RequestRecord, token_ids_digest
 from llenergymeasure_harness.backends.steady_state import SteadyStateWindow, steady_state_window
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ class RequestTimeline:
     finish_reason: str | None = None
     cached_input_tokens: int | None = None
     arrival_s: float | None = None  # scheduled arrival (None offline)
+    # The generated ids, where the backend keeps them (vLLM): their digest goes in the record.
+    token_ids: list[int] = field(default_factory=list)
 
     def add_tokens(self, count: int, now: float) -> None:
         """Record ``count`` tokens that became available at ``now``.
@@ -103,6 +105,7 @@ class RequestTimeline:
             finish_reason=self.finish_reason,
             cached_input_tokens=self.cached_input_tokens,
             arrival_s=self.arrival_s,
+            output_sha256=token_ids_digest(self.token_ids) if self.token_ids else None,
         )
 
 

@@ -36,7 +36,9 @@ from llenergymeasure_harness.backends.base import (
     ScoreRequest,
     TextRequest,
     release_device_memory,
+    token_ids_digest,
 )
+from llenergymeasure_harness.lora import AdapterSet, prepare_adapters
 from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
 
 logger = logging.getLogger(__name__)
@@ -284,6 +286,8 @@ class PyTorchBackend(_EvaluationMethods):
         self.gen_config: Any = None
         # Slot accounting of the last run(): rows x decode steps vs tokens asked for.
         self.last_static_batch: dict[str, int] | None = None
+        self.adapters = AdapterSet()
+        self.lora_counters: dict[str, int | None] | None = None
 
     # ----------------------------------------------------------------- load
 
@@ -334,6 +338,8 @@ class PyTorchBackend(_EvaluationMethods):
             self.model = self._build_dummy(hf_config, dtype, common, AutoModelForCausalLM)
         else:
             self.model = self._from_pretrained(config, dtype, common, AutoModelForCausalLM)
+        if config.lora is not None:
+            self._load_adapters(config)
         self.model.eval()
         if sec.torch_compile:
             self.model.forward = torch.compile(self.model.forward, mode=sec.compile_mode)
@@ -362,8 +368,34 @@ class PyTorchBackend(_EvaluationMethods):
                 "vocab_size": int(getattr(mc, "vocab_size", 0) or 0) or None,
                 "hf_config": mc.to_dict(),
                 "attn_implementation": sec.attn_implementation,
+                "lora": [a.name for a in self.adapters.adapters] or None,
             },
         )
+
+    def _load_adapters(self, config: ExperimentConfig) -> None:
+        """Every adapter of ``lora:`` onto the model with peft, all resident (no swapping).
+
+        ``PeftModel.from_pretrained`` wraps the model with the first, ``load_adapter`` adds the
+        others under their names; a batch then names each row's adapter (``adapter_names``).
+        """
+        try:
+            from peft import PeftModel
+        except ImportError as exc:
+            raise ConfigError(
+                "lora: with backend pytorch needs peft, which is not installed here",
+                hint="use the llenergymeasure pytorch image, or pip install peft",
+            ) from exc
+        self.adapters = prepare_adapters(config)
+        first, *rest = self.adapters.adapters
+        self.model = PeftModel.from_pretrained(
+            self.model, first.path, adapter_name=first.name, is_trainable=False
+        )
+        for adapter in rest:
+            self.model.load_adapter(adapter.path, adapter_name=adapter.name, is_trainable=False)
+        # peft puts each adapter's weights on the device of the layer it adapts (no .to(): a
+        # model dispatched over several GPUs keeps its placement).
+        # peft holds every adapter on the model at once: loaded once each, never swapped.
+        self.lora_counters = {"adapter_loads": len(self.adapters.adapters), "adapter_swaps": 0}
 
     def rebind(self, config: ExperimentConfig) -> None:
         """Take another experiment's run-time settings on the loaded model (engine reuse).
@@ -558,6 +590,10 @@ class PyTorchBackend(_EvaluationMethods):
         gc.max_new_tokens = max_new
         gc.min_new_tokens = max_new if self.config.ignore_eos else None
         kwargs: dict[str, Any] = dict(self.section.generate_kwargs)
+        if self.adapters.adapters:
+            # peft's mixed-adapter batch: every LoRA layer runs each adapter's rows as their
+            # own sub-batch; "__base__" rows skip the adapters.
+            kwargs["adapter_names"] = [r.adapter or "__base__" for r in reqs]
         stamper = StepTimestamper(
             self.device,
             expected_steps=max_new,
@@ -602,6 +638,7 @@ class PyTorchBackend(_EvaluationMethods):
                     first_token_s=tt[0] if tt else None,
                     token_times_s=tt,
                     finish_reason=reason,
+                    output_sha256=token_ids_digest(toks[:n]),
                 )
             )
         return records
@@ -614,6 +651,7 @@ class PyTorchBackend(_EvaluationMethods):
         return {d: int(torch.cuda.max_memory_allocated(d)) for d in self.devices}
 
     def close(self) -> None:
+        self.adapters.close()
         if self.model is None:
             return
         self.model = None

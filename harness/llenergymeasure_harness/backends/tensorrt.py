@@ -67,6 +67,7 @@ from llenergymeasure_harness.backends.engine_common import (
     translate_engine_error,
 )
 from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
+from llenergymeasure_harness.lora import AdapterSet, prepare_adapters
 from llenergymeasure_harness.traffic import ArrivalPlan
 
 logger = logging.getLogger(__name__)
@@ -184,8 +185,50 @@ def build_llm_kwargs(
         quant = quant_config_dict(config)
         if quant is not None:
             kwargs["quant_config"] = quant
+    lora = lora_config_dict(config)
+    if lora is not None:
+        kwargs["lora_config"] = lora
     kwargs.update(section.llm_args)
     return kwargs
+
+
+#: Hugging Face module names -> TensorRT-LLM's LoRA module names (its default mapping).
+TRTLLM_LORA_MODULES = {
+    "q_proj": "attn_q",
+    "k_proj": "attn_k",
+    "v_proj": "attn_v",
+    "o_proj": "attn_dense",
+    "gate_proj": "mlp_h_to_4h",
+    "up_proj": "mlp_gate",
+    "down_proj": "mlp_4h_to_h",
+}
+
+
+def lora_config_dict(config: ExperimentConfig) -> dict[str, Any] | None:
+    """``LoraConfig`` arguments of the ``lora:`` section (None without it; pure).
+
+    ``lora_dir`` stays empty (adapters come with each request's ``LoRARequest``);
+    ``lora_target_modules`` is the union of the generated adapters' modules (TensorRT-LLM's
+    names), empty when only path or hub adapters are given (TensorRT-LLM then reads them).
+    """
+    lora = config.lora
+    if lora is None:
+        return None
+    modules: list[str] = []
+    for ref in lora.refs():
+        for module in ref.spec.target_modules if ref.spec is not None else []:
+            name = TRTLLM_LORA_MODULES[module]
+            if name not in modules:
+                modules.append(name)
+    out: dict[str, Any] = {
+        "lora_dir": [],
+        "max_lora_rank": lora.resolved_max_lora_rank(),
+        "max_loras": lora.resolved_max_loras,
+        "lora_target_modules": modules,
+    }
+    if lora.max_cpu_loras is not None:
+        out["max_cpu_loras"] = lora.max_cpu_loras
+    return out
 
 
 def build_sampling_kwargs(
@@ -433,6 +476,8 @@ class TensorRTBackend:
         self._runs = 0
         self.cache_key: str | None = None
         self.llm_kwargs: dict[str, Any] = {}
+        self.adapters = AdapterSet()
+        self._lora_requests: dict[str, Any] = {}
         self.steady_state_target: int | None = None
         self.last_steady_state: SteadyStateWindow | None = None
 
@@ -463,6 +508,13 @@ class TensorRTBackend:
         if workdir is None:
             workdir = self._own_workdir = Path(tempfile.mkdtemp(prefix="llem-trtllm-"))
         source = prepare_model_source(config, workdir)
+        if config.lora is not None:
+            from tensorrt_llm.executor.request import LoRARequest
+
+            self.adapters = prepare_adapters(config, workdir)
+            self._lora_requests = {
+                a.name: LoRARequest(a.name, a.int_id, a.path or "") for a in self.adapters.adapters
+            }
         if config.tokenizer is None and config.load_format == "dummy":
             self._end_id = eos_token_id(source.architecture)
         version = str(getattr(tensorrt_llm, "__version__", "unknown"))
@@ -560,6 +612,7 @@ class TensorRTBackend:
                 llm.shutdown()
             except Exception:  # closing must not mask the experiment's own error
                 logger.warning("TensorRT-LLM shutdown failed", exc_info=True)
+        self.adapters.close()
         remove_own_workdir(self)
 
     # ----------------------------------------------------------------- engine
@@ -577,6 +630,10 @@ class TensorRTBackend:
             )
         if isinstance(out.get("kv_cache_config"), dict):
             out["kv_cache_config"] = KvCacheConfig(**out["kv_cache_config"])
+        if isinstance(out.get("lora_config"), dict):
+            from tensorrt_llm.lora_manager import LoraConfig
+
+            out["lora_config"] = LoraConfig(**out["lora_config"])
         return out
 
     def _construct(self, cls: Any, kwargs: dict[str, Any], *, phase: str) -> Any:
@@ -709,11 +766,15 @@ class TensorRTBackend:
                 arrival_s=arrival,
             )
             timelines.append(timeline)
+            lora: dict[str, Any] = {}
+            if request.adapter is not None:
+                lora["lora_request"] = self._lora_requests[request.adapter]
             result = self._llm.generate_async(
                 {"prompt_token_ids": list(request.prompt_token_ids)},
                 sampling_params=params,
                 streaming=True,
                 cache_salt=salt,
+                **lora,
             )
             tasks.append(asyncio.ensure_future(consume_and_release(result, timeline)))
 
@@ -756,6 +817,7 @@ __all__ = [
     "engine_cache_key",
     "engine_cache_key_payload",
     "kv_cache_config_dict",
+    "lora_config_dict",
     "model_fingerprint",
     "quant_config_dict",
 ]

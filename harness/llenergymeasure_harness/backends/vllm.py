@@ -76,6 +76,7 @@ from llenergymeasure_harness.backends.engine_common import (
     translate_engine_error,
 )
 from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
+from llenergymeasure_harness.lora import AdapterSet, prepare_adapters
 from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,31 @@ def build_engine_args(config: ExperimentConfig, source: ModelSource) -> dict[str
         compilation["max_cudagraph_capture_size"] = section.max_cudagraph_capture_size
     if compilation:
         args["compilation_config"] = compilation
+    args.update(build_lora_engine_args(config))
     args.update(section.engine_args)
+    return args
+
+
+def build_lora_engine_args(config: ExperimentConfig) -> dict[str, Any]:
+    """``EngineArgs`` of the ``lora:`` section (empty without it; pure).
+
+    ``max_loras`` defaults to every adapter (all resident, no swapping), ``max_lora_rank`` to
+    the largest adapter rank rounded up to one vLLM accepts; ``max_cpu_loras`` only when set
+    (vLLM's default is ``max_loras``). In server mode the same keys become ``--enable-lora
+    --max-loras N --max-lora-rank R [--max-cpu-loras M]``.
+    """
+    lora = config.lora
+    if lora is None:
+        return {}
+    from llenergymeasure_contract.lora import VLLM_MAX_LORA_RANKS
+
+    args: dict[str, Any] = {
+        "enable_lora": True,
+        "max_loras": lora.resolved_max_loras,
+        "max_lora_rank": lora.resolved_max_lora_rank(VLLM_MAX_LORA_RANKS),
+    }
+    if lora.max_cpu_loras is not None:
+        args["max_cpu_loras"] = lora.max_cpu_loras
     return args
 
 
@@ -332,6 +357,8 @@ class VLLMBackend(_EvaluationMethods):
         self.engine_args: dict[str, Any] = {}
         self.steady_state_target: int | None = None
         self.last_steady_state: SteadyStateWindow | None = None
+        self.adapters = AdapterSet()
+        self._lora_requests: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- protocol
 
@@ -360,6 +387,13 @@ class VLLMBackend(_EvaluationMethods):
             workdir = self._own_workdir = Path(tempfile.mkdtemp(prefix="llem-vllm-"))
         source = prepare_model_source(config, workdir)
         self.engine_args = build_engine_args(config, source)
+        if config.lora is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.adapters = prepare_adapters(config, workdir)
+            self._lora_requests = {
+                a.name: LoRARequest(a.name, a.int_id, a.path) for a in self.adapters.adapters
+            }
         self.steady_state_target = section.max_num_seqs
         logger.info("vLLM %s: building engine for %s", vllm.__version__, source.model)
         # The engine core and its workers are child processes: their stderr runs through a
@@ -481,7 +515,12 @@ class VLLMBackend(_EvaluationMethods):
                 order.append(key)
                 # The return value is vLLM's internal id (ours plus a random suffix); outputs
                 # carry the id we passed.
-                engine.add_request(key, prompt, params)
+                if request.adapter is None:
+                    engine.add_request(key, prompt, params)
+                else:  # the adapter is loaded (or swapped in) by the engine when scheduled
+                    engine.add_request(
+                        key, prompt, params, lora_request=self._lora_requests[request.adapter]
+                    )
 
         try:
             # Arrivals are added between engine steps, as vLLM's own server (AsyncLLM) does;
@@ -509,6 +548,7 @@ class VLLMBackend(_EvaluationMethods):
                         timeline.cached_input_tokens = cached
                     completion = output.outputs[0]
                     timeline.add_tokens(len(completion.token_ids), now)
+                    timeline.token_ids.extend(completion.token_ids)
                     if output.finished:
                         timeline.finish(now, completion.finish_reason)
                         finished += 1
@@ -555,6 +595,7 @@ class VLLMBackend(_EvaluationMethods):
                     logger.warning("vLLM engine core shutdown failed", exc_info=True)
             del llm
             release_device_memory()
+        self.adapters.close()
         remove_own_workdir(self)
 
     # ----------------------------------------------------------------- helpers
@@ -609,5 +650,6 @@ __all__ = [
     "MIRRORED_VLLM_VERSION",
     "VLLMBackend",
     "build_engine_args",
+    "build_lora_engine_args",
     "build_sampling_kwargs",
 ]

@@ -29,6 +29,7 @@ from llenergymeasure_harness.backends.engine_common import (
     prepare_model_source,
     warn_short_outputs,
 )
+from llenergymeasure_harness.lora import AdapterSet, prepare_adapters
 from llenergymeasure_harness.serving.client import (
     ClientSettings,
     StreamingClient,
@@ -196,6 +197,7 @@ class ServerBackend(_HTTPBackend):
         self._server: ManagedServer | None = None
         self._workdir: Path | None = None
         self._runs = 0
+        self.adapters = AdapterSet()
 
     def load(self, config: ExperimentConfig) -> LoadInfo:
         """Start the server and wait until it is healthy (all outside the energy window)."""
@@ -210,7 +212,13 @@ class ServerBackend(_HTTPBackend):
             # server builds random weights without the network (a local path stays as it is).
             self._workdir = Path(tempfile.mkdtemp(prefix="llem-serve-"))
             model = prepare_model_source(config, self._workdir).model
-        argv = serve_command(config, port, model=model)
+        lora_modules: list[tuple[str, str]] = []
+        if config.lora is not None:
+            # Generated adapters are written before the server starts; it loads them by path.
+            self._workdir = self._workdir or Path(tempfile.mkdtemp(prefix="llem-serve-"))
+            self.adapters = prepare_adapters(config, self._workdir)
+            lora_modules = [(a.name, a.path or "") for a in self.adapters.adapters]
+        argv = serve_command(config, port, model=model, lora_modules=lora_modules)
         log_path = (self.output_dir or Path.cwd()) / SERVER_LOG
         self._server = ManagedServer(argv, port=port, log_path=log_path)
         self._server.start()
@@ -276,6 +284,7 @@ class ServerBackend(_HTTPBackend):
         if server is not None:
             code = server.stop()
             self.server_info["exit_code"] = code
+        self.adapters.close()
         workdir, self._workdir = self._workdir, None
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -328,6 +337,12 @@ class EndpointBackend(_HTTPBackend):
             raise ConfigError(
                 f"the endpoint serves {ids}, not model {config.model!r}",
                 hint="set model: to one of the served names",
+            )
+        missing = [r.name for r in config.lora.refs() if r.name not in ids] if config.lora else []
+        if ids and missing:
+            raise ConfigError(
+                f"the endpoint serves {ids}, not LoRA adapter(s) {missing}",
+                hint="list as {served: NAME} the adapter names the server serves",
             )
         fmt = section.prompt_format
         if fmt in ("auto", "text"):

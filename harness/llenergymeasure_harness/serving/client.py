@@ -228,7 +228,8 @@ class StreamingClient:
     def _payload(self, request: GenerationRequest, forcing: str | None) -> dict[str, Any]:
         s = self.settings
         body: dict[str, Any] = {
-            "model": s.model,
+            # A LoRA request names its adapter's served name instead of the base model.
+            "model": request.adapter or s.model,
             "prompt": self._prompt_of(request),
             "max_tokens": request.max_new_tokens,
             "stream": True,

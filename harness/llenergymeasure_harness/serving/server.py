@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -73,8 +73,18 @@ def _engine_flags(args: dict[str, Any], *, skip: set[str]) -> list[str]:
     return out
 
 
-def serve_command(config: ExperimentConfig, port: int, *, model: str | None = None) -> list[str]:
+def serve_command(
+    config: ExperimentConfig,
+    port: int,
+    *,
+    model: str | None = None,
+    lora_modules: Sequence[tuple[str, str]] = (),
+) -> list[str]:
     """The argv that starts the OpenAI-compatible server of ``config.backend``.
+
+    ``lora_modules`` are ``(served name, adapter directory)`` pairs: vLLM serves each under its
+    name (``--lora-modules name=path ...``; ``--enable-lora`` and the ``lora:`` knobs come with
+    the engine arguments), and a request's ``model`` field picks one.
 
     Raises:
         ConfigError: the backend has no server mode.
@@ -121,6 +131,8 @@ def serve_command(config: ExperimentConfig, port: int, *, model: str | None = No
         if name != config.model:
             # a dummy-weights directory: serve it under the experiment's model name
             argv += ["--served-model-name", config.model]
+        if lora_modules:
+            argv += ["--lora-modules", *(f"{n}={p}" for n, p in lora_modules)]
         return argv + _engine_flags(args, skip={"disable_log_stats"}) + extra
     if config.backend == "tensorrt":
         assert config.tensorrt is not None

@@ -35,6 +35,9 @@ class FakeSSEBehaviour:
     reject_fields: frozenset[str] = frozenset()
     stop_after: int | None = None
     prompt_tokens: int = 4
+    # LoRA adapters it serves besides ``model`` (listed in /v1/models, as vLLM lists
+    # --lora-modules); a request naming any other model is refused.
+    lora_models: tuple[str, ...] = ()
     requests: list[dict[str, Any]] = field(default_factory=list)
     #: The ``Authorization`` header of every request received (None when absent), in order.
     authorizations: list[str | None] = field(default_factory=list)
@@ -130,8 +133,11 @@ class FakeSSEServer:
         if method == "GET" and path == "/health":
             self._plain(writer, "200 OK", {"status": "ok"})
         elif method == "GET" and path == "/v1/models":
+            ids = [b.model, *b.lora_models]
             self._plain(
-                writer, "200 OK", {"object": "list", "data": [{"id": b.model, "object": "model"}]}
+                writer,
+                "200 OK",
+                {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]},
             )
         elif method == "POST" and path == "/v1/completions":
             req = json.loads(body or b"{}")
@@ -143,7 +149,7 @@ class FakeSSEServer:
                     "422 Unprocessable Entity",
                     {"detail": f"Unexpected fields in the request: {set(rejected)}"},
                 )
-            elif req.get("model") != b.model:
+            elif req.get("model") not in (b.model, *b.lora_models):
                 self._plain(writer, "400 Bad Request", {"detail": "unknown model"})
             elif req.get("stream"):
                 await self._stream(req, writer)

@@ -715,6 +715,12 @@ def _section_quality(page: _Page, study: LoadedStudy) -> None:
     )
 
 
+def _section_lora(page: _Page, study: LoadedStudy) -> None:
+    from llenergymeasure.analysis.lora import lora_report_section
+
+    page.add(lora_report_section(study))
+
+
 def _section_timeseries(page: _Page, study: LoadedStudy) -> None:
     page.add("<h2>Time series: power, SM clock, temperature</h2>")
     _timeseries(page, study)
@@ -748,6 +754,7 @@ SECTIONS: list[Section] = [
     _section_other_axes,
     _section_timeseries,
     workload_histograms,
+    _section_lora,
     _section_flags,
     _section_method,
     _section_environment,

@@ -85,12 +85,20 @@ def compare_command(
 
     keys = [k.strip() for k in by.split(",") if k.strip()] if by else None
     result = compare(list(study_dirs), by=keys, baseline=baseline, metrics=metric or None)
+    from llenergymeasure.analysis.lora import lora_against_base
+    from llenergymeasure.analysis.table import load_study_dir
+
+    lora = [row for d in study_dirs for row in lora_against_base(load_study_dir(d))]
     if as_json:
-        sys.stdout.write(dumps(result.to_json()) + "\n")
+        doc = result.to_json()
+        if lora:
+            doc["lora"] = [row.to_json() for row in lora]
+        sys.stdout.write(dumps(doc) + "\n")
         return
-    from llenergymeasure.cli.results_render import render_compare
+    from llenergymeasure.cli.results_render import render_compare, render_lora
 
     render_compare(result)
+    render_lora(lora)
 
 
 @results_app.command("report", context_settings=_CTX)

@@ -7,6 +7,7 @@ import sys
 from llenergymeasure.analysis import bootstrap
 from llenergymeasure.analysis.bootstrap import NOT_MEASURED
 from llenergymeasure.analysis.compare import Comparison
+from llenergymeasure.analysis.lora import LoraRow
 from llenergymeasure.analysis.table import (
     QUALITY_SHOW_METRICS,
     SHOW_METRICS,
@@ -181,3 +182,49 @@ def compare_lines(cmp: Comparison, width: int | None = None) -> list[str]:
 def render_compare(cmp: Comparison, width: int | None = None) -> None:
     """Print the comparison (fits ``width``, the terminal's by default)."""
     sys.stdout.write("\n".join(compare_lines(cmp, width)) + "\n")
+
+
+def lora_lines(rows: list[LoraRow], width: int | None = None) -> list[str]:
+    """LoRA experiments beside their no-adapter base, within ``width`` (none: no lines)."""
+    if not rows:
+        return []
+    width = term_width() if width is None else width
+
+    def f(v: float | None) -> str:
+        return NOT_MEASURED if v is None else fmt_value(v)
+
+    def ratio(v: float | None) -> str:
+        return "—" if v is None else f"×{fmt_value(v)}"
+
+    columns = [
+        Column("adapters", [str(r.n_adapters) for r in rows], True),
+        Column("J/out tok", [f(r.j_per_output_token) for r in rows], True),
+        Column("base J/tok", [f(r.base_j_per_output_token) for r in rows], True),
+        Column("J ratio", [ratio(r.j_ratio) for r in rows], True, 1),
+        Column("out tok/s", [f(r.output_tokens_per_s) for r in rows], True),
+        Column("base tok/s", [f(r.base_output_tokens_per_s) for r in rows], True, 1),
+        Column("tok/s ratio", [ratio(r.throughput_ratio) for r in rows], True, 1),
+    ]
+    table = Table(
+        numbers=[str(i) for i in range(1, len(rows) + 1)],
+        params=[{"config": r.config_hash[:10]} for r in rows],
+        columns=columns,
+        param_order=("config",),
+    )
+    out = ["LoRA adapters against the same study's run without them"]
+    out.extend(fit_table(table, width))
+    out.extend(
+        wrap_text(
+            "base: the same config without lora: (— none in the study); requests per adapter "
+            "and per-adapter energy in --json and the exports.",
+            width,
+        )
+    )
+    return out
+
+
+def render_lora(rows: list[LoraRow], width: int | None = None) -> None:
+    """Print :func:`lora_lines` (nothing when no experiment has adapters)."""
+    lines = lora_lines(rows, width)
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")

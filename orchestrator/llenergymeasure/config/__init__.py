@@ -17,6 +17,7 @@ from llenergymeasure_contract.experiment import (
     SyntheticDataset,
     WarmupConfig,
 )
+from llenergymeasure_contract.lora import LoraConfig
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.sections import PyTorchConfig, TensorRTConfig, VLLMConfig
 from llenergymeasure_contract.traffic import SLOConfig, TrafficConfig
@@ -32,6 +33,7 @@ __all__ = [
     "ExperimentConfig",
     "HubDataset",
     "JsonlDataset",
+    "LoraConfig",
     "PyTorchConfig",
     "SLOConfig",
     "SyntheticDataset",

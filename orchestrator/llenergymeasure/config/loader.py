@@ -53,6 +53,7 @@ from llenergymeasure.config.inputs import (
     prefixes,
     shown,
 )
+from llenergymeasure.config.lora_paths import resolve_adapter_paths
 from llenergymeasure.config.notify import NotifyConfig
 from llenergymeasure.config.quality import lm_eval_problems, quality_problems
 from llenergymeasure.config.study import (
@@ -493,6 +494,12 @@ def _resolve_paths(
             else t
             for i, t in enumerate(quality["tasks"])
         ]
+    lora = data.get("lora")
+    if isinstance(lora, dict):
+        data["lora"] = lora = copy.deepcopy(lora)  # sections may be shared between candidates
+        resolve_adapter_paths(
+            lora, lambda v, k: resolve(v, k, must_exist=True), cand.source_of(("lora",)), problems
+        )
 
 
 def _expansion_size(

@@ -98,6 +98,11 @@ class RunMetrics(_Model):
     eval_j_per_item: float | None = None
     j_per_correct: float | None = None
     quality_per_joule: float | None = None
+    # With lora: the adapters the requests spread over, and the engine's load/swap counts
+    # (None where it does not report them); the per-adapter split is in result.json.
+    lora_n_adapters: int | None = None
+    lora_adapter_loads: int | None = None
+    lora_adapter_swaps: int | None = None
     quality_flags: list[str] = Field(default_factory=list)
 
     @classmethod
@@ -138,6 +143,9 @@ class RunMetrics(_Model):
             energy_sampler=NO_SAMPLER if sampler == "null" else sampler,
             backend_library=env.backend_library,
             backend_version=env.backend_version,
+            lora_n_adapters=result.lora.n_adapters if result.lora is not None else None,
+            lora_adapter_loads=result.lora.adapter_loads if result.lora is not None else None,
+            lora_adapter_swaps=result.lora.adapter_swaps if result.lora is not None else None,
             quality_flags=[f.code for f in result.quality_flags],
             **_evaluation_metrics(result),
         )

@@ -314,8 +314,9 @@ def rewrite_host_paths(
 ) -> tuple[dict[str, Any], tuple[Mount, ...]]:
     """Return the config dict with host paths replaced by container paths, and the mounts.
 
-    Handles ``model``, ``tokenizer``, a JSONL ``dataset.path`` and the folders of
-    ``quality.tasks`` YAML files; other fields pass through.
+    Handles ``model``, ``tokenizer``, a JSONL ``dataset.path``, the folders of
+    ``quality.tasks`` YAML files and LoRA adapter directories (``lora.adapters[i].path``);
+    other fields pass through.
     Relative paths are taken relative to ``base_dir``. Absolute paths outside system
     directories are left unchanged (mounted at the same place).
     """
@@ -339,6 +340,10 @@ def rewrite_host_paths(
             else t
             for t in quality["tasks"]
         ]
+    lora = out.get("lora")
+    for entry in lora.get("adapters", []) if isinstance(lora, dict) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            entry["path"] = mounter.map("lora", entry["path"])  # a LoRA adapter directory
     return out, tuple(mounter.mounts.values())
 
 

@@ -135,7 +135,8 @@ def base_dir(plan: StudyPlan) -> Path:
 
 
 def input_paths(exps: list[PlannedExperiment], base: Path) -> tuple[str, ...]:
-    """The host paths the experiments read (model, tokenizer, dataset file), sorted."""
+    """The host paths the experiments read (model, tokenizer, dataset file, LoRA adapter
+    directories), sorted."""
     out: set[str] = set()
     for exp in exps:
         cfg = exp.config
@@ -143,6 +144,8 @@ def input_paths(exps: list[PlannedExperiment], base: Path) -> tuple[str, ...]:
         path = getattr(cfg.dataset, "path", None)
         if isinstance(path, str):
             out.add(str(base / Path(path).expanduser()))
+        if cfg.lora is not None:  # LoRA adapter directories (absolute since load)
+            out.update(r.source for r in cfg.lora.refs() if r.kind == "path" and r.source)
     return tuple(sorted(out))
 
 

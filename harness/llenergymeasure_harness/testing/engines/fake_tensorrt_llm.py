@@ -24,6 +24,10 @@ belong to, not a byte-for-byte copy. What it reproduces:
   upstream's "tokenizer is required to reset end_id" error when there is no tokenizer;
 * ``BuildConfig`` (dataclass defaults: ``max_input_len=1024``, ``max_batch_size=2048``,
   ``max_num_tokens=8192``...), ``QuantConfig``/``QuantAlgo``, ``KvCacheConfig``;
+* LoRA: ``LLM(..., lora_config=tensorrt_llm.lora_manager.LoraConfig(lora_dir, max_lora_rank,
+  max_loras, max_cpu_loras, lora_target_modules))`` and ``generate_async(...,
+  lora_request=tensorrt_llm.executor.request.LoRARequest(name, id, path))``; a LoRA request
+  without ``lora_config`` or with an adapter rank above ``max_lora_rank`` is refused;
 * errors: unsupported architecture (TensorRT flow: "... is not supported in TRT-LLM yet";
   PyTorch flow: "Unknown architecture for AutoModelForCausalLM"), CUDA OOM while building,
   loading or running.
@@ -335,6 +339,41 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return None
 
 
+@dataclass
+class LoraConfig:
+    """``tensorrt_llm.lora_manager.LoraConfig`` (the LLM API's ``lora_config``)."""
+
+    lora_dir: list[str] = field(default_factory=list)
+    lora_ckpt_source: str = "hf"
+    max_lora_rank: int = 64
+    lora_target_modules: list[str] = field(default_factory=list)
+    trtllm_modules_to_hf_modules: dict[str, str] = field(default_factory=dict)
+    max_loras: int | None = None
+    max_cpu_loras: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.lora_ckpt_source not in ("hf", "nemo"):
+            raise ValueError(
+                f"lora_ckpt_source must be one of 'hf' or 'nemo', got {self.lora_ckpt_source}"
+            )
+
+
+@dataclass
+class LoRARequest:
+    """``tensorrt_llm.executor.request.LoRARequest`` (name, id, path; id 0 is allowed)."""
+
+    lora_name: str
+    lora_int_id: int
+    lora_path: str = ""
+    lora_ckpt_source: str = "hf"
+
+    def __post_init__(self) -> None:
+        if self.lora_ckpt_source not in ("hf", "nemo"):
+            raise ValueError(
+                f"lora_ckpt_source must be one of 'hf' or 'nemo', got {self.lora_ckpt_source}"
+            )
+
+
 class _FakeLLMBase:
     """Shared by both flows (``BaseLLM``)."""
 
@@ -490,6 +529,8 @@ class _FakeLLMBase:
     ) -> RequestOutput:
         if self._shutdown:
             raise RuntimeError("LLM is shutting down")
+        if lora_request is not None:
+            self._check_lora(lora_request)
         params = self._prepare_sampling_params(sampling_params)
         if isinstance(inputs, dict) and "prompt_token_ids" in inputs:
             token_ids = list(inputs["prompt_token_ids"])
@@ -520,6 +561,7 @@ class _FakeLLMBase:
         self._results[sim.request_id] = result
         self._batcher.add(sim)
         type(self)._controller.requests.append((token_ids, params))
+        type(self)._controller.lora_requests.append(lora_request)
         type(self)._controller.cache_salts.append(cache_salt)
         try:
             loop = asyncio.get_running_loop()
@@ -532,6 +574,23 @@ class _FakeLLMBase:
             if self._executor_task is None or self._executor_task.done():
                 self._executor_task = loop.create_task(self._executor_loop())
         return result
+
+    def _check_lora(self, lora_request: Any) -> None:
+        """As the LoRA manager: a LoRARequest needs ``lora_config``; the adapter's rank must
+        fit ``max_lora_rank``."""
+        if not isinstance(lora_request, LoRARequest):
+            raise TypeError(f"lora_request must be a LoRARequest, got {type(lora_request)}")
+        config = getattr(self.args, "lora_config", None)
+        if not isinstance(config, LoraConfig):
+            raise ValueError("LoRA request given, but the LLM was built without lora_config")
+        adapter = _read_json(Path(lora_request.lora_path) / "adapter_config.json")
+        if adapter is None:
+            raise ValueError(f"No LoRA adapter config found in {lora_request.lora_path}")
+        if int(adapter["r"]) > config.max_lora_rank:
+            raise ValueError(
+                f"LoRA rank {adapter['r']} of {lora_request.lora_name} exceeds max_lora_rank "
+                f"{config.max_lora_rank}"
+            )
 
     def _step_events(self) -> list[tuple[RequestOutput, list[int], str | None]]:
         events = self._batcher.step()
@@ -725,6 +784,7 @@ class FakeTRTLLM:
         engine_loads: Engine directories loaded without building.
         saves: Directories passed to ``llm.save``.
         requests: ``(prompt_token_ids, SamplingParams)`` per generate_async.
+        lora_requests: The ``lora_request`` of each generate_async (None: the base model).
         shutdowns: ``llm.shutdown()`` calls.
     """
 
@@ -737,6 +797,7 @@ class FakeTRTLLM:
         self.saves: list[str] = []
         self.requests: list[tuple[list[int], SamplingParams]] = []
         self.cache_salts: list[str | None] = []
+        self.lora_requests: list[LoRARequest | None] = []  # per generate_async
         self.instances: list[_FakeLLMBase] = []
         self.shutdowns = 0
 
@@ -776,8 +837,10 @@ class FakeTRTLLM:
         module("tensorrt_llm._tensorrt_engine", LLM=trt_llm)
         module("tensorrt_llm.sampling_params", SamplingParams=SamplingParams)
         module("tensorrt_llm.builder", BuildConfig=BuildConfig)
-        module("tensorrt_llm.executor")
+        module("tensorrt_llm.executor", LoRARequest=LoRARequest)
         module("tensorrt_llm.executor.result", CompletionOutput=CompletionOutput)
+        module("tensorrt_llm.executor.request", LoRARequest=LoRARequest)
+        module("tensorrt_llm.lora_manager", LoraConfig=LoraConfig)
         module("tensorrt_llm.version", __version__=TRTLLM_VERSION)
         root = mods["tensorrt_llm"]
         for name in ("llmapi", "_tensorrt_engine", "sampling_params", "builder", "executor"):
@@ -813,6 +876,8 @@ __all__ = [
     "FakeTRTLLM",
     "FakeTRTLLMBehaviour",
     "KvCacheConfig",
+    "LoRARequest",
+    "LoraConfig",
     "QuantAlgo",
     "QuantConfig",
     "RequestOutput",

@@ -19,6 +19,11 @@ It reproduces, at the boundary our backend uses, the real signatures and return 
   metrics, ...)`` with ``CompletionOutput(index, text, token_ids, cumulative_logprob, logprobs,
   finish_reason, stop_reason)``; ``metrics`` is a ``RequestStateStats`` only when
   ``disable_log_stats=False``; ``DELTA`` outputs carry only the new token ids;
+* LoRA: ``vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_path)`` passed to
+  ``add_request(..., lora_request=...)``; refused unless the engine was built with
+  ``enable_lora=True``, and an adapter whose ``adapter_config.json`` rank exceeds
+  ``max_lora_rank`` fails as the real loader does (``max_lora_rank`` must be one of vLLM's
+  ``MaxLoRARanks``, ``max_cpu_loras >= max_loras``);
 * errors: ``ValueError("Model architectures [...] are not supported for now. ...")``,
   ``ValueError("No available memory for the cache blocks. ...")``,
   ``RuntimeError("Engine core initialization failed. ...")``, ``torch.cuda.OutOfMemoryError``
@@ -380,6 +385,28 @@ class _ModelConfig:
         return int(self.hf_config.get("vocab_size", 32000))
 
 
+@dataclass
+class LoRARequest:
+    """``vllm.lora.request.LoRARequest`` (a msgspec struct upstream; same fields and checks)."""
+
+    lora_name: str
+    lora_int_id: int
+    lora_path: str = ""
+    base_model_name: str | None = None
+    tensorizer_config_dict: dict[str, Any] | None = None
+    load_inplace: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lora_int_id < 1:
+            raise ValueError(f"id must be > 0, got {self.lora_int_id}")
+        if not self.lora_path:
+            raise ValueError("lora_path cannot be empty")
+
+
+#: vLLM's ``MaxLoRARanks`` (``vllm/config/lora.py``).
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
 class LLMEngine:
     """``vllm.v1.engine.llm_engine.LLMEngine`` (the offline request/step surface)."""
 
@@ -406,6 +433,9 @@ class LLMEngine:
         self._block_size = int(engine_args.get("block_size") or 16)
         self._cached_blocks: set[tuple[Any, ...]] = set()
         self.max_model_len = engine_args.get("max_model_len") or behaviour.model_max_len
+        self._lora = bool(engine_args.get("enable_lora"))
+        self._max_lora_rank = int(engine_args.get("max_lora_rank") or 16)
+        self._lora_ranks: dict[int, int] = {}  # lora_int_id -> rank, as the worker caches them
 
     @property
     def max_running_seen(self) -> int:
@@ -449,6 +479,8 @@ class LLMEngine:
             raise TypeError(f"unsupported prompt type {type(prompt)}")
         if not token_ids:
             raise ValueError("The decoder prompt cannot be empty")
+        if lora_request is not None:
+            self._check_lora(lora_request)
         max_tokens = params.max_tokens if params.max_tokens is not None else 16
         if len(token_ids) > self.max_model_len:
             raise VLLMValidationError(
@@ -489,7 +521,34 @@ class LLMEngine:
         }
         self._batcher.add(sim)
         self._controller.added_requests.append((request_id, token_ids, params))
+        self._controller.lora_requests.append((request_id, lora_request))
         return f"{request_id}-{uuid.uuid4().hex[:8]}"
+
+    def _check_lora(self, lora_request: Any) -> None:
+        """As vLLM's input processor and LoRA loader: LoRA must be enabled, the adapter
+        directory must hold an adapter config whose rank fits ``max_lora_rank``."""
+        if not isinstance(lora_request, LoRARequest):
+            raise TypeError(f"lora_request must be a LoRARequest, got {type(lora_request)}")
+        if not self._lora:
+            raise ValueError(f"Got lora_request {lora_request} but LoRA is not enabled!")
+        if lora_request.lora_int_id in self._lora_ranks:
+            return
+        config = Path(lora_request.lora_path) / "adapter_config.json"
+        if not config.is_file():
+            raise ValueError(
+                f"Loading lora {lora_request.lora_name} failed: No adapter found for "
+                f"{lora_request.lora_path}"
+            )
+        rank = int(json.loads(config.read_text(encoding="utf-8"))["r"])
+        if rank > self._max_lora_rank:
+            raise ValueError(
+                f"LoRA rank {rank} is greater than max_lora_rank {self._max_lora_rank}."
+            )
+        self._lora_ranks[lora_request.lora_int_id] = rank
+
+    def list_loras(self) -> set[int]:
+        """The ``lora_int_id`` of every adapter the engine has loaded."""
+        return set(self._lora_ranks)
 
     def _lookup_prefix(self, token_ids: list[int], salt: Any) -> int:
         """Prompt tokens served from the prefix cache; caches this prompt's full blocks."""
@@ -646,6 +705,16 @@ class LLM:
             **kwargs,
         }
         controller.llm_kwargs.append(engine_args)
+        if engine_args.get("enable_lora"):
+            rank = engine_args.get("max_lora_rank", 16)
+            if rank not in MAX_LORA_RANKS:
+                raise ValueError(
+                    f"max_lora_rank ({rank}) must be one of {MAX_LORA_RANKS}"  # pydantic's gist
+                )
+            max_loras = engine_args.get("max_loras", 1)
+            max_cpu = engine_args.get("max_cpu_loras")
+            if max_cpu is not None and max_cpu < max_loras:
+                raise ValueError(f"max_cpu_loras ({max_cpu}) must be >= max_loras ({max_loras})")
         hf_config = _read_hf_config(model)
         architectures = list(hf_config.get("architectures") or [])
         bad = [a for a in architectures if a in behaviour.unsupported_architectures]
@@ -767,6 +836,7 @@ class FakeVLLM:
         llm_kwargs: Every ``LLM(...)`` call's engine arguments, ``model`` included.
         instances: Every successfully constructed ``LLM``.
         added_requests: ``(request_id, prompt_token_ids, SamplingParams)`` per add_request.
+        lora_requests: ``(request_id, LoRARequest | None)`` per add_request.
         prompt_forms: Per add_request, "rendered" (an EngineInput) or "raw" (deprecated).
     """
 
@@ -777,6 +847,7 @@ class FakeVLLM:
         self.added_requests: list[tuple[str, list[int], SamplingParams]] = []
         self.prompt_forms: list[str] = []  # "rendered" (EngineInput) or "raw" (TokensPrompt)
         self.cache_salts: list[str | None] = []  # the prompt's cache_salt, per add_request
+        self.lora_requests: list[tuple[str, Any]] = []  # (request_id, LoRARequest or None)
 
     def modules(self) -> dict[str, types.ModuleType]:
         """The ``sys.modules`` entries that make ``import vllm`` resolve to this fake."""
@@ -813,6 +884,8 @@ class FakeVLLM:
         )
         sub("vllm.inputs", TokensPrompt=TokensPrompt)
         sub("vllm.logprobs", Logprob=Logprob)
+        sub("vllm.lora")
+        sub("vllm.lora.request", LoRARequest=LoRARequest)
         sub("vllm.outputs", RequestOutput=RequestOutput, CompletionOutput=CompletionOutput)
         sub(
             "vllm.exceptions",
@@ -857,6 +930,7 @@ __all__ = [
     "EngineDeadError",
     "FakeVLLM",
     "FakeVLLMBehaviour",
+    "LoRARequest",
     "Logprob",
     "RequestOutput",
     "RequestOutputKind",
