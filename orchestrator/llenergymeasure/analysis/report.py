@@ -37,10 +37,7 @@ from pathlib import Path
 from llenergymeasure.analysis.outfile import check_output_file, output_write_error
 from llenergymeasure.analysis.report_plots import _esc, _Page, _plotly
 from llenergymeasure.analysis.report_sections import SECTIONS
-from llenergymeasure.analysis.table import (
-    LoadedStudy,
-    load_study_dir,
-)
+from llenergymeasure.analysis.table import LoadedStudy, load_study_dir
 from llenergymeasure_contract.results import atomic_path
 
 __all__ = ["SECTIONS", "render_report", "write_report"]

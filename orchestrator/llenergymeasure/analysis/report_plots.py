@@ -10,10 +10,7 @@ import json
 import math
 from typing import Any
 
-from llenergymeasure.analysis.table import (
-    ExperimentRow,
-    LoadedStudy,
-)
+from llenergymeasure.analysis.table import ExperimentRow, LoadedStudy
 from llenergymeasure.errors import PreflightError
 from llenergymeasure.textable import fmt_param, param_layout
 from llenergymeasure_contract.experiment import ExperimentConfig
