@@ -9,14 +9,14 @@ import copy
 import itertools
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from llenergymeasure.config.datasets import dataset_problems
 from llenergymeasure.config.host_paths import _resolve_paths
-from llenergymeasure.config.impact import CarbonConfig, CostConfig, ImpactInputs
 from llenergymeasure.config.inputs import (
     echo,
     expand_path,
@@ -35,9 +35,10 @@ from llenergymeasure.config.keys import (
     check_key_path,
     deep_merge,
 )
-from llenergymeasure.config.notify import NotifyConfig
 from llenergymeasure.config.problems import _Candidate, _format_validation, _section_problems
 from llenergymeasure.config.quality import lm_eval_problems, quality_problems
+from llenergymeasure.config.result_keys import _impact_inputs, _notify
+from llenergymeasure.config.shared_sections import _SharedSections
 from llenergymeasure.config.study import (
     DuplicateExperiment,
     ExecutionConfig,
@@ -49,72 +50,12 @@ from llenergymeasure.errors import ConfigError
 from llenergymeasure_contract.architecture import resolve_architecture
 from llenergymeasure_contract.experiment import (
     DEFAULT_BACKEND,
-    BaselineConfig,
-    DecoderConfig,
-    EnergyConfig,
     ExperimentConfig,
     HubDataset,
     JsonlDataset,
-    WarmupConfig,
 )
 from llenergymeasure_contract.registry import REGISTRY
 from llenergymeasure_contract.strict import MAX_TEXT_LEN, control_chars
-from llenergymeasure_contract.traffic import TrafficConfig
-
-
-def _frozen(value: Any) -> Any:
-    """A hashable, order-insensitive key for plain YAML data (``TypeError`` otherwise)."""
-    if isinstance(value, dict):
-        return frozenset((k, _frozen(v)) for k, v in value.items())
-    if isinstance(value, list):
-        return ("list", tuple(_frozen(v) for v in value))
-    hash(value)
-    return (type(value), value)  # 1 and True and 1.0 stay apart
-
-
-class _SharedSections:
-    """One frozen section object per distinct section, shared by the experiments that set it.
-
-    A 10,000-point sweep over ten batch sizes then holds ten ``PyTorchConfig`` objects, not
-    10,000: the configs are immutable, so sharing is safe, and the cyclic garbage collector
-    has far fewer live objects to rescan while the sweep grows (instead of pausing it).
-    A section that does not validate on its own is left as data, so the experiment's own
-    validation reports it with the usual key path.
-    """
-
-    def __init__(self) -> None:
-        self._models: dict[str, type[BaseModel]] = {
-            "decoder": DecoderConfig,
-            "warmup": WarmupConfig,
-            "baseline": BaselineConfig,
-            "energy": EnergyConfig,
-            "traffic": TrafficConfig,
-            **{spec.name: spec.section for spec in REGISTRY},
-        }
-        self._seen: dict[tuple[str, Any], BaseModel] = {}
-
-    def intern(self, data: dict[str, Any]) -> dict[str, Any]:
-        """``data`` with each section dict replaced by the shared validated section."""
-        out = data
-        for key, model in self._models.items():
-            value = data.get(key)
-            if not isinstance(value, dict):
-                continue
-            try:
-                memo = (key, _frozen(value))
-                section = self._seen.get(memo)
-            except TypeError:
-                continue  # not plain data: let the experiment's validation judge it
-            if section is None:
-                try:
-                    section = model.model_validate(value)
-                except ValidationError:
-                    continue
-                self._seen[memo] = section
-            if out is data:
-                out = dict(data)
-            out[key] = section
-        return out
 
 
 def _expansion_size(
@@ -144,6 +85,40 @@ def _label_point(assignments: list[tuple[str, Any, str]], n: int) -> str:
     return f"sweep point {n} ({desc})" if desc else f"sweep point {n}"
 
 
+@dataclass
+class _Expansion:
+    """One study mapping on its way to experiments: the parts read so far and the problems."""
+
+    raw: dict[str, Any]
+    source: str
+    base_dir: Path
+    user: UserDefaults
+    overrides: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+    shared: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    default_backend: Any = None
+    candidates: list[_Candidate] = field(default_factory=list)
+    shared_prov: dict[Any, dict[str, str]] = field(default_factory=dict)  # per backend
+
+    def new_candidate(self, label: str, backend: Any) -> _Candidate:
+        """A candidate holding the shared fields (other backends' sections left out)."""
+        base = {
+            k: (copy.deepcopy(v) if isinstance(v, dict | list) else v)
+            for k, v in self.shared.items()
+            if not (k in REGISTRY and k != backend)
+        }
+        key = backend if isinstance(backend, str) else repr(backend)
+        if key not in self.shared_prov:  # computed once per backend, copied
+            self.shared_prov[key] = {k: k for k in _flatten_keys(base)}
+        return _Candidate(data=base, label=label, provenance=dict(self.shared_prov[key]))
+
+    def backend_of(self, cand: _Candidate) -> str:
+        """The backend ``cand`` runs, a ``--backend`` override first."""
+        return str(self.overrides.get("backend", cand.data.get("backend", DEFAULT_BACKEND)))
+
+
 def expand_study(
     data: Mapping[str, Any],
     *,
@@ -163,133 +138,177 @@ def expand_study(
     Raises:
         ConfigError: with one line per problem, each naming the key path.
     """
-    user = user or UserDefaults()
-    overrides = dict(overrides or {})
-    problems: list[str] = []
     raw = dict(data)
     raw.pop("base", None)  # already merged by the file reader
+    x = _Expansion(
+        raw=raw,
+        source=source,
+        base_dir=base_dir,
+        user=user or UserDefaults(),
+        overrides=dict(overrides or {}),
+    )
+    _read_shared(x)
+    _read_sweep(x)
+    _read_entries(x)
+    _build_candidates(x)
+    _check_backends_used(x)
+    _apply_overrides(x)
+    experiments, sources, params, duplicates = _validate_experiments(x)
+    execution = _execution(x, execution_overrides)
+    runner = _runner(x, runner_overrides)
+    name = _study_name(x)
+    results = _results_dir(x, results_dir)
+    impact = _impact_inputs(raw, x.user, source, x.problems)
+    notify = _notify(raw, x.problems)
+    x.problems.extend(lm_eval_problems(experiments, runner.runner))
 
-    shared = {k: v for k, v in raw.items() if k not in STUDY_KEYS}
-    if user.energy_sampler and not (
+    problems = x.problems
+    if problems:
+        raise ConfigError(
+            f"invalid study ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
+            source=source,
+            problems=problems,
+            hint="see docs/study-grammar.md, or `llem config schema` for the full schema",
+        )
+    # Every part was validated above; model_construct skips re-running the experiments'
+    # validators (pydantic re-runs after-validators on instances), which matters at 10k.
+    return StudyConfig.model_construct(
+        name=name,
+        source=source,
+        experiments=experiments,
+        experiment_sources=sources,
+        experiment_params=params,
+        execution=execution,
+        runner=runner,
+        results_dir=results,
+        duplicates=duplicates,
+        impact=impact,
+        notify=notify,
+    )
+
+
+def _read_shared(x: _Expansion) -> None:
+    """The shared experiment fields (everything but study keys) and the override keys."""
+    shared = {k: v for k, v in x.raw.items() if k not in STUDY_KEYS}
+    if x.user.energy_sampler and not (
         isinstance(shared.get("energy"), dict) and "sampler" in shared["energy"]
     ):
-        shared = deep_merge({"energy": {"sampler": user.energy_sampler}}, shared)
+        shared = deep_merge({"energy": {"sampler": x.user.energy_sampler}}, shared)
+    x.shared = shared
 
     for key in shared:
         if not isinstance(key, str):
-            problems.append(
+            x.problems.append(
                 f"{echo(key)}: keys must be strings; quote it (YAML reads unquoted "
                 "on/off/yes/no/null and numbers as non-strings)"
             )
             continue
         msg = check_key_path(key) or _dotted_outside_sweep(key)
         if msg:
-            problems.append(f"{key}: {msg}")
-    for key in overrides:
+            x.problems.append(f"{key}: {msg}")
+    for key in x.overrides:
         msg = check_key_path(key)
         if msg:
-            problems.append(f"{COMMAND_LINE} {key}: {msg}")
+            x.problems.append(f"{COMMAND_LINE} {key}: {msg}")
 
-    # ---- sweep
-    sweep_raw = raw.get("sweep")
-    sweep: dict[str, list[Any]] = {}
-    if "sweep" in raw and sweep_raw is None:
+
+def _read_sweep(x: _Expansion) -> None:
+    """``sweep:``: each axis checked; the good ones go to ``x.sweep``."""
+    problems = x.problems
+    sweep_raw = x.raw.get("sweep")
+    sweep = x.sweep
+    if "sweep" in x.raw and sweep_raw is None:
         problems.append("sweep: is empty; give key: [values] pairs, or remove the key")
-    if sweep_raw is not None:
-        if not isinstance(sweep_raw, dict) or not sweep_raw:
-            problems.append("sweep: must be a non-empty mapping of key -> list of values")
-        else:
-            for key, values in sweep_raw.items():
-                if not isinstance(key, str):
-                    problems.append(f"sweep.{key}: keys must be strings")
-                    continue
-                msg = check_key_path(key)
-                if msg:
-                    problems.append(f"sweep.{key}: {msg}")
-                    continue
-                if key in STUDY_KEYS:
-                    problems.append(f"sweep.{key}: study key {key!r} cannot be swept")
-                    continue
-                if not isinstance(values, list):
-                    problems.append(
-                        f"sweep.{key}: expected a list of values, got {echo(values)}; "
-                        f"write [{echo(values)}] for a single value"
-                    )
-                    continue
-                if not values:
-                    problems.append(f"sweep.{key}: empty list; give at least one value")
-                    continue
-                if key in overrides:
-                    problems.append(
-                        f"{COMMAND_LINE} {key}: is a sweep axis in the study; drop the "
-                        "override or the axis"
-                    )
-                    continue
-                sweep[key] = values
-            for key in sweep:
-                parent = next((p for p in prefixes(key) if p in sweep), None)
-                if parent is not None:
-                    problems.append(
-                        f"sweep.{key}: sweeps a part of sweep.{parent}, which sets the whole "
-                        f"{parent} section; every point would carry two contradicting labels. "
-                        f"Sweep either {parent} or its keys, not both"
-                    )
+    if sweep_raw is None:
+        return
+    if not isinstance(sweep_raw, dict) or not sweep_raw:
+        problems.append("sweep: must be a non-empty mapping of key -> list of values")
+        return
+    for key, values in sweep_raw.items():
+        if not isinstance(key, str):
+            problems.append(f"sweep.{key}: keys must be strings")
+            continue
+        msg = check_key_path(key)
+        if msg:
+            problems.append(f"sweep.{key}: {msg}")
+            continue
+        if key in STUDY_KEYS:
+            problems.append(f"sweep.{key}: study key {key!r} cannot be swept")
+            continue
+        if not isinstance(values, list):
+            problems.append(
+                f"sweep.{key}: expected a list of values, got {echo(values)}; "
+                f"write [{echo(values)}] for a single value"
+            )
+            continue
+        if not values:
+            problems.append(f"sweep.{key}: empty list; give at least one value")
+            continue
+        if key in x.overrides:
+            problems.append(
+                f"{COMMAND_LINE} {key}: is a sweep axis in the study; drop the override or the axis"
+            )
+            continue
+        sweep[key] = values
+    for key in sweep:
+        parent = next((p for p in prefixes(key) if p in sweep), None)
+        if parent is not None:
+            problems.append(
+                f"sweep.{key}: sweeps a part of sweep.{parent}, which sets the whole "
+                f"{parent} section; every point would carry two contradicting labels. "
+                f"Sweep either {parent} or its keys, not both"
+            )
 
-    # ---- explicit experiments
-    exp_raw = raw.get("experiments")
-    entries: list[dict[str, Any]] = []
-    if "experiments" in raw and exp_raw is None:
+
+def _read_entries(x: _Expansion) -> None:
+    """``experiments:``: each entry checked; the mappings go to ``x.entries``."""
+    problems = x.problems
+    exp_raw = x.raw.get("experiments")
+    if "experiments" in x.raw and exp_raw is None:
         problems.append("experiments: is empty; list experiment mappings, or remove the key")
-    if exp_raw is not None:
-        if not isinstance(exp_raw, list) or not exp_raw:
-            problems.append("experiments: must be a non-empty list of experiment mappings")
-        else:
-            for i, entry in enumerate(exp_raw):
-                if not isinstance(entry, dict):
-                    problems.append(f"experiments[{i}]: must be a mapping, got {echo(entry)}")
-                    continue
-                # an entry's own name: is the experiment's label (ExperimentConfig.name)
-                bad = [k for k in entry if k in STUDY_KEYS and k != "name"]
-                for k in bad:
-                    problems.append(
-                        f"experiments[{i}].{k}: study key {k!r} belongs at the top level"
-                    )
-                for k in entry:
-                    msg = (
-                        check_key_path(str(k)) or _dotted_outside_sweep(str(k))
-                        if k not in STUDY_KEYS
-                        else None
-                    )
-                    if msg:
-                        problems.append(f"experiments[{i}].{k}: {msg}")
-                entries.append(entry)
+    if exp_raw is None:
+        return
+    if not isinstance(exp_raw, list) or not exp_raw:
+        problems.append("experiments: must be a non-empty list of experiment mappings")
+        return
+    for i, entry in enumerate(exp_raw):
+        if not isinstance(entry, dict):
+            problems.append(f"experiments[{i}]: must be a mapping, got {echo(entry)}")
+            continue
+        # an entry's own name: is the experiment's label (ExperimentConfig.name)
+        bad = [k for k in entry if k in STUDY_KEYS and k != "name"]
+        for k in bad:
+            problems.append(f"experiments[{i}].{k}: study key {k!r} belongs at the top level")
+        for k in entry:
+            msg = (
+                check_key_path(str(k)) or _dotted_outside_sweep(str(k))
+                if k not in STUDY_KEYS
+                else None
+            )
+            if msg:
+                problems.append(f"experiments[{i}].{k}: {msg}")
+        x.entries.append(entry)
 
+
+def _build_candidates(x: _Expansion) -> None:
+    """The sweep's points, then the entries (or the shared fields alone): ``x.candidates``.
+
+    Raises:
+        ConfigError: the study expands to more experiments than ``max_experiments``.
+    """
+    sweep, entries, overrides = x.sweep, x.entries, x.overrides
     # a --backend override decides which shared backend section each experiment keeps
-    default_backend = overrides.get("backend", shared.get("backend", DEFAULT_BACKEND))
-    candidates: list[_Candidate] = []
-
-    shared_prov: dict[Any, dict[str, str]] = {}  # per backend: computed once, copied
-
-    def new_candidate(label: str, backend: Any) -> _Candidate:
-        base = {
-            k: (copy.deepcopy(v) if isinstance(v, dict | list) else v)
-            for k, v in shared.items()
-            if not (k in REGISTRY and k != backend)
-        }
-        key = backend if isinstance(backend, str) else repr(backend)
-        if key not in shared_prov:
-            shared_prov[key] = {k: k for k in _flatten_keys(base)}
-        return _Candidate(data=base, label=label, provenance=dict(shared_prov[key]))
-
-    limit = raw.get("max_experiments", DEFAULT_MAX_EXPERIMENTS)
+    default_backend = overrides.get("backend", x.shared.get("backend", DEFAULT_BACKEND))
+    x.default_backend = default_backend
+    limit = x.raw.get("max_experiments", DEFAULT_MAX_EXPERIMENTS)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        problems.append(f"max_experiments: must be a positive integer, got {echo(limit)}")
+        x.problems.append(f"max_experiments: must be a positive integer, got {echo(limit)}")
         limit = DEFAULT_MAX_EXPERIMENTS
     size = _expansion_size(sweep, entries, default_backend)
     if size > limit:
         raise ConfigError(
             f"the study expands to {size:,} experiments, more than the limit of {limit:,}",
-            source=source,
+            source=x.source,
             problems=[
                 "sweep: "
                 + " x ".join(f"{k} ({len(v)})" for k, v in sweep.items())
@@ -299,137 +318,158 @@ def expand_study(
             "the study file (each experiment runs n_cycles times)",
         )
     if sweep:
-        unscoped = [(k, v) for k, v in sweep.items() if k.split(".")[0] not in REGISTRY]
-        scoped: dict[str, list[tuple[str, list[Any]]]] = {}
-        for k, v in sweep.items():
-            head = k.split(".")[0]
-            if head in REGISTRY:
-                scoped.setdefault(head, []).append((k, v))
-        n = 0
-        axes = [[(k, val, f"sweep.{k}[{i}]") for i, val in enumerate(vals)] for k, vals in unscoped]
-        for combo in itertools.product(*axes):
-            backend = next((val for k, val, _ in combo if k == "backend"), default_backend)
-            scoped_axes = [
-                [(k, val, f"sweep.{k}[{i}]") for i, val in enumerate(vals)]
-                for k, vals in scoped.get(str(backend), [])
-            ]
-            for scombo in itertools.product(*scoped_axes):
-                assignments = [*combo, *scombo]
-                n += 1
-                cand = new_candidate(_label_point(assignments, n), backend)
-                for k, val, src in assignments:
-                    _set_dotted(cand.data, k, val)
-                    cand.provenance[k] = src
-                    cand.params[k] = val
-                candidates.append(cand)
+        _sweep_points(x)
     for i, entry in enumerate(entries):
         backend = overrides.get("backend", entry.get("backend", default_backend))
-        cand = new_candidate(f"experiments[{i}]", backend)
+        cand = x.new_candidate(f"experiments[{i}]", backend)
         cand.data = deep_merge(cand.data, entry)
         for k in _flatten_keys(entry):
             cand.provenance[k] = f"experiments[{i}].{k}"
         cand.params.update(_flatten_leaves(entry))
-        candidates.append(cand)
-    if not sweep and exp_raw is None:
-        candidates.append(new_candidate(Path(source).name, default_backend))
+        x.candidates.append(cand)
+    if not sweep and x.raw.get("experiments") is None:
+        x.candidates.append(x.new_candidate(Path(x.source).name, default_backend))
 
-    # scoped keys and shared sections must be used by some experiment
-    def backend_of(cand: _Candidate) -> str:
-        return str(overrides.get("backend", cand.data.get("backend", DEFAULT_BACKEND)))
 
-    used_backends = {backend_of(c) for c in candidates}
-    for key in sweep:
+def _sweep_points(x: _Expansion) -> None:
+    """One candidate per point of the grid; a scoped axis multiplies its backend's only."""
+    sweep = x.sweep
+    unscoped = [(k, v) for k, v in sweep.items() if k.split(".")[0] not in REGISTRY]
+    scoped: dict[str, list[tuple[str, list[Any]]]] = {}
+    for k, v in sweep.items():
+        head = k.split(".")[0]
+        if head in REGISTRY:
+            scoped.setdefault(head, []).append((k, v))
+    n = 0
+    axes = [[(k, val, f"sweep.{k}[{i}]") for i, val in enumerate(vals)] for k, vals in unscoped]
+    for combo in itertools.product(*axes):
+        backend = next((val for k, val, _ in combo if k == "backend"), x.default_backend)
+        scoped_axes = [
+            [(k, val, f"sweep.{k}[{i}]") for i, val in enumerate(vals)]
+            for k, vals in scoped.get(str(backend), [])
+        ]
+        for scombo in itertools.product(*scoped_axes):
+            assignments = [*combo, *scombo]
+            n += 1
+            cand = x.new_candidate(_label_point(assignments, n), backend)
+            for k, val, src in assignments:
+                _set_dotted(cand.data, k, val)
+                cand.provenance[k] = src
+                cand.params[k] = val
+            x.candidates.append(cand)
+
+
+def _check_backends_used(x: _Expansion) -> None:
+    """Scoped keys and shared backend sections must be used by some experiment."""
+    used_backends = {x.backend_of(c) for c in x.candidates}
+    for key in x.sweep:
         head = key.split(".")[0]
         if head in REGISTRY and head not in used_backends:
-            problems.append(
+            x.problems.append(
                 f"sweep.{key}: no experiment uses backend {head!r} "
                 f"(backends in this study: {', '.join(sorted(used_backends))}); "
                 f"add {head} to the backend sweep or remove this key"
             )
-    for key in overrides:
+    for key in x.overrides:
         head = key.split(".")[0]
         if head in REGISTRY and head not in used_backends:
-            problems.append(
+            x.problems.append(
                 f"{COMMAND_LINE} {key}: no experiment uses backend {head!r} "
                 f"(backends in this study: {', '.join(sorted(used_backends))})"
             )
     for b in REGISTRY.names():
-        if b in shared and b not in used_backends:
-            problems.append(
+        if b in x.shared and b not in used_backends:
+            x.problems.append(
                 f"{b}: section does not match any experiment's backend "
                 f"({', '.join(sorted(used_backends))}); remove it or set backend: {b}"
             )
 
-    # command-line overrides win over everything in the file
+
+def _apply_overrides(x: _Expansion) -> None:
+    """Command-line overrides win over everything in the file; then host paths resolve."""
     memo: dict[tuple[str, bool], str] = {}
-    for cand in candidates:
-        own_backend = backend_of(cand)
-        for k, v in overrides.items():
+    for cand in x.candidates:
+        own_backend = x.backend_of(cand)
+        for k, v in x.overrides.items():
             head = k.split(".")[0]
             if head in REGISTRY and head != own_backend:
                 continue  # scoped, like a scoped sweep key: only that backend's experiments
             _set_dotted(cand.data, k, v)
             cand.provenance[k] = f"{COMMAND_LINE} {k}"
-        _resolve_paths(cand, base_dir, problems, memo)
+        _resolve_paths(cand, x.base_dir, x.problems, memo)
 
-    # ---- validate experiments
+
+def _validate_experiments(
+    x: _Expansion,
+) -> tuple[list[ExperimentConfig], list[str], list[dict[str, Any]], list[DuplicateExperiment]]:
+    """Each candidate validated (none while problems stand); duplicates set aside."""
+    problems = x.problems
     experiments: list[ExperimentConfig] = []
     sources: list[str] = []
     params: list[dict[str, Any]] = []
     duplicates: list[DuplicateExperiment] = []
     seen: dict[str, str] = {}
-    if not problems:
-        sections = _SharedSections()
-        dataset_checks: dict[str, str | None] = {}
-        for cand in candidates:
-            try:
-                exp = ExperimentConfig.model_validate(sections.intern(cand.data))
-            except ValidationError as exc:
-                for p in _format_validation(exc, cand):
-                    if p not in problems:
-                        problems.append(p)
-                continue
-            if exp.load_format == "dummy":
-                try:
-                    resolve_architecture(exp.model, base_dir=base_dir)
-                except ConfigError as exc:
-                    problems.append(f"{cand.source_of(('model',))}: {exc.message}")
-                    continue
-            if exp.quality is not None:
-                problems.extend(quality_problems(exp, cand.source_of(("quality", "tasks"))))
-            if isinstance(exp.dataset, JsonlDataset | HubDataset) and exp.dataset.text_field == "":
-                problems.append(f"{cand.source_of(('dataset', 'text_field'))}: must not be empty")
-            for p in dataset_problems(exp, cand.source_of(("dataset",)), dataset_checks):
+    if problems:
+        return experiments, sources, params, duplicates
+    sections = _SharedSections()
+    dataset_checks: dict[str, str | None] = {}
+    for cand in x.candidates:
+        try:
+            exp = ExperimentConfig.model_validate(sections.intern(cand.data))
+        except ValidationError as exc:
+            for p in _format_validation(exc, cand):
                 if p not in problems:
                     problems.append(p)
-            h = exp.config_hash
-            if h in seen:
-                duplicates.append(
-                    DuplicateExperiment(source=cand.label, same_as=seen[h], config_hash=h)
-                )
+            continue
+        if exp.load_format == "dummy":
+            try:
+                resolve_architecture(exp.model, base_dir=x.base_dir)
+            except ConfigError as exc:
+                problems.append(f"{cand.source_of(('model',))}: {exc.message}")
                 continue
-            seen[h] = cand.label
-            experiments.append(exp)
-            sources.append(cand.label)
-            params.append(cand.params)
+        if exp.quality is not None:
+            problems.extend(quality_problems(exp, cand.source_of(("quality", "tasks"))))
+        if isinstance(exp.dataset, JsonlDataset | HubDataset) and exp.dataset.text_field == "":
+            problems.append(f"{cand.source_of(('dataset', 'text_field'))}: must not be empty")
+        for p in dataset_problems(exp, cand.source_of(("dataset",)), dataset_checks):
+            if p not in problems:
+                problems.append(p)
+        h = exp.config_hash
+        if h in seen:
+            duplicates.append(
+                DuplicateExperiment(source=cand.label, same_as=seen[h], config_hash=h)
+            )
+            continue
+        seen[h] = cand.label
+        experiments.append(exp)
+        sources.append(cand.label)
+        params.append(cand.params)
+    return experiments, sources, params, duplicates
 
-    # ---- execution and runner settings
-    execution_data = raw.get("execution") or {}
+
+def _execution(x: _Expansion, execution_overrides: Mapping[str, Any] | None) -> ExecutionConfig:
+    """``execution:`` over the user's gaps, under the command line's."""
+    execution_data = x.raw.get("execution") or {}
     if not isinstance(execution_data, dict):
-        problems.append("execution: must be a mapping")
+        x.problems.append("execution: must be a mapping")
         execution_data = {}
     execution_data = dict(execution_data)
-    if user.config_gap_s is not None:
-        execution_data.setdefault("config_gap_s", user.config_gap_s)
-    if user.cycle_gap_s is not None:
-        execution_data.setdefault("cycle_gap_s", user.cycle_gap_s)
+    if x.user.config_gap_s is not None:
+        execution_data.setdefault("config_gap_s", x.user.config_gap_s)
+    if x.user.cycle_gap_s is not None:
+        execution_data.setdefault("cycle_gap_s", x.user.cycle_gap_s)
     execution_data.update(execution_overrides or {})
     execution = ExecutionConfig()
     try:
         execution = ExecutionConfig.model_validate(execution_data)
     except ValidationError as exc:
-        problems.extend(_section_problems(exc, "execution"))
+        x.problems.extend(_section_problems(exc, "execution"))
+    return execution
 
+
+def _runner(x: _Expansion, runner_overrides: Mapping[str, Any] | None) -> RunnerSettings:
+    """The runner keys: user defaults, then the study file, then the command line."""
+    raw, user, problems = x.raw, x.user, x.problems
     runner_data: dict[str, Any] = {}
     for key, value in (
         ("runner", user.runner),
@@ -462,112 +502,34 @@ def expand_study(
             problems.append(
                 f"images.{key}: unknown backend; expected one of {', '.join(REGISTRY.names())}"
             )
+    return runner
 
-    name = raw.get("name", Path(source).stem if source != COMMAND_LINE else "llem")
+
+def _study_name(x: _Expansion) -> str:
+    """``name:``, else the study file's stem (``llem`` for a command-line study)."""
+    name = x.raw.get("name", Path(x.source).stem if x.source != COMMAND_LINE else "llem")
     if not isinstance(name, str) or not name.strip():
-        problems.append(f"name: must be a non-empty string, got {echo(name)}")
-        name = "study"
-    elif control_chars(name) or len(name) > 200:
-        problems.append(
+        x.problems.append(f"name: must be a non-empty string, got {echo(name)}")
+        return "study"
+    if control_chars(name) or len(name) > 200:
+        x.problems.append(
             f"name: must be one line of printable text of at most 200 characters, got {echo(name)}"
         )
-        name = "study"
-    results = results_dir or raw.get("results_dir") or user.results_dir or "./results"
+        return "study"
+    return name
+
+
+def _results_dir(x: _Expansion, results_dir: str | None) -> str:
+    """The results folder, absolute: the command line, the study file, the user, the default."""
+    results = results_dir or x.raw.get("results_dir") or x.user.results_dir or "./results"
     if not isinstance(results, str) or not results.strip():
-        problems.append(f"results_dir: must be a path string, got {echo(results)}")
+        x.problems.append(f"results_dir: must be a path string, got {echo(results)}")
         results = "./results"
     elif control_chars(results) or len(results) > MAX_TEXT_LEN:
-        problems.append(
+        x.problems.append(
             f"results_dir: must be one line of printable text (a path), got {echo(results)}"
         )
         results = "./results"
     # Made absolute once, here (relative to the working directory, as typed): bind mounts,
     # the manifest and a resume from another directory all need the absolute path.
-    results = os.path.abspath(expand_path(results, "results_dir", problems))
-
-    impact = _impact_inputs(raw, user, source, problems)
-    notify = _notify(raw, problems)
-    problems.extend(lm_eval_problems(experiments, runner.runner))
-
-    if problems:
-        raise ConfigError(
-            f"invalid study ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
-            source=source,
-            problems=problems,
-            hint="see docs/study-grammar.md, or `llem config schema` for the full schema",
-        )
-    # Every part was validated above; model_construct skips re-running the experiments'
-    # validators (pydantic re-runs after-validators on instances), which matters at 10k.
-    return StudyConfig.model_construct(
-        name=name,
-        source=source,
-        experiments=experiments,
-        experiment_sources=sources,
-        experiment_params=params,
-        execution=execution,
-        runner=runner,
-        results_dir=results,
-        duplicates=duplicates,
-        impact=impact,
-        notify=notify,
-    )
-
-
-def _impact_inputs(
-    raw: Mapping[str, Any], user: UserDefaults, source: str, problems: list[str]
-) -> ImpactInputs:
-    """``carbon:`` and ``cost:``: the study file over the user defaults, key by key."""
-    sections: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for key, model in (("carbon", CarbonConfig), ("cost", CostConfig)):
-        merged: dict[str, Any] = {}
-        defaults = getattr(user, key)
-        if defaults is not None:
-            for k, v in defaults.model_dump(exclude_none=True).items():
-                merged[k] = v
-                sources[f"{key}.{k}"] = f"user config {user.source or '(defaults)'}"
-        given = raw.get(key)
-        if given is not None and not isinstance(given, dict):
-            problems.append(f"{key}: must be a mapping, got {echo(given)}")
-            given = None
-        for k, v in (given or {}).items():
-            merged[k] = v
-            if v is not None:
-                sources[f"{key}.{k}"] = f"study file {source}"
-            else:
-                sources.pop(f"{key}.{k}", None)
-        try:
-            sections[key] = model.model_validate(merged)
-        except ValidationError as exc:
-            problems.extend(_section_problems(exc, key))
-            sections[key] = model()
-    return ImpactInputs(carbon=sections["carbon"], cost=sections["cost"], sources=sources)
-
-
-#: The optional extra that brings the webhook HTTP client.
-WEBHOOKS_EXTRA = "llenergymeasure[webhooks]"
-
-
-def _notify(raw: Mapping[str, Any], problems: list[str]) -> NotifyConfig:
-    given = raw.get("notify")
-    if given is None:
-        return NotifyConfig()
-    if not isinstance(given, dict):
-        problems.append(
-            f"notify: must be a mapping (notify: {{webhooks: [URL, ...]}}), got {echo(given)}"
-        )
-        return NotifyConfig()
-    try:
-        cfg = NotifyConfig.model_validate(given)
-    except ValidationError as exc:
-        problems.extend(_section_problems(exc, "notify"))
-        return NotifyConfig()
-    if cfg.webhooks:
-        import importlib.util
-
-        if importlib.util.find_spec("httpx") is None:
-            problems.append(
-                "notify.webhooks: needs the HTTP client of the webhooks extra, which is not "
-                f"installed; run: pip install '{WEBHOOKS_EXTRA}' (or remove notify:)"
-            )
-    return cfg
+    return os.path.abspath(expand_path(results, "results_dir", x.problems))
