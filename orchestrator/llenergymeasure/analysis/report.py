@@ -4,7 +4,8 @@ No server and no network: the data and plotly.js (the full library, inlined once
 page head) travel inside the file, so it opens from a mail attachment or an air-gapped host.
 The page is the sections of :data:`SECTIONS`, in order; each is a function
 ``(page, study) -> None`` that adds its heading, text and plots, so a new section is one
-function appended to the list::
+function appended to the list (sections in :mod:`~llenergymeasure.analysis.report_sections`,
+the page and the charts in :mod:`~llenergymeasure.analysis.report_plots`)::
 
     header               the study: model, precision, backends, lengths, n_prompts, traffic
                          and SLO thresholds, cycles (a table), and the run facts
