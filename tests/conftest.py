@@ -15,6 +15,11 @@ by silently skipping the integration tests; a skip caused by an unmet gpu/vllm/t
 stays a skip (CI has none of those). Likewise a ``slurm`` test fails instead of skipping with
 ``LLEM_REQUIRE_SLURM=1``, or under ``CI=true`` when that variable is unset (``.ci/run`` starts a
 one-node cluster; a CI job without one sets ``LLEM_REQUIRE_SLURM=0``).
+
+Containers a test starts beside the ones ``llem`` starts (the image probe) are testcontainers
+``DockerContainer`` objects from ``test_container``, labelled ``llem.test=1`` and waited for by a
+wait strategy. The testcontainers reaper (Ryuk) is off, as its image cannot be pulled where the
+tests run offline: the session removes leftovers by that label instead.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ from llenergymeasure.images import TEST_PYTORCH_IMAGE
 REQUIRE_DOCKER_ENV = "LLEM_REQUIRE_DOCKER"
 REQUIRE_SLURM_ENV = "LLEM_REQUIRE_SLURM"
 TEST_PYTORCH_IMAGE_ENV = "LLEM_TEST_PYTORCH_IMAGE"
+TEST_CONTAINER_LABEL = "llem.test"
+PROBE_OK = "llem-probe: ok"
+
+# The reaper's image (testcontainers/ryuk) is never pulled: leftovers go by label instead.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 # Markers whose unmet need is an expected skip even when Docker is required.
 _HARDWARE_MARKERS = ("gpu", "vllm", "tensorrt")
@@ -218,19 +228,50 @@ def local_image(docker_client: Any) -> Callable[[str], str]:
     return need
 
 
+def _remove_labelled(client: Any) -> None:
+    """Remove every container a test session left behind (``llem.test=1``), running or not."""
+    for container in client.containers.list(
+        all=True, filters={"label": f"{TEST_CONTAINER_LABEL}=1"}
+    ):
+        container.remove(force=True, v=True)
+
+
 @pytest.fixture(scope="session")
-def require_in_image(docker_client: Any) -> Callable[[str, str, str], None]:
+def test_container(docker_client: Any) -> Iterator[Callable[..., Any]]:
+    """``test_container(image, command, **docker_kwargs)``: an unstarted testcontainers
+    ``DockerContainer`` of a local image, labelled ``llem.test=1``, without a network unless
+    ``network_mode`` says otherwise (the engine runs with ``--bridge=none``); chain
+    ``.waiting_for(...)`` and use it as a context manager. Leftovers are removed by label
+    before and after the session."""
+    from testcontainers.core.container import DockerContainer
+
+    def make(image: str, command: list[str], **kwargs: Any) -> DockerContainer:
+        kwargs.setdefault("network_mode", "none")
+        labels = {**kwargs.pop("labels", {}), TEST_CONTAINER_LABEL: "1"}
+        return DockerContainer(image, command=command, labels=labels, **kwargs)
+
+    _remove_labelled(docker_client)
+    try:
+        yield make
+    finally:
+        _remove_labelled(docker_client)
+
+
+@pytest.fixture(scope="session")
+def require_in_image(test_container: Callable[..., Any]) -> Callable[[str, str, str], None]:
     """``require_in_image(image, modules, feature)``: skip when ``python3 -c "import modules"``
     fails in the image (a local image built before ``feature``; rebuild it), and fail instead
     under CI or ``LLEM_REQUIRE_DOCKER=1``, where the images are built from this checkout."""
-    import docker.errors
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
     def need(image: str, modules: str, feature: str) -> None:
+        probe = test_container(
+            image, ["python3", "-c", f"import {modules}; print({PROBE_OK!r})"]
+        ).waiting_for(LogMessageWaitStrategy(PROBE_OK).with_startup_timeout(120))
         try:
-            docker_client.containers.run(
-                image, ["python3", "-c", f"import {modules}"], remove=True, network_mode="none"
-            )
-        except docker.errors.ContainerError:
+            with probe:
+                pass
+        except RuntimeError:  # the container exited without the line: an import failed
             reason = f"{image} predates {feature}; rebuild it with `make test-images`"
             if os.environ.get("CI") == "true":
                 pytest.fail(reason, pytrace=False)

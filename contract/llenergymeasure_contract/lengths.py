@@ -44,6 +44,8 @@ from importlib import resources
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BaseModel,
+    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -394,8 +396,11 @@ def prepare_experiment_data(data: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- results
 
 
-class LengthStats(_Model):
-    """Summary of realised lengths (tokens)."""
+class Stats(BaseModel):
+    """Summary of a distribution: latencies in seconds (``ExperimentResult``), lengths in
+    tokens (:data:`LengthStats`); one definition for both."""
+
+    model_config = ConfigDict(extra="forbid")
 
     count: int
     mean: float | None = None
@@ -404,6 +409,10 @@ class LengthStats(_Model):
     p99: float | None = None
     min: float | None = None
     max: float | None = None
+
+
+#: Realised request lengths (tokens).
+LengthStats = Stats
 
 
 class LengthHistogram(_Model):

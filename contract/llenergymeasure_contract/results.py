@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llenergymeasure_contract.evaluation import EvaluationResult
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.files import ERROR_FILE, RESULT_FILE
-from llenergymeasure_contract.lengths import WorkloadOutcome
+from llenergymeasure_contract.lengths import Stats, WorkloadOutcome
 from llenergymeasure_contract.reuse import EngineShare
 from llenergymeasure_contract.windows import InputTruncation, MLEnergySteadyState, WindowProblem
 
@@ -64,18 +64,6 @@ def write_json_atomic(path: Path, payload: str) -> None:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Stats(_Model):
-    """Summary of a distribution (seconds unless the field name says otherwise)."""
-
-    count: int
-    mean: float | None = None
-    p50: float | None = None
-    p90: float | None = None
-    p99: float | None = None
-    min: float | None = None
-    max: float | None = None
 
 
 class GPUInfo(_Model):

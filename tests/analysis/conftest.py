@@ -2,23 +2,23 @@
 
 ``cpu_study`` runs, as a user would, ``llem run study.yaml --cycles 3 --runner local`` in a
 temporary working directory, where ``study.yaml`` is ``examples/cpu-quickstart.yaml`` (by
-``base:``) plus carbon and cost inputs and three webhooks on this machine: one that answers
-200 and checks nothing (the test checks the signature), one that always answers 500, one that
-accepts the connection and never answers. About two minutes on a 2-core box; every test that
-uses it is marked ``torch``.
+``base:``) plus carbon and cost inputs and three webhooks on this machine, each a
+``webhook_server.py`` in a test container on the host's network: one that answers 200 and
+checks nothing (the test checks the signature), one that always answers 500, one that accepts
+the connection and never answers. About two minutes on a 2-core box; every test that uses it
+is marked ``torch`` (and needs Docker, for the webhook servers).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,50 +33,49 @@ SECRET = "s3cret-for-tests"
 
 @dataclass
 class Hook:
-    """A local HTTP server and what it received."""
+    """A webhook server in a test container (webhook_server.py) and what it received."""
 
     mode: str  # ok | fail | hang
-    server: ThreadingHTTPServer
-    received: list[dict[str, Any]] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
+    port: int
+    container: Any  # a started testcontainers DockerContainer
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/{self.mode}"
+        return f"http://127.0.0.1:{self.port}/{self.mode}"
+
+    @property
+    def received(self) -> list[dict[str, Any]]:
+        """The requests so far, in order: ``headers``, ``body`` (bytes), ``t`` (monotonic)."""
+        stdout, _ = self.container.get_logs()
+        lines = [json.loads(x) for x in stdout.decode().splitlines() if x.startswith("{")]
+        return [{**x, "body": base64.b64decode(x["body"])} for x in lines]
 
     def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.container.stop()
 
 
-def start_hook(mode: str) -> Hook:
-    """Start a webhook server on 127.0.0.1 (a free port) in a daemon thread."""
-    holder: dict[str, Hook] = {}
+@pytest.fixture(scope="session")
+def start_hook(
+    pytorch_test_image: str, test_container: Callable[..., Any]
+) -> Callable[[str], Hook]:
+    """``start_hook(mode)``: a webhook server on 127.0.0.1 (a free port), ready when it says so."""
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            hook = holder["hook"]
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            hook.received.append(
-                {"headers": dict(self.headers), "body": body, "t": time.monotonic()}
-            )
-            if hook.mode == "hang":
-                hook.release.wait(60)
-                return
-            self.send_response(200 if hook.mode == "ok" else 500)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    from llenergymeasure_harness.serving.server import free_port
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    script = Path(__file__).with_name("webhook_server.py")
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    hook = Hook(mode=mode, server=server)
-    holder["hook"] = hook
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return hook
+    def start(mode: str) -> Hook:
+        port = free_port()
+        command = ["python3", "/webhook_server.py", mode, str(port)]
+        container = (
+            test_container(pytorch_test_image, command, network_mode="host")
+            .with_volume_mapping(script, "/webhook_server.py", "ro")
+            .waiting_for(LogMessageWaitStrategy("^ready$").with_startup_timeout(60))
+        )
+        return Hook(mode, port, container.start())
+
+    return start
 
 
 @dataclass
@@ -117,7 +116,9 @@ def run_llem(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture(scope="session")
-def cpu_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CpuStudy]:
+def cpu_study(
+    tmp_path_factory: pytest.TempPathFactory, start_hook: Callable[[str], Hook]
+) -> Iterator[CpuStudy]:
     """The CPU example, 3 cycles, local runner, with carbon/cost inputs and 3 webhooks."""
     work = tmp_path_factory.mktemp("cpu-study")
     hooks = {m: start_hook(m) for m in ("ok", "fail", "hang")}

@@ -1,4 +1,4 @@
-"""Webhooks against real local HTTP servers: signature, a 500, a server that never answers."""
+"""Webhooks against real HTTP servers in test containers: signature, 500, never answering."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
-from tests.analysis.conftest import REPO, llem_env, start_hook
+from tests.analysis.conftest import REPO, Hook, llem_env
 
 from llenergymeasure.config.notify import NotifyConfig
 from llenergymeasure.errors import ConfigError
@@ -32,7 +33,8 @@ def wait_for(pred: object, timeout_s: float = 10.0) -> None:
     raise AssertionError("timed out")
 
 
-def test_signed_post_verifies() -> None:
+@pytest.mark.docker
+def test_signed_post_verifies(start_hook: Callable[[str], Hook]) -> None:
     """The X-LLEM-Signature header is the HMAC-SHA256 of the exact body under the secret."""
     hook = start_hook("ok")
     try:
@@ -54,7 +56,8 @@ def test_signed_post_verifies() -> None:
         hook.close()
 
 
-def test_500_is_retried_with_backoff_then_dropped() -> None:
+@pytest.mark.docker
+def test_500_is_retried_with_backoff_then_dropped(start_hook: Callable[[str], Hook]) -> None:
     """An endpoint that answers 500: 1 + retries attempts, spaced by the doubling backoff."""
     hook = start_hook("fail")
     try:
@@ -71,7 +74,8 @@ def test_500_is_retried_with_backoff_then_dropped() -> None:
         hook.close()
 
 
-def test_never_answering_server_does_not_block() -> None:
+@pytest.mark.docker
+def test_never_answering_server_does_not_block(start_hook: Callable[[str], Hook]) -> None:
     """send() returns at once; close() gives up after its bound, the study goes on."""
     hook = start_hook("hang")
     try:
@@ -88,7 +92,8 @@ def test_never_answering_server_does_not_block() -> None:
         hook.close()
 
 
-def test_events_filter() -> None:
+@pytest.mark.docker
+def test_events_filter(start_hook: Callable[[str], Hook]) -> None:
     """A webhook subscribed to study_end only gets study_end."""
     hook = start_hook("ok")
     try:

@@ -2,10 +2,11 @@
 
 ``python socket_proxy.py LISTEN_PATH UPSTREAM_PATH`` accepts connections on LISTEN_PATH and
 relays each to UPSTREAM_PATH (the engine's socket) in both directions, streams included.
-The test points ``DOCKER_HOST`` of ``llem`` at LISTEN_PATH, then kills this process: every
-connection ``llem`` holds (the container's wait and log streams) breaks at once and the
-socket file is removed, exactly as when the daemon restarts or its socket goes away. The
-shared engine itself is never touched.
+The journey test runs it in a testcontainers container (the script, the listen directory and
+the engine's socket bind-mounted), points ``DOCKER_HOST`` of ``llem`` at LISTEN_PATH, then
+removes the container: every connection ``llem`` holds (the container's wait and log streams)
+breaks at once and the socket stops answering, exactly as when the daemon restarts or its
+socket goes away. The shared engine itself is never touched.
 """
 
 from __future__ import annotations

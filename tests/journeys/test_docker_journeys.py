@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.conftest import docker_required
@@ -147,30 +147,49 @@ def _engine_socket() -> str:
     return host.removeprefix("unix://")
 
 
-def test_docker_connection_lost_mid_run_then_resume(journey: Journey, tmp_path: Path) -> None:
+def _socket_proxy(test_container: Callable[..., Any], image: str, listen_dir: Path) -> Any:
+    """socket_proxy.py in a test container: it listens on ``listen_dir/docker-proxy.sock`` and
+    relays to the engine's socket, as this user (in the socket's group); ready once it says so."""
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+
+    upstream = _engine_socket()
+    script = Path(__file__).with_name("socket_proxy.py")
+    command = ["python3", "/socket_proxy.py", "/proxy/docker-proxy.sock", "/engine.sock"]
+    return (
+        test_container(
+            image,
+            command,
+            user=f"{os.getuid()}:{os.getgid()}",
+            group_add=[str(os.stat(upstream).st_gid)],
+        )
+        .with_volume_mapping(script, "/socket_proxy.py", "ro")
+        .with_volume_mapping(listen_dir, "/proxy", "rw")
+        .with_volume_mapping(upstream, "/engine.sock", "rw")
+        .waiting_for(LogMessageWaitStrategy("^ready$").with_startup_timeout(60))
+    )
+
+
+def test_docker_connection_lost_mid_run_then_resume(
+    journey: Journey, tmp_path: Path, test_container: Callable[..., Any]
+) -> None:
     """The Docker socket goes away mid-run: runner_error, study saved and stopped cleanly;
     the next start removes the leftover container and resume completes, each run once."""
-    upstream = _engine_socket()
-    listen = tmp_path / "docker-proxy.sock"
-    proxy = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("socket_proxy.py")), str(listen), upstream],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+    listen_dir = tmp_path / "proxy"
+    listen_dir.mkdir()
+    # Leaving the block removes the proxy's container: every connection llem holds breaks and
+    # the socket stops answering, while the shared engine itself is never touched.
+    with _socket_proxy(test_container, journey.image, listen_dir):
         journey.write_study()
         proc = journey.start(
-            "run", "study.yaml", "--runner", "docker", DOCKER_HOST=f"unix://{listen}"
+            "run",
+            "study.yaml",
+            "--runner",
+            "docker",
+            DOCKER_HOST=f"unix://{listen_dir / 'docker-proxy.sock'}",
         )
         journey.wait_for(proc, "run 1 running", lambda: journey.running_run(1), 240)
         study_id = journey.study_dir().name
         journey.wait_for(proc, "its container", lambda: containers_of(study_id), 60)
-    finally:
-        proxy.kill()  # every connection llem holds breaks, the socket stops answering
-        proxy.wait(10)
-        if proxy.stdout is not None:
-            proxy.stdout.close()
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 1, out
     assert "lost contact with Docker" in out and "--resume" in out

@@ -1,7 +1,7 @@
 """A real ``transformers serve`` on a tiny checkpoint built on the spot (no download).
 
-The server is started once per session (about 10 s on the CPU) with the project's own
-:class:`~llenergymeasure_harness.serving.server.ManagedServer` and stopped at the end. The
+The server is started once per session (about 10 s on the CPU) in a testcontainers container
+of the pytorch test image (host network, a log-line wait) and removed at the end. The
 tests skip when transformers' serving dependencies (fastapi, uvicorn, openai) are missing,
 except under CI (``CI=true``), where they must be there (``make install`` installs them).
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,16 +46,18 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def transformers_server(
-    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_checkpoint: Path, pytorch_test_image: str, test_container: Callable[..., Any]
 ) -> Iterator[str]:
-    """Base URL of a running ``transformers serve`` for the tiny checkpoint."""
-    import sys
+    """Base URL of a ``transformers serve`` for the tiny checkpoint, in a test container of the
+    pytorch image on the host's network (the checkpoint mounted at its own path, so the served
+    model name is that path), ready once uvicorn says the application started."""
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-    from llenergymeasure_harness.serving.server import HOST, ManagedServer, free_port
+    from llenergymeasure_harness.serving.server import HOST, free_port
 
     port = free_port()
-    argv = [
-        sys.executable,
+    command = [
+        "python3",
         "-m",
         "transformers.cli.transformers",
         "serve",
@@ -66,11 +69,13 @@ def transformers_server(
         "--port",
         str(port),
     ]
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    server = ManagedServer(argv, port=port, log_path=log)
-    server.start()
-    try:
-        server.wait_healthy(180.0)
-        yield server.base_url
-    finally:
-        server.stop()
+    server = (
+        test_container(pytorch_test_image, command, network_mode="host")
+        .with_env("HF_HUB_OFFLINE", "1")
+        .with_volume_mapping(tiny_checkpoint, str(tiny_checkpoint), "ro")
+        .waiting_for(
+            LogMessageWaitStrategy("Application startup complete").with_startup_timeout(180)
+        )
+    )
+    with server:
+        yield f"http://{HOST}:{port}"

@@ -13,7 +13,7 @@ import yaml
 from llenergymeasure.results import ExperimentResult
 from llenergymeasure.results.study import StudyResult
 
-pytestmark = [pytest.mark.torch, pytest.mark.slow]
+pytestmark = [pytest.mark.torch, pytest.mark.docker, pytest.mark.slow]
 
 LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main; sys.exit(main())"]
 SECRET = "sk-llem-test-0123456789"

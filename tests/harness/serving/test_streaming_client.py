@@ -16,7 +16,7 @@ from llenergymeasure_harness.serving.client import (
 )
 from llenergymeasure_harness.traffic import ArrivalPlan
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.docker]
 
 
 def _requests(n: int, max_new: int = 6) -> list[GenerationRequest]:
