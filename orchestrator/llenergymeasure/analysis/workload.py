@@ -78,7 +78,7 @@ def workload_lines(study: LoadedStudy, width: int = WIDTH) -> list[str]:
 
 def workload_histograms(page: Any, study: LoadedStudy) -> None:
     """A report section: input and output length histograms per experiment (plotly bars)."""
-    from llenergymeasure.analysis.report import _esc, _plotly
+    from llenergymeasure.analysis.report_plots import _esc, _plotly
 
     found = experiment_workloads(study)
     page.add("<h2>Request lengths</h2>")

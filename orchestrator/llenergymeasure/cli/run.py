@@ -214,16 +214,7 @@ def run_command(
             | {"--batch-size": batch_size, "--gpus": gpus, "--set": set_items or None}
             | {"--results-dir": results_dir}
         )
-        with _sigterm_is_143():
-            resumed = resume_study(
-                resume.absolute(),
-                opts,
-                config=config.absolute() if config is not None else None,
-                execution_overrides=execution_overrides,
-                runner_overrides=runner_overrides,
-                dry_run=dry_run,
-            )
-        return int(resumed)
+        return _resume(resume, config, opts, (execution_overrides, runner_overrides), dry_run)
     overrides = collect_overrides(
         config=config,
         model=model,
@@ -249,8 +240,28 @@ def run_command(
         _print_dry_run(plan, as_json=as_json)
         return 0
     with _sigterm_is_143():
-        result = run_study(plan, opts)
-    return int(result)  # 0 when every run completed, else 1
+        return int(run_study(plan, opts))  # 0 when every run completed, else 1
+
+
+def _resume(
+    resume: Path,
+    config: Path | None,
+    opts: StudyRunOptions,
+    overrides: tuple[dict[str, Any], dict[str, Any]],
+    dry_run: bool,
+) -> int:
+    """``llem run --resume DIR``: resume the study there (``overrides``: execution, runner)."""
+    execution_overrides, runner_overrides = overrides
+    with _sigterm_is_143():
+        resumed = resume_study(
+            resume.absolute(),
+            opts,
+            config=config.absolute() if config is not None else None,
+            execution_overrides=execution_overrides,
+            runner_overrides=runner_overrides,
+            dry_run=dry_run,
+        )
+    return int(resumed)
 
 
 def _execution_overrides(

@@ -5,13 +5,13 @@ subprocess (:class:`LocalRunner`) or a Slurm job (:class:`SlurmRunner`), behind 
 from llenergymeasure.runners.base import FailureKind, Runner, RunOutcome, RunState, classify
 from llenergymeasure.runners.docker import DockerRunner
 from llenergymeasure.runners.local import LocalRunner
+from llenergymeasure.runners.mounts import Mount
 from llenergymeasure.runners.slurm import JobInfo, SlurmCli, SlurmRunner
 from llenergymeasure.runners.slurm_script import render_job_script
 from llenergymeasure.runners.spec import (
     ContainerSettings,
     ContainerSpec,
     LocalSpec,
-    Mount,
     RunRequest,
     build_container_spec,
     build_local_spec,

@@ -41,6 +41,7 @@ from llenergymeasure.runners.slurm_script import (
     COMMENT_STUDY,
     JOBS_DIR,
     JobScript,
+    parse_comment,
     render_job_script,
     time_limit_min,
 )
@@ -208,16 +209,6 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
         out[job_id] = _job_info(
             (job_id, state, reason, node, raw_exit, start, end, name), comment, exit_code, sig
         )
-    return out
-
-
-def parse_comment(comment: str | None) -> dict[str, str]:
-    """The ``key=value`` pairs of a job comment written by :func:`comment_for`."""
-    out: dict[str, str] = {}
-    for part in (comment or "").split(","):
-        key, sep, value = part.partition("=")
-        if sep:
-            out[key.strip()] = value.strip()
     return out
 
 

@@ -356,3 +356,13 @@ def _enroot_launcher(spec: ContainerSpec) -> list[str]:
 
 
 # --------------------------------------------------------------------------- outcomes
+
+
+def parse_comment(comment: str | None) -> dict[str, str]:
+    """The ``key=value`` pairs of a job comment written by :func:`comment_for`."""
+    out: dict[str, str] = {}
+    for part in (comment or "").split(","):
+        key, sep, value = part.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out

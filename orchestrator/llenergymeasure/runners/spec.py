@@ -30,7 +30,6 @@ Container layout::
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,9 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llenergymeasure._version import __version__
-from llenergymeasure_contract.architecture import is_local_path
+from llenergymeasure.runners.mounts import Mount, rewrite_host_paths
 from llenergymeasure_contract.env import ENV_CONFIG_JSON, ENV_GROUP_FILE, MULTICAST_OFF
-from llenergymeasure_contract.evaluation import is_task_file
 from llenergymeasure_contract.registry import REGISTRY
 
 if TYPE_CHECKING:
@@ -51,7 +49,6 @@ CONTAINER_HF_CACHE = "/llem/cache/hf"
 CONTAINER_STUDY_CACHE = "/llem/cache/llem"
 CONTAINER_ENGINE_CACHE = "/llem/cache/engines"
 CONTAINER_COMPILE_CACHE = "/llem/cache/compile"
-CONTAINER_INPUTS = "/llem/inputs"
 CONTAINER_HOME = "/tmp"
 
 LABEL_STUDY = "llem.study"
@@ -76,15 +73,6 @@ _WRITABLE_CACHE_ENV = {
     "DO_NOT_TRACK": "1",
     "PYTHONUNBUFFERED": "1",
 }
-
-
-@dataclass(frozen=True)
-class Mount:
-    """A bind mount: host ``source`` seen at ``target`` in the container."""
-
-    source: str
-    target: str
-    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,101 +240,6 @@ def group_file(
     return GroupFile(str(group.file_host()), doc.model_dump_json(indent=1))
 
 
-# Mounting a user path over one of these would shadow the image itself.
-_RESERVED_PREFIXES = (
-    "/bin",
-    "/boot",
-    "/dev",
-    "/etc",
-    "/lib",
-    "/lib64",
-    "/llem",
-    "/opt",
-    "/proc",
-    "/root",
-    "/run",
-    "/sbin",
-    "/sys",
-    "/tmp",
-    "/usr",
-    "/var",
-    "/app",
-    "/workspace",
-)
-
-
-def _reserved(path: str) -> bool:
-    return path == "/" or any(path == p or path.startswith(p + "/") for p in _RESERVED_PREFIXES)
-
-
-class _Mounter:
-    """Maps host paths to container paths, one read-only mount per source.
-
-    A host path is mounted at the same absolute path when that cannot shadow the image, so
-    the config the harness sees (and its ``config_hash``) is the host's; otherwise (and for
-    paths under system directories) under ``/llem/inputs/<role>/``.
-    """
-
-    def __init__(self, base_dir: str) -> None:
-        self.base_dir = base_dir
-        self.mounts: dict[str, Mount] = {}
-
-    def map(self, role: str, host_path: str) -> str:
-        expanded = str(Path(host_path).expanduser())
-        source = posixpath.normpath(posixpath.join(self.base_dir, expanded))
-        if source in self.mounts:
-            return self.mounts[source].target
-        target = source
-        if _reserved(source):
-            name = posixpath.basename(source) or role
-            target = f"{CONTAINER_INPUTS}/{role}/{name}"
-            taken = {m.target for m in self.mounts.values()}
-            n = 1
-            while target in taken:
-                n += 1
-                target = f"{CONTAINER_INPUTS}/{role}{n}/{name}"
-        self.mounts[source] = Mount(source=source, target=target, read_only=True)
-        return target
-
-
-def rewrite_host_paths(
-    config: dict[str, Any], base_dir: str = "/"
-) -> tuple[dict[str, Any], tuple[Mount, ...]]:
-    """Return the config dict with host paths replaced by container paths, and the mounts.
-
-    Handles ``model``, ``tokenizer``, a JSONL ``dataset.path``, the folders of
-    ``quality.tasks`` YAML files and LoRA adapter directories (``lora.adapters[i].path``);
-    other fields pass through.
-    Relative paths are taken relative to ``base_dir``. Absolute paths outside system
-    directories are left unchanged (mounted at the same place).
-    """
-    out = json.loads(json.dumps(config))  # deep copy of a JSON-shaped dict
-    mounter = _Mounter(base_dir)
-    for key, role in (("model", "model"), ("tokenizer", "tokenizer")):
-        value = out.get(key)
-        if isinstance(value, str) and is_local_path(value):
-            out[key] = mounter.map(role, value)
-    dataset = out.get("dataset")
-    if isinstance(dataset, dict):
-        path = dataset.get("path")
-        if isinstance(path, str):  # always a file path (relative ones: to base_dir)
-            dataset["path"] = mounter.map("dataset", path)
-    quality = out.get("quality")
-    if isinstance(quality, dict) and isinstance(quality.get("tasks"), list):
-        # A task YAML's folder is mounted whole: its data files sit beside it.
-        quality["tasks"] = [
-            posixpath.join(mounter.map("tasks", posixpath.dirname(t)), posixpath.basename(t))
-            if isinstance(t, str) and is_task_file(t)
-            else t
-            for t in quality["tasks"]
-        ]
-    lora = out.get("lora")
-    for entry in lora.get("adapters", []) if isinstance(lora, dict) else []:
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
-            entry["path"] = mounter.map("lora", entry["path"])  # a LoRA adapter directory
-    return out, tuple(mounter.mounts.values())
-
-
 def compile_cache_key(image: str | None, digest: str | None) -> str:
     """The per-image subdirectory of the host compile cache (pure).
 
@@ -481,6 +374,57 @@ def _container_config(
     return config.model_copy(update=update), mounts
 
 
+def _add_group(
+    request: RunRequest,
+    group: GroupRequest,
+    config: ExperimentConfig,
+    *,
+    mounts: list[Mount],
+    env: dict[str, str],
+    base_dir: str,
+) -> GroupFile:
+    """Mount the other members' results folders and inputs; point the harness at the group file."""
+    results_dir_of = {request.run_id: CONTAINER_RESULTS_DIR}
+    config_of = {request.run_id: config}
+    taken = {m.target for m in mounts}
+    for member in group.members[1:]:
+        target = f"{CONTAINER_GROUP_DIR}/{member.run_id}"
+        mounts.append(Mount(str(member.run_dir), target))
+        results_dir_of[member.run_id] = target
+        m_original = member.config.model_dump(mode="json")
+        m_dict, m_mounts = rewrite_host_paths(m_original, base_dir)
+        config_of[member.run_id] = (
+            type(member.config).model_validate(m_dict) if m_dict != m_original else member.config
+        )
+        for mount in m_mounts:
+            if mount.target not in taken:
+                mounts.append(mount)
+                taken.add(mount.target)
+    group_doc = group_file(group, results_dir_of=results_dir_of, config_of=config_of)
+    name = Path(group_doc.path_host).name
+    base = CONTAINER_STUDY_CACHE if request.study_cache_dir is not None else CONTAINER_RESULTS_DIR
+    env[ENV_GROUP_FILE] = f"{base}/groups/{name}"
+    return group_doc
+
+
+def _labels(request: RunRequest, owner_pid: int | None, owner_host: str | None) -> dict[str, str]:
+    """The container's labels: the run's identity (the host's ``config_hash``) and its owner."""
+    labels = {
+        LABEL_STUDY: request.study_id,
+        LABEL_EXPERIMENT: str(request.config.config_hash),  # the host's identity
+        LABEL_RUN: request.run_id,
+        LABEL_CYCLE: str(request.cycle),
+        LABEL_VERSION: request.version,
+    }
+    if owner_pid is not None:
+        labels[LABEL_OWNER_PID] = str(owner_pid)
+    if owner_host is not None:
+        labels[LABEL_OWNER_HOST] = owner_host
+    if request.group is not None:
+        labels[LABEL_GROUP] = request.group.group_id
+    return labels
+
+
 def build_container_spec(
     request: RunRequest,
     settings: ContainerSettings,
@@ -537,47 +481,10 @@ def build_container_spec(
     group = request.group
     group_doc: GroupFile | None = None
     if group is not None:
-        results_dir_of = {request.run_id: CONTAINER_RESULTS_DIR}
-        config_of = {request.run_id: config}
-        taken = {m.target for m in mounts}
-        for member in group.members[1:]:
-            target = f"{CONTAINER_GROUP_DIR}/{member.run_id}"
-            mounts.append(Mount(str(member.run_dir), target))
-            results_dir_of[member.run_id] = target
-            m_original = member.config.model_dump(mode="json")
-            m_dict, m_mounts = rewrite_host_paths(m_original, base_dir)
-            config_of[member.run_id] = (
-                type(member.config).model_validate(m_dict)
-                if m_dict != m_original
-                else member.config
-            )
-            for mount in m_mounts:
-                if mount.target not in taken:
-                    mounts.append(mount)
-                    taken.add(mount.target)
-        group_doc = group_file(group, results_dir_of=results_dir_of, config_of=config_of)
-        name = Path(group_doc.path_host).name
-        base = (
-            CONTAINER_STUDY_CACHE
-            if request.study_cache_dir is not None
-            else (CONTAINER_RESULTS_DIR)
-        )
-        env[ENV_GROUP_FILE] = f"{base}/groups/{name}"
+        group_doc = _add_group(request, group, config, mounts=mounts, env=env, base_dir=base_dir)
         timeout_s = group.timeout_s
 
-    labels = {
-        LABEL_STUDY: request.study_id,
-        LABEL_EXPERIMENT: str(request.config.config_hash),  # the host's identity
-        LABEL_RUN: request.run_id,
-        LABEL_CYCLE: str(request.cycle),
-        LABEL_VERSION: request.version,
-    }
-    if owner_pid is not None:
-        labels[LABEL_OWNER_PID] = str(owner_pid)
-    if owner_host is not None:
-        labels[LABEL_OWNER_HOST] = owner_host
-    if group is not None:
-        labels[LABEL_GROUP] = group.group_id
+    labels = _labels(request, owner_pid, owner_host)
 
     defaults = spec.container
     ipc_mode = settings.ipc_mode if settings.ipc_mode is not None else defaults.ipc_mode

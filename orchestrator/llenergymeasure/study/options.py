@@ -184,7 +184,8 @@ def apply_overrides(
         return plan
     from pydantic import ValidationError
 
-    from llenergymeasure.config.loader import COMMAND_LINE, _section_problems
+    from llenergymeasure.config.keys import COMMAND_LINE
+    from llenergymeasure.config.problems import _section_problems
     from llenergymeasure.config.study import ExecutionConfig, RunnerSettings
 
     problems: list[str] = []
