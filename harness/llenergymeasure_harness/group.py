@@ -149,6 +149,40 @@ def _interruption(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt | HarnessTerminated)
 
 
+def _finalizer(
+    shared: SharedEngine,
+    group: EngineGroup,
+    members: list[str],
+    *,
+    position: int,
+    gap_s: float,
+) -> Callable[[ExperimentResult], ExperimentResult]:
+    """The member's ``Deps.finalize``: its place in the group (``engine_share``) and the
+    rest before it (``timings.gap_s``, added to ``total_s``)."""
+
+    def finalize(result: ExperimentResult) -> ExperimentResult:
+        if shared.loaded_by == result.run_id:
+            shared.load_s = result.timings.load_s
+        share = EngineShare(
+            group_id=group.group_id,
+            engine_key=group.engine_key,
+            members=members,
+            position=position,
+            loaded_by=shared.loaded_by or result.run_id,
+            engine_load_s=shared.load_s,
+        )
+        total = result.timings.total_s
+        timings = result.timings.model_copy(
+            update={
+                "gap_s": gap_s,
+                "total_s": None if total is None else total + gap_s,
+            }
+        )
+        return result.model_copy(update={"engine_share": share, "timings": timings})
+
+    return finalize
+
+
 def run_group(
     env: HarnessEnv,
     group: EngineGroup,
@@ -214,30 +248,7 @@ def run_group(
                     continue
                 gap_s = d.clock() - t0
             shared.current = member.run_id
-            position = i
-
-            def finalize(
-                result: ExperimentResult, position: int = position, gap_s: float = gap_s
-            ) -> ExperimentResult:
-                if shared.loaded_by == result.run_id:
-                    shared.load_s = result.timings.load_s
-                share = EngineShare(
-                    group_id=group.group_id,
-                    engine_key=group.engine_key,
-                    members=members,
-                    position=position,
-                    loaded_by=shared.loaded_by or result.run_id,
-                    engine_load_s=shared.load_s,
-                )
-                total = result.timings.total_s
-                timings = result.timings.model_copy(
-                    update={
-                        "gap_s": gap_s,
-                        "total_s": None if total is None else total + gap_s,
-                    }
-                )
-                return result.model_copy(update={"engine_share": share, "timings": timings})
-
+            finalize = _finalizer(shared, group, members, position=i, gap_s=gap_s)
             try:
                 result = run_experiment(
                     menv, replace(d, make_backend=shared.factory, finalize=finalize)

@@ -210,15 +210,7 @@ def timeline_split(
             "(requests of one step arrive apart): the steps cannot be recovered"
         )
         return out
-    tokens_at: Counter[float] = Counter()
-    prefill_at: defaultdict[float, int] = defaultdict(int)
-    firsts_at: Counter[float] = Counter()
-    for r in records:
-        tokens_at.update(r.token_times_s)
-        first = _first_time(r)
-        if first is not None:
-            prefill_at[first] += r.input_tokens - (r.cached_input_tokens or 0)
-            firsts_at[first] += 1
+    tokens_at, prefill_at, firsts_at = _tokens_per_step(records)
     steps = sorted(t for t in tokens_at if t0 <= t <= t1)
     out["n_steps"] = len(steps)
     if total_j is None:
@@ -228,18 +220,9 @@ def timeline_split(
     if not usable or len(usable) != len(power_series) or not steps:
         out["reason"] = "no power samples or no per-token timestamps over the window"
         return out
-    curves = []
-    for series in usable:
-        pts = sorted(series)
-        times, cum = _cumulative(pts)
-        curves.append((times, cum, [w for _, w in pts]))
-
-    def energy(a: float, b: float) -> float:
-        return sum(_energy_at(ts, c, ws, b) - _energy_at(ts, c, ws, a) for ts, c, ws in curves)
-
     edges = [t0, *steps]
     edges[-1] = t1  # the tail after the last token (the closing sync) joins the last step
-    raw = [max(0.0, energy(a, b)) for a, b in itertools.pairwise(edges)]
+    raw = _energy_between(usable, edges)
     raw_total = sum(raw)
     if raw_total <= 0:
         out["reason"] = "integrated power over the window is zero"
@@ -248,14 +231,7 @@ def timeline_split(
     e = [x * scale for x in raw]
     p = [prefill_at.get(s, 0) for s in steps]
     d = [tokens_at[s] - firsts_at.get(s, 0) for s in steps]
-    mixed_times = [s for s, pi in zip(steps, p, strict=True) if pi > 0]
-
-    def near_prefill(i: int) -> bool:
-        lo, hi = edges[i] - guard_s, edges[i + 1] + guard_s
-        j = bisect.bisect_left(mixed_times, lo)
-        return j < len(mixed_times) and mixed_times[j] <= hi
-
-    clean = [i for i in range(len(steps)) if p[i] == 0 and d[i] > 0 and not near_prefill(i)]
+    clean = _clean_decode_steps(steps, edges, p, d, guard_s)
     out["n_clean_decode_steps"] = len(clean)
     if len(clean) < MIN_CLEAN_STEPS:
         out["reason"] = (
@@ -278,12 +254,7 @@ def timeline_split(
             "the decode-only steps do not support the model"
         )
         return out
-    decode_j = 0.0
-    for i in range(len(steps)):
-        if p[i] == 0:
-            decode_j += e[i]
-        elif d[i] > 0:
-            decode_j += min(e[i], max(0.0, u + v * d[i]))
+    decode_j = _decode_energy(e, p, d, u, v)
     prefill_j = total_j - decode_j
     out.update(
         {
@@ -294,6 +265,73 @@ def timeline_split(
         }
     )
     return out
+
+
+def _tokens_per_step(
+    records: Sequence[RequestRecord],
+) -> tuple[Counter[float], defaultdict[float, int], Counter[float]]:
+    """Per token time (one engine step): tokens stamped, uncached prefill tokens of the
+    requests whose first token it is, and how many requests got their first token there."""
+    tokens_at: Counter[float] = Counter()
+    prefill_at: defaultdict[float, int] = defaultdict(int)
+    firsts_at: Counter[float] = Counter()
+    for r in records:
+        tokens_at.update(r.token_times_s)
+        first = _first_time(r)
+        if first is not None:
+            prefill_at[first] += r.input_tokens - (r.cached_input_tokens or 0)
+            firsts_at[first] += 1
+    return tokens_at, prefill_at, firsts_at
+
+
+def _energy_between(
+    power_series: Sequence[Sequence[tuple[float, float]]], edges: Sequence[float]
+) -> list[float]:
+    """Integrated power summed over GPUs between consecutive ``edges`` (never negative)."""
+    curves = []
+    for series in power_series:
+        pts = sorted(series)
+        times, cum = _cumulative(pts)
+        curves.append((times, cum, [w for _, w in pts]))
+
+    def energy(a: float, b: float) -> float:
+        return sum(_energy_at(ts, c, ws, b) - _energy_at(ts, c, ws, a) for ts, c, ws in curves)
+
+    return [max(0.0, energy(a, b)) for a, b in itertools.pairwise(edges)]
+
+
+def _clean_decode_steps(
+    steps: Sequence[float],
+    edges: Sequence[float],
+    prefill: Sequence[int],
+    decode: Sequence[int],
+    guard_s: float,
+) -> list[int]:
+    """Indices of decode-only steps at least ``guard_s`` away from any step with a prefill."""
+    mixed_times = [s for s, pi in zip(steps, prefill, strict=True) if pi > 0]
+
+    def near_prefill(i: int) -> bool:
+        lo, hi = edges[i] - guard_s, edges[i + 1] + guard_s
+        j = bisect.bisect_left(mixed_times, lo)
+        return j < len(mixed_times) and mixed_times[j] <= hi
+
+    return [
+        i for i in range(len(steps)) if prefill[i] == 0 and decode[i] > 0 and not near_prefill(i)
+    ]
+
+
+def _decode_energy(
+    energy_j: Sequence[float], prefill: Sequence[int], decode: Sequence[int], u: float, v: float
+) -> float:
+    """Decode energy over the steps: all of a decode-only step, the fitted ``u + v * tokens``
+    (capped at the step's energy) of a mixed one."""
+    decode_j = 0.0
+    for i in range(len(energy_j)):
+        if prefill[i] == 0:
+            decode_j += energy_j[i]
+        elif decode[i] > 0:
+            decode_j += min(energy_j[i], max(0.0, u + v * decode[i]))
+    return decode_j
 
 
 def phase_energy(

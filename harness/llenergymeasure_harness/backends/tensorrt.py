@@ -36,25 +36,19 @@ harness clock when it arrives.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from llenergymeasure_contract.env import ENV_ENGINE_CACHE_DIR
-from llenergymeasure_contract.errors import ConfigError, ExperimentError
+from llenergymeasure_contract.errors import ExperimentError
 from llenergymeasure_contract.experiment import ExperimentConfig
-from llenergymeasure_contract.sections import TRT_KV_QUANT_ALGOS, TRT_QUANT_ALGOS, TensorRTConfig
 from llenergymeasure_harness.backends.base import GenerationRequest, LoadInfo, RequestRecord
 from llenergymeasure_harness.backends.engine_common import (
     ModelSource,
@@ -67,6 +61,25 @@ from llenergymeasure_harness.backends.engine_common import (
     translate_engine_error,
 )
 from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
+from llenergymeasure_harness.backends.tensorrt_args import (
+    TRTLLM_LORA_MODULES,
+    build_config_dict,
+    build_llm_kwargs,
+    build_sampling_kwargs,
+    kv_cache_config_dict,
+    lora_config_dict,
+    quant_config_dict,
+    tensorrt_section,
+)
+from llenergymeasure_harness.backends.tensorrt_cache import (
+    CACHE_SCHEMA,
+    MARKER_FILE,
+    CachedEngine,
+    EngineCache,
+    engine_cache_key,
+    engine_cache_key_payload,
+    model_fingerprint,
+)
 from llenergymeasure_harness.lora import AdapterSet, prepare_adapters
 from llenergymeasure_harness.traffic import ArrivalPlan
 
@@ -75,329 +88,6 @@ logger = logging.getLogger(__name__)
 ENGINE = "TensorRT-LLM"
 #: The TensorRT-LLM release line this module was written and fake-tested against.
 MIRRORED_TRTLLM_VERSION = "1.2.1"
-#: Bump when the cache layout or the key's meaning changes.
-CACHE_SCHEMA = 1
-MARKER_FILE = "llem-engine.json"
-
-_DTYPES = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".model", ".tiktoken")
-
-
-def _section(config: ExperimentConfig) -> TensorRTConfig:
-    section = config.tensorrt
-    if section is None:
-        raise ConfigError(f"backend is {config.backend!r}, not 'tensorrt'; no tensorrt: section")
-    return section
-
-
-# --------------------------------------------------------------------------- pure mapping
-
-
-def build_config_dict(config: ExperimentConfig) -> dict[str, Any]:
-    """The ``BuildConfig`` fields the TensorRT flow builds with (pure).
-
-    ``max_input_len`` defaults to the experiment's ``max_input_tokens`` because TensorRT-LLM's
-    own default (1024) would reject longer prompts; ``max_num_tokens``/``max_seq_len`` are left
-    to TensorRT-LLM when not set (8192; the model's context length).
-    """
-    section = _section(config)
-    build: dict[str, Any] = {
-        "max_batch_size": section.max_batch_size,
-        "max_input_len": section.max_input_len or config.max_input_tokens,
-    }
-    if section.max_num_tokens is not None:
-        build["max_num_tokens"] = section.max_num_tokens
-    if section.max_seq_len is not None:
-        build["max_seq_len"] = section.max_seq_len
-    build.update(section.build_args)
-    return build
-
-
-def quant_config_dict(config: ExperimentConfig) -> dict[str, str] | None:
-    """``QuantConfig`` fields as ``QuantAlgo`` member names, or None (pure)."""
-    section = _section(config)
-    if section.quantization is None:
-        return None
-    out = {"quant_algo": TRT_QUANT_ALGOS[section.quantization]}
-    if section.kv_cache_quantization is not None:
-        out["kv_cache_quant_algo"] = TRT_KV_QUANT_ALGOS[section.kv_cache_quantization]
-    return out
-
-
-def kv_cache_config_dict(config: ExperimentConfig) -> dict[str, Any]:
-    """``KvCacheConfig`` fields (runtime only; not part of the engine-cache key)."""
-    section = _section(config)
-    out: dict[str, Any] = {"free_gpu_memory_fraction": section.kv_cache_free_gpu_memory_fraction}
-    if section.enable_block_reuse is not None:
-        out["enable_block_reuse"] = section.enable_block_reuse
-    return out
-
-
-def build_llm_kwargs(
-    config: ExperimentConfig, source: ModelSource, *, engine_dir: str | None = None
-) -> dict[str, Any]:
-    """Keyword arguments for ``LLM(...)`` with config objects still as plain dicts (pure).
-
-    Args:
-        config: The experiment.
-        source: What to load (hub id, path, or dummy config directory).
-        engine_dir: For the TensorRT flow, load this built engine instead of building: the
-            build-only arguments (build_config, quant_config, load_format, dtype) are dropped.
-
-    The caller turns ``build_config``/``quant_config``/``kv_cache_config`` into TensorRT-LLM
-    objects. ``tensorrt.llm_args`` is merged last (the schema refuses keys it must not set).
-    """
-    section = _section(config)
-    kwargs: dict[str, Any] = {
-        "model": engine_dir or source.model,
-        "tensor_parallel_size": section.tensor_parallel_size,
-        "pipeline_parallel_size": section.pipeline_parallel_size,
-        "trust_remote_code": config.trust_remote_code,
-        "kv_cache_config": kv_cache_config_dict(config),
-    }
-    if config.tokenizer is not None:
-        kwargs["tokenizer"] = config.tokenizer
-    elif config.load_format == "dummy":
-        kwargs["skip_tokenizer_init"] = True
-    elif engine_dir is not None:
-        # An engine directory need not hold the tokenizer; take it from the checkpoint.
-        kwargs["tokenizer"] = source.model
-    if section.enable_chunked_prefill is not None:
-        kwargs["enable_chunked_prefill"] = section.enable_chunked_prefill
-    if section.trtllm_backend == "pytorch":
-        kwargs["dtype"] = _DTYPES[config.precision]
-        if config.revision is not None:
-            kwargs["revision"] = config.revision
-        if config.load_format == "dummy":
-            kwargs["load_format"] = "dummy"
-        kwargs["max_batch_size"] = section.max_batch_size
-        if section.max_num_tokens is not None:
-            kwargs["max_num_tokens"] = section.max_num_tokens
-        if section.max_seq_len is not None:
-            kwargs["max_seq_len"] = section.max_seq_len
-    elif engine_dir is None:
-        kwargs["dtype"] = _DTYPES[config.precision]
-        if config.revision is not None:
-            kwargs["revision"] = config.revision
-        if config.load_format == "dummy":
-            kwargs["load_format"] = "dummy"
-        kwargs["build_config"] = build_config_dict(config)
-        quant = quant_config_dict(config)
-        if quant is not None:
-            kwargs["quant_config"] = quant
-    lora = lora_config_dict(config)
-    if lora is not None:
-        kwargs["lora_config"] = lora
-    kwargs.update(section.llm_args)
-    return kwargs
-
-
-#: Hugging Face module names -> TensorRT-LLM's LoRA module names (its default mapping).
-TRTLLM_LORA_MODULES = {
-    "q_proj": "attn_q",
-    "k_proj": "attn_k",
-    "v_proj": "attn_v",
-    "o_proj": "attn_dense",
-    "gate_proj": "mlp_h_to_4h",
-    "up_proj": "mlp_gate",
-    "down_proj": "mlp_4h_to_h",
-}
-
-
-def lora_config_dict(config: ExperimentConfig) -> dict[str, Any] | None:
-    """``LoraConfig`` arguments of the ``lora:`` section (None without it; pure).
-
-    ``lora_dir`` stays empty (adapters come with each request's ``LoRARequest``);
-    ``lora_target_modules`` is the union of the generated adapters' modules (TensorRT-LLM's
-    names), empty when only path or hub adapters are given (TensorRT-LLM then reads them).
-    """
-    lora = config.lora
-    if lora is None:
-        return None
-    modules: list[str] = []
-    for ref in lora.refs():
-        for module in ref.spec.target_modules if ref.spec is not None else []:
-            name = TRTLLM_LORA_MODULES[module]
-            if name not in modules:
-                modules.append(name)
-    out: dict[str, Any] = {
-        "lora_dir": [],
-        "max_lora_rank": lora.resolved_max_lora_rank(),
-        "max_loras": lora.resolved_max_loras,
-        "lora_target_modules": modules,
-    }
-    if lora.max_cpu_loras is not None:
-        out["max_cpu_loras"] = lora.max_cpu_loras
-    return out
-
-
-def build_sampling_kwargs(
-    config: ExperimentConfig,
-    max_new_tokens: int,
-    request_id: int,
-    *,
-    end_id: int | None = None,
-) -> dict[str, Any]:
-    """Keyword arguments for ``tensorrt_llm.SamplingParams`` for one request (pure).
-
-    Fixed length as on every backend (``ignore_eos`` and ``min_tokens = max_tokens``). Greedy
-    is ``top_k=1`` (TensorRT-LLM: "Setting top_k = 1 results in greedy sampling"); sampling
-    passes temperature/top_p/top_k (0 = all logits) with seed ``random_seed + request_id``.
-    ``end_id``/``pad_id`` are set when the engine has no tokenizer (dummy weights), as
-    TensorRT-LLM then requires.
-    """
-    decoder = config.decoder
-    kwargs: dict[str, Any] = {
-        "max_tokens": max_new_tokens,
-        "ignore_eos": config.ignore_eos,
-        "detokenize": False,
-    }
-    if config.ignore_eos:
-        kwargs["min_tokens"] = max_new_tokens
-    if decoder.do_sample:
-        kwargs.update(
-            temperature=decoder.temperature,
-            top_p=decoder.top_p,
-            top_k=decoder.top_k,
-            seed=config.random_seed + request_id,
-        )
-    else:
-        kwargs["top_k"] = 1
-    if decoder.repetition_penalty != 1.0:
-        kwargs["repetition_penalty"] = decoder.repetition_penalty
-    if end_id is not None:
-        kwargs["end_id"] = end_id
-        kwargs["pad_id"] = end_id
-    return kwargs
-
-
-# --------------------------------------------------------------------------- engine cache
-
-
-def model_fingerprint(source: ModelSource) -> dict[str, Any]:
-    """What identifies the weights: the architecture config, and for a local directory the
-    name, size and mtime of its weight/config files (so replaced weights miss the cache)."""
-    out: dict[str, Any] = {
-        "hf_config": source.architecture.hf_config if source.architecture is not None else None
-    }
-    path = Path(source.model)
-    if source.dummy_dir is None and path.is_dir():
-        files = []
-        for item in sorted(path.iterdir()):
-            if item.is_file() and item.name.endswith(_WEIGHT_SUFFIXES):
-                stat = item.stat()
-                files.append([item.name, stat.st_size, stat.st_mtime_ns])
-        out["files"] = files
-    return out
-
-
-def engine_cache_key_payload(
-    config: ExperimentConfig,
-    *,
-    trtllm_version: str,
-    gpu_identity: str,
-    fingerprint: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Everything that changes a built engine, as a JSON-ready dict (pure)."""
-    section = _section(config)
-    return {
-        "schema": CACHE_SCHEMA,
-        "model": config.model,
-        "revision": config.revision,
-        "load_format": config.load_format,
-        "model_fingerprint": dict(fingerprint),
-        "dtype": config.precision,
-        "quant_config": quant_config_dict(config),
-        "tensor_parallel_size": section.tensor_parallel_size,
-        "pipeline_parallel_size": section.pipeline_parallel_size,
-        "build_config": build_config_dict(config),
-        "enable_chunked_prefill": section.enable_chunked_prefill,
-        # Passthrough LLM arguments may change the build (calib_config, fast_build,
-        # speculative_config...); keyed conservatively.
-        "llm_args": jsonable(section.llm_args),
-        "trtllm_version": trtllm_version,
-        "gpu": gpu_identity,
-    }
-
-
-def engine_cache_key(
-    config: ExperimentConfig,
-    *,
-    trtllm_version: str,
-    gpu_identity: str,
-    fingerprint: Mapping[str, Any],
-) -> str:
-    """The cache directory name: sha256 of the canonical payload (24 hex characters)."""
-    payload = engine_cache_key_payload(
-        config, trtllm_version=trtllm_version, gpu_identity=gpu_identity, fingerprint=fingerprint
-    )
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
-
-
-@dataclass(frozen=True)
-class CachedEngine:
-    """A complete entry in the engine cache."""
-
-    path: Path
-    meta: dict[str, Any]
-
-
-class EngineCache:
-    """Built engines in a directory shared by experiments (and containers) on one host."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    def entry(self, key: str) -> Path:
-        return self.root / key
-
-    def lookup(self, key: str) -> CachedEngine | None:
-        """The complete engine for ``key``, or None (an entry without its marker is junk)."""
-        path = self.entry(key)
-        marker = path / MARKER_FILE
-        if not marker.is_file():
-            return None
-        try:
-            meta = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            logger.warning("engine cache entry %s has an unreadable marker; rebuilding", path)
-            return None
-        return CachedEngine(path=path, meta=meta if isinstance(meta, dict) else {})
-
-    @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        """Hold an exclusive ``flock`` on ``<key>.lock`` (released if the process dies)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o664)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                logger.info("another process is building engine %s; waiting for it", key)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def staging_dir(self, key: str) -> Path:
-        """A fresh temporary directory next to the entry (same filesystem: rename is atomic)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-        path.mkdir()
-        return path
-
-    def publish(self, key: str, staging: Path, meta: Mapping[str, Any]) -> CachedEngine:
-        """Write the marker into ``staging`` and rename it to the entry (call under lock)."""
-        (staging / MARKER_FILE).write_text(
-            json.dumps(dict(meta), indent=2, sort_keys=True, default=str), encoding="utf-8"
-        )
-        target = self.entry(key)
-        if target.exists():  # a marker-less leftover of a crash
-            shutil.rmtree(target, ignore_errors=True)
-        os.rename(staging, target)
-        return CachedEngine(path=target, meta=dict(meta))
 
 
 # --------------------------------------------------------------------------- backend
@@ -492,7 +182,7 @@ class TensorRTBackend:
             ExperimentError: TensorRT-LLM not installed; CUDA OOM
                 (``EngineOutOfMemoryError``); any other build or load failure.
         """
-        section = _section(config)
+        section = tensorrt_section(config)
         try:
             import tensorrt_llm
         except ImportError as exc:
@@ -664,7 +354,7 @@ class TensorRTBackend:
         self, config: ExperimentConfig, source: ModelSource, version: str, extra: dict[str, Any]
     ) -> tuple[Path, float, bool | None]:
         """A directory holding the built engine: from the cache, or built now."""
-        section = _section(config)
+        section = tensorrt_section(config)
         gpu = self._gpu_identity or _gpu_identity()
         fingerprint = model_fingerprint(source)
         key = engine_cache_key(
@@ -807,7 +497,9 @@ class TensorRTBackend:
 
 __all__ = [
     "CACHE_SCHEMA",
+    "MARKER_FILE",
     "MIRRORED_TRTLLM_VERSION",
+    "TRTLLM_LORA_MODULES",
     "CachedEngine",
     "EngineCache",
     "TensorRTBackend",

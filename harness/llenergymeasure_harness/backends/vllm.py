@@ -50,9 +50,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llenergymeasure_contract.errors import ConfigError, ExperimentError
+from llenergymeasure_contract.errors import ExperimentError, LLEMError
 from llenergymeasure_contract.experiment import ExperimentConfig
-from llenergymeasure_contract.sections import VLLMConfig
 from llenergymeasure_harness.backends.base import (
     Generated,
     GenerationRequest,
@@ -64,7 +63,6 @@ from llenergymeasure_harness.backends.base import (
     release_device_memory,
 )
 from llenergymeasure_harness.backends.engine_common import (
-    ModelSource,
     RequestTimeline,
     StderrTail,
     finish_run,
@@ -76,6 +74,16 @@ from llenergymeasure_harness.backends.engine_common import (
     translate_engine_error,
 )
 from llenergymeasure_harness.backends.steady_state import SteadyStateWindow
+from llenergymeasure_harness.backends.vllm_args import (
+    RESOLVED_KNOBS,
+    build_engine_args,
+    build_lora_engine_args,
+    build_sampling_kwargs,
+    dtype_name,
+    model_facts,
+    resolved_engine_config,
+    vllm_section,
+)
 from llenergymeasure_harness.lora import AdapterSet, prepare_adapters
 from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
 
@@ -84,183 +92,6 @@ logger = logging.getLogger(__name__)
 ENGINE = "vLLM"
 #: The vLLM release this module was written and fake-tested against.
 MIRRORED_VLLM_VERSION = "0.33.0"
-
-_DTYPES = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-
-
-def _section(config: ExperimentConfig) -> VLLMConfig:
-    section = config.vllm
-    if section is None:
-        raise ConfigError(f"backend is {config.backend!r}, not 'vllm'; no vllm: section")
-    return section
-
-
-def build_engine_args(config: ExperimentConfig, source: ModelSource) -> dict[str, Any]:
-    """The keyword arguments for ``vllm.LLM`` (pure: no import of vLLM, no I/O).
-
-    Mapping (experiment → ``EngineArgs``): model/revision/trust_remote_code/tokenizer as given;
-    ``precision`` → ``dtype``; ``random_seed`` → ``seed``; ``load_format`` as is; every
-    ``vllm:`` knob to the field of the same name, except the CUDA graph knobs, which go into
-    ``compilation_config``; ``vllm.engine_args`` merged last (the config schema has already
-    refused keys that would override any of the above).
-
-    Dummy weights without a tokenizer set ``skip_tokenizer_init=True``: prompts are token ids
-    and outputs are not detokenized, so no tokenizer is needed.
-    """
-    section = _section(config)
-    args: dict[str, Any] = {
-        "model": source.model,
-        "dtype": _DTYPES[config.precision],
-        "seed": config.random_seed,
-        "trust_remote_code": config.trust_remote_code,
-        "load_format": config.load_format,
-        "tensor_parallel_size": section.tensor_parallel_size,
-        "pipeline_parallel_size": section.pipeline_parallel_size,
-        "gpu_memory_utilization": section.gpu_memory_utilization,
-        "max_num_seqs": section.max_num_seqs,
-        "kv_cache_dtype": section.kv_cache_dtype,
-        "enforce_eager": section.enforce_eager,
-        # Offline LLM's own default, stated so the resolved arguments are complete.
-        "disable_log_stats": True,
-    }
-    if config.revision is not None:
-        args["revision"] = config.revision
-    if config.tokenizer is not None:
-        args["tokenizer"] = config.tokenizer
-    elif config.load_format == "dummy":
-        args["skip_tokenizer_init"] = True
-    optional = {
-        "max_num_batched_tokens": section.max_num_batched_tokens,
-        "max_model_len": section.max_model_len,
-        "enable_chunked_prefill": section.enable_chunked_prefill,
-        "enable_prefix_caching": section.enable_prefix_caching,
-        "block_size": section.block_size,
-        "quantization": section.quantization,
-        "async_scheduling": section.async_scheduling,
-        "speculative_config": dict(section.speculative_config)
-        if section.speculative_config is not None
-        else None,
-    }
-    args.update({k: v for k, v in optional.items() if v is not None})
-    compilation: dict[str, Any] = {}
-    if section.cudagraph_mode is not None:
-        compilation["cudagraph_mode"] = section.cudagraph_mode
-    if section.cudagraph_capture_sizes is not None:
-        compilation["cudagraph_capture_sizes"] = sorted(set(section.cudagraph_capture_sizes))
-    if section.max_cudagraph_capture_size is not None:
-        compilation["max_cudagraph_capture_size"] = section.max_cudagraph_capture_size
-    if compilation:
-        args["compilation_config"] = compilation
-    args.update(build_lora_engine_args(config))
-    args.update(section.engine_args)
-    return args
-
-
-def build_lora_engine_args(config: ExperimentConfig) -> dict[str, Any]:
-    """``EngineArgs`` of the ``lora:`` section (empty without it; pure).
-
-    ``max_loras`` defaults to every adapter (all resident, no swapping), ``max_lora_rank`` to
-    the largest adapter rank rounded up to one vLLM accepts; ``max_cpu_loras`` only when set
-    (vLLM's default is ``max_loras``). In server mode the same keys become ``--enable-lora
-    --max-loras N --max-lora-rank R [--max-cpu-loras M]``.
-    """
-    lora = config.lora
-    if lora is None:
-        return {}
-    from llenergymeasure_contract.lora import VLLM_MAX_LORA_RANKS
-
-    args: dict[str, Any] = {
-        "enable_lora": True,
-        "max_loras": lora.resolved_max_loras,
-        "max_lora_rank": lora.resolved_max_lora_rank(VLLM_MAX_LORA_RANKS),
-    }
-    if lora.max_cpu_loras is not None:
-        args["max_cpu_loras"] = lora.max_cpu_loras
-    return args
-
-
-#: The scheduler and cache settings vLLM resolves at start-up (its defaults depend on how it
-#: is started: the offline ``LLM`` class and ``vllm serve`` pick different
-#: ``max_num_batched_tokens``, 16384 and 8192 for vLLM 0.26 on the H200), recorded so an
-#: in-process and a server result can be compared knob for knob.
-RESOLVED_KNOBS = (
-    ("scheduler_config", "max_num_batched_tokens"),
-    ("scheduler_config", "max_num_seqs"),
-    ("scheduler_config", "enable_chunked_prefill"),
-    ("scheduler_config", "async_scheduling"),
-    ("cache_config", "enable_prefix_caching"),
-    ("cache_config", "block_size"),
-)
-
-
-def resolved_engine_config(vllm_config: Any) -> dict[str, Any] | None:
-    """What vLLM resolved for :data:`RESOLVED_KNOBS` (None where it does not say)."""
-    if vllm_config is None:
-        return None
-    out: dict[str, Any] = {}
-    for section, name in RESOLVED_KNOBS:
-        value = getattr(getattr(vllm_config, section, None), name, None)
-        out[name] = value if isinstance(value, bool | int | float | str) else None
-    return out
-
-
-def build_sampling_kwargs(
-    config: ExperimentConfig, max_new_tokens: int, request_id: int
-) -> dict[str, Any]:
-    """Keyword arguments for ``vllm.SamplingParams`` for one request (pure).
-
-    Fixed output length: ``ignore_eos`` plus ``min_tokens = max_tokens``. Greedy decoding is
-    ``temperature=0``; when sampling, each request gets seed ``random_seed + request_id`` so the
-    run is reproducible without every request drawing the same random stream. Outputs are not
-    detokenized (``detokenize=False``): we count tokens, and the PyTorch backend does not
-    decode during generation either.
-    """
-    decoder = config.decoder
-    kwargs: dict[str, Any] = {
-        "max_tokens": max_new_tokens,
-        "min_tokens": max_new_tokens if config.ignore_eos else 0,
-        "ignore_eos": config.ignore_eos,
-        "temperature": decoder.temperature,
-        "top_p": decoder.top_p,
-        "top_k": decoder.top_k,
-        "repetition_penalty": decoder.repetition_penalty,
-        "detokenize": False,
-    }
-    if decoder.do_sample:
-        kwargs["seed"] = config.random_seed + request_id
-    return kwargs
-
-
-def _dtype_name(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value)
-    return text.removeprefix("torch.")
-
-
-def _model_facts(
-    model_config: Any, source: ModelSource
-) -> tuple[dict[str, Any] | None, int | None]:
-    """The loaded model's HF config dict and vocabulary size, when vLLM exposes them."""
-    hf_config: dict[str, Any] | None = None
-    vocab_size: int | None = None
-    try:
-        hf: Any = getattr(model_config, "hf_config", None)
-        if hasattr(hf, "to_dict"):
-            hf_config = dict(hf.to_dict())
-        elif isinstance(hf, dict):
-            hf_config = dict(hf)
-        get_vocab = getattr(model_config, "get_vocab_size", None)
-        if callable(get_vocab):
-            vocab_size = int(get_vocab())
-    except Exception:  # informational only
-        logger.debug("could not read the model config from vLLM", exc_info=True)
-    if hf_config is None and source.architecture is not None:
-        hf_config = dict(source.architecture.hf_config)
-    if vocab_size is None and hf_config is not None:
-        value = hf_config.get("vocab_size")
-        vocab_size = value if isinstance(value, int) else None
-    return jsonable(hf_config), vocab_size
 
 
 class _EvaluationMethods:
@@ -371,7 +202,7 @@ class VLLMBackend(_EvaluationMethods):
             ExperimentError: vLLM not installed; CUDA OOM (``EngineOutOfMemoryError``);
                 engine start-up failure.
         """
-        section = _section(config)
+        section = vllm_section(config)
         try:
             import vllm
         except ImportError as exc:
@@ -417,9 +248,9 @@ class VLLMBackend(_EvaluationMethods):
                 self._stderr.stop()  # this process's own stderr back; children keep the tee
         load_s = self._clock() - start
         model_config = getattr(self._llm, "model_config", None)
-        dtype = _dtype_name(getattr(model_config, "dtype", None)) or self.engine_args["dtype"]
+        dtype = dtype_name(getattr(model_config, "dtype", None)) or self.engine_args["dtype"]
         world = section.tensor_parallel_size * section.pipeline_parallel_size
-        hf_config, vocab_size = _model_facts(model_config, source)
+        hf_config, vocab_size = model_facts(model_config, source)
         extra: dict[str, Any] = {
             "hf_config": hf_config,
             "vocab_size": vocab_size,
@@ -536,39 +367,14 @@ class VLLMBackend(_EvaluationMethods):
                     continue
                 outputs = engine.step()
                 now = self._clock()
-                finished = 0
-                for output in outputs:
-                    timeline = timelines.get(output.request_id)
-                    if timeline is None:  # not ours (cannot happen with a private engine)
-                        continue
-                    if output.prompt_token_ids is not None:
-                        timeline.input_tokens = len(output.prompt_token_ids)
-                    cached = getattr(output, "num_cached_tokens", None)
-                    if isinstance(cached, int) and not isinstance(cached, bool):
-                        timeline.cached_input_tokens = cached
-                    completion = output.outputs[0]
-                    timeline.add_tokens(len(completion.token_ids), now)
-                    timeline.token_ids.extend(completion.token_ids)
-                    if output.finished:
-                        timeline.finish(now, completion.finish_reason)
-                        finished += 1
-                queue.completed(finished, now)
+                queue.completed(_record_step(outputs, timelines, now), now)
                 submit_due()
         except ExperimentError:
             self._abort(engine, order)
             raise
         except Exception as exc:
             self._abort(engine, order)
-            log = ""
-            if self._stderr is not None:
-                log = (
-                    self._stderr.wait_for(has_root_cause, timeout_s=10.0)
-                    if is_generic_engine_failure(exc)
-                    else self._stderr.text()
-                )
-            raise translate_engine_error(
-                exc, engine=ENGINE, phase="run", config=config, log=log
-            ) from exc
+            raise self._run_failed(exc, config) from exc
         unfinished = [timelines[k].request_id for k in order if timelines[k].end_s is None]
         if unfinished:
             raise ExperimentError(
@@ -577,6 +383,18 @@ class VLLMBackend(_EvaluationMethods):
             )
         records = [timelines[k].to_record() for k in order]
         return finish_run(self, records, requests, engine=ENGINE, ignore_eos=config.ignore_eos)
+
+    def _run_failed(self, exc: Exception, config: ExperimentConfig) -> LLEMError:
+        """The engine's mid-run failure as the harness's error, with the engine log's
+        root cause when the exception itself is generic."""
+        log = ""
+        if self._stderr is not None:
+            log = (
+                self._stderr.wait_for(has_root_cause, timeout_s=10.0)
+                if is_generic_engine_failure(exc)
+                else self._stderr.text()
+            )
+        return translate_engine_error(exc, engine=ENGINE, phase="run", config=config, log=log)
 
     def peak_memory_bytes(self) -> dict[int, int] | None:
         """Not observable here: vLLM's workers run in other processes (use NVML's reading)."""
@@ -642,14 +460,38 @@ class VLLMBackend(_EvaluationMethods):
             logger.debug("abort after a failed run failed too", exc_info=True)
 
 
+def _record_step(outputs: Any, timelines: dict[str, RequestTimeline], now: float) -> int:
+    """Stamp one engine step's streamed tokens at ``now`` on each request's timeline; the
+    number of requests that finished in it."""
+    finished = 0
+    for output in outputs:
+        timeline = timelines.get(output.request_id)
+        if timeline is None:  # not ours (cannot happen with a private engine)
+            continue
+        if output.prompt_token_ids is not None:
+            timeline.input_tokens = len(output.prompt_token_ids)
+        cached = getattr(output, "num_cached_tokens", None)
+        if isinstance(cached, int) and not isinstance(cached, bool):
+            timeline.cached_input_tokens = cached
+        completion = output.outputs[0]
+        timeline.add_tokens(len(completion.token_ids), now)
+        timeline.token_ids.extend(completion.token_ids)
+        if output.finished:
+            timeline.finish(now, completion.finish_reason)
+            finished += 1
+    return finished
+
+
 def _raw(prompt: Any) -> Any:
     return prompt
 
 
 __all__ = [
     "MIRRORED_VLLM_VERSION",
+    "RESOLVED_KNOBS",
     "VLLMBackend",
     "build_engine_args",
     "build_lora_engine_args",
     "build_sampling_kwargs",
+    "resolved_engine_config",
 ]

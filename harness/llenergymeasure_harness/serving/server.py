@@ -120,7 +120,7 @@ def serve_command(
         return argv + extra
     if config.backend == "vllm":
         from llenergymeasure_harness.backends.engine_common import ModelSource
-        from llenergymeasure_harness.backends.vllm import build_engine_args
+        from llenergymeasure_harness.backends.vllm_args import build_engine_args
 
         source = ModelSource(model=name, architecture=None, dummy_dir=None)
         args = build_engine_args(config, source)
@@ -179,10 +179,10 @@ def vllm_resolved_from_log(text: str) -> dict[str, Any] | None:
     """The settings ``vllm serve`` resolved, read from its start-up log.
 
     The same keys as the in-process backend's ``engine_resolved``
-    (:data:`~llenergymeasure_harness.backends.vllm.RESOLVED_KNOBS`); None for a knob the log
+    (:data:`~llenergymeasure_harness.backends.vllm_args.RESOLVED_KNOBS`); None for a knob the log
     does not state, and None altogether when it states none (another release's wording).
     """
-    from llenergymeasure_harness.backends.vllm import RESOLVED_KNOBS
+    from llenergymeasure_harness.backends.vllm_args import RESOLVED_KNOBS
 
     out: dict[str, Any] = {name: None for _, name in RESOLVED_KNOBS}
     for name, pattern in _VLLM_LOG_PATTERNS.items():
