@@ -371,6 +371,10 @@ def _container_config(
     }
     if cfg_dict.get("dataset") != original.get("dataset"):
         update["dataset"] = config.dataset.model_copy(update={"path": cfg_dict["dataset"]["path"]})
+    for key in ("quality", "lora"):  # task YAML folders, adapter directories: that section only
+        section = getattr(config, key)
+        if section is not None and cfg_dict.get(key) != original.get(key):
+            update[key] = type(section).model_validate(cfg_dict[key])
     return config.model_copy(update=update), mounts
 
 
