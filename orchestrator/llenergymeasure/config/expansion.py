@@ -492,11 +492,9 @@ def _runner(x: _Expansion, runner_overrides: Mapping[str, Any] | None) -> Runner
     except ValidationError as exc:
         problems.extend(_section_problems(exc, ""))
     chosen = runner_data.get("runner", runner.runner)
-    if "slurm" in raw and isinstance(chosen, str) and chosen != "slurm":
-        problems.append(
-            f"slurm: the section applies to runner: slurm only, but the runner is "
-            f"{chosen}; set runner: slurm (or --runner slurm), or remove the section"
-        )
+    from llenergymeasure.runners.kinds import section_problems  # lazy: runners import config
+
+    problems.extend(section_problems(chosen, set(raw)))
     for key in runner.images:
         if key not in REGISTRY:
             problems.append(

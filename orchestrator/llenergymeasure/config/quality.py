@@ -101,7 +101,9 @@ def lm_eval_problems(
     The Docker runner's images carry lm_eval (the harness's ``lm-eval`` extra); the
     ``auto`` runner is checked by the harness when the pass starts.
     """
-    if runner != "local" or not any(e.quality is not None for e in experiments):
+    from llenergymeasure.runners.kinds import runs_in_this_python  # lazy: runners import config
+
+    if not runs_in_this_python(runner) or not any(e.quality is not None for e in experiments):
         return []
     try:
         present = find_spec("lm_eval") is not None
