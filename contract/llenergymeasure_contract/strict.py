@@ -98,20 +98,21 @@ def check_url(url: str, key: str, fix: str) -> str:
     return url
 
 
-def _args(annotation: Any) -> list[Any]:
+def concrete_types(annotation: Any) -> list[Any]:
+    """The concrete types inside Optional/Union/Annotated."""
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
-        return _args(typing.get_args(annotation)[0])
+        return concrete_types(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
         out: list[Any] = []
         for arg in typing.get_args(annotation):
-            out.extend(_args(arg))
+            out.extend(concrete_types(arg))
         return out
     return [annotation]
 
 
 def _kind(annotation: Any) -> _Kind:
-    types_ = _args(annotation)
+    types_ = concrete_types(annotation)
     if bool in types_:
         return "other"
     if any(t in (int, float) for t in types_):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import types
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -13,6 +12,7 @@ from pydantic import BaseModel
 
 from llenergymeasure.config.inputs import echo
 from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.strict import concrete_types
 
 RUNNER_KEYS = ("runner", "images", "pull_policy", "cuda_major", "docker", "slurm")
 
@@ -55,24 +55,11 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def _unwrap(annotation: Any) -> list[Any]:
-    """The concrete types inside Optional/Union/Annotated."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        out: list[Any] = []
-        for arg in typing.get_args(annotation):
-            out.extend(_unwrap(arg))
-        return out
-    return [annotation]
-
-
 def _child_fields(annotation: Any) -> dict[str, Any] | None:
     """Fields under a key of this type; None for a free-form mapping; {} for a leaf."""
     fields: dict[str, Any] = {}
     free = False
-    for t in _unwrap(annotation):
+    for t in concrete_types(annotation):
         if isinstance(t, type) and issubclass(t, BaseModel):
             for name, info in t.model_fields.items():
                 fields.setdefault(name, info.annotation)
