@@ -17,9 +17,11 @@ stays a skip (CI has none of those). Likewise a ``slurm`` test fails instead of 
 one-node cluster; a CI job without one sets ``LLEM_REQUIRE_SLURM=0``).
 
 Containers a test starts beside the ones ``llem`` starts (the image probe) are testcontainers
-``DockerContainer`` objects from ``test_container``, labelled ``llem.test=1`` and waited for by a
-wait strategy. The testcontainers reaper (Ryuk) is off, as its image cannot be pulled where the
-tests run offline: the session removes leftovers by that label instead.
+``DockerContainer`` objects from ``test_container``, labelled ``llem.test=<session>`` (the
+host and pid of this pytest process) and waited for by a wait strategy. The testcontainers reaper
+(Ryuk) is off, as its image cannot be pulled where the tests run offline: a session removes its
+own containers by that label when it ends, and at its start the leftovers of sessions whose
+process is gone; a concurrent session's containers are never touched.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import os
+import socket
 import warnings
 from collections.abc import Callable, Iterator
 from functools import cache
@@ -40,6 +43,7 @@ REQUIRE_DOCKER_ENV = "LLEM_REQUIRE_DOCKER"
 REQUIRE_SLURM_ENV = "LLEM_REQUIRE_SLURM"
 TEST_PYTORCH_IMAGE_ENV = "LLEM_TEST_PYTORCH_IMAGE"
 TEST_CONTAINER_LABEL = "llem.test"
+TEST_SESSION = f"{socket.gethostname()}:{os.getpid()}"
 PROBE_OK = "llem-probe: ok"
 
 # The reaper's image (testcontainers/ryuk) is never pulled: leftovers go by label instead.
@@ -228,33 +232,58 @@ def local_image(docker_client: Any) -> Callable[[str], str]:
     return need
 
 
-def _remove_labelled(client: Any) -> None:
-    """Remove every container a test session left behind (``llem.test=1``), running or not."""
-    for container in client.containers.list(
-        all=True, filters={"label": f"{TEST_CONTAINER_LABEL}=1"}
-    ):
+def labelled_containers(client: Any, session: str | None = TEST_SESSION) -> list[Any]:
+    """Containers carrying the test label: this session's, or every session's with None."""
+    label = TEST_CONTAINER_LABEL if session is None else f"{TEST_CONTAINER_LABEL}={session}"
+    return list(client.containers.list(all=True, filters={"label": label}))
+
+
+def _session_gone(session: str) -> bool:
+    """True when ``session`` (host:pid) was a pytest process on this host that has ended."""
+    host, _, pid = session.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another host's session (a shared engine): not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _remove_leftovers(client: Any) -> None:
+    """Remove the containers of ended sessions on this host; a live session's are kept."""
+    for container in labelled_containers(client, session=None):
+        session = container.labels.get(TEST_CONTAINER_LABEL, "")
+        if session != TEST_SESSION and _session_gone(session):
+            container.remove(force=True, v=True)
+
+
+def _remove_own(client: Any) -> None:
+    for container in labelled_containers(client):
         container.remove(force=True, v=True)
 
 
 @pytest.fixture(scope="session")
 def test_container(docker_client: Any) -> Iterator[Callable[..., Any]]:
     """``test_container(image, command, **docker_kwargs)``: an unstarted testcontainers
-    ``DockerContainer`` of a local image, labelled ``llem.test=1``, without a network unless
-    ``network_mode`` says otherwise (the engine runs with ``--bridge=none``); chain
-    ``.waiting_for(...)`` and use it as a context manager. Leftovers are removed by label
-    before and after the session."""
+    ``DockerContainer`` of a local image, labelled ``llem.test=<session>``, without a network
+    unless ``network_mode`` says otherwise (the engine runs with ``--bridge=none``); chain
+    ``.waiting_for(...)`` and use it as a context manager. Ended sessions' leftovers are removed
+    at the start, this session's containers at the end."""
     from testcontainers.core.container import DockerContainer
 
     def make(image: str, command: list[str], **kwargs: Any) -> DockerContainer:
         kwargs.setdefault("network_mode", "none")
-        labels = {**kwargs.pop("labels", {}), TEST_CONTAINER_LABEL: "1"}
+        labels = {**kwargs.pop("labels", {}), TEST_CONTAINER_LABEL: TEST_SESSION}
         return DockerContainer(image, command=command, labels=labels, **kwargs)
 
-    _remove_labelled(docker_client)
+    _remove_leftovers(docker_client)
     try:
         yield make
     finally:
-        _remove_labelled(docker_client)
+        _remove_own(docker_client)
 
 
 @pytest.fixture(scope="session")
