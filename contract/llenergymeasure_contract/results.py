@@ -339,6 +339,27 @@ class LoraOutcome(_Model):
     per_adapter: list[AdapterShare] = Field(default_factory=list)
 
 
+class LoadBreakdown(_Model):
+    """Where an engine load's seconds went (vLLM), from the harness's own marks and the
+    durations the engine logs while it starts; None: the phase was not seen in the log.
+
+    The parts sum to ``Timings.load_s`` (``other_s`` is what the named ones leave over);
+    docs/methodology.md#where-a-vllm-loads-time-goes names the log line behind each.
+    """
+
+    python_import_s: float | None = None  # import vllm and vllm.LLM's modules
+    engine_start_s: float | None = None  # config, model inspection, engine process, NCCL
+    weights_s: float | None = None  # "Model loading took ... seconds" (dummy: random init)
+    dynamo_transform_s: float | None = None  # "Dynamo bytecode transform time"
+    inductor_compile_s: float | None = None  # "Compiling a graph ... takes" / cache loads
+    compile_other_s: float | None = None  # torch.compile total less the two above
+    cuda_graph_capture_s: float | None = None  # "Graph capturing finished in N secs"
+    kv_cache_profile_s: float | None = None  # profile run, KV cache, kernel warmup
+    other_s: float | None = None  # the rest of load_s
+    # True: vLLM loaded its compiled model from its cache; False: it compiled; None: unseen
+    compile_cache_hit: bool | None = None
+
+
 class Timings(_Model):
     """Wall-clock phases (seconds) and UTC timestamps."""
 
@@ -357,6 +378,7 @@ class Timings(_Model):
     # steady_state.start_s/end_s use: baseline (when measured, not cached), warmup, measure
     # (the energy window's edges), prefill_pass. Lets a reader shade each phase on the series.
     phase_windows_s: dict[str, list[float]] = Field(default_factory=dict)
+    load_breakdown_s: LoadBreakdown | None = None  # the parts of load_s (vLLM), see the model
 
 
 class ExperimentResult(_Model):

@@ -13,13 +13,16 @@ The parts, in seconds::
 
 A part that was not timed is 0 here (it took no time in this run), and ``other`` is what
 ``total_s`` leaves over, never negative.
+
+:func:`sum_load_breakdowns` adds up the parts of the loads themselves (``Timings.
+load_breakdown_s``, vLLM), over the runs that reported them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from llenergymeasure_contract.results import Timings
+from llenergymeasure_contract.results import LoadBreakdown, Timings
 
 #: The parts of a breakdown, in timeline order.
 BREAKDOWN_PARTS: tuple[str, ...] = (
@@ -63,6 +66,30 @@ def sum_breakdowns(breakdowns: Iterable[Mapping[str, float]]) -> dict[str, float
     return total
 
 
+#: The parts of a vLLM load (``LoadBreakdown`` fields without ``_s``), in timeline order.
+LOAD_PARTS: tuple[str, ...] = tuple(
+    name.removesuffix("_s") for name in LoadBreakdown.model_fields if name.endswith("_s")
+)
+
+
+def sum_load_breakdowns(timings: Iterable[Timings]) -> dict[str, float] | None:
+    """Part-wise sum of the runs' ``load_breakdown_s`` (a part none saw is left out); None
+    when no run reported one."""
+    total: dict[str, float] = {}
+    seen = False
+    for t in timings:
+        if t.load_breakdown_s is None:
+            continue
+        seen = True
+        for part in LOAD_PARTS:
+            value = getattr(t.load_breakdown_s, f"{part}_s")
+            if value is not None:
+                total[part] = total.get(part, 0.0) + float(value)
+    if not seen:
+        return None
+    return {part: round(total[part], 3) for part in LOAD_PARTS if part in total}
+
+
 def measuring_fraction(measure_s: float, time_in_runs_s: float, gaps_s: float) -> float | None:
     """Measured-window time over the time spent in runs, thermal rests left out.
 
@@ -78,7 +105,9 @@ def measuring_fraction(measure_s: float, time_in_runs_s: float, gaps_s: float) -
 
 __all__ = [
     "BREAKDOWN_PARTS",
+    "LOAD_PARTS",
     "measuring_fraction",
     "run_time_breakdown",
     "sum_breakdowns",
+    "sum_load_breakdowns",
 ]
