@@ -322,6 +322,7 @@ def _load(env: HarnessEnv, d: Deps, live: _Live) -> _Loaded:
     t0 = d.clock()
     info = backend.load(run_cfg)
     timings["load_s"] = d.clock() - t0
+    timings["load_breakdown_s"] = getattr(info, "load_breakdown_s", None)
     if requests is None:
         requests = build_requests(cfg, vocab_size=info.extra.get("vocab_size"))
     kind = resolve_sampler_kind(cfg.energy.sampler, nvml)

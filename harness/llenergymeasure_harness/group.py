@@ -172,10 +172,13 @@ def _finalizer(
             engine_load_s=shared.load_s,
         )
         total = result.timings.total_s
+        own_load = shared.loaded_by == result.run_id
         timings = result.timings.model_copy(
             update={
                 "gap_s": gap_s,
                 "total_s": None if total is None else total + gap_s,
+                # the parts of a load only where this run loaded (the others re-bound)
+                "load_breakdown_s": result.timings.load_breakdown_s if own_load else None,
             }
         )
         return result.model_copy(update={"engine_share": share, "timings": timings})

@@ -61,3 +61,10 @@ def harness_env(tmp_path: Path, config: ExperimentConfig | None = None, **kw: An
         results_dir=str(tmp_path / "out"),
         **kw,
     )
+
+
+@pytest.fixture(autouse=True)
+def _vllm_cache_root(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's cache root (where the vLLM backend keeps dummy-model folders) in a temporary
+    directory, never the user's ~/.cache/vllm."""
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))

@@ -82,6 +82,8 @@ class LoadInfo:
     backend_library: str | None = None  # the library backend_version is of: transformers, vllm
     engine_build_s: float | None = None  # TensorRT-LLM engine build, reported apart from the run
     engine_cache_hit: bool | None = None
+    # the parts of the load (vLLM: LoadBreakdown fields), None where the engine logs none
+    load_breakdown_s: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # library versions, resolved engine args
 
 

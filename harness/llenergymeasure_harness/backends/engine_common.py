@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -187,13 +189,21 @@ class ModelSource:
         return self.architecture.parameter_count if self.architecture is not None else None
 
 
-def prepare_model_source(config: ExperimentConfig, workdir: Path) -> ModelSource:
+def prepare_model_source(
+    config: ExperimentConfig, workdir: Path, *, dummy_root: Path | None = None
+) -> ModelSource:
     """Resolve ``config.model`` into something an engine can load.
 
     For ``load_format: dummy`` with a built-in architecture (e.g. ``llama-3.1-8b``) the
     architecture's ``config.json`` is written to ``workdir/dummy-model/`` so the engine builds
     random weights from it without touching the network; a local path is used as it is; an
     unknown hub id is passed through (the engine then fetches only its config).
+
+    With ``dummy_root`` the folder is ``dummy_root/<name>-<digest of config.json>/dummy-model``
+    instead, the same path for the same config in every run: vLLM keys its torch.compile
+    cache on the model path (``ModelConfig.compute_hash`` hashes ``model``), so a fresh
+    temporary folder per run made every warm load compile again. Written atomically, kept
+    after the run (one small file), and the work directory when it cannot be written.
 
     Raises:
         ConfigError: ``config.model`` names a path without a readable ``config.json``.
@@ -205,12 +215,32 @@ def prepare_model_source(config: ExperimentConfig, workdir: Path) -> ModelSource
             path = Path(spec.name)
             model = str(path.parent if path.name == "config.json" else path)
         return ModelSource(model=model, architecture=spec, dummy_dir=None)
+    text = json.dumps(spec.hf_config, indent=2, sort_keys=True)
+    if dummy_root is not None:
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        name = re.sub(r"[^A-Za-z0-9_.-]", "-", spec.name)
+        target = dummy_root / f"{name}-{digest}" / "dummy-model"
+        try:
+            _write_if_changed(target / "config.json", text)
+            return ModelSource(model=str(target), architecture=spec, dummy_dir=target)
+        except OSError as exc:
+            logger.warning("cannot keep the dummy model in %s (%s); using %s", target, exc, workdir)
     target = workdir / "dummy-model"
     target.mkdir(parents=True, exist_ok=True)
-    (target / "config.json").write_text(
-        json.dumps(spec.hf_config, indent=2, sort_keys=True), encoding="utf-8"
-    )
+    (target / "config.json").write_text(text, encoding="utf-8")
     return ModelSource(model=str(target), architecture=spec, dummy_dir=target)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """``text`` into ``path`` unless it holds it already; atomic, so a run beside this one
+    never reads half a file."""
+    with contextlib.suppress(OSError):
+        if path.read_text(encoding="utf-8") == text:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def eos_token_id(spec: ArchitectureSpec | None, default: int = 2) -> int:
@@ -255,17 +285,19 @@ _UNSUPPORTED_MARKERS = (
 
 
 class StderrTail:
-    """Tee this process's fd 2 through a pipe and keep its last ``limit`` bytes.
+    """Tee this process's fd 2 (or ``fd``) through a pipe and keep its last ``limit`` bytes.
 
     Child processes started while it runs inherit the pipe as their stderr, so their log lines
     (the engine core's traceback) pass through here on their way to the real stderr, which
     still gets every byte. The reader thread runs until every writer has closed the pipe (the
     children exit), so :meth:`stop` only restores fd 2 for this process. Never raises: a tee
-    that cannot start leaves stderr alone and :meth:`text` returns "".
+    that cannot start leaves stderr alone and :meth:`text` returns "". ``fd=1`` tees stdout
+    the same way (vLLM's log lines, for the load breakdown).
     """
 
-    def __init__(self, limit: int = 65536) -> None:
+    def __init__(self, limit: int = 65536, *, fd: int = 2) -> None:
         self.limit = limit
+        self.fd = fd
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._received = 0
@@ -277,18 +309,22 @@ class StderrTail:
         """Begin teeing (idempotent)."""
         if self._saved is not None:
             return self
+        stream = {1: sys.stdout, 2: sys.stderr}.get(self.fd)
+        with contextlib.suppress(Exception):  # what Python buffered goes out before the switch
+            if stream is not None:
+                stream.flush()
         try:
-            saved = os.dup(2)
+            saved = os.dup(self.fd)
             out = os.dup(saved)
             read_fd, write_fd = os.pipe()
-            os.dup2(write_fd, 2)
+            os.dup2(write_fd, self.fd)
             os.close(write_fd)
         except OSError:
             logger.debug("stderr tee unavailable", exc_info=True)
             return self
         self._saved = saved
         self._thread = threading.Thread(
-            target=self._pump, args=(read_fd, out), name="llem-stderr-tail", daemon=True
+            target=self._pump, args=(read_fd, out), name=f"llem-fd{self.fd}-tail", daemon=True
         )
         self._thread.start()
         return self
@@ -340,8 +376,12 @@ class StderrTail:
         saved, self._saved = self._saved, None
         if saved is None:
             return
+        stream = {1: sys.stdout, 2: sys.stderr}.get(self.fd)
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
         try:
-            os.dup2(saved, 2)
+            os.dup2(saved, self.fd)
         finally:
             os.close(saved)
 

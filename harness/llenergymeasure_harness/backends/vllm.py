@@ -80,10 +80,12 @@ from llenergymeasure_harness.backends.vllm_args import (
     build_lora_engine_args,
     build_sampling_kwargs,
     dtype_name,
+    dummy_models_root,
     model_facts,
     resolved_engine_config,
     vllm_section,
 )
+from llenergymeasure_harness.backends.vllm_load import INIT_ENGINE_MARK, load_breakdown
 from llenergymeasure_harness.lora import AdapterSet, prepare_adapters
 from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
 
@@ -203,20 +205,29 @@ class VLLMBackend(_EvaluationMethods):
                 engine start-up failure.
         """
         section = vllm_section(config)
+        t_load = self._clock()
         try:
             import vllm
+
+            # vllm.LLM is imported lazily (vllm/__init__.py): its modules are most of the
+            # import time, taken here so that python_import_s holds all of it.
+            llm_class = vllm.LLM
         except ImportError as exc:
             raise ExperimentError(
                 "vLLM is not installed in this environment",
                 hint="run vLLM experiments in the vllm image (or pip install "
                 "'llenergymeasure[vllm]' for the local runner)",
             ) from exc
+        import_s = self._clock() - t_load
         self._vllm = vllm
         self._config = config
         workdir = self._workdir
         if workdir is None:
             workdir = self._own_workdir = Path(tempfile.mkdtemp(prefix="llem-vllm-"))
-        source = prepare_model_source(config, workdir)
+        # A given workdir (tests) keeps the folder there; otherwise it stays in vLLM's cache
+        # root under a name fixed by its config, so the compile cache's key does not change.
+        dummy_root = None if self._workdir is not None else dummy_models_root()
+        source = prepare_model_source(config, workdir, dummy_root=dummy_root)
         self.engine_args = build_engine_args(config, source)
         if config.lora is not None:
             from vllm.lora.request import LoRARequest
@@ -230,9 +241,11 @@ class VLLMBackend(_EvaluationMethods):
         # The engine core and its workers are child processes: their stderr runs through a
         # tee so that a start-up failure's root cause can be read (see engine_common).
         self._stderr = StderrTail().start()
+        # vLLM logs to stdout (VLLM_LOGGING_STREAM): the load's lines, for load_breakdown_s
+        stdout = StderrTail(limit=LOAD_LOG_LIMIT, fd=1).start()
         start = self._clock()
         try:
-            self._llm = vllm.LLM(**self.engine_args)
+            self._llm = llm_class(**self.engine_args)
         except Exception as exc:
             log = (
                 self._stderr.wait_for(has_root_cause, timeout_s=10.0)
@@ -244,9 +257,16 @@ class VLLMBackend(_EvaluationMethods):
                 exc, engine=ENGINE, phase="load", config=config, log=log
             ) from exc
         finally:
+            stdout.stop()  # this process's own stdout back; children keep the tee
             if self._stderr is not None:
                 self._stderr.stop()  # this process's own stderr back; children keep the tee
         load_s = self._clock() - start
+        breakdown = load_breakdown(
+            _load_log(stdout, self._stderr),
+            load_s=self._clock() - t_load,
+            import_s=import_s,
+            llm_s=load_s,
+        )
         model_config = getattr(self._llm, "model_config", None)
         dtype = dtype_name(getattr(model_config, "dtype", None)) or self.engine_args["dtype"]
         world = section.tensor_parallel_size * section.pipeline_parallel_size
@@ -273,6 +293,7 @@ class VLLMBackend(_EvaluationMethods):
             parameter_count=source.parameter_count,
             dtype=dtype,
             load_duration_s=load_s,
+            load_breakdown_s=breakdown.model_dump(),
             # vLLM places its ranks on the first tp x pp visible devices; the harness passes the
             # CUDA-visible indices in config.gpus, as for the PyTorch backend.
             devices=list(config.gpus[:world]),
@@ -458,6 +479,25 @@ class VLLMBackend(_EvaluationMethods):
             engine.abort_request(list(request_ids))
         except Exception:
             logger.debug("abort after a failed run failed too", exc_info=True)
+
+
+#: Bytes of the load's stdout kept for load_breakdown_s (a load logs about 15 kB).
+LOAD_LOG_LIMIT = 1 << 20
+
+
+def _load_log(*tails: StderrTail | None, timeout_s: float = 2.0) -> str:
+    """The load's log lines from the tees, once the engine core's last load line is in.
+
+    The engine core writes "init engine ... took" before it tells the front end it is ready,
+    so the bytes are in the pipe when ``LLM(...)`` returns; the tee's reader thread may not
+    have read them yet. Waits at most ``timeout_s`` (a vLLM that logs nothing).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = "\n".join(t.text() for t in tails if t is not None)
+        if INIT_ENGINE_MARK in text or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.02)
 
 
 def _record_step(outputs: Any, timelines: dict[str, RequestTimeline], now: float) -> int:

@@ -10,6 +10,9 @@ Pure functions of the config (no ``vllm`` import), used by
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from llenergymeasure_contract.errors import ConfigError
@@ -20,6 +23,19 @@ from llenergymeasure_harness.backends.engine_common import ModelSource, jsonable
 logger = logging.getLogger("llenergymeasure_harness.backends.vllm")
 
 _DTYPES = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def dummy_models_root(environ: Mapping[str, str] | None = None) -> Path:
+    """Where dummy-weight model folders stay between runs: ``llem-dummy-models`` in vLLM's
+    cache root (``VLLM_CACHE_ROOT``, which the harness points into the compile cache, else
+    vLLM's default ``$XDG_CACHE_HOME/vllm`` or ``~/.cache/vllm``), beside the compiled
+    artefacts whose cache key holds the folder's path."""
+    env = os.environ if environ is None else environ
+    root = env.get("VLLM_CACHE_ROOT")
+    if not root:
+        cache = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(cache, "vllm")
+    return Path(root) / "llem-dummy-models"
 
 
 def vllm_section(config: ExperimentConfig) -> VLLMConfig:

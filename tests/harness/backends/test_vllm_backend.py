@@ -360,14 +360,29 @@ def test_close_is_idempotent_and_shuts_engine_core(fake: FakeVLLM, tmp_path: Pat
     assert core.shutdown_calls == 1
 
 
-def test_default_workdir_is_removed_on_close(fake: FakeVLLM) -> None:
-    """Without a workdir the dummy config goes to a temporary directory removed by close()."""
-    backend = VLLMBackend(clock=fake.behaviour.clock)
-    backend.load(_config())
-    model_dir = Path(fake.llm_kwargs[0]["model"])
+def test_default_dummy_folder_is_stable_across_runs(
+    fake: FakeVLLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a workdir the dummy config goes to one folder per config under vLLM's cache
+    root, the same path in every run (vLLM's compile-cache key holds the model path) and kept
+    after close(); the backend's own temporary directory is removed."""
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm"))
+    paths = []
+    for _ in range(2):
+        backend = VLLMBackend(clock=fake.behaviour.clock)
+        backend.load(_config())
+        own = backend._own_workdir
+        backend.close()
+        assert own is not None and not own.exists()
+        paths.append(fake.llm_kwargs[-1]["model"])
+    assert paths[0] == paths[1]
+    model_dir = Path(paths[0])
+    assert model_dir.parent.parent == tmp_path / "vllm" / "llem-dummy-models"
     assert (model_dir / "config.json").is_file()
-    backend.close()
-    assert not model_dir.exists()
+    other = VLLMBackend(clock=fake.behaviour.clock)
+    other.load(_config(model="llama-3.1-8b"))
+    other.close()
+    assert fake.llm_kwargs[-1]["model"] != paths[0]
 
 
 # --------------------------------------------------------------------------- errors
