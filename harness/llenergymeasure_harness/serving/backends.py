@@ -210,8 +210,13 @@ class ServerBackend(_HTTPBackend):
         if config.backend == "vllm" and config.load_format == "dummy":
             # As in-process: a built-in architecture becomes a config-only directory, so the
             # server builds random weights without the network (a local path stays as it is).
+            # The folder keeps its path between runs (vLLM's compile-cache key holds it).
+            from llenergymeasure_harness.backends.vllm_args import dummy_models_root
+
             self._workdir = Path(tempfile.mkdtemp(prefix="llem-serve-"))
-            model = prepare_model_source(config, self._workdir).model
+            model = prepare_model_source(
+                config, self._workdir, dummy_root=dummy_models_root()
+            ).model
         lora_modules: list[tuple[str, str]] = []
         if config.lora is not None:
             # Generated adapters are written before the server starts; it loads them by path.
@@ -239,10 +244,16 @@ class ServerBackend(_HTTPBackend):
             # Without a tokenizer (dummy weights) vLLM streams empty text; ask for the ids.
             self._client.settings.extra_body["return_token_ids"] = True
         resolved = None
+        breakdown = None
         if config.backend == "vllm":
-            resolved = vllm_resolved_from_log(
-                log_path.read_text("utf-8", errors="replace") if log_path.is_file() else ""
-            )
+            log_text = log_path.read_text("utf-8", errors="replace") if log_path.is_file() else ""
+            resolved = vllm_resolved_from_log(log_text)
+            from llenergymeasure_harness.backends.vllm_load import load_breakdown
+
+            # the server's own load lines; its imports are inside engine start-up (None here)
+            breakdown = load_breakdown(
+                log_text, load_s=self._clock() - t0, import_s=None, llm_s=None
+            ).model_dump()
         self.server_info = {
             "mode": "server",
             "external": False,
@@ -261,6 +272,7 @@ class ServerBackend(_HTTPBackend):
             dtype=config.precision,
             load_duration_s=self._clock() - t0,
             devices=list(config.gpus),
+            load_breakdown_s=breakdown,
             extra={"server": self.server_info, "vocab_size": vocab},
         )
 

@@ -72,3 +72,25 @@ def test_harness_reports_invalid_window(tmp_path: Path) -> None:
     steady = result["steady_state"]
     assert steady is not None and steady["valid"] is False
     assert "minimum" in steady["reason"]
+
+
+def test_result_says_where_the_load_went_and_the_second_load_hits_the_compile_cache(
+    tmp_path: Path,
+) -> None:
+    """timings.load_breakdown_s splits the load into the phases vLLM logs; a second run of
+    the same config finds its compiled model (the dummy folder keeps its path), so it loads
+    from the cache instead of compiling; the parts sum to load_s."""
+    first, _ = _run(tmp_path / "a", n_prompts=20, max_num_seqs=8)
+    second, _ = _run(tmp_path / "b", n_prompts=20, max_num_seqs=8)
+    b1 = first["timings"]["load_breakdown_s"]
+    b2 = second["timings"]["load_breakdown_s"]
+    assert b1["compile_cache_hit"] is False and b2["compile_cache_hit"] is True
+    assert b1["weights_s"] == pytest.approx(0.1)
+    assert b1["dynamo_transform_s"] == pytest.approx(0.2)
+    assert b1["inductor_compile_s"] == pytest.approx(0.15)
+    assert b2["dynamo_transform_s"] is None and b2["inductor_compile_s"] == pytest.approx(0.05)
+    assert b1["kv_cache_profile_s"] == pytest.approx(0.3)
+    for result in (first, second):
+        parts = result["timings"]["load_breakdown_s"]
+        named = sum(v for k, v in parts.items() if k.endswith("_s") and v is not None)
+        assert named == pytest.approx(result["timings"]["load_s"], abs=1e-6)

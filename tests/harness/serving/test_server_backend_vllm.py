@@ -85,8 +85,9 @@ def test_dummy_vllm_server_gets_a_config_dir_and_fresh_cache_salts(
 ) -> None:
     """A built-in architecture with dummy weights is served from a config-only directory
     under the experiment's model name; each run (warmup, measured) gets its own prefix-cache
-    salt, so the measured run cannot reuse the warmup's KV blocks; close removes the directory
-    and stops the server."""
+    salt, so the measured run cannot reuse the warmup's KV blocks; the directory keeps one
+    path per config under vLLM's cache root (vLLM's compile-cache key holds it) and stays
+    after close, which stops the server."""
     config = ExperimentConfig.model_validate(
         {
             "model": "llama-3.1-8b",
@@ -120,7 +121,8 @@ def test_dummy_vllm_server_gets_a_config_dir_and_fresh_cache_salts(
     assert all(b["return_token_ids"] is True and b["prompt"][0] >= 10 for b in bodies)
 
     backend.close()
-    assert proc.stopped and not proc.model_dir.exists()
+    assert proc.stopped and proc.model_dir.parent.parent.name == "llem-dummy-models"
+    assert (proc.model_dir / "config.json").is_file()
     backend.close()  # twice is safe
 
 

@@ -37,6 +37,7 @@ Install with :meth:`FakeVLLM.installed` (a context manager patching ``sys.module
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import os
 import sys
@@ -334,6 +335,14 @@ class FakeVLLMBehaviour:
             0.33 added (``session_id``, ``kv_hints``), as the real 0.26.0 has them not.
         renderer: "present" (``LLM._preprocess_cmpl_one`` as in 0.26 and 0.33), "absent" (an
             older release) or "broken" (present, raises ``TypeError``: a changed signature).
+        load_log: ``LLM(...)`` writes the engine's load lines to stdout (fd 1) as vLLM does
+            (weights, Dynamo, Inductor, torch.compile total, graph capture, init engine;
+            numbers that fit ``load_time_s`` = 1.0), with a compile cache like vLLM's: a
+            marker under ``$VLLM_CACHE_ROOT/torch_compile_cache/<key>``, the key hashing the
+            model path, ``max_num_batched_tokens`` and the capture sizes that
+            ``max_num_seqs`` sets (``min(2 * max_num_seqs, 512)``), as vLLM 0.26's
+            ``VllmConfig.compute_hash`` does; a second load with the same key logs the
+            "Directly load" lines instead of compiling.
 
     Prefix caching is on unless ``enable_prefix_caching=False`` (vLLM's default for generative
     models): a prompt's full blocks (``block_size``, default 16) are looked up by their token
@@ -360,6 +369,7 @@ class FakeVLLMBehaviour:
     unsupported_architectures: frozenset[str] = frozenset({"FancyNewForCausalLM"})
     version: str = VLLM_VERSION
     renderer: str = "present"
+    load_log: bool = True
 
 
 # --------------------------------------------------------------------------- engine
@@ -640,6 +650,41 @@ class LLMEngine:
         return outputs
 
 
+def _write_load_log(engine_args: dict[str, Any]) -> None:
+    """vLLM 0.26.0's load lines on fd 1, compiling or loading from the fake compile cache."""
+    seqs = int(engine_args.get("max_num_seqs") or 256)
+    tokens = int(engine_args.get("max_num_batched_tokens") or 8192)
+    factors = json.dumps([str(engine_args["model"]), tokens, min(2 * seqs, 512)])
+    key = hashlib.sha256(factors.encode()).hexdigest()[:10]
+    root = os.environ.get("VLLM_CACHE_ROOT") or os.path.expanduser("~/.cache/vllm")
+    marker = Path(root) / "torch_compile_cache" / key / "compiled"
+    head = "(EngineCore pid=4242) INFO 12-07 19:21:17"
+    lines = [f"{head} [model_runner.py:305] Model loading took 15.0 GiB and 0.100000 seconds"]
+    if marker.is_file():
+        lines += [
+            f"{head} [decorators.py:312] Directly load AOT compilation from path {marker}",
+            f"{head} [backends.py:293] Directly load the compiled graph(s) for compile range "
+            "(1, 8192) from the cache, took 0.050 s",
+            f"{head} [monitor.py:53] torch.compile took 0.10 s in total",
+        ]
+        compile_s = 0.1
+    else:
+        lines += [
+            f"{head} [backends.py:1155] Dynamo bytecode transform time: 0.20 s",
+            f"{head} [backends.py:393] Compiling a graph for compile range (1, 8192) takes 0.15 s",
+            f"{head} [monitor.py:53] torch.compile took 0.40 s in total",
+        ]
+        compile_s = 0.4
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(factors, encoding="utf-8")
+    lines += [
+        f"{head} [model_runner.py:747] Graph capturing finished in 0 secs, took 0.58 GiB",
+        f"{head} [core.py:340] init engine (profile, create kv cache, warmup model) took "
+        f"{compile_s + 0.3:.2f} s (compilation: {compile_s:.2f} s)",
+    ]
+    os.write(1, ("\n".join(lines) + "\n").encode())
+
+
 class LLM:
     """``vllm.LLM`` (constructor checks, ``llm_engine``, ``generate``)."""
 
@@ -748,6 +793,8 @@ class LLM:
                 "Engine core initialization failed. See root cause above. "
                 "Failed core proc(s): {'EngineCore_DP0': 1}"
             )
+        if behaviour.load_log:
+            _write_load_log(engine_args)
         behaviour.clock.advance(behaviour.load_time_s)
         self.llm_engine = LLMEngine(controller, engine_args)
         resolved_dtype = {"auto": "bfloat16", "half": "float16"}.get(dtype, dtype)
