@@ -92,6 +92,10 @@ def show_lines(study: LoadedStudy, width: int | None = None, *, wide: bool = Fal
         notes.extend(f"flags #{r.index}: {', '.join(r.flags)}" for r in rows if r.flags)
     notes.extend(steady_state_lines(study))  # each under 80 columns
     notes.extend(workload_lines(study))
+    if res.load_breakdown_s:  # where the engine loads' time went (vLLM)
+        from llenergymeasure.study.progress import load_line
+
+        notes.append(load_line(res))
     notes.append(_method_line(wide))
     table = Table(
         numbers=[str(r.index) for r in rows],

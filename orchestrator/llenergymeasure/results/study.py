@@ -22,12 +22,13 @@ from llenergymeasure_contract.time_budget import (
     measuring_fraction,
     run_time_breakdown,
     sum_breakdowns,
+    sum_load_breakdowns,
 )
 
 STUDY_RESULT_FILE = "study_result.json"
 # 1.1: confidence_intervals, impact_inputs, impact metrics; 1.2: time_breakdown_s,
-# measuring_fraction, cycle_cv of throughput and latency
-STUDY_RESULT_SCHEMA_VERSION = "1.2"
+# measuring_fraction, cycle_cv of throughput and latency; 1.3: load_breakdown_s
+STUDY_RESULT_SCHEMA_VERSION = "1.3"
 #: How a table shows the harness's "null" sampler (no energy sampler ran): pandas and Arrow CSV
 #: readers turn the string "null" into a missing value, which is not what it means.
 NO_SAMPLER = "none"
@@ -170,7 +171,8 @@ def _evaluation_metrics(result: ExperimentResult) -> dict[str, Any]:
 def time_budget(
     results: Iterable[ExperimentResult], experiments_s: float, gaps_s: float
 ) -> dict[str, Any]:
-    """The study's ``time_breakdown_s`` and ``measuring_fraction`` from its completed runs.
+    """The study's ``time_breakdown_s``, ``measuring_fraction`` and ``load_breakdown_s`` (the
+    loads' parts, summed) from its completed runs.
 
     The harness's phases of every completed run are summed part by part; ``gaps`` adds the
     thermal gaps between runs (``gaps_s``) to those inside engine groups; ``other`` is what
@@ -189,6 +191,7 @@ def time_budget(
     return {
         "time_breakdown_s": {k: round(v, 3) for k, v in breakdown.items()},
         "measuring_fraction": measuring_fraction(per_run["measure"], experiments_s, in_run_gaps),
+        "load_breakdown_s": sum_load_breakdowns(r.timings for r in results),
     }
 
 
@@ -249,6 +252,9 @@ class StudyResult(_Model):
     # experiments_s + gaps_s) and measure / (experiments_s - in-run gaps): docs/methodology.md
     time_breakdown_s: dict[str, float] | None = None
     measuring_fraction: float | None = None
+    # the "load" part split by where it went (time_budget.LOAD_PARTS), summed over the runs
+    # that reported it (vLLM); None when none did
+    load_breakdown_s: dict[str, float] | None = None
 
     @property
     def exit_code(self) -> int:

@@ -287,6 +287,7 @@ def summary_lines(
             f" (runs {fmt_duration(result.experiments_s)}, gaps {fmt_duration(result.gaps_s)})"
             f" · {result.study_dir}",
             *([measuring_line(result)] if result.measuring_fraction is not None else []),
+            *([load_line(result)] if result.load_breakdown_s else []),
         ],
     )
     return [
@@ -306,3 +307,29 @@ def measuring_line(result: StudyResult) -> str:
     )
     frac = result.measuring_fraction or 0.0
     return f"measuring {frac:.0%} of the time in runs" + (f" ({shown})" if shown else "")
+
+
+#: Short names of the load parts (time_budget.LOAD_PARTS) for one line of text.
+LOAD_PART_LABELS = {
+    "python_import": "imports",
+    "engine_start": "engine start",
+    "weights": "weights",
+    "dynamo_transform": "dynamo",
+    "inductor_compile": "inductor",
+    "compile_other": "compile other",
+    "cuda_graph_capture": "cuda graphs",
+    "kv_cache_profile": "kv cache/profile",
+    "other": "other",
+}
+
+
+def load_line(result: StudyResult) -> str:
+    """``load 61 s: imports 25, engine start 3, weights 2, dynamo 9, ...``: where the loads'
+    time went (vLLM's logged phases, summed over runs)."""
+    parts = result.load_breakdown_s or {}
+    total = sum(parts.values())
+    shown = ", ".join(
+        f"{LOAD_PART_LABELS.get(k, k)} {v:.0f}" for k, v in parts.items() if round(v) > 0
+    )
+    return f"load {total:.0f} s: {shown}" if shown else f"load {total:.0f} s"
+
