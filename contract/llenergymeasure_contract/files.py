@@ -8,6 +8,12 @@ RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
 TIMESERIES_FILE = "timeseries.parquet"
 REQUESTS_FILE = "requests.parquet"
+#: Server mode: the engine server's log (in the first run's folder of an engine group; the
+#: others' folders hold a relative link to it).
+SERVER_LOG_FILE = "server.log"
+#: Engine groups: written when a member starts on the shared engine ({"run_id", "started_at"}),
+#: so the host can tell queued members from the running one.
+STARTED_FILE = "started.json"
 
 #: Harness exit codes (anything else non-zero is an unexpected crash).
 EXIT_OK = 0
@@ -21,5 +27,7 @@ __all__ = [
     "EXIT_OK",
     "REQUESTS_FILE",
     "RESULT_FILE",
+    "SERVER_LOG_FILE",
+    "STARTED_FILE",
     "TIMESERIES_FILE",
 ]

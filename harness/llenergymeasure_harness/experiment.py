@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llenergymeasure_contract.env import REQUESTS_FILE, RESULT_FILE, TIMESERIES_FILE, HarnessEnv
+from llenergymeasure_contract.files import SERVER_LOG_FILE
 from llenergymeasure_contract.errors import ConfigError, MeasurementError
 from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.results import ExperimentResult
@@ -523,8 +524,10 @@ def _write(
     columns.update(request_adapter_columns(requests, records))
     write_parquet_atomic(out_dir / REQUESTS_FILE, columns)
     artifacts["requests"] = REQUESTS_FILE
-    if (out_dir / "server.log").is_file():
-        artifacts["server_log"] = "server.log"
+    # a file, or (engine groups) the host's link to the first run's log, which may not resolve
+    # inside a container where the runs' folders are mounted apart
+    if os.path.lexists(out_dir / SERVER_LOG_FILE):
+        artifacts["server_log"] = SERVER_LOG_FILE
     asked = [r.max_new_tokens for r in requests]
     workload = workload_outcome(cfg, asked, records, m.static_batch)
     result = result.model_copy(

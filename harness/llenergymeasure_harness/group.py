@@ -5,7 +5,9 @@
     load ─► member 1 (baseline, warmup, measure, prefill pass, write) ─► config_gap_s ─►
             member 2 (re-bind run-time settings, baseline, warmup, measure, ...) ─► ... ─► close
 
-Each member runs :func:`~llenergymeasure_harness.experiment.run_experiment` unchanged, with
+Each member writes ``started.json`` into its folder as it starts (the host shows it running,
+the ones after it queued), then runs
+:func:`~llenergymeasure_harness.experiment.run_experiment` unchanged, with
 its own results folder, measured window and ``error.json`` when it fails; only the backend is
 shared, through :class:`SharedEngine`, whose ``load`` loads once and then re-binds the next
 member's run-time settings (``rebind``), and whose ``close`` waits for the group's end.
@@ -19,6 +21,7 @@ resume runs exactly those.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -28,8 +31,10 @@ from typing import Any
 from llenergymeasure_contract.env import HarnessEnv
 from llenergymeasure_contract.errors import ConfigError, ExperimentError
 from llenergymeasure_contract.experiment import ExperimentConfig
-from llenergymeasure_contract.results import ExperimentResult
+from llenergymeasure_contract.files import STARTED_FILE
+from llenergymeasure_contract.results import ExperimentResult, write_json_atomic
 from llenergymeasure_contract.reuse import EngineGroup, EngineShare, GroupMember, engine_key
+from llenergymeasure_contract.timestamps import utc_iso
 from llenergymeasure_harness.backends.base import LoadInfo
 from llenergymeasure_harness.experiment import Deps, HarnessTerminated, PhaseError, run_experiment
 
@@ -145,6 +150,16 @@ def member_env(env: HarnessEnv, member: GroupMember) -> HarnessEnv:
     )
 
 
+def mark_started(env: HarnessEnv) -> None:
+    """Write the member's ``started.json``: the host shows it running from now (the others
+    queued). Best effort: a member that cannot write it still runs (and fails at its write)."""
+    record = {"run_id": env.run_id, "started_at": utc_iso()}
+    try:
+        write_json_atomic(Path(env.results_dir) / STARTED_FILE, json.dumps(record))
+    except OSError as exc:
+        logger.warning("cannot write %s for %s: %s", STARTED_FILE, env.run_id, exc)
+
+
 def _interruption(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt | HarnessTerminated)
 
@@ -251,6 +266,7 @@ def run_group(
                     continue
                 gap_s = d.clock() - t0
             shared.current = member.run_id
+            mark_started(menv)
             finalize = _finalizer(shared, group, members, position=i, gap_s=gap_s)
             try:
                 result = run_experiment(
@@ -278,6 +294,7 @@ __all__ = [
     "GroupOutcome",
     "MemberOutcome",
     "SharedEngine",
+    "mark_started",
     "member_env",
     "run_group",
 ]

@@ -37,6 +37,6 @@ def chown_outputs(results_dir: Path, uid: int | None, gid: int | None) -> None:
     g = gid if gid is not None else uid
     for p in [results_dir, *results_dir.iterdir()]:
         try:
-            os.chown(p, uid, g)
+            os.chown(p, uid, g, follow_symlinks=False)  # a link: itself, not its target
         except OSError as exc:
             logger.warning("could not chown %s: %s", p, exc)

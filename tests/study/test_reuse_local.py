@@ -44,9 +44,12 @@ def _llem(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def test_group_in_one_process_ctrl_c_and_resume(tmp_path: Path) -> None:
-    """Three batch sizes, reuse on, local runner: Ctrl-C after the first run's result exits
-    130 with that run completed and the others not; --resume runs the other two in one
-    process (one new log), the first untouched; the study result has the time breakdown."""
+    """Three batch sizes, reuse on, local runner: while the group runs the manifest shows
+    each run as it goes (the first completed, the last still queued, not running); Ctrl-C
+    after the first run's result exits 130 with that run completed and the others not;
+    --resume runs the other two in one process (one new log), the first untouched, the last
+    marked running only once it started (after the one before it ended); the study result
+    has the time breakdown."""
     study = {
         "name": "reuse",
         "model": "tiny-llama",
@@ -76,7 +79,9 @@ def test_group_in_one_process_ctrl_c_and_resume(tmp_path: Path) -> None:
         if states[0] == "completed":
             break
         time.sleep(0.1)
-    assert states == ["completed", "running", "running"], states
+    # the second is in its gap or running; the third waits behind it, queued
+    assert states[0] == "completed" and states[2] == "pending", states
+    assert states[1] in ("pending", "running"), states
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
@@ -103,3 +108,8 @@ def test_group_in_one_process_ctrl_c_and_resume(tmp_path: Path) -> None:
         shares.append(res.engine_share)
     assert shares[1].loaded_by == shares[2].loaded_by == result.runs[1].run_id
     assert shares[2].members == [result.runs[1].run_id, result.runs[2].run_id]
+    runs = ManifestStore.load(study_dir).manifest.runs
+    second, third = runs[1].attempts[-1], runs[2].attempts[-1]
+    assert second.finished_at is not None and third.started_at >= second.finished_at
+    for run in runs[1:]:
+        assert (study_dir / run.attempts[-1].run_dir / "started.json").is_file()

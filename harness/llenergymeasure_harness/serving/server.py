@@ -37,11 +37,12 @@ from typing import IO, Any
 
 from llenergymeasure_contract.errors import ConfigError, ExperimentError
 from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.files import SERVER_LOG_FILE
 
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-SERVER_LOG = "server.log"
+SERVER_LOG = SERVER_LOG_FILE  # the contract spells it (the host links it, engine groups)
 #: Seconds between SIGTERM and SIGKILL when stopping.
 STOP_GRACE_S = 20.0
 

@@ -9,18 +9,22 @@ unfinished members are left in ``todo``, so only they form the batch::
     todo  a1 a2 a3 b1        groups g1 = (a1 a2 a3), g2 = (b1)
     a1 completed before an interruption  ->  batches (a2 a3) (b1)
 
-Every member gets its own attempt in the manifest (``running`` when the process starts, so a
-crash of ``llem`` itself still finds each written ``result.json`` on resume) and its own
-outcome from its own folder (:func:`~llenergymeasure.runners.group.member_outcomes`). While
-the process runs, a watcher polls the members' folders and reports each ``result.json`` as it
-appears (``on_result``: the manifest marks that run completed then, not at the group's end).
-The members share the process's log file.
+Every member gets its own attempt in the manifest when the process starts (so a crash of
+``llem`` itself still finds each written ``result.json`` on resume): the first ``running``,
+the others queued (``pending``), and its own outcome from its own folder
+(:func:`~llenergymeasure.runners.group.member_outcomes`). While the process runs, a watcher
+polls the members' folders: a member's ``started.json`` (the harness writes it as the member
+starts) reports it running (``on_start``), its ``result.json`` reports it completed
+(``on_result``), each as it happens, not at the group's end. The members share the process's
+log file; in server mode each later member's folder gets a relative link ``server.log`` to
+the first member's (the one server's log, which the first run's harness writes).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 
@@ -29,7 +33,7 @@ from llenergymeasure.runners.group import member_outcomes
 from llenergymeasure.runners.spec import GroupRequest, RunRequest
 from llenergymeasure.study.manifest import RunRecord
 from llenergymeasure.study.plan import StudyPlan
-from llenergymeasure_contract.files import RESULT_FILE
+from llenergymeasure_contract.files import RESULT_FILE, SERVER_LOG_FILE, STARTED_FILE
 from llenergymeasure_contract.timestamps import utc_iso
 
 logger = logging.getLogger(__name__)
@@ -58,8 +62,9 @@ def run_group(
     plan: StudyPlan,
     *,
     make_request: Callable[[RunRecord], RunRequest],
-    start_attempt: Callable[[RunRecord, RunRequest], object],
+    start_attempt: Callable[[RunRecord, RunRequest, bool], object],
     run: Callable[[RunRequest], RunOutcome],
+    on_start: Callable[[RunRecord], object] | None = None,
     on_result: Callable[[RunRecord, RunOutcome], object] | None = None,
     poll_s: float = POLL_S,
 ) -> list[tuple[RunRecord, RunOutcome]]:
@@ -69,10 +74,13 @@ def run_group(
         records: The members still to run, in plan order.
         plan: The plan (its group ids and engine keys, ``execution.config_gap_s``).
         make_request: The request of a new attempt at a run.
-        start_attempt: Records the attempt in the manifest (``running``).
+        start_attempt: Records the attempt in the manifest; its third argument says queued
+            (every member after the first).
         run: The runner's ``run``.
-        on_result: Called (from a watcher thread, while ``run`` blocks) with each member whose
-            ``result.json`` appeared, and its completed outcome.
+        on_start: Called (from a watcher thread, while ``run`` blocks) with each member after
+            the first as it starts on the shared engine (its ``started.json`` appeared).
+        on_result: Called (from the watcher) with each member whose ``result.json`` appeared,
+            and its completed outcome; always after its ``on_start``.
         poll_s: The watcher's interval.
 
     Returns:
@@ -84,8 +92,10 @@ def run_group(
     requests = [make_request(r) for r in records]
     # one process, one log: every member's attempt points at it
     requests = [dataclasses.replace(r, log_path=requests[0].log_path) for r in requests]
-    for rec, req in zip(records, requests, strict=True):
-        start_attempt(rec, req)
+    for i, (rec, req) in enumerate(zip(records, requests, strict=True)):
+        start_attempt(rec, req, i > 0)
+    if requests[0].config.server is not None:  # server mode: one server, one log
+        link_server_log(requests)
     greq = GroupRequest(
         group_id=group.group_id,
         engine_key=group.engine_key,
@@ -94,10 +104,10 @@ def run_group(
     )
     stop = threading.Event()
     watcher = None
-    if on_result is not None:
+    if on_result is not None or on_start is not None:
         watcher = threading.Thread(
             target=_watch,
-            args=(list(zip(records, requests, strict=True)), on_result, stop, poll_s),
+            args=(list(zip(records, requests, strict=True)), on_start, on_result, stop, poll_s),
             name="llem-group-watch",
             daemon=True,
         )
@@ -111,16 +121,51 @@ def run_group(
     return list(zip(records, member_outcomes(greq, outcome), strict=True))
 
 
+def link_server_log(requests: Sequence[RunRequest]) -> None:
+    """Give each member after the first a relative link ``server.log`` to the first's.
+
+    Relative (``../<first folder>/server.log``), so it resolves on the host and in a copy of
+    the study folder; made before the process starts, so it is there while the run goes
+    (it resolves once the server has started). Best effort: a file system without links
+    leaves the folder without it.
+    """
+    target = requests[0].run_dir / SERVER_LOG_FILE
+    for req in requests[1:]:
+        link = req.run_dir / SERVER_LOG_FILE
+        try:
+            req.run_dir.mkdir(parents=True, exist_ok=True)
+            if not os.path.lexists(link):
+                link.symlink_to(os.path.relpath(target, req.run_dir))
+        except OSError as exc:
+            logger.warning("cannot link %s to %s: %s", link, target, exc)
+
+
 def _watch(
     members: list[tuple[RunRecord, RunRequest]],
-    on_result: Callable[[RunRecord, RunOutcome], object],
+    on_start: Callable[[RunRecord], object] | None,
+    on_result: Callable[[RunRecord, RunOutcome], object] | None,
     stop: threading.Event,
     poll_s: float,
 ) -> None:
-    """Report each member's result.json as it appears (written last and atomically)."""
+    """Report each member as it starts (``started.json``) and ends (``result.json``, written
+    last and atomically); the first member is running already."""
+    waiting = list(members[1:])
     pending = list(members)
-    while pending and not stop.wait(poll_s):
+    while (waiting or pending) and not stop.wait(poll_s):
+        for rec, req in list(waiting):
+            if not (req.run_dir / STARTED_FILE).is_file() and not (
+                req.run_dir / RESULT_FILE
+            ).is_file():
+                continue
+            waiting.remove((rec, req))
+            if on_start is not None:
+                try:
+                    on_start(rec)
+                except Exception:  # the group's end records it anyway
+                    logger.exception("recording %s as it started failed", rec.run_id)
         for rec, req in list(pending):
+            if (rec, req) in waiting or on_result is None:
+                continue
             result, _ = load_result(req.run_dir)
             if result is None:
                 continue
@@ -141,4 +186,4 @@ def _watch(
                 logger.exception("recording %s as it completed failed", rec.run_id)
 
 
-__all__ = ["batches", "run_group"]
+__all__ = ["batches", "link_server_log", "run_group"]

@@ -146,19 +146,39 @@ class ManifestStore:
         """The record of ``run_id``."""
         return self._by_id[run_id]
 
-    def start_attempt(self, run_id: str, run_dir: Path, log_path: Path) -> Attempt:
-        """Mark ``run_id`` running in a new attempt; write."""
+    def start_attempt(
+        self, run_id: str, run_dir: Path, log_path: Path, *, queued: bool = False
+    ) -> Attempt:
+        """Mark ``run_id`` running in a new attempt; write.
+
+        ``queued``: an engine group's member waiting for the runs before it on the shared
+        engine: the attempt (and its folder) is recorded now, so a written ``result.json`` is
+        found whatever happens to ``llem``, but the run stays ``pending`` until
+        :meth:`mark_running`.
+        """
         rec = self._by_id[run_id]
+        state: RunState = "pending" if queued else "running"
         attempt = Attempt(
             attempt=len(rec.attempts) + 1,
             run_dir=str(run_dir.relative_to(self.study_dir)),
             log_path=str(log_path.relative_to(self.study_dir)),
+            state=state,
             started_at=utc_iso(),
         )
         rec.attempts.append(attempt)
-        rec.state = "running"
+        rec.state = state
         self.write()
         return attempt
+
+    def mark_running(self, run_id: str) -> None:
+        """A queued attempt (engine group) has started: running from now; write."""
+        rec = self._by_id[run_id]
+        if rec.last is None or rec.last.state != "pending":
+            return
+        rec.last.state = "running"
+        rec.last.started_at = utc_iso()
+        rec.state = "running"
+        self.write()
 
     def finish_attempt(self, run_id: str, outcome: RunOutcome) -> RunRecord:
         """Record how the current attempt ended; write."""
@@ -220,19 +240,27 @@ class ManifestStore:
         self.write()
 
     def recover_running(self, keep: set[str] | None = None) -> list[str]:
-        """Runs left ``running`` by a killed orchestrator become ``interrupted``; write.
+        """Runs left ``running`` by a killed orchestrator become ``interrupted`` (and the
+        queued attempts of engine-group members, which stay ``pending``); write.
 
         ``keep`` names runs to leave running (Slurm jobs that a resume adopts).
         """
         fixed = []
+        queued = False
         for rec in self.manifest.runs:
+            last = rec.last
+            if rec.state == "pending" and last is not None and last.state == "pending":
+                last.state = "interrupted"  # queued in an engine group, never started
+                last.message = "not started: the orchestrator stopped before it"
+                queued = True
+                continue
             if rec.state == "running" and rec.run_id not in (keep or set()):
                 rec.state = "interrupted"
                 if rec.attempts and rec.attempts[-1].state == "running":
                     rec.attempts[-1].state = "interrupted"
                     rec.attempts[-1].message = "the orchestrator stopped during this run"
                 fixed.append(rec.run_id)
-        if fixed:
+        if fixed or queued:
             self.write()
         return fixed
 

@@ -233,9 +233,11 @@ class StudySession:
 
     def _close_one(self, rec: RunRecord, status: RunState, kind: FailureKind, message: str) -> None:
         store = self.store
-        if store.run(rec.run_id).state != "running":
+        now = store.run(rec.run_id)
+        queued = now.state == "pending" and now.last is not None and now.last.state == "pending"
+        if now.state != "running" and not queued:  # queued: an engine group's, not started
             return
-        last = store.run(rec.run_id).last
+        last = now.last
         run_dir = store.study_dir / last.run_dir if last is not None else None
         result = load_result(run_dir)[0] if run_dir is not None else None
         if run_dir is not None and result is not None:
@@ -309,6 +311,8 @@ class StudySession:
             rec = batch[0]
             if previous is not None:
                 self._gap(previous, rec)
+            started: set[str] = {rec.run_id}  # runs whose start the progress has shown
+            reported: set[str] = set()  # runs whose end it has shown (as they completed)
             if len(batch) == 1:
                 request = self.make_request(rec, None)
                 self.current = rec
@@ -319,23 +323,38 @@ class StudySession:
                 self.current = rec
                 self.running = list(batch)
                 self.progress.start_run(rec, self.experiment(rec))
+
+                def member_started(r: RunRecord) -> None:
+                    store.mark_running(r.run_id)
+                    started.add(r.run_id)
+                    self.progress.start_run(r, self.experiment(r))
+
+                def member_completed(r: RunRecord, o: RunOutcome) -> None:
+                    store.finish_attempt(r.run_id, o)
+                    reported.add(r.run_id)
+                    self._report_end(r, o)
+
                 ended = run_group(
                     batch,
                     self.plan,
                     make_request=lambda r: self.make_request(r, None),
-                    start_attempt=lambda r, q: store.start_attempt(r.run_id, q.run_dir, q.log_path),
+                    start_attempt=lambda r, q, queued: store.start_attempt(
+                        r.run_id, q.run_dir, q.log_path, queued=queued
+                    ),
                     run=lambda q: self.runner.run(q, echo=echo),
-                    on_result=lambda r, o: store.finish_attempt(r.run_id, o),
+                    on_start=member_started,
+                    on_result=member_completed,
                 )
             stop = abort = False
-            for i, (rec, outcome) in enumerate(ended):
-                if i > 0:  # a group member: its own line, as it ended in the group's process
+            for rec, outcome in ended:
+                if rec.run_id not in started:  # a member that ended without being seen start
                     self.progress.start_run(rec, self.experiment(rec))
                 self.clock.experiments_s += outcome.duration_s or 0.0
-                if store.run(rec.run_id).state == "running":  # a member may be recorded already
+                if store.run(rec.run_id).state in ("running", "pending"):  # not recorded yet
                     self.store.finish_attempt(rec.run_id, outcome)
                 remember_load_time(outcome.result, outcome.duration_s)
-                self._report_end(rec, outcome)
+                if rec.run_id not in reported:
+                    self._report_end(rec, outcome)
                 previous = rec
                 # A signal that arrived after the harness had finished leaves the run
                 # completed (its result.json is whole); the study still stops here.
