@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llenergymeasure_contract.env import REQUESTS_FILE, RESULT_FILE, TIMESERIES_FILE, HarnessEnv
-from llenergymeasure_contract.files import SERVER_LOG_FILE
 from llenergymeasure_contract.errors import ConfigError, MeasurementError
 from llenergymeasure_contract.experiment import ExperimentConfig
+from llenergymeasure_contract.files import SERVER_LOG_FILE
 from llenergymeasure_contract.results import ExperimentResult
 from llenergymeasure_harness import compile_cache, metrics
 from llenergymeasure_harness.assemble import MeasuredRun, assemble

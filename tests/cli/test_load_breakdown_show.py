@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tests.cli.test_narrow_tables import DOC_STUDY, assert_fits, llem
+
 from llenergymeasure.results.study import StudyResult, time_budget
 from llenergymeasure.study.progress import summary_lines
 from llenergymeasure_contract.results import ExperimentResult, LoadBreakdown
-
-from tests.cli.test_narrow_tables import DOC_STUDY, assert_fits, llem
 
 #: The 512-seqs H100 run of 2026-12-07 (tests/harness/backends/data), as the harness splits it.
 H100_LOAD = {
@@ -26,9 +26,7 @@ H100_LOAD = {
     "kv_cache_profile": 3.11,
     "other": 0.0,
 }
-LINE = (
-    "load 61 s: imports 25, engine start 3, weights 2, dynamo 9, inductor 7, compile other 7,"
-)
+LINE = "load 61 s: imports 25, engine start 3, weights 2, dynamo 9, inductor 7, compile other 7,"
 
 
 def _study_with_load(tmp_path: Path) -> Path:

@@ -64,7 +64,9 @@ def harness_env(tmp_path: Path, config: ExperimentConfig | None = None, **kw: An
 
 
 @pytest.fixture(autouse=True)
-def _vllm_cache_root(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _vllm_cache_root(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """vLLM's cache root (where the vLLM backend keeps dummy-model folders) in a temporary
     directory, never the user's ~/.cache/vllm."""
     monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))

@@ -153,9 +153,10 @@ def _watch(
     pending = list(members)
     while (waiting or pending) and not stop.wait(poll_s):
         for rec, req in list(waiting):
-            if not (req.run_dir / STARTED_FILE).is_file() and not (
-                req.run_dir / RESULT_FILE
-            ).is_file():
+            if (
+                not (req.run_dir / STARTED_FILE).is_file()
+                and not (req.run_dir / RESULT_FILE).is_file()
+            ):
                 continue
             waiting.remove((rec, req))
             if on_start is not None:

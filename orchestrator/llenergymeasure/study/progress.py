@@ -332,4 +332,3 @@ def load_line(result: StudyResult) -> str:
         f"{LOAD_PART_LABELS.get(k, k)} {v:.0f}" for k, v in parts.items() if round(v) > 0
     )
     return f"load {total:.0f} s: {shown}" if shown else f"load {total:.0f} s"
-

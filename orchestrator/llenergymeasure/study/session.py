@@ -323,28 +323,7 @@ class StudySession:
                 self.current = rec
                 self.running = list(batch)
                 self.progress.start_run(rec, self.experiment(rec))
-
-                def member_started(r: RunRecord) -> None:
-                    store.mark_running(r.run_id)
-                    started.add(r.run_id)
-                    self.progress.start_run(r, self.experiment(r))
-
-                def member_completed(r: RunRecord, o: RunOutcome) -> None:
-                    store.finish_attempt(r.run_id, o)
-                    reported.add(r.run_id)
-                    self._report_end(r, o)
-
-                ended = run_group(
-                    batch,
-                    self.plan,
-                    make_request=lambda r: self.make_request(r, None),
-                    start_attempt=lambda r, q, queued: store.start_attempt(
-                        r.run_id, q.run_dir, q.log_path, queued=queued
-                    ),
-                    run=lambda q: self.runner.run(q, echo=echo),
-                    on_start=member_started,
-                    on_result=member_completed,
-                )
+                ended = self._run_group(batch, echo, started, reported)
             stop = abort = False
             for rec, outcome in ended:
                 if rec.run_id not in started:  # a member that ended without being seen start
@@ -377,6 +356,39 @@ class StudySession:
                 raise KeyboardInterrupt
             if abort:
                 break
+
+    def _run_group(
+        self,
+        batch: list[RunRecord],
+        echo: Callable[[str], None] | None,
+        started: set[str],
+        reported: set[str],
+    ) -> list[tuple[RunRecord, RunOutcome]]:
+        """One engine group's process; each member shown (and recorded) running as it starts
+        and completed as its result appears (``started``/``reported`` collect them)."""
+        store = self.store
+
+        def member_started(r: RunRecord) -> None:
+            store.mark_running(r.run_id)
+            started.add(r.run_id)
+            self.progress.start_run(r, self.experiment(r))
+
+        def member_completed(r: RunRecord, o: RunOutcome) -> None:
+            store.finish_attempt(r.run_id, o)
+            reported.add(r.run_id)
+            self._report_end(r, o)
+
+        return run_group(
+            batch,
+            self.plan,
+            make_request=lambda r: self.make_request(r, None),
+            start_attempt=lambda r, q, queued: store.start_attempt(
+                r.run_id, q.run_dir, q.log_path, queued=queued
+            ),
+            run=lambda q: self.runner.run(q, echo=echo),
+            on_start=member_started,
+            on_result=member_completed,
+        )
 
     def _report_end(self, rec: RunRecord, outcome: RunOutcome, *, with_id: bool = False) -> None:
         """The progress line and webhook of a run whose outcome is in the manifest."""
