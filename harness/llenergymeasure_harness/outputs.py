@@ -36,7 +36,9 @@ def chown_outputs(results_dir: Path, uid: int | None, gid: int | None) -> None:
         return
     g = gid if gid is not None else uid
     for p in [results_dir, *results_dir.iterdir()]:
+        if p.is_symlink():  # the host's link to another run's file: not this run's to chown
+            continue
         try:
-            os.chown(p, uid, g, follow_symlinks=False)  # a link: itself, not its target
+            os.chown(p, uid, g)
         except OSError as exc:
             logger.warning("could not chown %s: %s", p, exc)
