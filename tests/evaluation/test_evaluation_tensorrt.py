@@ -92,7 +92,11 @@ def test_scores_continuations_from_context_logits(
     try:
         fake.requests.clear()
         fake.cache_salts.clear()
-        reqs = [ScoreRequest([5, 6, 7], [9, 12]), ScoreRequest([5, 6], [10]), ScoreRequest([4], [3])]
+        reqs = [
+            ScoreRequest([5, 6, 7], [9, 12]),
+            ScoreRequest([5, 6], [10]),
+            ScoreRequest([4], [3]),
+        ]
         scores = backend.loglikelihood(reqs, batch_size=2, max_length=2048)
         assert scores[0].logprob == pytest.approx(expected_logprob([9, 12]))
         assert scores[0].is_greedy is True and scores[0].input_tokens == 5
@@ -142,7 +146,7 @@ def test_generates_with_stop_strings_greedy(fake: FakeTRTLLM, tmp_path: Path) ->
             tokenizer=None,
         )
         assert [(o.text, o.output_tokens) for o in out] == [("xxx", 3), ("xx", 2)]
-        (ids0, p0), (ids1, p1) = fake.requests
+        (ids0, p0), (_, p1) = fake.requests
         assert ids0 == [5, 6, 7] and p0.stop == ["\n"] and p0.max_tokens == 3
         assert p0.top_k == 1 and p0.temperature is None
         assert p1.stop is None and p1.temperature == 0.7 and p1.top_k is None
