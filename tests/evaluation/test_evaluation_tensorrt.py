@@ -178,23 +178,33 @@ def test_loglikelihood_tasks_need_context_logits_at_load(
         ExperimentConfig.model_validate({**base, "quality": {"tasks": ["hellaswag"]}})
 
 
-def test_cli_refuses_a_multiple_choice_task_file_on_a_plain_engine(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("gathers", [False, True], ids=["plain-engine", "engine-gathers"])
+def test_cli_checks_a_multiple_choice_task_file_against_the_engine(
+    gathers: bool,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`llem run study.yaml --dry-run` with the shipped multiple-choice task on backend
-    tensorrt (engine flow, no context logits) exits 2 naming the task and the fix."""
+    tensorrt: a plain engine exits 2 naming the task and the fix; an engine built with
+    gather_context_logits plans the run (exit 0)."""
     monkeypatch.chdir(tmp_path)
     model = write_model(tmp_path / "model")
+    section = "{build_args: {gather_context_logits: true}}" if gathers else "{}"
     Path("s.yaml").write_text(
-        f"model: {model}\nbackend: tensorrt\nrunner: local\n"
+        f"model: {model}\nbackend: tensorrt\ntensorrt: {section}\n"
         f"quality: {{tasks: [{EXAMPLES / 'facts_mc.yaml'}]}}\n"
     )
     capsys.readouterr()
     code = main(["run", "s.yaml", "--dry-run"])
     err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if gathers:
+        assert code == 0, err
+        return
     assert code == 2, err
     assert "llem_facts_mc" in err and "backend tensorrt" in err
-    assert "gather_context_logits" in err and "Traceback" not in err
+    assert "gather_context_logits: true" in err and "trtllm_backend: pytorch" in err
 
 
 def test_evaluation_pass_on_fake_tensorrt_in_its_own_window(
