@@ -24,7 +24,7 @@ from llenergymeasure_harness.testing.fake_nvml import FakeNvml
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "quality"
 VOCAB = 512
-GATHER = {"build_args": {"gather_context_logits": True}}
+GATHER = {"build_args": {"gather_context_logits": True}, "max_input_len": 2048}
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ def test_generates_with_stop_strings_greedy(fake: FakeTRTLLM, tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("tensorrt", "refused"),
-    [({}, True), (GATHER, False), ({"trtllm_backend": "pytorch"}, False)],
+    [({"max_input_len": 2048}, True), (GATHER, False), ({"trtllm_backend": "pytorch"}, False)],
     ids=["engine", "engine-gathers", "pytorch-flow"],
 )
 def test_loglikelihood_tasks_need_context_logits_at_load(
@@ -190,7 +190,9 @@ def test_cli_checks_a_multiple_choice_task_file_against_the_engine(
     gather_context_logits plans the run (exit 0)."""
     monkeypatch.chdir(tmp_path)
     model = write_model(tmp_path / "model")
-    section = "{build_args: {gather_context_logits: true}}" if gathers else "{}"
+    section = "{max_input_len: 2048, build_args: {gather_context_logits: true}}"
+    if not gathers:
+        section = "{max_input_len: 2048}"
     Path("s.yaml").write_text(
         f"model: {model}\nbackend: tensorrt\ntensorrt: {section}\n"
         f"quality: {{tasks: [{EXAMPLES / 'facts_mc.yaml'}]}}\n"
@@ -205,6 +207,38 @@ def test_cli_checks_a_multiple_choice_task_file_against_the_engine(
     assert code == 2, err
     assert "llem_facts_mc" in err and "backend tensorrt" in err
     assert "gather_context_logits: true" in err and "trtllm_backend: pytorch" in err
+
+
+@pytest.mark.parametrize(
+    ("tensorrt", "quality", "message"),
+    [
+        ({}, {}, "tensorrt.max_input_len: 2048"),
+        ({"max_input_len": 256}, {}, "quality.max_length: 256"),
+        ({"max_input_len": 2048, "max_seq_len": 2048}, {}, "tensorrt.max_seq_len above it"),
+        ({"trtllm_backend": "pytorch", "max_num_tokens": 1024}, {}, "enable_chunked_prefill"),
+        ({"trtllm_backend": "pytorch", "max_num_tokens": 1024}, {"max_length": 1024}, None),
+        ({}, {"max_length": 512}, None),
+    ],
+    ids=["input-from-max-input-tokens", "input-len", "seq-len", "num-tokens", "fits", "small"],
+)
+def test_evaluation_prompts_must_fit_the_engine_limits(
+    tensorrt: dict[str, Any], quality: dict[str, Any], message: str | None
+) -> None:
+    """TensorRT-LLM refuses prompts over its build limits instead of cutting them, so a
+    quality.max_length above max_input_len, max_seq_len or (unchunked) max_num_tokens is
+    refused at load with both fixes; limits that hold it pass."""
+    data = {
+        "model": "org/m",
+        "backend": "tensorrt",
+        "tensorrt": tensorrt,
+        "quality": {"tasks": ["gsm8k"], **quality},
+    }
+    if message is None:
+        ExperimentConfig.model_validate(data)
+        return
+    with pytest.raises(ValueError, match=r"quality\.max_length") as err:
+        ExperimentConfig.model_validate(data)
+    assert message in str(err.value)
 
 
 def test_evaluation_pass_on_fake_tensorrt_in_its_own_window(
