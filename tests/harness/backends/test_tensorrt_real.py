@@ -109,15 +109,15 @@ def test_real_scores_and_generation_match_transformers(
         backend="tensorrt",
         precision="float16",
         n_prompts=2,
-        max_input_tokens=64,
+        max_input_tokens=256,
         max_output_tokens=8,
         tensorrt={"max_batch_size": 4, "kv_cache_free_gpu_memory_fraction": 0.3, **section},
-        quality={"tasks": ["gsm8k"]},
+        quality={"tasks": ["gsm8k"], "max_length": 256},
     )
     backend = TensorRTBackend(environ={}, workdir=tmp_path)
     backend.load(config)
     try:
-        (score,) = backend.loglikelihood([ScoreRequest(ids, cont)], batch_size=1, max_length=2048)
+        (score,) = backend.loglikelihood([ScoreRequest(ids, cont)], batch_size=1, max_length=256)
         (gen,) = backend.generate_texts([TextRequest(ids, 8, ("\n",))], batch_size=1, tokenizer=tok)
     finally:
         backend.close()
