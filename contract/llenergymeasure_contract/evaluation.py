@@ -138,7 +138,9 @@ def known_loglikelihood_task(name: str) -> bool:
 def loglikelihood_support(config: Any) -> tuple[bool, str]:
     """Whether ``config``'s engine can return log-probabilities of given text, and its name.
 
-    The backend's registry entry says (``BackendSpec.supports_loglikelihood``); server mode
+    The backend's registry entry says (``BackendSpec.supports_loglikelihood``, and its
+    ``loglikelihood_gap`` for this configuration, such as a TensorRT engine built without
+    context logits); server mode
     drives the engine through the OpenAI chat/completions client, which scores no text here.
     """
     from llenergymeasure_contract.registry import REGISTRY
@@ -146,6 +148,9 @@ def loglikelihood_support(config: Any) -> tuple[bool, str]:
     if config.server is not None:
         return False, f"{config.backend} in server mode"
     spec = REGISTRY.get(config.backend)
+    gap = spec.loglikelihood_gap(config) if spec.loglikelihood_gap is not None else None
+    if spec.supports_loglikelihood and gap:
+        return False, f"backend {config.backend} ({gap})"
     return spec.supports_loglikelihood, f"backend {config.backend}"
 
 

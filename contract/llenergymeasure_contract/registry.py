@@ -106,6 +106,8 @@ class BackendSpec:
             release workflow).
         supports_loglikelihood: True when its engine returns log-probabilities of given text
             (``quality:`` tasks scored by log-likelihood, such as multiple choice, need it).
+        loglikelihood_gap: For an engine that supports it, why one configuration cannot
+            (with the fix), or None; None here: every configuration can.
         engine_distribution: The engine's installed distribution (its version keys the
             compile cache and is recorded); ``None`` when there is none.
         validate: Its cross-field rule of a whole experiment config (``ValueError`` with the
@@ -133,6 +135,7 @@ class BackendSpec:
     release_bases: tuple[ReleaseBase, ...] = ()
     untagged_base_cuda: tuple[tuple[str, str], ...] = ()
     supports_loglikelihood: bool = True
+    loglikelihood_gap: Callable[[ExperimentConfig], str | None] | None = None
     lora: LoraSupport | None = None
     run_time_keys: tuple[str, ...] = ()
     engine_distribution: str | None = None
@@ -262,7 +265,9 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="trtllm",
         engine="TensorRT-LLM",
         modules=("tensorrt_llm",),
-        supports_loglikelihood=False,  # not wired to the evaluation adapter yet
+        # From each request's context logits: the PyTorch flow always, a TensorRT engine
+        # only when built with gather_context_logits (TensorRTConfig.loglikelihood_gap).
+        loglikelihood_gap=lambda c: c.tensorrt.loglikelihood_gap() if c.tensorrt else None,
         engine_distribution="tensorrt_llm",
         validate=check_tensorrt,
         parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
