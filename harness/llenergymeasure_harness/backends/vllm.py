@@ -485,7 +485,7 @@ class VLLMBackend(_EvaluationMethods):
 LOAD_LOG_LIMIT = 1 << 20
 
 
-def _load_log(*tails: StderrTail | None, timeout_s: float = 2.0) -> str:
+def _load_log(*tails: StderrTail | None, timeout_s: float = 0.5) -> str:
     """The load's log lines from the tees, once the engine core's last load line is in.
 
     The engine core writes "init engine ... took" before it tells the front end it is ready,
