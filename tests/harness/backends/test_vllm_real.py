@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,33 @@ def test_local_model_dir_with_tokenizer_through_the_harness(tmp_path: Path) -> N
     assert result.phase_energy is not None and result.phase_energy.prefill_pass is not None
     assert result.phase_energy.prefill_pass.prefill_energy_j is not None
     assert result.compile_cache is not None and result.compile_cache.state == "cold"
+
+
+def test_second_load_of_a_config_loads_its_compiled_model() -> None:
+    """With torch.compile on, a second load of the same dummy-weight config finds vLLM's
+    compiled model (the dummy folder keeps its path, which vLLM's cache key holds), and
+    load_breakdown_s says where each load's seconds went, adding up to the load."""
+    fresh = 1024 + time.time_ns() % 997  # max_model_len: a cache key no earlier run made
+    config = _config(vllm={"enforce_eager": False, "max_model_len": fresh})
+    seen: list[tuple[str, dict[str, Any]]] = []
+    for _ in range(2):
+        backend = VLLMBackend()  # no workdir: the default (stable) dummy folder
+        try:
+            info = backend.load(config)
+        finally:
+            backend.close()
+        assert info.load_breakdown_s is not None
+        seen.append((backend.engine_args["model"], info.load_breakdown_s))
+    (first_model, first), (second_model, second) = seen
+    _OBS["load_breakdown"] = [first, second]
+    assert first_model == second_model
+    assert first["compile_cache_hit"] is False and second["compile_cache_hit"] is True
+    assert first["dynamo_transform_s"] > 0 and first["inductor_compile_s"] > 0
+    assert second["dynamo_transform_s"] is None
+    for parts in (first, second):
+        assert parts["weights_s"] > 0 and parts["python_import_s"] is not None
+        assert parts["cuda_graph_capture_s"] is not None and parts["kv_cache_profile_s"] is not None
+        assert parts["engine_start_s"] is not None and parts["engine_start_s"] >= 0
 
 
 def test_out_of_memory_is_translated(tmp_path: Path) -> None:
