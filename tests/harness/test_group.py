@@ -130,7 +130,8 @@ def test_failed_load_fails_every_member(tmp_path: Path) -> None:
 
 def test_interruption_leaves_members_not_started_untouched(tmp_path: Path, world: World) -> None:
     """SIGINT in the second member's window: its error.json, no file for the third, exit 130,
-    so a resume runs exactly the second and third."""
+    so a resume runs exactly the second and third; the two that started each wrote
+    started.json (the host shows a member running from it)."""
     configs = _batch_sweep(1, 2, 4)
     path = _group(tmp_path, configs, gap_s=0.0)
     orig = world.backend.run
@@ -146,6 +147,9 @@ def test_interruption_leaves_members_not_started_untouched(tmp_path: Path, world
     assert (runs / "run-0" / "result.json").is_file()
     assert HarnessErrorRecord.load(runs / "run-1").error_class == "KeyboardInterrupt"
     assert not (runs / "run-2").exists()
+    for run_id in ("run-0", "run-1"):
+        started = json.loads((runs / run_id / "started.json").read_text(encoding="utf-8"))
+        assert started["run_id"] == run_id and started["started_at"].endswith("Z")
 
 
 def test_member_with_another_engine_is_refused(tmp_path: Path, world: World) -> None:
