@@ -121,7 +121,8 @@ def test_sweep_group_ctrl_c_and_resume_one_container_each(
 ) -> None:
     """Batch size x rate with reuse on: one container for the group; Ctrl-C after the first
     run's result -> 130, that run completed; --resume runs the other three in one container;
-    every run has its own result.json recording the shared engine."""
+    every run has its own result.json recording the shared engine, and the started.json it
+    wrote as it began on that engine."""
     sweep = {"pytorch.batch_size": [1, 2], "traffic.rate_per_s": [2.0, 4.0]}
     _study(tmp_path, pytorch_test_image, reuse=True, sweep=sweep)
     (tmp_path / "study.yaml").write_text(
@@ -159,6 +160,7 @@ def test_sweep_group_ctrl_c_and_resume_one_container_each(
         res = ExperimentResult.load(study_dir / run.result_path)
         assert res.run_id == run.run_id and res.config_hash == run.config_hash
         assert res.engine_share is not None
+        assert (study_dir / run.result_path).parent.joinpath("started.json").is_file()
         rates.add(res.config.traffic.rate_per_s)
     assert rates == {2.0, 4.0}
 
