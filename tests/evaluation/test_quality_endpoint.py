@@ -1,6 +1,7 @@
 """Log-likelihood tasks over HTTP: ``backend: endpoint`` with ``endpoint.completions_logprobs``
-against the reference completions server (echo + logprobs on a real model, a stand-in for
-``vllm serve``), scored like lm-eval's own ``hf`` model; a chat-only endpoint is refused."""
+and vLLM in server mode, against the reference completions server (echo + logprobs on a real
+model, a stand-in for ``vllm serve``), scored like lm-eval's own ``hf`` model; a chat-only
+endpoint and ``transformers serve`` are refused."""
 
 from __future__ import annotations
 
@@ -208,3 +209,58 @@ def test_llem_run_scores_multiple_choice_through_an_endpoint_like_lm_eval(
             figures[f"{task['task']}/{key}"] = (value, hf[task["task"]][key])
             assert value == pytest.approx(hf[task["task"]][key]), (task["task"], key)
     print("endpoint vs lm-eval hf:", json.dumps(figures))
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_vllm_server_mode_scores_multiple_choice_like_lm_eval(
+    smollm2_dir: Path, reference_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM in server mode runs a multiple-choice task through the real ServerBackend, with
+    the reference server in place of the ``vllm serve`` process: lm-eval's hf scores."""
+    import time
+
+    from llenergymeasure_harness.evaluation import run_evaluation
+    from llenergymeasure_harness.serving import backends as serving_backends
+
+    launched: list[list[str]] = []
+
+    class ReferenceServe:
+        """Stands in for ManagedServer: the argv is recorded, the reference server answers."""
+
+        def __init__(self, argv: list[str], **_: Any) -> None:
+            launched.append(argv)
+            self.base_url = reference_server
+
+        def start(self) -> None:
+            pass
+
+        def wait_healthy(self, timeout_s: float) -> float:
+            return 0.0
+
+        def stop(self, grace_s: float = 0.0) -> int:
+            return 0
+
+    monkeypatch.setattr(serving_backends, "ManagedServer", ReferenceServe)
+    cfg = ExperimentConfig.model_validate(
+        {
+            "model": str(smollm2_dir),
+            "backend": "vllm",
+            "precision": "float32",
+            "server": {},
+            "quality": {"tasks": [str(EXAMPLES / "facts_mc.yaml")], "limit": LIMIT},
+        }
+    )
+    backend = serving_backends.ServerBackend()
+    backend.output_dir = tmp_path
+    backend.load(cfg)
+    try:
+        ev = run_evaluation(cfg, backend, meter=None, sync=None, clock=time.perf_counter)
+    finally:
+        backend.close()
+    assert "serve" in launched[0]
+    (task,) = ev.tasks
+    hf = hf_scores(smollm2_dir, "float32", limit=LIMIT)["llem_facts_mc"]
+    assert task.n_items == LIMIT
+    for key, value in task.metrics.items():
+        assert value == pytest.approx(hf[key]), key
