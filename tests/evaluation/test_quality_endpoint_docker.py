@@ -21,6 +21,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.torch]
 LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main; sys.exit(main())"]
 LIMIT = 4
 SERVER_MODULE = "llenergymeasure_harness.testing.completions_server"
+#: The served model name. Not the folder path: the Docker runner moves a local model path to
+#: its mount point in the container, which is no longer the name the server serves under.
+SERVED = "smollm2-135m-instruct"
 
 
 @pytest.fixture
@@ -39,7 +42,8 @@ def server_in_container(
 
     require_in_image(pytorch_test_image, SERVER_MODULE, "the reference completions server")
     port = free_port()
-    command = ["python3", "-m", SERVER_MODULE, str(smollm2_dir), "--host", HOST]
+    command = ["python3", "-m", SERVER_MODULE, str(smollm2_dir), "--served-model-name", SERVED]
+    command += ["--host", HOST]
     server = (
         test_container(pytorch_test_image, [*command, "--port", str(port)], network_mode="host")
         .with_volume_mapping(smollm2_dir, str(smollm2_dir), "ro")
@@ -60,7 +64,8 @@ def test_docker_run_scores_multiple_choice_on_an_endpoint_like_lm_eval(
         (tmp_path / "tasks" / name).write_bytes((EXAMPLES / name).read_bytes())
     study = {
         "name": "quality-endpoint-docker",
-        "model": str(smollm2_dir),
+        "model": SERVED,
+        "tokenizer": str(smollm2_dir),  # mounted into the container: lm-eval tokenises there
         "backend": "endpoint",
         "endpoint": {"url": server_in_container, "completions_logprobs": True},
         "gpus": [],
