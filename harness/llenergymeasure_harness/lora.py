@@ -321,7 +321,7 @@ LabelSet = tuple[tuple[str, str], ...]
 _SAMPLE = re.compile(
     r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\S+)?\s*$"
 )
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
 _ESCAPE = re.compile(r"\\(.)")
 
 
@@ -329,6 +329,19 @@ def _unescape(value: str) -> str:
     """A label value of the text exposition format with its escapes (backslash, double quote,
     newline) undone."""
     return _ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def _labels(text: str) -> dict[str, str] | None:
+    """``a="x",b="y"`` as a dict (None: not wholly ``name="value"`` pairs)."""
+    labels: dict[str, str] = {}
+    pos = 0
+    while pos < len(text):
+        match = _LABEL.match(text, pos)
+        if match is None:
+            return None
+        labels[match[1]] = _unescape(match[2])
+        pos = match.end()
+    return labels
 
 
 def parse_lora_gauge(text: str) -> dict[LabelSet, float]:
@@ -345,8 +358,9 @@ def parse_lora_gauge(text: str) -> dict[LabelSet, float]:
             value = float(match["value"])
         except ValueError:
             continue
-        labels = {k: _unescape(v) for k, v in _LABEL.findall(match["labels"] or "")}
-        out[tuple(sorted(labels.items()))] = value
+        labels = _labels(match["labels"] or "")
+        if labels is not None:
+            out[tuple(sorted(labels.items()))] = value
     return out
 
 
@@ -533,7 +547,7 @@ def lora_outcome(
             else None
         )
     if counts is None:
-        counts = LoraCounts.unreported(f"backend {config.backend} reports no adapter counts")
+        counts = LoraCounts.unreported(f"llem reads no adapter counts from {config.backend}")
     return LoraOutcome(
         n_adapters=len(names),
         selection=config.lora.selection,
