@@ -249,3 +249,37 @@ def test_vllm_serve_counts_come_from_its_metrics(
     )
     (proc,) = _LoraServeProcess.launched
     assert proc.fake.lora_gauge is not None and proc.fake.lora_gauge.max_lora == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("aiohttp") is None, reason="needs aiohttp")
+def test_endpoint_counts_come_from_the_servers_metrics() -> None:
+    """backend: endpoint reads the running server's gauge around the run, with the same auth
+    header as its requests; the provenance says it counts all the server's requests."""
+    from llenergymeasure_harness.backends.base import GenerationRequest
+    from llenergymeasure_harness.lora import assign_adapters
+    from llenergymeasure_harness.serving.backends import EndpointBackend
+    from llenergymeasure_harness.testing.fake_sse_server import FakeSSEBehaviour, FakeSSEServer
+
+    behaviour = FakeSSEBehaviour(model="base", lora_models=("sql", "chat"), token_delay_s=0.002)
+    with FakeSSEServer(behaviour) as srv:
+        cfg = ExperimentConfig(
+            model="base",
+            backend="endpoint",
+            n_prompts=4,
+            max_input_tokens=4,
+            max_output_tokens=3,
+            gpus=[],
+            endpoint={"url": srv.base_url, "prompt_format": "token_ids"},
+            lora={"adapters": [{"served": "sql"}, {"served": "chat"}]},
+        )
+        backend = EndpointBackend()
+        backend.load(cfg)
+        probe = backend.lora_probe
+        assert probe is not None
+        requests = [GenerationRequest(i, [5, 6, 7, 8], 3) for i in range(4)]
+        backend.run(assign_adapters(cfg, requests))  # warmup: seen before the window
+        probe.begin()
+        backend.run(assign_adapters(cfg, requests[:1]))  # one request: one adapter
+        counts = probe.end()
+    assert (counts.max_adapters_running, counts.max_adapters_waiting) == (1, 1)
+    assert "not only llem's" in counts.provenance["max_adapters_running"]
