@@ -213,10 +213,23 @@ def lora_lines(rows: list[LoraRow], width: int | None = None) -> list[str]:
     )
     out = ["LoRA adapters against the same study's run without them"]
     out.extend(fit_table(table, width))
+    if any(r.max_adapters_running is not None for r in rows):  # vLLM reported its adapters
+        cells = [
+            f"{i}: {NOT_MEASURED if r.max_adapters_running is None else r.max_adapters_running}"
+            for i, r in enumerate(rows, start=1)
+        ]
+        out.extend(
+            wrap_text(
+                "most adapters in flight at one engine step (vllm:lora_requests_info), by row: "
+                + ", ".join(cells),
+                width,
+            )
+        )
     out.extend(
         wrap_text(
             "base: the same config without lora: (— none in the study); requests per adapter "
-            "and per-adapter energy in --json and the exports.",
+            "and per-adapter energy in --json and the exports; the engine's adapter counts, "
+            "and where each came from, in --json.",
             width,
         )
     )
