@@ -10,4 +10,5 @@ it with ``python -m llenergymeasure_harness --version``.
 """
 
 __version__ = "2.0.0"
-CONTRACT_VERSION = 4  # 2: strict configs; 3: chat datasets; 4: Timings.phase_windows_s
+CONTRACT_VERSION = 5  # 2: strict configs; 3: chat datasets; 4: Timings.phase_windows_s;
+# 5: endpoint.completions_logprobs

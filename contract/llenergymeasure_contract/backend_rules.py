@@ -80,6 +80,44 @@ def check_tensorrt(config: ExperimentConfig) -> None:
             "not precision=float32"
         )
     _sequence_fits("tensorrt.max_seq_len", section.max_seq_len, config)
+    _evaluation_fits(section, config)
+
+
+def _evaluation_fits(section: TensorRTConfig, config: ExperimentConfig) -> None:
+    """quality: prompts reach ``quality.max_length`` tokens; TensorRT-LLM refuses a prompt
+    over the engine's ``max_input_len`` (or, unchunked, over ``max_num_tokens``) instead of
+    cutting it, so the limits must hold them (they are build limits: the user sets them)."""
+    quality = config.quality
+    if quality is None:
+        return
+    need = quality.max_length
+    if section.trtllm_backend == "tensorrt":
+        limit = section.max_input_len or config.max_input_tokens
+        if limit < need:
+            source = "tensorrt.max_input_len" if section.max_input_len else "max_input_tokens"
+            raise ValueError(
+                f"quality.max_length ({need}) exceeds the TensorRT engine's max_input_len "
+                f"({limit}, from {source}), which refuses longer evaluation prompts; set "
+                f"tensorrt.max_input_len: {need} (a build limit, part of the engine) or "
+                f"quality.max_length: {limit}"
+            )
+    if section.max_seq_len is not None and section.max_seq_len <= need:
+        raise ValueError(
+            f"quality.max_length ({need}) needs tensorrt.max_seq_len above it (the scored "
+            f"text plus one token), got {section.max_seq_len}; raise it or lower "
+            "quality.max_length"
+        )
+    if (
+        section.max_num_tokens is not None
+        and section.max_num_tokens < need
+        and not section.enable_chunked_prefill
+    ):
+        raise ValueError(
+            f"quality.max_length ({need}) exceeds tensorrt.max_num_tokens "
+            f"({section.max_num_tokens}), which refuses longer prompts without chunked "
+            "prefill; raise it, set tensorrt.enable_chunked_prefill: true or lower "
+            "quality.max_length"
+        )
 
 
 def check_endpoint(config: ExperimentConfig) -> None:

@@ -138,15 +138,42 @@ def known_loglikelihood_task(name: str) -> bool:
 def loglikelihood_support(config: Any) -> tuple[bool, str]:
     """Whether ``config``'s engine can return log-probabilities of given text, and its name.
 
-    The backend's registry entry says (``BackendSpec.supports_loglikelihood``); server mode
-    drives the engine through the OpenAI chat/completions client, which scores no text here.
+    The backend's registry entry says: ``BackendSpec.supports_loglikelihood`` in process (and
+    its ``loglikelihood_gap`` for this configuration, such as a TensorRT engine built without
+    context logits), ``server_loglikelihood`` in server mode (``vllm serve`` answers
+    ``/v1/completions`` with ``echo`` and ``logprobs``; ``transformers serve`` ignores both), and
+    for ``backend: endpoint`` the section key the user sets (``loglikelihood_key``).
     """
     from llenergymeasure_contract.registry import REGISTRY
 
-    if config.server is not None:
-        return False, f"{config.backend} in server mode"
     spec = REGISTRY.get(config.backend)
+    if config.server is not None:
+        return spec.server_loglikelihood, f"{config.backend} in server mode ({spec.serve_command})"
+    if spec.loglikelihood_key is not None:
+        section = getattr(config, spec.name, None)
+        return bool(getattr(section, spec.loglikelihood_key, False)), f"backend {config.backend}"
+    gap = spec.loglikelihood_gap(config) if spec.loglikelihood_gap is not None else None
+    if spec.supports_loglikelihood and gap:
+        return False, f"backend {config.backend} ({gap})"
     return spec.supports_loglikelihood, f"backend {config.backend}"
+
+
+def _loglikelihood_fix(config: Any) -> str:
+    """How to run a log-likelihood task that ``config``'s engine cannot score."""
+    from llenergymeasure_contract.registry import REGISTRY
+
+    spec = REGISTRY.get(config.backend)
+    fix = "use a generate_until task (e.g. gsm8k)"
+    if config.server is None and spec.loglikelihood_key is not None:
+        key = f"{spec.name}.{spec.loglikelihood_key}"
+        return (
+            f"{key} is false (a chat-only server); set {key}: true if the server answers "
+            "/v1/completions with echo and logprobs (vLLM, SGLang), or " + fix
+        )
+    servers = [s.name for s in REGISTRY if s.server_loglikelihood]
+    if config.server is not None and servers:
+        fix += f", backend {'/'.join(servers)} in server mode,"
+    return fix + " or backend pytorch/vllm in process"
 
 
 def loglikelihood_refusal(task: str, output_type: str | None, config: Any) -> str | None:
@@ -168,7 +195,7 @@ def loglikelihood_refusal(task: str, output_type: str | None, config: Any) -> st
     kind = output_type or "multiple_choice"
     return (
         f"quality.tasks: task {task!r} is scored by log-likelihood ({kind}), which {engine} "
-        "cannot return; use a generate_until task (e.g. gsm8k) or backend pytorch/vllm"
+        f"cannot return; {_loglikelihood_fix(config)}"
     )
 
 

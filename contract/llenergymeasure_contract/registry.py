@@ -106,6 +106,14 @@ class BackendSpec:
             release workflow).
         supports_loglikelihood: True when its engine returns log-probabilities of given text
             (``quality:`` tasks scored by log-likelihood, such as multiple choice, need it).
+        loglikelihood_gap: For an engine that supports it, why one configuration cannot
+            (with the fix), or None; None here: every configuration can.
+        serve_command: Its OpenAI-compatible server's command, for messages ("vllm serve");
+            ``None`` when it has no server mode.
+        server_loglikelihood: True when that server returns them too (``/v1/completions``
+            with ``echo`` and ``logprobs``).
+        loglikelihood_key: A boolean key of its section that, set true, says the engine
+            returns them (``backend: endpoint``: the user declares what the server can do).
         engine_distribution: The engine's installed distribution (its version keys the
             compile cache and is recorded); ``None`` when there is none.
         validate: Its cross-field rule of a whole experiment config (``ValueError`` with the
@@ -133,6 +141,10 @@ class BackendSpec:
     release_bases: tuple[ReleaseBase, ...] = ()
     untagged_base_cuda: tuple[tuple[str, str], ...] = ()
     supports_loglikelihood: bool = True
+    loglikelihood_gap: Callable[[ExperimentConfig], str | None] | None = None
+    serve_command: str | None = None
+    server_loglikelihood: bool = False
+    loglikelihood_key: str | None = None
     lora: LoraSupport | None = None
     run_time_keys: tuple[str, ...] = ()
     engine_distribution: str | None = None
@@ -211,6 +223,9 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         modules=("torch", "transformers"),
         engine_distribution="transformers",
         validate=check_pytorch,
+        # transformers serve ignores echo and logprobs on /v1/completions (transformers 5.x
+        # cli/serving/completion.py: UNUSED_LEGACY_COMPLETION_FIELDS): no scores.
+        serve_command="transformers serve",
         needs_gpu=False,
         cap_concurrency=False,
         container=ContainerDefaults(ipc_mode=None, shm_size="8g"),
@@ -233,6 +248,9 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         modules=("vllm",),
         engine_distribution="vllm",
         validate=check_vllm,
+        # /v1/completions with echo returns the prompt's logprobs (prompt_logprobs)
+        serve_command="vllm serve",
+        server_loglikelihood=True,
         parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
         continuous_batching=True,
         run_time_keys=COMMON_RUN_TIME_KEYS,
@@ -262,12 +280,15 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="trtllm",
         engine="TensorRT-LLM",
         modules=("tensorrt_llm",),
-        supports_loglikelihood=False,  # not wired to the evaluation adapter yet
+        # From each request's context logits: the PyTorch flow always, a TensorRT engine
+        # only when built with gather_context_logits (TensorRTConfig.loglikelihood_gap).
+        loglikelihood_gap=lambda c: c.tensorrt.loglikelihood_gap() if c.tensorrt else None,
         engine_distribution="tensorrt_llm",
         validate=check_tensorrt,
         parallel_keys=("tensor_parallel_size", "pipeline_parallel_size"),
         continuous_batching=True,
         uses_engine_cache=True,
+        serve_command="trtllm-serve",
         # max_input_tokens sizes the built engine (max_input_len) unless the section sets it
         run_time_keys=tuple(k for k in COMMON_RUN_TIME_KEYS if k != "max_input_tokens"),
         # TensorRT-LLM's documented run: --ulimit memlock=-1 --ulimit stack=67108864
@@ -293,9 +314,10 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         image="pytorch",
         engine="OpenAI-compatible server",
         modules=("aiohttp",),
-        # Chat endpoints score no given text (completions with echo+logprobs is not wired
-        # yet); generate_until tasks go through /v1/completions.
+        # A chat-only server scores no given text; one that answers /v1/completions with
+        # echo + logprobs (vLLM, SGLang) does, once the user says so.
         supports_loglikelihood=False,
+        loglikelihood_key="completions_logprobs",
         validate=check_endpoint,
         needs_gpu=False,
         run_time_keys=COMMON_RUN_TIME_KEYS,

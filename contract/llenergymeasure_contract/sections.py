@@ -323,6 +323,24 @@ class TensorRTConfig(_Section):
         default_factory=dict, description="Extra tensorrt_llm.LLM keyword arguments, merged last."
     )
 
+    def loglikelihood_gap(self) -> str | None:
+        """Why this engine cannot return log-probabilities of given text, with the fix; None
+        when it can.
+
+        Scores come from the request's context logits (``return_context_logits``): the
+        PyTorch flow gathers them per request; a TensorRT engine only when it was built with
+        ``gather_context_logits``, which then computes every prompt token's logits in every
+        request, the measured ones too (so it is the user's choice, not set silently).
+        """
+        if self.trtllm_backend == "pytorch" or self.build_args.get("gather_context_logits"):
+            return None
+        return (
+            "its TensorRT engine is built without gather_context_logits; set "
+            "tensorrt.build_args: {gather_context_logits: true} (the engine then computes the "
+            "logits of every prompt token, in the measured run too) or "
+            "tensorrt.trtllm_backend: pytorch"
+        )
+
     @model_validator(mode="after")
     def _check(self) -> TensorRTConfig:
         if (

@@ -91,6 +91,12 @@ class EndpointConfig(_Model):
         description="Offline traffic: requests in flight at once (like vllm bench serve "
         "--max-concurrency); the arrival patterns set their own.",
     )
+    completions_logprobs: bool = Field(
+        False,
+        description="The server answers /v1/completions with echo and logprobs for token-id "
+        "prompts, as vLLM and SGLang do, so quality: tasks scored by log-likelihood (multiple "
+        "choice) can run; false: a chat-only server, such tasks are refused at load.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -128,11 +134,13 @@ class EndpointConfig(_Model):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # basic_auth_env joined later: left out when unset, so the config hash of every
-        # endpoint experiment measured before it stays the same.
+        # basic_auth_env and completions_logprobs joined later: left out at their defaults, so
+        # the config hash of every endpoint experiment measured before them stays the same.
         data: dict[str, Any] = handler(self)
         if data.get("basic_auth_env", "") is None:
             del data["basic_auth_env"]
+        if data.get("completions_logprobs") is False:
+            del data["completions_logprobs"]
         return data
 
 

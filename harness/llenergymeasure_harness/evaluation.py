@@ -146,7 +146,7 @@ def check_ready(config: ExperimentConfig, backend: Any) -> None:
     if importlib.util.find_spec("lm_eval") is None:
         raise ConfigError(
             "quality: needs lm-evaluation-harness (lm_eval), which is not installed here",
-            hint=f"run: {LM_EVAL_INSTALL} (the pytorch image built by llem carries it)",
+            hint=f"run: {LM_EVAL_INSTALL} (the images built by llem carry it)",
         )
     for task in quality.task_files():
         if not Path(task).is_file():
@@ -155,7 +155,8 @@ def check_ready(config: ExperimentConfig, backend: Any) -> None:
         raise ConfigError(
             f"quality: backend {config.backend} cannot run evaluations yet "
             "(it implements no loglikelihood/generate_texts)",
-            hint="use backend pytorch or vllm (or server mode / endpoint for generation tasks)",
+            hint="use backend pytorch, vllm or tensorrt (or server mode / endpoint for "
+            "generation tasks)",
         )
 
 

@@ -297,6 +297,7 @@ KNOBS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("endpoint.prompt_format", EP, {"endpoint.prompt_format": "text"}),
     ("endpoint.request_timeout_s", EP, {"endpoint.request_timeout_s": 30.0}),
     ("endpoint.max_concurrency", EP, {"endpoint.max_concurrency": 8}),
+    ("endpoint.completions_logprobs", EP, {"endpoint.completions_logprobs": True}),
     ("quality.tasks", QUAL, {"quality.tasks": ["hellaswag"]}),
     ("quality.limit", QUAL, {"quality.limit": 10}),
     ("quality.num_fewshot", QUAL, {"quality.num_fewshot": 5}),

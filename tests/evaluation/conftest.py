@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,3 +33,40 @@ def smollm2_dir() -> Path:
     from llenergymeasure_harness.testing.smollm2 import DEFAULT_DIR, convert_smollm2
 
     return convert_smollm2(DEFAULT_DIR)
+
+
+@pytest.fixture(scope="session")
+def reference_server(smollm2_dir: Path) -> Iterator[str]:
+    """Base URL of the reference completions server (echo + logprobs, a stand-in for
+    ``vllm serve``) on SmolLM2, a local process on 127.0.0.1, stopped at the end."""
+    from llenergymeasure_harness.serving.server import HOST, free_port
+    from llenergymeasure_harness.testing.completions_server import READY_LINE
+
+    port = free_port()
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(str(repo / p) for p in ("contract", "harness")),
+    }
+    argv = [sys.executable, "-m", "llenergymeasure_harness.testing.completions_server"]
+    proc = subprocess.Popen(
+        [*argv, str(smollm2_dir), "--host", HOST, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 180
+        for line in proc.stdout:  # ends when the process exits
+            if READY_LINE in line or time.monotonic() > deadline:
+                break
+        if proc.poll() is not None:
+            pytest.fail(f"the reference completions server exited with {proc.returncode}")
+        yield f"http://{HOST}:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -136,6 +136,17 @@ def test_local_runner_without_lm_eval_names_the_install_command() -> None:
 
     problems = lm_eval_problems([cfg], "local", find_spec=absent)
     assert len(problems) == 1 and "pip install 'llenergymeasure[lm-eval]'" in problems[0]
+    assert "the pytorch image carries it" in problems[0]
+    trt = ExperimentConfig.model_validate(
+        {
+            "model": "org/m",
+            "backend": "tensorrt",
+            "tensorrt": {"trtllm_backend": "pytorch"},
+            "quality": {"tasks": ["gsm8k"]},
+        }
+    )
+    (both,) = lm_eval_problems([cfg, trt], "local", find_spec=absent)
+    assert "runner: docker (the pytorch/trtllm images carry it)" in both
     assert lm_eval_problems([cfg], "docker", find_spec=absent) == []
     plain = cfg.model_copy(update={"quality": None})
     assert lm_eval_problems([plain], "local", find_spec=absent) == []

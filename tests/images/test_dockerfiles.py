@@ -105,6 +105,16 @@ def test_same_harness_wheel_and_command(backend: str) -> None:
     assert 'CMD ["python3", "-m", "llenergymeasure_harness"]' in text
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_image_installs_the_lm_eval_extra(backend: str) -> None:
+    """quality: sections run in every backend's image: each Dockerfile's default harness
+    extras include lm-eval (dropping it would make a quality study fail in that image)."""
+    default = re.search(r"^ARG HARNESS_EXTRAS=(\S+)$", _dockerfile(backend), re.M)
+    assert default is not None
+    assert "lm-eval" in default.group(1).split(",")
+    assert '"$2[${HARNESS_EXTRAS}]"' in _dockerfile(backend)
+
+
 def test_entrypoints() -> None:
     """vLLM's `vllm serve` entrypoint is reset; NVIDIA's TensorRT-LLM entrypoint is kept."""
     assert "ENTRYPOINT []" in _instructions(_dockerfile("vllm"))

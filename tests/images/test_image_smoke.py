@@ -121,6 +121,23 @@ def test_harness_only_images_carry_the_streaming_client(
     assert "llenergymeasure_harness.serving.client" in out
 
 
+def test_harness_only_images_carry_lm_eval(
+    docker_client: Any, harness_only_image: tuple[str, str]
+) -> None:
+    """quality: sections run in the vllm and trtllm images too: lm_eval (the harness's
+    lm-eval extra, at the pinned release) and the harness's lm-eval adapter import there."""
+    from llenergymeasure_contract.evaluation import LM_EVAL_VERSION
+
+    _, tag = harness_only_image
+    probe = (
+        "import importlib.metadata as m, lm_eval, lm_eval.tasks, "
+        "llenergymeasure_harness.evaluation_lm as e; print(m.version('lm_eval'), e.__name__)"
+    )
+    code, out = _run(docker_client, tag, ["python3", "-c", probe])
+    assert code == 0, out
+    assert f"{LM_EVAL_VERSION} llenergymeasure_harness.evaluation_lm" in out, out
+
+
 def test_harness_only_images_metadata(
     docker_client: Any, harness_only_image: tuple[str, str]
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +73,8 @@ def test_the_start_sweep_removes_an_ended_sessions_container_and_keeps_a_live_on
     process still runs (another pytest beside this one) is kept."""
     import subprocess
 
+    import docker.errors
+
     ended = subprocess.Popen(["true"])
     ended.wait()
     host = socket.gethostname()
@@ -90,7 +93,5 @@ def test_the_start_sweep_removes_an_ended_sessions_container_and_keeps_a_live_on
         assert made["live"].id in left
     finally:
         for container in made.values():
-            try:
+            with contextlib.suppress(docker.errors.NotFound):  # removed by the sweep
                 container.remove(force=True)
-            except Exception:  # already removed by the sweep
-                pass

@@ -28,6 +28,9 @@ renames it into place, so a reader never sees half an engine. Hit or miss, the m
 is then loaded from the cache directory, so both paths measure the same thing; the build time
 is reported as ``LoadInfo.engine_build_s``, apart from ``load_duration_s``.
 
+Evaluation (``quality:``) scores text from each request's context logits and generates with
+stop strings: :mod:`~llenergymeasure_harness.backends.tensorrt_eval`.
+
 Per-request timing streams every request (``generate_async(..., streaming=True)``) under one
 asyncio loop and stamps each response's new tokens (``outputs[0].token_ids_diff``) on the
 harness clock when it arrives.
@@ -80,6 +83,7 @@ from llenergymeasure_harness.backends.tensorrt_cache import (
     engine_cache_key_payload,
     model_fingerprint,
 )
+from llenergymeasure_harness.backends.tensorrt_eval import TensorRTEvaluationMethods
 from llenergymeasure_harness.lora import AdapterSet, prepare_adapters
 from llenergymeasure_harness.traffic import ArrivalPlan
 
@@ -120,7 +124,7 @@ def _gpu_identity() -> str:
     return "unknown-gpu"
 
 
-class TensorRTBackend:
+class TensorRTBackend(TensorRTEvaluationMethods):
     """TensorRT-LLM's LLM API as a :class:`~llenergymeasure_harness.backends.base.Backend`.
 
     Args:

@@ -98,8 +98,9 @@ def lm_eval_problems(
 ) -> list[str]:
     """The missing-lm_eval problem for a local-runner study with a quality section.
 
-    The Docker runner's images carry lm_eval (the harness's ``lm-eval`` extra); the
-    ``auto`` runner is checked by the harness when the pass starts.
+    Every backend's Docker image carries lm_eval (the harness's ``lm-eval`` extra), so the
+    message names the image of each backend with a quality section; the ``auto`` runner is
+    checked by the harness when the pass starts.
     """
     from llenergymeasure.runners.kinds import runs_in_this_python  # lazy: runners import config
 
@@ -111,7 +112,12 @@ def lm_eval_problems(
         present = False
     if present:
         return []
+    from llenergymeasure_contract.registry import REGISTRY
+
+    images = sorted({REGISTRY.get(e.backend).image for e in experiments if e.quality is not None})
     return [
         "quality: needs lm-evaluation-harness (lm_eval) in this Python for the local runner, "
-        f"and it is not installed; run: {LM_EVAL_INSTALL} (or remove quality:)"
+        f"and it is not installed; run: {LM_EVAL_INSTALL}, or use runner: docker (the "
+        f"{'/'.join(images)} image{'s carry' if len(images) > 1 else ' carries'} it), "
+        "or remove quality:"
     ]

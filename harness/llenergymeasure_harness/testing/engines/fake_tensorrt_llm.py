@@ -195,7 +195,12 @@ class SamplingParams:
     temperature: float | None = None
     min_tokens: int | None = None
     repetition_penalty: float | None = None
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    return_context_logits: bool = False
+    return_generation_logits: bool = False
     return_perf_metrics: bool = False
+    include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     detokenize: bool = True
     skip_special_tokens: bool = True
@@ -203,6 +208,33 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.best_of is None:
             self.best_of = self.n
+
+
+# --------------------------------------------------------------------------- logits
+
+#: The logit of each row's favourite token in :func:`fake_context_logits` (all others: 0).
+FAVOURITE_LOGIT = 2.0
+
+
+def fake_favourite(next_token: int, vocab_size: int) -> int:
+    """The token row ``t`` of :func:`fake_context_logits` favours, given the prompt's token
+    ``t + 1``: that token when divisible by 3 (greedy agrees), else the next id."""
+    return next_token if next_token % 3 == 0 else (next_token + 1) % vocab_size
+
+
+def fake_context_logits(prompt_token_ids: list[int], vocab_size: int) -> Any:
+    """``RequestOutput.context_logits`` of the fake: a float32 ``(tokens, vocab)`` array whose
+    row ``t`` is 0 but for :data:`FAVOURITE_LOGIT` at :func:`fake_favourite` of token
+    ``t + 1`` (the last row favours token 0). A prompt token's log-probability is then
+    ``FAVOURITE_LOGIT - log(e**FAVOURITE_LOGIT + vocab - 1)`` when favoured, else
+    ``-log(e**FAVOURITE_LOGIT + vocab - 1)``."""
+    import numpy as np
+
+    rows = np.zeros((len(prompt_token_ids), vocab_size), dtype=np.float32)
+    for t in range(len(prompt_token_ids)):
+        nxt = prompt_token_ids[t + 1] if t + 1 < len(prompt_token_ids) else 0
+        rows[t, fake_favourite(nxt, vocab_size)] = FAVOURITE_LOGIT
+    return rows
 
 
 # --------------------------------------------------------------------------- results
@@ -245,9 +277,13 @@ class RequestOutput:
         self.prompt_token_ids = list(prompt_token_ids)
         self.prompt: str | None = None
         self.outputs = [CompletionOutput(index=0)]
+        self.context_logits: Any | None = None  # set at the end when the request asked
         self._streaming = streaming
         self._done = False
         self._queue: asyncio.Queue[tuple[list[int], str | None, BaseException | None]] | None = None
+        self._params: SamplingParams | None = None
+        self._vocab_size = 32000
+        self._detokenize = False
         self._sync_driver: Any = None
 
     @property
@@ -261,6 +297,10 @@ class RequestOutput:
         if finish_reason is not None:
             output.finish_reason = finish_reason
             self._done = True
+            if self._params is not None and self._params.return_context_logits:
+                self.context_logits = fake_context_logits(self.prompt_token_ids, self._vocab_size)
+            if self._detokenize:
+                output.text = "x" * len(output.token_ids)
 
     async def _aresult_step(self) -> None:
         assert self._queue is not None, "created outside a running event loop"
@@ -448,6 +488,9 @@ class _FakeLLMBase:
         self._hf_config: dict[str, Any] = {}
         self._max_batch_size = 2048
         self._max_seq_len: int | None = None
+        # Context logits: the PyTorch flow gathers them per request; an engine only when
+        # built with gather_context_logits.
+        self._gathers_context_logits = self._flow == "pytorch"
         self._build_model(Path(str(model)), kwargs)
         self._batcher = ContinuousBatcher(
             behaviour.clock,
@@ -532,6 +575,7 @@ class _FakeLLMBase:
         if lora_request is not None:
             self._check_lora(lora_request)
         params = self._prepare_sampling_params(sampling_params)
+        self._check_logits_request(params)
         if isinstance(inputs, dict) and "prompt_token_ids" in inputs:
             token_ids = list(inputs["prompt_token_ids"])
         elif isinstance(inputs, list) and all(isinstance(t, int) for t in inputs):
@@ -550,6 +594,9 @@ class _FakeLLMBase:
         request_id = self._request_counter
         self._request_counter += 1
         result = RequestOutput(request_id, token_ids, streaming)
+        result._params = params
+        result._vocab_size = int(self._hf_config.get("vocab_size") or 32000)
+        result._detokenize = params.detokenize and self.tokenizer is not None
         sim = SimRequest(
             request_id=str(request_id),
             prompt_token_ids=token_ids,
@@ -574,6 +621,23 @@ class _FakeLLMBase:
             if self._executor_task is None or self._executor_task.done():
                 self._executor_task = loop.create_task(self._executor_loop())
         return result
+
+    def _check_logits_request(self, params: SamplingParams) -> None:
+        """As ``BaseLLM._check_arguments`` in the TensorRT flow: prompt log-probabilities or
+        context logits need an engine built with ``gather_context_logits``."""
+        if self._gathers_context_logits:
+            return
+        if params.prompt_logprobs:
+            raise ValueError(
+                f"`sampling_params's prompt_logprobs={params.prompt_logprobs}` requires "
+                "`gather_context_logits=True` in the `BuildConfig` when constructing the LLM. "
+                "Example: LLM(..., build_config=BuildConfig(gather_context_logits=True))."
+            )
+        if params.return_context_logits:
+            raise RuntimeError(
+                "[TensorRT-LLM][ERROR] Assertion failed: gather_context_logits must be enabled "
+                "in the engine to return context logits"
+            )
 
     def _check_lora(self, lora_request: Any) -> None:
         """As the LoRA manager: a LoRARequest needs ``lora_config``; the adapter's rank must
@@ -715,6 +779,7 @@ class _TrtLLM(_FakeLLMBase):
             self._engine_dir = model
             self._max_batch_size = int(built["max_batch_size"])
             self._max_seq_len = built.get("max_seq_len")
+            self._gathers_context_logits = bool(built.get("gather_context_logits"))
             controller.engine_loads.append(str(model))
             return
         self._hf_config = engine_config or {"architectures": ["LlamaForCausalLM"]}
@@ -753,6 +818,7 @@ class _TrtLLM(_FakeLLMBase):
         self._engine_dir = engine_dir
         self._max_batch_size = build.max_batch_size
         self._max_seq_len = build.max_seq_len
+        self._gathers_context_logits = build.gather_context_logits
         controller.builds.append(
             {"model": str(model), "build_config": build.to_dict(), "quant_config": quant}
         )
@@ -883,4 +949,6 @@ __all__ = [
     "RequestOutput",
     "SamplingParams",
     "build_config_fields",
+    "fake_context_logits",
+    "fake_favourite",
 ]
