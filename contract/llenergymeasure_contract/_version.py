@@ -10,5 +10,6 @@ it with ``python -m llenergymeasure_harness --version``.
 """
 
 __version__ = "2.0.0"
-CONTRACT_VERSION = 5  # 2: strict configs; 3: chat datasets; 4: Timings.phase_windows_s;
-# 5: endpoint.completions_logprobs
+CONTRACT_VERSION = 6  # 2: strict configs; 3: chat datasets; 4: Timings.phase_windows_s;
+# 5: endpoint.completions_logprobs; 6: LoraOutcome.max_adapters_running/_waiting and
+# counts_provenance

@@ -92,6 +92,9 @@ class BackendSpec:
         modules: Python modules whose presence says the backend can run in this environment.
         parallel_keys: Section fields whose product is the GPUs one experiment needs.
         needs_gpu: False when it also runs on the CPU (``gpus: []``).
+        model_is_served_name: True when ``model`` names what a running server serves (sent as
+            each request's ``model``), not weights to load: a local folder there only lends its
+            tokenizer, so a container keeps the name and reads the tokenizer from the mount.
         cap_concurrency: True when the engine never has more sequences in flight than
             prompts (continuous batching); False when the key is a fixed batch size.
         continuous_batching: True for engines that schedule requests continuously (the plan
@@ -132,6 +135,7 @@ class BackendSpec:
     modules: tuple[str, ...]
     parallel_keys: tuple[str, ...] = ()
     needs_gpu: bool = True
+    model_is_served_name: bool = False
     cap_concurrency: bool = True
     continuous_batching: bool = False
     uses_engine_cache: bool = False
@@ -320,6 +324,7 @@ BUILTIN_BACKENDS: tuple[BackendSpec, ...] = (
         loglikelihood_key="completions_logprobs",
         validate=check_endpoint,
         needs_gpu=False,
+        model_is_served_name=True,
         run_time_keys=COMMON_RUN_TIME_KEYS,
         container=ContainerDefaults(ipc_mode=None, shm_size="1g"),
         oom_hint="the server ran out of memory: lower its own batch or context limits",

@@ -336,6 +336,13 @@ class LoraOutcome(_Model):
     energy_apportioned_by: Literal["output_tokens"] = "output_tokens"
     adapter_loads: int | None = None  # None: the engine does not report it
     adapter_swaps: int | None = None  # None: the engine does not report it
+    # vLLM's vllm:lora_requests_info gauge over the measured window: the most adapter names
+    # its running_lora_adapters / waiting_lora_adapters labels listed at one engine step
+    # (None: not reported; docs/results.md says what vLLM puts in them).
+    max_adapters_running: int | None = None
+    max_adapters_waiting: int | None = None
+    # count name -> where it came from, or why it is None
+    counts_provenance: dict[str, str] = Field(default_factory=dict)
     per_adapter: list[AdapterShare] = Field(default_factory=list)
 
 

@@ -214,9 +214,11 @@ def _compute_block(run: MeasuredRun) -> dict[str, Any]:
     """The ``compute`` block: FLOPs from the architecture, parameters, peak memory."""
     from llenergymeasure_contract.architecture import ArchitectureSpec, resolve_architecture
 
+    from llenergymeasure_harness.prompts import architecture_source
+
     cfg, info = run.cfg, run.info
     try:
-        arch = resolve_architecture(cfg.model)
+        arch = resolve_architecture(architecture_source(cfg))
     except ConfigError:
         arch = None
     if arch is None and isinstance(info.extra.get("hf_config"), dict):

@@ -62,7 +62,12 @@ from llenergymeasure_harness.energy.select import make_sampler, resolve_sampler_
 from llenergymeasure_harness.environment import snapshot
 from llenergymeasure_harness.evaluation import check_ready, run_evaluation
 from llenergymeasure_harness.lengths import workload_outcome
-from llenergymeasure_harness.lora import lora_outcome, request_adapter_columns
+from llenergymeasure_harness.lora import (
+    LoraCounts,
+    LoraProbe,
+    lora_outcome,
+    request_adapter_columns,
+)
 from llenergymeasure_harness.outputs import chown_outputs, write_parquet_atomic
 from llenergymeasure_harness.phase_energy import run_prefill_pass
 from llenergymeasure_harness.prompts import (
@@ -188,6 +193,7 @@ class _Measured:
     static_batch: Any
     t0: float
     t1: float
+    lora_counts: LoraCounts | None = None  # what the engine reported on its adapters
 
 
 def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResult:
@@ -261,9 +267,8 @@ def run_experiment(env: HarnessEnv, deps: Deps | None = None) -> ExperimentResul
         if d.finalize is not None:
             result = d.finalize(result)
         if cfg.lora is not None:
-            counters = getattr(backend, "lora_counters", None)
             outcome = lora_outcome(
-                cfg, ld.requests, m.records, result.energy.gpu_energy_j, counters
+                cfg, ld.requests, m.records, result.energy.gpu_energy_j, m.lora_counts
             )
             result = result.model_copy(update={"lora": outcome})
 
@@ -436,6 +441,10 @@ def _measure(
     extra_src = open_extra(kind, ld.labels) if kind in ("zeus", "codecarbon") else None
     extra_result: dict[str, Any] | None = None
     window: WindowResult | None = None
+    # The engine's adapter counts are read just outside the window, on both sides.
+    lora_probe: LoraProbe | None = getattr(backend, "lora_probe", None) if cfg.lora else None
+    if lora_probe is not None:
+        lora_probe.begin()
     if meter is not None:
         meter.begin_window("measure", sync)
     if extra_src is not None:
@@ -460,13 +469,16 @@ def _measure(
     if meter is not None:
         window = meter.end_window("measure", sync)
         t_m0, t_m1 = window.start_s, window.end_s
+    lora_counts = lora_probe.end() if lora_probe is not None else None
     timings["measure_s"] = t_m1 - t_m0
     windows["measure"] = [t_m0, t_m1]
     if len(records) != len(requests):
         raise MeasurementError(
             f"backend returned {len(records)} records for {len(requests)} requests"
         )
-    return _Measured(records, window, extra_result, engine_window, static_batch, t_m0, t_m1)
+    return _Measured(
+        records, window, extra_result, engine_window, static_batch, t_m0, t_m1, lora_counts
+    )
 
 
 def _prefill_pass(

@@ -13,7 +13,28 @@
 * :func:`assign_adapters` gives every request its adapter with the section's seeded policy
   (:func:`llenergymeasure_contract.lora.select_adapters`), backend-independently.
 * :func:`lora_outcome` is the result's per-adapter account: requests, tokens and the energy
-  apportioned to each adapter by its share of the run's output tokens.
+  apportioned to each adapter by its share of the run's output tokens, with what the engine
+  itself reported about its adapters over the measured window (:class:`LoraCounts`).
+* :class:`LoraProbe` is how a backend tells those counts: the harness calls ``begin()`` just
+  before the measured window opens and ``end()`` just after it closes (both outside it). For
+  vLLM, :class:`GaugeProbe` reads the ``vllm:lora_requests_info`` gauge (``GET /metrics`` of
+  ``vllm serve`` or of an endpoint, or the offline ``LLM.get_metrics()`` when stat logging is
+  on) at those two edges and keeps the label sets that changed in between
+  (:func:`gauge_window_counts`).
+
+What vLLM reports (read in vLLM 0.26.0's source, ``vllm/v1/metrics/loggers.py`` and
+``stats.py``): every engine step with outputs, ``PrometheusStatLogger.record`` sets the gauge
+``vllm:lora_requests_info{max_lora, running_lora_adapters, waiting_lora_adapters}`` to the
+current wall-clock time, the two adapter labels being comma-joined adapter names. A label set
+seen again is the same series, updated; one never seen before is a new series, and old ones
+stay. So the series whose value changed between the two reads are exactly the label sets of
+the engine steps inside the window, whatever the clocks. The labels carry names, not counts;
+in 0.26 both list every adapter with a request in the engine, waiting or running
+(``LoRARequestStates.update_scheduler_stats`` writes both dicts for every adapter it tracks),
+so the two maxima are equal there. vLLM keeps no load or eviction count: its LoRA manager
+(``vllm/lora/worker_manager.py`` ``LRUCacheWorkerLoRAManager.add_adapter``,
+``model_manager.py`` ``activate_adapter`` / ``remove_oldest_adapter``) only logs at DEBUG level
+in the engine-core process, so ``adapter_loads`` / ``adapter_swaps`` stay None for vLLM.
 """
 
 from __future__ import annotations
@@ -23,14 +44,15 @@ import json
 import logging
 import math
 import random
+import re
 import shutil
 import struct
 import tempfile
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from llenergymeasure_contract.errors import ConfigError
 from llenergymeasure_contract.experiment import ExperimentConfig
@@ -276,12 +298,221 @@ def request_adapter_columns(
     return {"adapter": [by_id.get(rec.request_id) for rec in records]}
 
 
+# --------------------------------------------------------------------------- engine counts
+
+#: vLLM's LoRA gauge (``vllm/v1/metrics/loggers.py``, ``PrometheusStatLogger``): one series per
+#: label set, valued the wall-clock time of the last engine step that had that label set.
+LORA_GAUGE = "vllm:lora_requests_info"
+RUNNING_LABEL = "running_lora_adapters"
+WAITING_LABEL = "waiting_lora_adapters"
+
+#: The counts of :class:`LoraCounts`, as ``LoraOutcome`` names them.
+COUNT_NAMES = ("adapter_loads", "adapter_swaps", "max_adapters_running", "max_adapters_waiting")
+
+#: Why vLLM's load and swap counts are None.
+VLLM_NO_LOAD_COUNTS = (
+    "vLLM exports no adapter load or eviction count (its LoRA manager logs them only at DEBUG "
+    "level, in the engine-core process)"
+)
+
+#: One series of the gauge: its ``(label, value)`` pairs, sorted.
+LabelSet = tuple[tuple[str, str], ...]
+
+_SAMPLE = re.compile(
+    r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\S+)?\s*$"
+)
+_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def _unescape(value: str) -> str:
+    """A label value of the text exposition format with its escapes (backslash, double quote,
+    newline) undone."""
+    return _ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def _labels(text: str) -> dict[str, str] | None:
+    """``a="x",b="y"`` as a dict (None: not wholly ``name="value"`` pairs)."""
+    labels: dict[str, str] = {}
+    pos = 0
+    while pos < len(text):
+        match = _LABEL.match(text, pos)
+        if match is None:
+            return None
+        labels[match[1]] = _unescape(match[2])
+        pos = match.end()
+    return labels
+
+
+def parse_lora_gauge(text: str) -> dict[LabelSet, float]:
+    """The :data:`LORA_GAUGE` series of a Prometheus text exposition (``GET /metrics``):
+    label set -> value. Other metrics, comments and malformed lines are skipped."""
+    out: dict[LabelSet, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(LORA_GAUGE):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None or match["name"] != LORA_GAUGE:
+            continue
+        try:
+            value = float(match["value"])
+        except ValueError:
+            continue
+        labels = _labels(match["labels"] or "")
+        if labels is not None:
+            out[tuple(sorted(labels.items()))] = value
+    return out
+
+
+def lora_gauge_from_metrics(metrics: Iterable[Any]) -> dict[LabelSet, float]:
+    """The same series from the offline ``LLM.get_metrics()`` (``vllm.v1.metrics.reader``
+    objects with ``name``, ``labels`` and ``value``)."""
+    out: dict[LabelSet, float] = {}
+    for metric in metrics:
+        if getattr(metric, "name", None) != LORA_GAUGE:
+            continue
+        value = getattr(metric, "value", None)
+        if isinstance(value, int | float):
+            labels = dict(getattr(metric, "labels", None) or {})
+            out[tuple(sorted((str(k), str(v)) for k, v in labels.items()))] = float(value)
+    return out
+
+
+def _names(labels: LabelSet, label: str) -> list[str]:
+    return [n for n in dict(labels).get(label, "").split(",") if n]
+
+
+@dataclass(frozen=True)
+class LoraCounts:
+    """What the engine reported about its adapters over one measured window.
+
+    Attributes:
+        adapter_loads: Adapters loaded onto the model (None: not reported).
+        adapter_swaps: Adapters swapped out for others (None: not reported).
+        max_adapters_running: The most adapters vLLM's ``running_lora_adapters`` label listed
+            at one engine step in the window.
+        max_adapters_waiting: The same for ``waiting_lora_adapters``.
+        provenance: Count name -> where it came from, or why it is None.
+    """
+
+    adapter_loads: int | None = None
+    adapter_swaps: int | None = None
+    max_adapters_running: int | None = None
+    max_adapters_waiting: int | None = None
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def unreported(cls, reason: str, **known: tuple[int, str]) -> LoraCounts:
+        """Every count None for ``reason``, except ``known`` ones: name -> (value, source)."""
+        values = {name: value for name, (value, _) in known.items()}
+        provenance = {name: known[name][1] if name in known else reason for name in COUNT_NAMES}
+        return cls(**values, provenance=provenance)
+
+
+def gauge_window_counts(
+    before: dict[LabelSet, float], after: dict[LabelSet, float], source: str
+) -> LoraCounts:
+    """The counts of the window between two reads of :data:`LORA_GAUGE` (see the module doc):
+    the label sets whose value changed (or that appeared) are the engine steps inside it."""
+    window = [labels for labels, value in after.items() if before.get(labels) != value]
+    if not after:
+        reason = f"{source} carries no {LORA_GAUGE} series"
+    elif not window:
+        reason = f"no engine step updated {LORA_GAUGE} ({source}) in the measured window"
+    else:
+        seen = f"over the {len(window)} label set(s) of the measured window's engine steps"
+        return LoraCounts(
+            max_adapters_running=max(len(_names(lab, RUNNING_LABEL)) for lab in window),
+            max_adapters_waiting=max(len(_names(lab, WAITING_LABEL)) for lab in window),
+            provenance={
+                "adapter_loads": VLLM_NO_LOAD_COUNTS,
+                "adapter_swaps": VLLM_NO_LOAD_COUNTS,
+                "max_adapters_running": f"{LORA_GAUGE} label {RUNNING_LABEL}, {source}: the "
+                f"most adapters at one engine step, {seen}",
+                "max_adapters_waiting": f"{LORA_GAUGE} label {WAITING_LABEL}, {source}: the "
+                f"most adapters at one engine step, {seen}",
+            },
+        )
+    return vllm_unreported(reason)
+
+
+def vllm_unreported(reason: str) -> LoraCounts:
+    """vLLM's counts when its gauge gives nothing: None, for ``reason`` (and, for the load and
+    swap counts, :data:`VLLM_NO_LOAD_COUNTS`)."""
+    counts = LoraCounts.unreported(reason)
+    provenance = {
+        **counts.provenance,
+        "adapter_loads": VLLM_NO_LOAD_COUNTS,
+        "adapter_swaps": VLLM_NO_LOAD_COUNTS,
+    }
+    return dataclasses.replace(counts, provenance=provenance)
+
+
+class LoraProbe(Protocol):
+    """A backend's adapter counts over the measured window (``backend.lora_probe``)."""
+
+    def begin(self) -> None:
+        """Called just before the measured window opens."""
+
+    def end(self) -> LoraCounts:
+        """Called just after it closes: the counts over it."""
+
+
+@dataclass
+class FixedProbe:
+    """Counts known without looking at the window (or known not to be reported)."""
+
+    counts: LoraCounts
+
+    def begin(self) -> None:
+        """Nothing to read."""
+
+    def end(self) -> LoraCounts:
+        """The fixed counts."""
+        return self.counts
+
+
+class GaugeProbe:
+    """Reads :data:`LORA_GAUGE` with ``read`` at both edges of the window (outside it).
+
+    ``read`` returns the gauge's series (:func:`parse_lora_gauge` of ``GET /metrics``, or
+    :func:`lora_gauge_from_metrics`); ``source`` says where from, for the provenance. A read
+    that fails leaves the counts None with the error as the reason; the run goes on.
+    """
+
+    def __init__(self, read: Callable[[], dict[LabelSet, float]], source: str) -> None:
+        self._read = read
+        self.source = source
+        self._before: dict[LabelSet, float] | None = None
+        self._error: str | None = None
+
+    def _safe_read(self) -> dict[LabelSet, float] | None:
+        try:
+            return self._read()
+        except Exception as exc:  # informational: never sinks the measurement
+            logger.warning("could not read %s for the LoRA counts: %s", self.source, exc)
+            self._error = f"could not read {self.source}: {type(exc).__name__}: {exc}"
+            return None
+
+    def begin(self) -> None:
+        """Read the gauge before the window."""
+        self._error = None
+        self._before = self._safe_read()
+
+    def end(self) -> LoraCounts:
+        """Read it again and keep what changed in between."""
+        after = self._safe_read() if self._before is not None else None
+        if self._before is None or after is None:
+            return vllm_unreported(self._error or f"{self.source} was not read")
+        return gauge_window_counts(self._before, after, self.source)
+
+
 def lora_outcome(
     config: ExperimentConfig,
     requests: Sequence[GenerationRequest],
     records: Sequence[RequestRecord],
     energy_j: float | None,
-    counters: dict[str, int | None] | None = None,
+    counts: LoraCounts | None = None,
 ) -> LoraOutcome | None:
     """The result's ``lora`` section (None without ``lora:``).
 
@@ -315,14 +546,18 @@ def lora_outcome(
             if row["energy_j"] is not None and row["output_tokens"]
             else None
         )
-    counters = counters or {}
+    if counts is None:
+        counts = LoraCounts.unreported(f"llem reads no adapter counts from {config.backend}")
     return LoraOutcome(
         n_adapters=len(names),
         selection=config.lora.selection,
         max_loras=config.lora.resolved_max_loras,
         max_lora_rank=config.lora.max_lora_rank,
-        adapter_loads=counters.get("adapter_loads"),
-        adapter_swaps=counters.get("adapter_swaps"),
+        adapter_loads=counts.adapter_loads,
+        adapter_swaps=counts.adapter_swaps,
+        max_adapters_running=counts.max_adapters_running,
+        max_adapters_waiting=counts.max_adapters_waiting,
+        counts_provenance=dict(counts.provenance),
         per_adapter=[AdapterShare.model_validate(row) for row in rows.values()],
     )
 
@@ -330,13 +565,25 @@ def lora_outcome(
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
+    "COUNT_NAMES",
+    "LORA_GAUGE",
+    "VLLM_NO_LOAD_COUNTS",
     "Adapter",
     "AdapterSet",
+    "FixedProbe",
+    "GaugeProbe",
+    "LabelSet",
+    "LoraCounts",
+    "LoraProbe",
     "assign_adapters",
+    "gauge_window_counts",
+    "lora_gauge_from_metrics",
     "lora_outcome",
     "module_shapes",
+    "parse_lora_gauge",
     "prepare_adapters",
     "request_adapter_columns",
+    "vllm_unreported",
     "write_generated_adapter",
     "write_safetensors",
 ]

@@ -59,11 +59,27 @@ SYNTHETIC_LOW = 100
 Tokenize = Callable[[str], list[int]]
 
 
+def architecture_source(config: ExperimentConfig) -> str:
+    """Where the model's ``config.json`` is read from: ``model``, or, for a backend whose model
+    is the name a server serves (``BackendSpec.model_is_served_name``), its ``tokenizer``
+    folder when that is local (the container reads it from the mount)."""
+    from llenergymeasure_contract.architecture import is_local_path
+    from llenergymeasure_contract.registry import REGISTRY
+
+    if (
+        REGISTRY.get(config.backend).model_is_served_name
+        and config.tokenizer is not None
+        and is_local_path(config.tokenizer)
+    ):
+        return config.tokenizer
+    return config.model
+
+
 def vocab_size_for(config: ExperimentConfig) -> int | None:
     """The model's vocabulary size from its architecture, when known without the network."""
     from llenergymeasure_contract.architecture import resolve_architecture
 
-    arch = resolve_architecture(config.model)
+    arch = resolve_architecture(architecture_source(config))
     if arch is None:
         return None
     return int(arch.hf_config.get("vocab_size") or 0) or None

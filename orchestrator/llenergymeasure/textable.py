@@ -40,7 +40,8 @@ def term_width() -> int:
 class Column:
     """One column: a title (``\\n`` for two header lines), its cells, where they align.
 
-    ``priority``: 0 is never dropped; higher numbers are dropped first when space runs out.
+    ``priority``: 0 is never dropped; higher numbers are dropped first when space runs out,
+    and of equal numbers the rightmost first.
     """
 
     title: str
@@ -261,7 +262,7 @@ def fit_table(table: Table, width: int | None = None, *, wide: bool = False) -> 
             spare = [c for c in columns if c.priority >= min_priority]
             if not spare:
                 return
-            gone = max(spare, key=lambda c: c.priority)
+            gone = max(reversed(spare), key=lambda c: c.priority)  # ties: the last first
             columns.remove(gone)
             dropped.append(gone.title.replace("\n", " "))
 

@@ -231,3 +231,32 @@ def test_compare_by_keeps_the_study_column(tmp_path: Path) -> None:
     )
     labels = [r["label"]["study"] for r in json.loads(as_json.stdout)["rows"]]
     assert labels == [DOC_STUDY.name, "other-host-study"] * 2
+
+
+def test_compare_names_only_options_it_has_and_wide_shows_every_column(tmp_path: Path) -> None:
+    """compare with six metrics fits 80 columns piped: the varying key moves to a legend and
+    the last metrics asked for are named as not shown; ``compare --wide``, the option the hint
+    names, exists and shows them all."""
+    metrics = [
+        "j_per_output_token",
+        "output_tokens_per_s",
+        "gpu_energy_j",
+        "avg_power_w",
+        "requests_per_s",
+        "j_per_request",
+    ]
+    args = ["results", "compare", str(DOC_STUDY)]
+    for m in metrics:
+        args += ["--metric", m]
+    narrow = llem(*args, cwd=tmp_path)
+    assert narrow.returncode == 0, narrow.stderr
+    assert_fits(narrow.stdout)
+    wide = llem(*args, "--wide", cwd=tmp_path)
+    assert wide.returncode == 0, wide.stderr  # the option the hint names exists
+    header = next(line for line in wide.stdout.splitlines() if line.lstrip().startswith("#"))
+    narrow_header = next(
+        line for line in narrow.stdout.splitlines() if line.lstrip().startswith("#")
+    )
+    assert "not shown for width: j_per_request, requests_per_s; --wide" in narrow.stdout
+    assert {"j_per_request", "requests_per_s", "batch_size"} <= set(header.split())
+    assert len(header.split()) > len(narrow_header.split())

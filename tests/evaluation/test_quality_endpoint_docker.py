@@ -23,7 +23,6 @@ LIMIT = 4
 SERVER_MODULE = "llenergymeasure_harness.testing.completions_server"
 #: The served model name. Not the folder path: the Docker runner moves a local model path to
 #: its mount point in the container, which is no longer the name the server serves under.
-SERVED = "smollm2-135m-instruct"
 
 
 @pytest.fixture
@@ -42,7 +41,8 @@ def server_in_container(
 
     require_in_image(pytorch_test_image, SERVER_MODULE, "the reference completions server")
     port = free_port()
-    command = ["python3", "-m", SERVER_MODULE, str(smollm2_dir), "--served-model-name", SERVED]
+    # served under its path, as `vllm serve /path` does
+    command = ["python3", "-m", SERVER_MODULE, str(smollm2_dir)]
     command += ["--host", HOST]
     server = (
         test_container(pytorch_test_image, [*command, "--port", str(port)], network_mode="host")
@@ -64,8 +64,9 @@ def test_docker_run_scores_multiple_choice_on_an_endpoint_like_lm_eval(
         (tmp_path / "tasks" / name).write_bytes((EXAMPLES / name).read_bytes())
     study = {
         "name": "quality-endpoint-docker",
-        "model": SERVED,
-        "tokenizer": str(smollm2_dir),  # mounted into the container: lm-eval tokenises there
+        # the server's name for the model, a local folder: the container keeps the name and
+        # reads the tokenizer from the folder's mount (lm-eval tokenises there)
+        "model": str(smollm2_dir),
         "backend": "endpoint",
         "endpoint": {"url": server_in_container, "completions_logprobs": True},
         "gpus": [],

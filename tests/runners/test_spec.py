@@ -157,3 +157,16 @@ def test_a_user_setting_turns_multicast_back_on(make_request: Callable[..., RunR
     local = build_local_spec(make_request(), python="python3", base_env={"NCCL_NVLS_ENABLE": "1"})
     assert container.env["NCCL_NVLS_ENABLE"] == "1"
     assert local.env["NCCL_NVLS_ENABLE"] == "1"
+
+
+def test_an_endpoints_model_folder_keeps_its_served_name_and_lends_its_tokenizer() -> None:
+    """backend endpoint: model under a system directory stays the name the server serves (sent
+    as each request's model); the container reads the tokenizer from the folder's mount."""
+    out, mounts = rewrite_host_paths({"backend": "endpoint", "model": "/root/.cache/m"})
+    assert out["model"] == "/root/.cache/m"
+    assert out["tokenizer"] == "/llem/inputs/model/m"
+    assert [(m.source, m.target) for m in mounts] == [("/root/.cache/m", "/llem/inputs/model/m")]
+    own, _ = rewrite_host_paths(
+        {"backend": "endpoint", "model": "/root/.cache/m", "tokenizer": "/usr/share/tok"}
+    )
+    assert (own["model"], own["tokenizer"]) == ("/root/.cache/m", "/llem/inputs/tokenizer/tok")

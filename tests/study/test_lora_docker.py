@@ -62,6 +62,10 @@ def test_two_generated_adapters_in_docker_change_outputs_and_are_accounted(
         assert a != b
     assert lora.lora is not None
     assert (lora.lora.n_adapters, lora.lora.adapter_loads, lora.lora.adapter_swaps) == (2, 2, 0)
+    # peft's counts say where they come from; in-flight counts are vLLM's only (None, why).
+    why = lora.lora.counts_provenance
+    assert why["adapter_loads"].startswith("peft:") and "none is unloaded" in why["adapter_swaps"]
+    assert lora.lora.max_adapters_running is None and "peft" in why["max_adapters_running"]
     shares = {s.adapter: s for s in lora.lora.per_adapter}
     assert {k: s.requests for k, s in shares.items()} == {"lora-0": 4, "lora-1": 4}
     assert sum(s.output_tokens for s in shares.values()) == lora.throughput.output_tokens == 64
@@ -80,6 +84,7 @@ def test_two_generated_adapters_in_docker_change_outputs_and_are_accounted(
     doc = json.loads(as_json.stdout)
     (row,) = doc["lora"]
     assert row["requests_per_adapter"] == {"lora-0": 4, "lora-1": 4}
+    assert row["adapter_loads"] == 2 and row["counts_provenance"] == why
     assert row["base_output_tokens_per_s"] == pytest.approx(base.throughput.output_tokens_per_s)
     report = wd.run("results", "report", str(study_dir), "-o", "report.html")
     assert report.returncode == 0, report.stdout + report.stderr

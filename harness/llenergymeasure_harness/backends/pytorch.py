@@ -35,7 +35,7 @@ from llenergymeasure_harness.backends.base import (
     token_ids_digest,
 )
 from llenergymeasure_harness.backends.pytorch_eval import PyTorchEvaluationMethods
-from llenergymeasure_harness.lora import AdapterSet, prepare_adapters
+from llenergymeasure_harness.lora import AdapterSet, FixedProbe, LoraCounts, prepare_adapters
 from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class PyTorchBackend(PyTorchEvaluationMethods):
         # Slot accounting of the last run(): rows x decode steps vs tokens asked for.
         self.last_static_batch: dict[str, int] | None = None
         self.adapters = AdapterSet()
-        self.lora_counters: dict[str, int | None] | None = None
+        self.lora_probe: FixedProbe | None = None
 
     # ----------------------------------------------------------------- load
 
@@ -270,7 +270,18 @@ class PyTorchBackend(PyTorchEvaluationMethods):
         # peft puts each adapter's weights on the device of the layer it adapts (no .to(): a
         # model dispatched over several GPUs keeps its placement).
         # peft holds every adapter on the model at once: loaded once each, never swapped.
-        self.lora_counters = {"adapter_loads": len(self.adapters.adapters), "adapter_swaps": 0}
+        self.lora_probe = FixedProbe(
+            LoraCounts.unreported(
+                "peft has no scheduler that reports adapters in flight (the harness batches the "
+                "requests; a batch mixes adapters through adapter_names)",
+                adapter_loads=(
+                    len(self.adapters.adapters),
+                    "peft: each adapter loaded onto the model once, at load (outside the "
+                    "measured window)",
+                ),
+                adapter_swaps=(0, "peft keeps every adapter on the model; none is unloaded"),
+            )
+        )
 
     def rebind(self, config: ExperimentConfig) -> None:
         """Take another experiment's run-time settings on the loaded model (engine reuse).

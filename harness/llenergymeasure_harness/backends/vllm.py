@@ -84,7 +84,15 @@ from llenergymeasure_harness.backends.vllm_args import (
     resolved_engine_config,
     vllm_section,
 )
-from llenergymeasure_harness.lora import AdapterSet, prepare_adapters
+from llenergymeasure_harness.lora import (
+    AdapterSet,
+    FixedProbe,
+    GaugeProbe,
+    LoraProbe,
+    lora_gauge_from_metrics,
+    prepare_adapters,
+    vllm_unreported,
+)
 from llenergymeasure_harness.traffic import ArrivalPlan, ArrivalQueue
 
 logger = logging.getLogger(__name__)
@@ -92,6 +100,16 @@ logger = logging.getLogger(__name__)
 ENGINE = "vLLM"
 #: The vLLM release this module was written and fake-tested against.
 MIRRORED_VLLM_VERSION = "0.33.0"
+
+#: Why the offline engine's adapter counts are None by default. vLLM fills its LoRA gauge only
+#: with stat logging on (``LLMEngine.get_metrics`` asserts it), which then costs every engine
+#: step scheduler stats, request events and Prometheus updates inside the measured window.
+STATS_OFF = (
+    "vLLM reports adapters in flight only with stat logging on; the offline LLM turns it off "
+    "(disable_log_stats=True) and llem keeps that, so the measured engine does no per-step "
+    "stats work. vllm.engine_args: {disable_log_stats: false} records these counts (with that "
+    "work in the window); server mode always has them"
+)
 
 
 class _EvaluationMethods:
@@ -190,6 +208,7 @@ class VLLMBackend(_EvaluationMethods):
         self.last_steady_state: SteadyStateWindow | None = None
         self.adapters = AdapterSet()
         self._lora_requests: dict[str, Any] = {}
+        self.lora_probe: LoraProbe | None = None
 
     # ----------------------------------------------------------------- protocol
 
@@ -247,6 +266,8 @@ class VLLMBackend(_EvaluationMethods):
             if self._stderr is not None:
                 self._stderr.stop()  # this process's own stderr back; children keep the tee
         load_s = self._clock() - start
+        if config.lora is not None:
+            self.lora_probe = self._lora_probe()
         model_config = getattr(self._llm, "model_config", None)
         dtype = dtype_name(getattr(model_config, "dtype", None)) or self.engine_args["dtype"]
         world = section.tensor_parallel_size * section.pipeline_parallel_size
@@ -383,6 +404,17 @@ class VLLMBackend(_EvaluationMethods):
             )
         records = [timelines[k].to_record() for k in order]
         return finish_run(self, records, requests, engine=ENGINE, ignore_eos=config.ignore_eos)
+
+    def _lora_probe(self) -> LoraProbe:
+        """vLLM's ``vllm:lora_requests_info`` through ``LLM.get_metrics()``, which needs stat
+        logging; the offline ``LLM`` turns it off and so does llem (see :data:`STATS_OFF`)."""
+        if self.engine_args.get("disable_log_stats", True):
+            return FixedProbe(vllm_unreported(STATS_OFF))
+        llm = self._llm
+        return GaugeProbe(
+            lambda: lora_gauge_from_metrics(llm.get_metrics()),
+            "LLM.get_metrics() of the offline engine",
+        )
 
     def _run_failed(self, exc: Exception, config: ExperimentConfig) -> LLEMError:
         """The engine's mid-run failure as the harness's error, with the engine log's

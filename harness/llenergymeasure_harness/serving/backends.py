@@ -29,11 +29,18 @@ from llenergymeasure_harness.backends.engine_common import (
     prepare_model_source,
     warn_short_outputs,
 )
-from llenergymeasure_harness.lora import AdapterSet, prepare_adapters
+from llenergymeasure_harness.lora import (
+    AdapterSet,
+    GaugeProbe,
+    LabelSet,
+    parse_lora_gauge,
+    prepare_adapters,
+)
 from llenergymeasure_harness.serving.client import (
     ClientSettings,
     StreamingClient,
     basic_authorization,
+    fetch_metrics,
     fetch_models,
     output_length_forced,
 )
@@ -96,6 +103,8 @@ class _HTTPBackend(HTTPEvaluationMethods):
         #: Where the server log goes (set by the harness to the results directory).
         self.output_dir: Path | None = None
         self.server_info: dict[str, Any] = {}
+        #: vLLM's adapter counts from ``GET /metrics`` (with ``lora:``; see ..lora).
+        self.lora_probe: GaugeProbe | None = None
 
     @property
     def warmup_unit(self) -> int:
@@ -160,6 +169,17 @@ class _HTTPBackend(HTTPEvaluationMethods):
         except Exception as exc:  # informational; the requests themselves will tell
             logger.warning("GET %s/v1/models failed: %s", base_url, exc)
             return None
+
+    def _metrics_probe(self, base_url: str, api_key: str | None, source: str) -> GaugeProbe:
+        """A probe reading vLLM's LoRA gauge from the server's ``GET /metrics``."""
+
+        def read() -> dict[LabelSet, float]:
+            text = asyncio.run(
+                fetch_metrics(base_url, api_key=api_key, authorization=self._authorization)
+            )
+            return parse_lora_gauge(text)
+
+        return GaugeProbe(read, source)
 
     def run(
         self, requests: Sequence[GenerationRequest], plan: ArrivalPlan | None = None
@@ -238,6 +258,10 @@ class ServerBackend(_HTTPBackend):
         if config.backend == "vllm":
             # Without a tokenizer (dummy weights) vLLM streams empty text; ask for the ids.
             self._client.settings.extra_body["return_token_ids"] = True
+            if config.lora is not None:
+                self.lora_probe = self._metrics_probe(
+                    base_url, None, "GET /metrics of the vllm serve process"
+                )
         resolved = None
         if config.backend == "vllm":
             resolved = vllm_resolved_from_log(
@@ -356,6 +380,13 @@ class EndpointBackend(_HTTPBackend):
         if config.dataset.source != "synthetic":
             self._prompt_format = "text"
         self._client = self._make_client(config, section.url, config.model, api_key)
+        if config.lora is not None:
+            # A vLLM server says which adapters it ran; counts every request it served.
+            self.lora_probe = self._metrics_probe(
+                section.url,
+                api_key,
+                "GET /metrics of the endpoint (all its requests in the window, not only llem's)",
+            )
         # Offline traffic: at most max_concurrency requests in flight, as the registry says.
         self._client.settings.max_in_flight = getattr(section, "max_concurrency", None)
         self.server_info = {

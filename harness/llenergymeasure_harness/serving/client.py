@@ -354,14 +354,15 @@ def basic_authorization(user_password: str) -> str:
     return "Basic " + base64.b64encode(user_password.encode("utf-8")).decode("ascii")
 
 
-async def fetch_models(
+async def _get_text(
     base_url: str,
+    path: str,
     *,
     api_key: str | None = None,
     authorization: str | None = None,
     timeout_s: float = 10.0,
-) -> dict[str, Any]:
-    """``GET /v1/models`` as JSON (raises ``aiohttp`` errors to the caller)."""
+) -> str:
+    """``GET path`` of the server, its body as text (raises ``aiohttp`` errors)."""
     import aiohttp
 
     auth = auth_header(api_key, authorization)
@@ -369,11 +370,38 @@ async def fetch_models(
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with (
         aiohttp.ClientSession(base_url=base_url, headers=headers, timeout=timeout) as http,
-        http.get("/v1/models") as resp,
+        http.get(path) as resp,
     ):
         resp.raise_for_status()
-        out: dict[str, Any] = await resp.json(content_type=None)
-        return out
+        return await resp.text()
+
+
+async def fetch_models(
+    base_url: str,
+    *,
+    api_key: str | None = None,
+    authorization: str | None = None,
+    timeout_s: float = 10.0,
+) -> dict[str, Any]:
+    """``GET /v1/models`` as JSON (raises ``aiohttp`` and JSON errors to the caller)."""
+    text = await _get_text(
+        base_url, "/v1/models", api_key=api_key, authorization=authorization, timeout_s=timeout_s
+    )
+    out: dict[str, Any] = json.loads(text)
+    return out
+
+
+async def fetch_metrics(
+    base_url: str,
+    *,
+    api_key: str | None = None,
+    authorization: str | None = None,
+    timeout_s: float = 10.0,
+) -> str:
+    """``GET /metrics``: the server's Prometheus text exposition (raises ``aiohttp`` errors)."""
+    return await _get_text(
+        base_url, "/metrics", api_key=api_key, authorization=authorization, timeout_s=timeout_s
+    )
 
 
 __all__ = [
@@ -381,6 +409,7 @@ __all__ = [
     "ClientSettings",
     "EndpointError",
     "StreamingClient",
+    "fetch_metrics",
     "fetch_models",
     "output_length_forced",
 ]

@@ -2,7 +2,9 @@
 
 Speaks just enough HTTP/1.1 (keep-alive, chunked transfer) on 127.0.0.1 to serve:
 
-* ``GET /health`` and ``GET /v1/models``;
+* ``GET /health``, ``GET /v1/models`` and ``GET /metrics`` (vLLM's ``vllm:lora_requests_info``
+  gauge when it serves LoRA adapters, as vLLM 0.26 fills it:
+  :mod:`llenergymeasure_harness.testing.vllm_metrics`; each streamed token is an engine step);
 * ``POST /v1/completions`` with ``stream: true``: ``max_tokens`` SSE chunks of one "token"
   each, ``token_delay_s`` apart, then a chunk with ``finish_reason`` and (when asked for and
   ``usage`` is on) ``usage``, then ``data: [DONE]``.
@@ -24,6 +26,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from llenergymeasure_harness.testing.vllm_metrics import LoraGauge
+
 
 @dataclass
 class FakeSSEBehaviour:
@@ -38,6 +42,7 @@ class FakeSSEBehaviour:
     # LoRA adapters it serves besides ``model`` (listed in /v1/models, as vLLM lists
     # --lora-modules); a request naming any other model is refused.
     lora_models: tuple[str, ...] = ()
+    max_loras: int | None = None  # the gauge's max_lora label; default len(lora_models)
     requests: list[dict[str, Any]] = field(default_factory=list)
     #: The ``Authorization`` header of every request received (None when absent), in order.
     authorizations: list[str | None] = field(default_factory=list)
@@ -53,6 +58,11 @@ class FakeSSEServer:
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        b = self.behaviour
+        #: vLLM's LoRA gauge (registered only when the server serves adapters).
+        self.lora_gauge = LoraGauge(b.max_loras or len(b.lora_models)) if b.lora_models else None
+        self._in_engine: dict[int, str | None] = {}  # stream number -> its adapter
+        self._streams = 0
 
     @property
     def base_url(self) -> str:
@@ -139,6 +149,21 @@ class FakeSSEServer:
                 "200 OK",
                 {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]},
             )
+        elif method == "GET" and path == "/metrics":
+            text = (
+                "# HELP vllm:num_requests_running Number of requests in model execution "
+                "batches.\n# TYPE vllm:num_requests_running gauge\n"
+                f'vllm:num_requests_running{{engine="0",model_name="{b.model}"}} '
+                f"{float(len(self._in_engine))}\n"
+            )
+            if self.lora_gauge is not None:
+                text += self.lora_gauge.exposition()
+            data = text.encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                + f"Content-Length: {len(data)}\r\n\r\n".encode()
+                + data
+            )
         elif method == "POST" and path == "/v1/completions":
             req = json.loads(body or b"{}")
             b.requests.append(req)
@@ -159,6 +184,11 @@ class FakeSSEServer:
         else:
             self._plain(writer, "404 Not Found", {"detail": "not found"})
         await writer.drain()
+
+    def _engine_step(self) -> None:
+        """An engine step with outputs: the LoRA gauge gets the adapters now in flight."""
+        if self.lora_gauge is not None:
+            self.lora_gauge.record(a for a in self._in_engine.values() if a is not None)
 
     def _n_tokens(self, req: dict[str, Any]) -> int:
         n = int(req.get("max_tokens") or 16)
@@ -195,11 +225,20 @@ class FakeSSEServer:
             writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
         n = self._n_tokens(req)
-        for i in range(n):
-            if self.behaviour.token_delay_s:
-                await asyncio.sleep(self.behaviour.token_delay_s)
-            send(json.dumps(self._chunk(f"t{i} ", None, req, n, final=False)))
-            await writer.drain()
+        self._streams += 1
+        stream = self._streams
+        model = req.get("model")
+        self._in_engine[stream] = model if model in self.behaviour.lora_models else None
+        try:
+            for i in range(n):
+                if self.behaviour.token_delay_s:
+                    await asyncio.sleep(self.behaviour.token_delay_s)
+                self._engine_step()
+                send(json.dumps(self._chunk(f"t{i} ", None, req, n, final=False)))
+                await writer.drain()
+        finally:
+            self._in_engine.pop(stream, None)
+        self._engine_step()
         finish = "length" if n == int(req.get("max_tokens") or 16) else "stop"
         send(json.dumps(self._chunk("", finish, req, n, final=True)))
         send("[DONE]")

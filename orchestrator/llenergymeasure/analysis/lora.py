@@ -3,8 +3,9 @@
 An experiment with ``lora:`` is matched to the experiment of the same study whose config is
 identical except for ``lora:`` (and its free ``name``): its *base*. Each row gives both J per
 output token and throughput (means over the completed cycles) and their ratio, plus the
-adapter mix (requests per adapter, summed over cycles) and the engine's adapter load/swap
-counts where it reports them. Per-adapter energy inside a run is apportioned by output tokens
+adapter mix (requests per adapter, summed over cycles) and the engine's adapter counts
+where it reports them (load/swap counts; the most adapters in flight at one engine step, the
+largest over the cycles). Per-adapter energy inside a run is apportioned by output tokens
 (``ExperimentResult.lora``, docs/methodology.md).
 """
 
@@ -35,6 +36,9 @@ class LoraRow:
     requests_per_adapter: dict[str, int] = field(default_factory=dict)
     adapter_loads: int | None = None
     adapter_swaps: int | None = None
+    max_adapters_running: int | None = None  # the most over the cycles
+    max_adapters_waiting: int | None = None
+    counts_provenance: dict[str, str] = field(default_factory=dict)
 
     @property
     def j_ratio(self) -> float | None:
@@ -68,6 +72,9 @@ class LoraRow:
             "requests_per_adapter": self.requests_per_adapter,
             "adapter_loads": self.adapter_loads,
             "adapter_swaps": self.adapter_swaps,
+            "max_adapters_running": self.max_adapters_running,
+            "max_adapters_waiting": self.max_adapters_waiting,
+            "counts_provenance": self.counts_provenance,
         }
 
 
@@ -115,6 +122,9 @@ def lora_against_base(study: LoadedStudy) -> list[LoraRow]:
             )
         row.adapter_loads = outcome.adapter_loads
         row.adapter_swaps = outcome.adapter_swaps
+        row.max_adapters_running = _most(row.max_adapters_running, outcome.max_adapters_running)
+        row.max_adapters_waiting = _most(row.max_adapters_waiting, outcome.max_adapters_waiting)
+        row.counts_provenance = dict(outcome.counts_provenance)
     bases = {ident: h for h, ident in identity.items() if h not in rows}
     for row in rows.values():
         base = bases.get(identity[row.config_hash])
@@ -124,6 +134,12 @@ def lora_against_base(study: LoadedStudy) -> list[LoraRow]:
                 base, (None, None)
             )
     return list(rows.values())
+
+
+def _most(a: int | None, b: int | None) -> int | None:
+    """The larger of two counts, None only when neither is known."""
+    known = [v for v in (a, b) if v is not None]
+    return max(known) if known else None
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -138,7 +154,7 @@ def lora_report_section(study: LoadedStudy) -> str:
     head = (
         "<tr><th>config</th><th>adapters</th><th>selection</th><th>J/output token</th>"
         "<th>without adapters</th><th>× base</th><th>output tok/s</th><th>without</th>"
-        "<th>× base</th><th>requests per adapter</th></tr>"
+        "<th>× base</th><th>requests per adapter</th><th>most adapters in flight</th></tr>"
     )
     body = "".join(
         "<tr>"
@@ -148,7 +164,7 @@ def lora_report_section(study: LoadedStudy) -> str:
         f"<td>{_fmt(r.output_tokens_per_s)}</td><td>{_fmt(r.base_output_tokens_per_s)}</td>"
         f"<td>{_fmt(r.throughput_ratio)}</td>"
         f"<td>{html.escape(', '.join(f'{k}: {v}' for k, v in r.requests_per_adapter.items()))}"
-        "</td></tr>"
+        f"</td><td>{'—' if r.max_adapters_running is None else r.max_adapters_running}</td></tr>"
         for r in rows
     )
     return (
@@ -156,7 +172,10 @@ def lora_report_section(study: LoadedStudy) -> str:
         f"<table>{head}{body}</table>"
         "<p>Base: the experiment of this study with the same config and no <code>lora:</code> "
         "(— when there is none). A run's energy is split between its adapters by their share "
-        "of its output tokens (docs/methodology.md).</p>"
+        "of its output tokens (docs/methodology.md). Most adapters in flight: the most "
+        "adapters vLLM's <code>vllm:lora_requests_info</code> listed at one engine step of the "
+        "measured window (— where the engine does not report it; result.json's "
+        "<code>lora.counts_provenance</code> says why).</p>"
     )
 
 

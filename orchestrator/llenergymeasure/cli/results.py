@@ -74,6 +74,9 @@ def compare_command(
         "output_tokens_per_s, ttft_p99_s.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    wide: bool = typer.Option(
+        False, "--wide", help="Every column, whatever the width (80 columns when piped)."
+    ),
 ) -> None:
     """Experiments side by side, grouped by swept keys, with the ratio to a baseline row and
     whether the 95 % intervals overlap; environment differences between studies are listed.
@@ -97,8 +100,8 @@ def compare_command(
         return
     from llenergymeasure.cli.results_render import render_compare, render_lora
 
-    render_compare(result)
-    render_lora(lora)
+    render_compare(result, wide=wide)
+    render_lora(lora, wide=wide)
 
 
 @results_app.command("report", context_settings=_CTX)

@@ -124,8 +124,9 @@ def _method_line(wide: bool = True) -> str:
     )
 
 
-def compare_lines(cmp: Comparison, width: int | None = None) -> list[str]:
-    """The comparison as lines that fit ``width``: rows, ratios, overlap, environment."""
+def compare_lines(cmp: Comparison, width: int | None = None, *, wide: bool = False) -> list[str]:
+    """The comparison as lines that fit ``width`` (``wide``: every column, whatever the width):
+    rows, ratios, overlap, environment."""
     width = term_width() if width is None else width
     titles = dict(SHOW_METRICS + TRAFFIC_SHOW_METRICS + QUALITY_SHOW_METRICS)
     study_no = {sid: i for i, sid in enumerate(cmp.studies, start=1)}
@@ -135,14 +136,15 @@ def compare_lines(cmp: Comparison, width: int | None = None) -> list[str]:
             "cycles", [f"{r.row.stats.n_cycles_completed}/{r.row.n_runs}" for r in cmp.rows], True
         )
     ]
-    for m in cmp.metrics:
+    for i, m in enumerate(cmp.metrics):
         cells = []
         for r in cmp.rows:
             c = r.metrics[m]
             ratio = "—" if c.ratio is None else f"×{fmt_value(c.ratio)}"
             ov = "base" if c.overlap == "baseline" else f"ov {c.overlap}"
             cells.append(f"{fmt_compact(c.interval)}\n{ratio}, {ov}")
-        columns.append(Column(titles.get(m, m), cells, right=True))
+        # the first metric always shows; the others, rightmost first, only where they fit
+        columns.append(Column(titles.get(m, m), cells, right=True, priority=min(i, 1)))
     params = [
         {k: (f"S{study_no[r.row.study_id]}" if k == "study" else r.label[k]) for k in cmp.by}
         for r in cmp.rows
@@ -157,7 +159,7 @@ def compare_lines(cmp: Comparison, width: int | None = None) -> list[str]:
         param_order=cmp.by,
         notes=notes,
     )
-    out.extend(fit_table(table, width))
+    out.extend(fit_table(table, width, wide=wide))
     if len(cmp.studies) > 1:
         out.extend(wrap_pairs("studies: ", [f"S{i}={sid}" for sid, i in study_no.items()], width))
         if cmp.environment_differences:
@@ -179,12 +181,12 @@ def compare_lines(cmp: Comparison, width: int | None = None) -> list[str]:
     return out
 
 
-def render_compare(cmp: Comparison, width: int | None = None) -> None:
-    """Print the comparison (fits ``width``, the terminal's by default)."""
-    sys.stdout.write("\n".join(compare_lines(cmp, width)) + "\n")
+def render_compare(cmp: Comparison, width: int | None = None, *, wide: bool = False) -> None:
+    """Print the comparison (fits ``width``, the terminal's by default; ``wide``: no limit)."""
+    sys.stdout.write("\n".join(compare_lines(cmp, width, wide=wide)) + "\n")
 
 
-def lora_lines(rows: list[LoraRow], width: int | None = None) -> list[str]:
+def lora_lines(rows: list[LoraRow], width: int | None = None, *, wide: bool = False) -> list[str]:
     """LoRA experiments beside their no-adapter base, within ``width`` (none: no lines)."""
     if not rows:
         return []
@@ -212,19 +214,32 @@ def lora_lines(rows: list[LoraRow], width: int | None = None) -> list[str]:
         param_order=("config",),
     )
     out = ["LoRA adapters against the same study's run without them"]
-    out.extend(fit_table(table, width))
+    out.extend(fit_table(table, width, wide=wide))
+    if any(r.max_adapters_running is not None for r in rows):  # vLLM reported its adapters
+        cells = [
+            f"{i}: {NOT_MEASURED if r.max_adapters_running is None else r.max_adapters_running}"
+            for i, r in enumerate(rows, start=1)
+        ]
+        out.extend(
+            wrap_text(
+                "most adapters in flight at one engine step (vllm:lora_requests_info), by row: "
+                + ", ".join(cells),
+                width,
+            )
+        )
     out.extend(
         wrap_text(
             "base: the same config without lora: (— none in the study); requests per adapter "
-            "and per-adapter energy in --json and the exports.",
+            "and per-adapter energy in --json and the exports; the engine's adapter counts, "
+            "and where each came from, in --json.",
             width,
         )
     )
     return out
 
 
-def render_lora(rows: list[LoraRow], width: int | None = None) -> None:
+def render_lora(rows: list[LoraRow], width: int | None = None, *, wide: bool = False) -> None:
     """Print :func:`lora_lines` (nothing when no experiment has adapters)."""
-    lines = lora_lines(rows, width)
+    lines = lora_lines(rows, width, wide=wide)
     if lines:
         sys.stdout.write("\n".join(lines) + "\n")

@@ -103,6 +103,9 @@ class RunMetrics(_Model):
     lora_n_adapters: int | None = None
     lora_adapter_loads: int | None = None
     lora_adapter_swaps: int | None = None
+    # vLLM's vllm:lora_requests_info over the measured window (None where not reported).
+    lora_max_adapters_running: int | None = None
+    lora_max_adapters_waiting: int | None = None
     quality_flags: list[str] = Field(default_factory=list)
 
     @classmethod
@@ -146,6 +149,12 @@ class RunMetrics(_Model):
             lora_n_adapters=result.lora.n_adapters if result.lora is not None else None,
             lora_adapter_loads=result.lora.adapter_loads if result.lora is not None else None,
             lora_adapter_swaps=result.lora.adapter_swaps if result.lora is not None else None,
+            lora_max_adapters_running=(
+                result.lora.max_adapters_running if result.lora is not None else None
+            ),
+            lora_max_adapters_waiting=(
+                result.lora.max_adapters_waiting if result.lora is not None else None
+            ),
             quality_flags=[f.code for f in result.quality_flags],
             **_evaluation_metrics(result),
         )

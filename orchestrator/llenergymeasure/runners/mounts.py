@@ -80,12 +80,22 @@ class _Mounter:
         return target
 
 
+def _model_is_served_name(config: dict[str, Any]) -> bool:
+    from llenergymeasure_contract.registry import REGISTRY
+
+    backend = config.get("backend")
+    if not isinstance(backend, str) or backend not in REGISTRY.names():
+        return False
+    return REGISTRY.get(backend).model_is_served_name
+
+
 def rewrite_host_paths(
     config: dict[str, Any], base_dir: str = "/"
 ) -> tuple[dict[str, Any], tuple[Mount, ...]]:
     """Return the config dict with host paths replaced by container paths, and the mounts.
 
-    Handles ``model``, ``tokenizer``, a JSONL ``dataset.path``, the folders of
+    Handles ``model`` (kept, for a backend whose model is a served name, with its tokenizer
+    read from the mount), ``tokenizer``, a JSONL ``dataset.path``, the folders of
     ``quality.tasks`` YAML files and LoRA adapter directories (``lora.adapters[i].path``);
     other fields pass through.
     Relative paths are taken relative to ``base_dir``. Absolute paths outside system
@@ -93,10 +103,15 @@ def rewrite_host_paths(
     """
     out = json.loads(json.dumps(config))  # deep copy of a JSON-shaped dict
     mounter = _Mounter(base_dir)
-    for key, role in (("model", "model"), ("tokenizer", "tokenizer")):
-        value = out.get(key)
-        if isinstance(value, str) and is_local_path(value):
-            out[key] = mounter.map(role, value)
+    tokenizer = out.get("tokenizer")
+    if isinstance(tokenizer, str) and is_local_path(tokenizer):
+        out["tokenizer"] = mounter.map("tokenizer", tokenizer)
+    model = out.get("model")
+    if isinstance(model, str) and is_local_path(model):
+        if not _model_is_served_name(out):
+            out["model"] = mounter.map("model", model)
+        elif tokenizer is None:  # the server's name stays; its folder lends the tokenizer
+            out["tokenizer"] = mounter.map("model", model)
     dataset = out.get("dataset")
     if isinstance(dataset, dict):
         path = dataset.get("path")

@@ -23,7 +23,10 @@ It reproduces, at the boundary our backend uses, the real signatures and return 
   ``add_request(..., lora_request=...)``; refused unless the engine was built with
   ``enable_lora=True``, and an adapter whose ``adapter_config.json`` rank exceeds
   ``max_lora_rank`` fails as the real loader does (``max_lora_rank`` must be one of vLLM's
-  ``MaxLoRARanks``, ``max_cpu_loras >= max_loras``);
+  ``MaxLoRARanks``, ``max_cpu_loras >= max_loras``); with stat logging on, every step with
+  outputs sets the ``vllm:lora_requests_info`` gauge (vLLM 0.26's labels,
+  :mod:`llenergymeasure_harness.testing.vllm_metrics`), read by ``LLM.get_metrics()``
+  (``vllm.v1.metrics.reader.Gauge``; an ``AssertionError`` with stat logging off, as upstream);
 * errors: ``ValueError("Model architectures [...] are not supported for now. ...")``,
   ``ValueError("No available memory for the cache blocks. ...")``,
   ``RuntimeError("Engine core initialization failed. ...")``, ``torch.cuda.OutOfMemoryError``
@@ -56,6 +59,7 @@ from llenergymeasure_harness.testing.engines._sim import (
     SimRequest,
     cuda_oom,
 )
+from llenergymeasure_harness.testing.vllm_metrics import Gauge, LoraGauge, Metric
 
 VLLM_VERSION = "0.33.0"
 VLLM_COMMIT = "g4ba787ec9"
@@ -436,6 +440,12 @@ class LLMEngine:
         self._lora = bool(engine_args.get("enable_lora"))
         self._max_lora_rank = int(engine_args.get("max_lora_rank") or 16)
         self._lora_ranks: dict[int, int] = {}  # lora_int_id -> rank, as the worker caches them
+        # vllm:lora_requests_info, registered with LoRA on and filled only with stat logging
+        self.lora_gauge = (
+            LoraGauge(int(engine_args.get("max_loras") or 1), clock=behaviour.clock)
+            if self._lora
+            else None
+        )
 
     @property
     def max_running_seen(self) -> int:
@@ -518,6 +528,7 @@ class LLMEngine:
             "params": params,
             "stats": stats,
             "cached": self._lookup_prefix(token_ids, salt),
+            "lora": getattr(lora_request, "lora_name", None),
         }
         self._batcher.add(sim)
         self._controller.added_requests.append((request_id, token_ids, params))
@@ -637,7 +648,22 @@ class LLMEngine:
             )
             if sim.finished:
                 self._states.pop(sim.request_id, None)
+        if self.lora_gauge is not None and self._log_stats and outputs:
+            # PrometheusStatLogger.record after the step (finished requests already dropped)
+            self.lora_gauge.record(st["lora"] for st in self._states.values() if st["lora"])
         return outputs
+
+    def get_metrics(self) -> list[Gauge]:
+        """``LLMEngine.get_metrics``: the Prometheus snapshot (vllm:* metrics) of this process;
+        only with stat logging on, as upstream asserts."""
+        assert self._log_stats, "Stat logging disabled"
+        running = Gauge(
+            name="vllm:num_requests_running",
+            labels={"model_name": "fake", "engine": "0"},
+            value=float(len(self._states)),
+        )
+        lora = self.lora_gauge.reader_metrics() if self.lora_gauge is not None else []
+        return [running, *lora]
 
 
 class LLM:
@@ -761,6 +787,10 @@ class LLM:
         self.engine_class = LLMEngine
         self._counter = 0
         controller.instances.append(self)
+
+    def get_metrics(self) -> list[Gauge]:
+        """``LLM.get_metrics``: ``self.llm_engine.get_metrics()``."""
+        return self.llm_engine.get_metrics()
 
     def _preprocess_cmpl_one(
         self,
@@ -902,6 +932,7 @@ class FakeVLLM:
         sub("vllm.v1.engine.llm_engine", LLMEngine=LLMEngine)
         sub("vllm.v1.metrics")
         sub("vllm.v1.metrics.stats", RequestStateStats=RequestStateStats)
+        sub("vllm.v1.metrics.reader", Metric=Metric, Gauge=Gauge)
         version = sub("vllm.version", __version__=version_string, __commit__=VLLM_COMMIT)
         setattr(root, "version", version)  # noqa: B010  # ModuleType has no declared attribute
         return mods
