@@ -9,6 +9,10 @@ Markers (declared in pyproject.toml) and what they need:
     tensorrt  tensorrt_llm importable
     slurm     a Slurm cluster answering sinfo with a node up (scripts/slurm-up.sh)
 
+Tests that run ``llem`` as a user types it take ``llem_workdir`` (:class:`LlemWorkdir`): a fresh
+working directory, the CPU study that tiny-model tests start from, the real CLI run there in a
+subprocess with the defaults, and readers for what it wrote under ``./results``.
+
 A test whose need is not met is skipped with the reason. With ``LLEM_REQUIRE_DOCKER=1``
 (``.ci/run`` sets it) a ``docker`` test that would skip *fails* instead, so CI cannot go green
 by silently skipping the integration tests; a skip caused by an unmet gpu/vllm/tensorrt marker
@@ -26,18 +30,29 @@ process is gone; a concurrent session's containers are never touched.
 
 from __future__ import annotations
 
+import copy
 import gc
 import importlib.util
+import json
 import os
 import socket
+import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from functools import cache
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
+import yaml
 
 from llenergymeasure.images import TEST_PYTORCH_IMAGE
+
+if TYPE_CHECKING:
+    from llenergymeasure.results import ExperimentResult
+    from llenergymeasure.results.study import RunSummary, StudyResult
 
 REQUIRE_DOCKER_ENV = "LLEM_REQUIRE_DOCKER"
 REQUIRE_SLURM_ENV = "LLEM_REQUIRE_SLURM"
@@ -48,6 +63,9 @@ PROBE_OK = "llem-probe: ok"
 
 # The reaper's image (testcontainers/ryuk) is never pulled: leftovers go by label instead.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+#: ``llem`` as the user's shell runs it, with this interpreter (and its PYTHONPATH).
+LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main; sys.exit(main())"]
 
 # Markers whose unmet need is an expected skip even when Docker is required.
 _HARDWARE_MARKERS = ("gpu", "vllm", "tensorrt")
@@ -319,3 +337,176 @@ def _skip_or_fail(reason: str) -> None:
     if docker_required():
         pytest.fail(f"{REQUIRE_DOCKER_ENV}=1: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+#: The study a tiny-model test starts from: the built-in tiny architecture with random weights
+#: on the CPU (no GPU asked for), one warmup batch, no idle baseline, no gaps, and a container
+#: with no network and no limits the test engine may refuse.
+CPU_STUDY: dict[str, Any] = {
+    "name": "study",
+    "model": "tiny-llama",
+    "load_format": "dummy",
+    "precision": "float32",
+    "n_prompts": 8,
+    "max_input_tokens": 16,
+    "max_output_tokens": 8,
+    "warmup": {"n_batches": 1},
+    "baseline": {"enabled": False},
+    "gpus": [],
+    "execution": {"config_gap_s": 0, "cycle_gap_s": 0},
+    "docker": {"network_mode": "none", "ulimits": {}, "ipc_mode": None, "shm_size": "1g"},
+}
+
+
+class LlemWorkdir:
+    """A user's working directory and the ``llem`` commands typed there.
+
+    ``llem`` is the real CLI in a subprocess whose working directory is :attr:`cwd`, with the
+    defaults: results in ``./results``, no user config (``LLEM_USER_CONFIG`` names a file that
+    does not exist) and no GPU request (``LLEM_NO_GPU=1``: a CPU host). Add to :attr:`env` for
+    every later command, or pass variables to one :meth:`run` or :meth:`start`.
+    """
+
+    #: What :meth:`write_study` merges its fields over (a subclass may start elsewhere).
+    base_study: ClassVar[dict[str, Any]] = CPU_STUDY
+
+    def __init__(
+        self, cwd: Path, image: str, require_in_image: Callable[[str, str, str], None] | None
+    ) -> None:
+        self.cwd = cwd
+        self.image = image
+        self._require_in_image = require_in_image
+        self.env = {
+            **os.environ,
+            "LLEM_NO_GPU": "1",  # CPU-only host: containers get no GPU request
+            "LLEM_USER_CONFIG": str(cwd / "no-user-config.yaml"),
+        }
+
+    def require_in_image(self, modules: str, feature: str) -> None:
+        """Skip (or fail, see ``require_in_image``) unless the image imports ``modules``."""
+        assert self._require_in_image is not None, "only docker-marked tests probe the image"
+        self._require_in_image(self.image, modules, feature)
+
+    def write_study(self, file_name: str = "study.yaml", /, **fields: Any) -> Path:
+        """``file_name`` in the working directory: :attr:`base_study` with the test image and
+        ``fields`` (a mapping merges one level deep into the base's mapping of that key)."""
+        data = copy.deepcopy(self.base_study)
+        data["images"] = {"pytorch": self.image}
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        path = self.cwd / file_name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def run(
+        self, *args: str, timeout_s: float = 300, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """``llem ARGS`` in the working directory, to the end."""
+        return subprocess.run(
+            [*LLEM, *args],
+            cwd=self.cwd,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        """``llem ARGS`` in the background (to signal it, or race a second one); stderr is
+        merged into stdout."""
+        return subprocess.Popen(
+            [*LLEM, *args],
+            cwd=self.cwd,
+            env={**self.env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_for(self, proc: subprocess.Popen[str], what: str, cond: Any, timeout_s: float) -> Any:
+        """Poll ``cond()`` until truthy while ``proc`` runs; fail with its output otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                value = cond()
+            except (OSError, ValueError, KeyError, IndexError):
+                value = None
+            if value:
+                return value
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        out = proc.communicate(timeout=60)[0] if proc.poll() is not None else "(still running)"
+        proc.kill()
+        raise AssertionError(f"never saw {what} (llem exited {proc.returncode}): {out}")
+
+    # ---------------------------------------------------------------- what the user sees
+
+    def study_dir(self) -> Path:
+        """The one study folder under ./results."""
+        (found,) = [p.parent for p in (self.cwd / "results").glob("*/manifest.json")]
+        return found
+
+    def manifest(self) -> dict[str, Any]:
+        """manifest.json as the user reads it."""
+        return dict(json.loads((self.study_dir() / "manifest.json").read_text()))
+
+    def run_states(self) -> list[str]:
+        """Each run's state, in plan order."""
+        return [r["state"] for r in self.manifest()["runs"]]
+
+    def running_run(self, index: int) -> str | None:
+        """The run id of run ``index`` (1-based) once the manifest says it is running."""
+        run = self.manifest()["runs"][index - 1]
+        return str(run["run_id"]) if run["state"] == "running" else None
+
+    def result_files(self) -> list[Path]:
+        """Every result.json under ./results (a run measured twice would show twice)."""
+        return sorted((self.cwd / "results").glob("*/runs/*/result.json"))
+
+    def study_result(self) -> StudyResult:
+        """The study's result (study.json), loaded as the results commands load it."""
+        from llenergymeasure.results.study import StudyResult
+
+        return StudyResult.load(self.study_dir())
+
+    def run_result(self, run: RunSummary) -> ExperimentResult:
+        """The result.json of one run of :meth:`study_result`."""
+        from llenergymeasure.results import ExperimentResult
+
+        assert run.result_path is not None, run
+        return ExperimentResult.load(self.study_dir() / run.result_path)
+
+    def run_requests(self, run: RunSummary) -> dict[str, list[Any]]:
+        """The requests.parquet beside a run's result.json, column -> values."""
+        import pyarrow.parquet as pq
+
+        assert run.result_path is not None, run
+        path = self.study_dir() / run.result_path.replace("result.json", "requests.parquet")
+        return dict(pq.read_table(path).to_pydict())
+
+
+def workdir_image(
+    request: pytest.FixtureRequest,
+) -> tuple[str, Callable[[str, str, str], None] | None]:
+    """The test image and the image probe for a docker-marked test; the default tag and no
+    probe otherwise (the engine is then never asked)."""
+    if request.node.get_closest_marker("docker") is None:
+        return TEST_PYTORCH_IMAGE, None
+    return request.getfixturevalue("pytorch_test_image"), request.getfixturevalue(
+        "require_in_image"
+    )
+
+
+@pytest.fixture
+def llem_workdir(tmp_path: Path, request: pytest.FixtureRequest) -> LlemWorkdir:
+    """A fresh working directory for ``llem``; in a docker-marked test, with the CPU pytorch
+    test image (``pytorch_test_image``) and its ``require_in_image`` probe."""
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    image, need = workdir_image(request)
+    return LlemWorkdir(cwd, image, need)

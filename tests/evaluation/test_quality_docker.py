@@ -5,71 +5,43 @@ lm-eval's own hf model on the same items."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
+from tests.conftest import LlemWorkdir
 from tests.evaluation.test_quality_smollm2 import EXAMPLES, hf_scores
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.torch]
 
-LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main; sys.exit(main())"]
 LIMIT = 4
 
 
 def test_docker_run_scores_the_local_tasks_like_lm_eval(
-    smollm2_dir: Path,
-    tmp_path: Path,
-    pytorch_test_image: str,
-    require_in_image: Callable[[str, str, str], None],
+    smollm2_dir: Path, llem_workdir: LlemWorkdir
 ) -> None:
     """``llem run study.yaml --runner docker`` from a working directory: exit 0, one result
     whose evaluation block has both tasks, its own window and lm-eval's hf scores."""
-    require_in_image(pytorch_test_image, "lm_eval", "quality: (the lm-eval extra)")
-    (tmp_path / "tasks").mkdir()
+    wd = llem_workdir
+    wd.require_in_image("lm_eval", "quality: (the lm-eval extra)")
+    (wd.cwd / "tasks").mkdir()
     for name in ("facts_mc.yaml", "facts_mc.jsonl", "facts_gen.yaml", "facts_gen.jsonl"):
-        (tmp_path / "tasks" / name).write_bytes((EXAMPLES / name).read_bytes())
-    study = {
-        "name": "quality-docker",
-        "model": str(smollm2_dir),
-        "precision": "float32",
-        "gpus": [],
-        "n_prompts": 2,
-        "max_input_tokens": 16,
-        "max_output_tokens": 4,
-        "warmup": {"n_batches": 1},
-        "baseline": {"enabled": False},
-        "pytorch": {"batch_size": 1},
-        "quality": {
+        (wd.cwd / "tasks" / name).write_bytes((EXAMPLES / name).read_bytes())
+    wd.write_study(
+        name="quality-docker",
+        model=str(smollm2_dir),
+        load_format="auto",  # the real weights: the scores are compared with lm-eval's
+        n_prompts=2,
+        max_output_tokens=4,
+        pytorch={"batch_size": 1},
+        quality={
             "tasks": ["tasks/facts_mc.yaml", "tasks/facts_gen.yaml"],
             "limit": LIMIT,
             "batch_size": 8,
         },
-        "images": {"pytorch": pytorch_test_image},
-        "execution": {"config_gap_s": 0, "cycle_gap_s": 0},
-        "docker": {"network_mode": "none", "ulimits": {}, "ipc_mode": None, "shm_size": "1g"},
-    }
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
-    env = {
-        **os.environ,
-        "LLEM_NO_GPU": "1",
-        "LLEM_USER_CONFIG": str(tmp_path / "no-user-config.yaml"),
-    }
-    proc = subprocess.run(
-        [*LLEM, "run", "study.yaml", "--runner", "docker", "--yes"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        check=False,
     )
+    proc = wd.run("run", "study.yaml", "--runner", "docker", "--yes", timeout_s=1500)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (path,) = sorted((tmp_path / "results").glob("*/runs/*/result.json"))
+    (path,) = wd.result_files()
     r = json.loads(path.read_text())
     ev = r["evaluation"]
     assert r["environment"]["in_container"] is True

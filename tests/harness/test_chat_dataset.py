@@ -43,7 +43,7 @@ MAX_INPUT = 100
 MAX_OUTPUT = 5
 
 
-def _turns() -> list[list[dict[str, str]]]:
+def chat_turns() -> list[list[dict[str, str]]]:
     """The three requests ``turns: each`` must build, by hand: each user turn with its history."""
     a = CONVERSATIONS[0]["messages"]
     return [a[:2], a[:4], CONVERSATIONS[1]["messages"]]
@@ -82,7 +82,7 @@ def test_chat_turns_rendered_with_the_template_through_the_cli(tmp_path: Path) -
     tok = AutoTokenizer.from_pretrained(ckpt)
     full = [
         len(tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True)["input_ids"])
-        for m in _turns()
+        for m in chat_turns()
     ]
     assert full[0] < full[1] <= MAX_INPUT < full[2]  # history grows; the long one is cut
     (run_dir,) = [p for p in (tmp_path / "results").rglob("result.json")]
@@ -178,7 +178,7 @@ def test_hub_chat_column_is_read_as_conversations(monkeypatch: pytest.MonkeyPatc
     reqs = prompts.build_requests(cfg, chat_tokenizer=_Tok())
     assert seen == {"name": "org/arena", "split": "train[:2]"}
     assert [r.prompt_text for r in reqs] == [
-        _Tok().decode(_Tok().apply_chat_template(m)) for m in _turns()[:2]
+        _Tok().decode(_Tok().apply_chat_template(m)) for m in chat_turns()[:2]
     ]
     bad = make_config(
         dataset={"source": "hub", "name": "org/arena", "format": "chat"},
@@ -263,7 +263,7 @@ def test_chat_turns_on_the_fake_vllm_engine(tmp_path: Path) -> None:
     tok = AutoTokenizer.from_pretrained(ckpt)
     full = [
         len(tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True)["input_ids"])
-        for m in _turns()
+        for m in chat_turns()
     ]
     assert [r["input_tokens"] for r in rows] == [min(full[i % 3], MAX_INPUT) for i in range(30)]
     assert [r["output_tokens"] for r in rows] == [[3, 3, MAX_OUTPUT][i % 3] for i in range(30)]

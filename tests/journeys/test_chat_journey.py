@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.harness.test_chat_dataset import CONVERSATIONS, MAX_INPUT, MAX_OUTPUT, _turns
+from tests.harness.test_chat_dataset import CONVERSATIONS, MAX_INPUT, MAX_OUTPUT, chat_turns
 from tests.journeys.conftest import Journey
 
 from llenergymeasure_harness.testing.tiny_checkpoint import (
@@ -43,7 +43,7 @@ def test_chat_turns_in_a_container(journey: Journey) -> None:
     tok = AutoTokenizer.from_pretrained(ckpt)
     full = [
         len(tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True)["input_ids"])
-        for m in _turns()
+        for m in chat_turns()
     ]
     (result_file,) = journey.result_files()
     import pyarrow.parquet as pq

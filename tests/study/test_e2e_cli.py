@@ -9,62 +9,36 @@ completed. Results, manifest, StudyResult, CSV, Parquet and file ownership are c
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from tests.conftest import LlemWorkdir
 
-from llenergymeasure.results import ExperimentResult
-from llenergymeasure.results.study import StudyResult
 from llenergymeasure.study.manifest import ManifestStore
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main; sys.exit(main())"]
 
 
-def llem(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*LLEM, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def wait_running(root: Path, index: int, proc: subprocess.Popen[str], timeout_s: float) -> Path:
-    """Wait until run `index` (1-based) of the study under root is running; its study dir."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        for path in root.glob("*/manifest.json"):
-            try:
-                runs = json.loads(path.read_text())["runs"]
-            except (OSError, ValueError):
-                continue
-            if runs[index - 1]["state"] == "running":
-                return path.parent
-        time.sleep(0.1)
-    out = proc.stdout.read() if proc.poll() is not None and proc.stdout else ""
-    raise AssertionError(f"run {index} never started (llem exited {proc.poll()}): {out}")
-
-
-def test_llem_run_cpu_study_ctrl_c_and_resume(tmp_path: Path, pytorch_test_image: str) -> None:
+def test_llem_run_cpu_study_ctrl_c_and_resume(llem_workdir: LlemWorkdir) -> None:
     """llem run → Ctrl-C (130) → llem run --resume (0): 4 results, nothing run twice."""
+    wd = llem_workdir
     study = yaml.safe_load((REPO / "examples" / "cpu-quickstart.yaml").read_text())
-    study.update(runner="docker", images={"pytorch": pytorch_test_image})
+    study.update(runner="docker", images={"pytorch": wd.image})
     study["docker"] = {**study.get("docker", {}), "network_mode": "none", "ulimits": {}}
-    study_file = tmp_path / "study.yaml"
+    study_file = wd.cwd / "study.yaml"
     study_file.write_text(yaml.safe_dump(study))
-    root = tmp_path / "results"
-    env = {**os.environ, "LLEM_NO_GPU": "1", "LLEM_USER_CONFIG": str(tmp_path / "none.yaml")}
+    root = wd.cwd / "results"
 
-    proc = llem("run", str(study_file), "--results-dir", str(root), env=env)
-    study_dir = wait_running(root, 2, proc, timeout_s=120)
+    proc = wd.start("run", str(study_file), "--results-dir", str(root))
+    wd.wait_for(proc, "run 2 running", lambda: wd.running_run(2), timeout_s=120)
+    study_dir = wd.study_dir()
     time.sleep(1.0)  # inside the container
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -76,7 +50,7 @@ def test_llem_run_cpu_study_ctrl_c_and_resume(tmp_path: Path, pytorch_test_image
     first = study_dir / manifest.runs[0].attempts[0].run_dir / "result.json"
     first_mtime = first.stat().st_mtime_ns
 
-    proc = llem("run", "--resume", str(study_dir), env=env)
+    proc = wd.start("run", "--resume", str(study_dir))
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
 
@@ -84,12 +58,11 @@ def test_llem_run_cpu_study_ctrl_c_and_resume(tmp_path: Path, pytorch_test_image
     assert manifest.state == "completed"
     assert [len(r.attempts) for r in manifest.runs] == [1, 2, 1, 1]
     assert first.stat().st_mtime_ns == first_mtime  # the completed run was not re-run
-    result = StudyResult.load(study_dir)
+    result = wd.study_result()
     assert (result.n_runs, result.n_completed) == (4, 4)
     assert {r.params["pytorch.batch_size"] for r in result.runs} == {1, 4}
     for run in result.runs:
-        assert run.result_path is not None
-        res = ExperimentResult.load(study_dir / run.result_path)
+        res = wd.run_result(run)
         assert res.run_id == run.run_id and res.cycle == run.cycle
         assert res.config_hash == run.config_hash  # the harness saw the host's config
         assert res.throughput.output_tokens > 0

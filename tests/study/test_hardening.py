@@ -19,9 +19,10 @@ from tests.study.test_executor import OK, execute, fake_runner, options, quiet_c
 
 from llenergymeasure.errors import ConfigError, InterruptedStudy, PreflightError, UsageError
 from llenergymeasure.runners.base import classify
-from llenergymeasure.study.executor import _container_settings, resume
+from llenergymeasure.study.executor import resume
 from llenergymeasure.study.lock import StudyLock
 from llenergymeasure.study.manifest import ManifestStore
+from llenergymeasure.study.options import container_settings
 from llenergymeasure.study.plan import StudyPlan
 from llenergymeasure.testing.fake_docker import FakeDockerClient, FakeHarness, write_fake_result
 
@@ -163,7 +164,7 @@ def test_env_passthrough_values_reach_the_container_only(
     """docker.env_passthrough hands the host's value to containers; plan.json holds the name."""
     monkeypatch.setenv("HF_TOKEN", "hf_unitSecret")
     plan = plan_factory(docker={"env_passthrough": ["HF_TOKEN", "NOT_SET_ANYWHERE"]})
-    settings = _container_settings(plan, options())
+    settings = container_settings(plan, options())
     assert settings.extra_env["HF_TOKEN"] == "hf_unitSecret"
     assert "NOT_SET_ANYWHERE" not in settings.extra_env
     assert "hf_unitSecret" not in plan.model_dump_json()

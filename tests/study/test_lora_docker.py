@@ -3,50 +3,28 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Callable
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
-import yaml
+from tests.conftest import LlemWorkdir
 
 from llenergymeasure.results import ExperimentResult
-from llenergymeasure.results.study import StudyResult
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main; sys.exit(main())"]
-
 
 def test_two_generated_adapters_in_docker_change_outputs_and_are_accounted(
-    tmp_path: Path,
-    pytorch_test_image: str,
-    monkeypatch: pytest.MonkeyPatch,
-    require_in_image: Callable[[str, str, str], None],
+    llem_workdir: LlemWorkdir,
 ) -> None:
     """A study of the tiny model without and with two generated adapters (peft, mixed batches):
     every request's adapter is in requests.parquet, the adapters' outputs differ from the base
     model's on the same prompts, and requests and tokens are accounted per adapter."""
-    require_in_image(pytorch_test_image, "peft, llenergymeasure_harness.lora", "LoRA support")
-    study = {
-        "name": "lora-cpu",
-        "model": "tiny-llama",
-        "load_format": "dummy",
-        "precision": "float32",
-        "n_prompts": 8,
-        "max_input_tokens": 16,
-        "max_output_tokens": 8,
-        "gpus": [],
-        "warmup": {"n_batches": 1},
-        "baseline": {"enabled": False},
-        "pytorch": {"batch_size": 4},
-        "execution": {"n_cycles": 1, "config_gap_s": 0, "cycle_gap_s": 0},
-        "images": {"pytorch": pytorch_test_image},
-        "docker": {"network_mode": "none", "ulimits": {}, "ipc_mode": None, "shm_size": "1g"},
-        "experiments": [
+    wd = llem_workdir
+    wd.require_in_image("peft, llenergymeasure_harness.lora", "LoRA support")
+    wd.write_study(
+        name="lora-cpu",
+        pytorch={"batch_size": 4},
+        execution={"n_cycles": 1},
+        experiments=[
             {"name": "base"},
             {
                 "name": "two-adapters",
@@ -63,30 +41,16 @@ def test_two_generated_adapters_in_docker_change_outputs_and_are_accounted(
                 },
             },
         ],
-    }
-    monkeypatch.chdir(tmp_path)
-    Path("study.yaml").write_text(yaml.safe_dump(study), encoding="utf-8")
-    env = {**os.environ, "LLEM_NO_GPU": "1", "LLEM_USER_CONFIG": str(tmp_path / "none.yaml")}
-    proc = subprocess.run(
-        [*LLEM, "run", "study.yaml"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
     )
+    proc = wd.run("run", "study.yaml", timeout_s=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (study_dir,) = Path("results").iterdir()
-    result = StudyResult.load(study_dir)
+    study_dir = wd.study_dir()
+    result = wd.study_result()
     assert (result.n_runs, result.n_completed) == (2, 2)
     runs: dict[str, tuple[ExperimentResult, dict[str, list[object]]]] = {}
     for run in result.runs:
-        assert run.result_path is not None
-        res = ExperimentResult.load(study_dir / run.result_path)
-        rows = pq.read_table(
-            study_dir / run.result_path.replace("result.json", "requests.parquet")
-        ).to_pydict()
-        runs[res.config.name or ""] = (res, rows)
+        res = wd.run_result(run)
+        runs[res.config.name or ""] = (res, wd.run_requests(run))
     base, base_rows = runs["base"]
     lora, lora_rows = runs["two-adapters"]
     assert base.environment.in_container and lora.environment.in_container  # Docker ran them
@@ -110,41 +74,20 @@ def test_two_generated_adapters_in_docker_change_outputs_and_are_accounted(
     assert all(s.energy_j is None for s in shares.values())
 
     # What a person reads next: compare and the report put the adapters beside the base run.
-    env["COLUMNS"] = "80"
-    cmp = subprocess.run(
-        [*LLEM, "results", "compare", str(study_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    wd.env["COLUMNS"] = "80"
+    cmp = wd.run("results", "compare", str(study_dir))
     assert cmp.returncode == 0, cmp.stdout + cmp.stderr
     assert "LoRA adapters against the same study's run without them" in cmp.stdout
     assert all(len(line) <= 80 for line in cmp.stdout.splitlines())
-    doc = json.loads(
-        subprocess.run(
-            [*LLEM, "results", "compare", str(study_dir), "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        ).stdout
-    )
+    as_json = wd.run("results", "compare", str(study_dir), "--json")
+    assert as_json.returncode == 0, as_json.stdout + as_json.stderr
+    doc = json.loads(as_json.stdout)
     (row,) = doc["lora"]
     assert row["requests_per_adapter"] == {"lora-0": 4, "lora-1": 4}
     assert row["adapter_loads"] == 2 and row["counts_provenance"] == why
     assert row["base_output_tokens_per_s"] == pytest.approx(base.throughput.output_tokens_per_s)
-    report = subprocess.run(
-        [*LLEM, "results", "report", str(study_dir), "-o", "report.html"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    report = wd.run("results", "report", str(study_dir), "-o", "report.html")
     assert report.returncode == 0, report.stdout + report.stderr
-    assert "LoRA adapters against the base model" in Path("report.html").read_text("utf-8")
+    assert "LoRA adapters against the base model" in (wd.cwd / "report.html").read_text("utf-8")
     summary = (study_dir / "summary.csv").read_text("utf-8").splitlines()
     assert "lora_n_adapters" in summary[0]

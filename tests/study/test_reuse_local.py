@@ -5,74 +5,45 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
+from tests.conftest import LlemWorkdir
 
-from llenergymeasure.results import ExperimentResult
-from llenergymeasure.results.study import StudyResult
 from llenergymeasure.study.manifest import ManifestStore
 
 pytestmark = [pytest.mark.slow]
 
-LLEM = [sys.executable, "-c", "import sys; from llenergymeasure.cli import main; sys.exit(main())"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _llem(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "LLEM_NO_GPU": "1",
-        "LLEM_USER_CONFIG": str(tmp_path / "none.yaml"),
-        "XDG_CACHE_HOME": str(tmp_path / "xdg"),
-        "PYTHONPATH": os.pathsep.join(
-            str(ROOT / p) for p in ("contract", "harness", "orchestrator")
-        ),
-    }
-    return subprocess.Popen(
-        [*LLEM, *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def test_group_in_one_process_ctrl_c_and_resume(tmp_path: Path) -> None:
+def test_group_in_one_process_ctrl_c_and_resume(llem_workdir: LlemWorkdir) -> None:
     """Three batch sizes, reuse on, local runner: while the group runs the manifest shows
     each run as it goes (the first completed, the last still queued, not running); Ctrl-C
     after the first run's result exits 130 with that run completed and the others not;
     --resume runs the other two in one process (one new log), the first untouched, the last
     marked running only once it started (after the one before it ended); the study result
     has the time breakdown."""
-    study = {
-        "name": "reuse",
-        "model": "tiny-llama",
-        "load_format": "dummy",
-        "precision": "float32",
-        "n_prompts": 8,
-        "max_input_tokens": 16,
-        "max_output_tokens": 8,
-        "warmup": {"n_batches": 1},
-        "baseline": {"enabled": False},
-        "gpus": [],
-        "sweep": {"pytorch.batch_size": [1, 2, 4]},
-        "execution": {"config_gap_s": 1, "cycle_gap_s": 0, "reuse_engine": True},
-        "runner": "local",
-    }
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
-    proc = _llem(tmp_path, "run", "study.yaml")
+    wd = llem_workdir
+    wd.env["XDG_CACHE_HOME"] = str(wd.cwd.parent / "xdg")
+    # the harness runs in this interpreter: this checkout's packages
+    wd.env["PYTHONPATH"] = os.pathsep.join(
+        str(ROOT / p) for p in ("contract", "harness", "orchestrator")
+    )
+    wd.write_study(
+        name="reuse",
+        sweep={"pytorch.batch_size": [1, 2, 4]},
+        execution={"config_gap_s": 1, "reuse_engine": True},
+        runner="local",
+    )
+    proc = wd.start("run", "study.yaml")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if list((tmp_path / "results").glob("reuse_*/runs/*/result.json")):
+        if wd.result_files():
             break
         time.sleep(0.2)
-    (study_dir,) = (tmp_path / "results").glob("reuse_*")
+    study_dir = wd.study_dir()
     # the first run is completed in the manifest as its result appears, while the group runs
     while time.monotonic() < deadline and proc.poll() is None:
         states = [r.state for r in ManifestStore.load(study_dir).manifest.runs]
@@ -91,19 +62,18 @@ def test_group_in_one_process_ctrl_c_and_resume(tmp_path: Path) -> None:
     first_mtime = first.stat().st_mtime_ns
     logs_before = set((study_dir / "logs").iterdir())
 
-    proc = _llem(tmp_path, "run", "--resume", str(study_dir))
+    proc = wd.start("run", "--resume", str(study_dir))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     assert "of the time in runs" in out
     assert first.stat().st_mtime_ns == first_mtime
     assert len(set((study_dir / "logs").iterdir()) - logs_before) == 1  # one process
-    result = StudyResult.load(study_dir)
+    result = wd.study_result()
     assert result.n_completed == 3
     assert result.time_breakdown_s is not None and result.measuring_fraction is not None
     shares = []
     for run in result.runs:
-        assert run.result_path is not None
-        res = ExperimentResult.load(study_dir / run.result_path)
+        res = wd.run_result(run)
         assert res.engine_share is not None
         shares.append(res.engine_share)
     assert shares[1].loaded_by == shares[2].loaded_by == result.runs[1].run_id

@@ -36,7 +36,7 @@ import json
 from pathlib import Path
 
 from llenergymeasure.analysis.outfile import check_output_file, output_write_error
-from llenergymeasure.analysis.report_plots import _esc, _Page, _plotly
+from llenergymeasure.analysis.report_plots import Page, esc, load_plotly
 from llenergymeasure.analysis.report_sections import SECTIONS
 from llenergymeasure.analysis.table import LoadedStudy, load_study_dir
 from llenergymeasure_contract.results import atomic_path
@@ -55,12 +55,12 @@ th{background:#f3f3f3}.note{color:#555;font-style:italic}h2{margin-top:2.5rem}
 
 def render_report(study: LoadedStudy) -> str:
     """The report's HTML text (see the module docstring)."""
-    go = _plotly()
+    go = load_plotly()
     del go
     from plotly.offline import get_plotlyjs
 
     res = study.result
-    page = _Page()
+    page = Page()
     for section in SECTIONS:
         section(page, study)
     data = json.dumps(
@@ -68,7 +68,7 @@ def render_report(study: LoadedStudy) -> str:
     ).replace("</", "<\\/")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_esc(res.study_name)}: llem report</title><style>{_CSS}</style>"
+        f"<title>{esc(res.study_name)}: llem report</title><style>{_CSS}</style>"
         f"<script>{get_plotlyjs()}</script>"
         f'<script type="application/json" id="llem-report">{data}</script>'
         "</head><body>" + "\n".join(page.parts) + "</body></html>\n"
@@ -83,7 +83,7 @@ def write_report(study_dir: str | Path, output: str | Path) -> Path:
         PreflightError: plotly (the ``report`` extra) is not installed.
     """
     out = check_output_file(Path(output).expanduser())
-    _plotly()
+    load_plotly()
     study = load_study_dir(study_dir)
     text = render_report(study)
     try:

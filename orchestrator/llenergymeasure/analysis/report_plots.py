@@ -25,7 +25,8 @@ MAX_TIMESERIES_RUNS = 48
 MAX_POINTS_PER_TRACE = 1500
 
 
-def _plotly() -> Any:
+def load_plotly() -> Any:
+    """``plotly.graph_objects``, or a :class:`PreflightError` saying plotly is not installed."""
     try:
         import plotly.graph_objects as go
     except ImportError as exc:
@@ -36,11 +37,12 @@ def _plotly() -> Any:
     return go
 
 
-def _esc(v: Any) -> str:
+def esc(v: Any) -> str:
+    """``v`` as HTML-escaped text (``None`` as the empty string)."""
     return html.escape("" if v is None else str(v))
 
 
-class _Page:
+class Page:
     """Collects the sections and plots of the report."""
 
     def __init__(self) -> None:
@@ -61,7 +63,7 @@ class _Page:
         self.add(f'<div class="llem-plot" data-points="{n_points}">{div}</div>')
 
     def note(self, text: str) -> None:
-        self.add(f'<p class="note">{_esc(text)}</p>')
+        self.add(f'<p class="note">{esc(text)}</p>')
 
 
 def _err(iv: Any) -> tuple[float | None, float | None]:
@@ -105,8 +107,8 @@ def _row_params(r: ExperimentRow) -> dict[str, Any]:
     return {"backend": r.backend, "model": r.model, "precision": r.precision, **r.params}
 
 
-def _scatter(
-    page: _Page,
+def scatter(
+    page: Page,
     study: LoadedStudy,
     *,
     x: str,
@@ -117,13 +119,14 @@ def _scatter(
     maximise_x: bool | None,
     why_empty: str,
 ) -> None:
-    go = _plotly()
+    """Scatter ``y`` against ``x``, a trace per backend, with the efficient set when asked."""
+    go = load_plotly()
     rows = study.rows
     labels = row_labels(rows)
     fig = go.Figure()
     usable = [r for r in rows if r.interval(x).mean is not None and r.interval(y).mean is not None]
     if not usable:
-        page.add(f"<h3>{_esc(title)}</h3>")
+        page.add(f"<h3>{esc(title)}</h3>")
         page.note(why_empty)
         return
     by_backend: dict[str, list[ExperimentRow]] = {}
@@ -171,7 +174,7 @@ def _scatter(
     fig.update_layout(
         title=title, xaxis_title=x_title, yaxis_title=y_title, height=440, template="plotly_white"
     )
-    page.add(f"<h3>{_esc(title)}</h3>")
+    page.add(f"<h3>{esc(title)}</h3>")
     page.plot(fig, len(usable))
 
 
@@ -217,11 +220,13 @@ def concurrency_of(r: ExperimentRow, configs: dict[str, ExperimentConfig]) -> in
     return cfg.concurrency if cfg is not None else None
 
 
-def _concurrency_keys() -> set[str]:
+def concurrency_keys() -> set[str]:
+    """The concurrency key of every registered backend."""
     return {spec.concurrency_path for spec in REGISTRY}
 
 
-def _varying(rows: list[ExperimentRow]) -> list[str]:
+def varying_keys(rows: list[ExperimentRow]) -> list[str]:
+    """The swept keys whose value differs between the rows, in first-seen order."""
     keys: list[str] = []
     for r in rows:
         for k in r.params:
@@ -237,8 +242,8 @@ def _group_name(r: ExperimentRow, others: list[str]) -> str:
     return ", ".join(parts)
 
 
-def _line_chart(
-    page: _Page,
+def line_chart(
+    page: Page,
     rows: list[ExperimentRow],
     *,
     xs: dict[str, Any],
@@ -250,12 +255,12 @@ def _line_chart(
     numeric: bool,
 ) -> None:
     """One line per backend (and other varying values), ``xs[config_hash]`` against metric."""
-    go = _plotly()
+    go = load_plotly()
     labels = row_labels(rows)
     usable = [
         r for r in rows if r.interval(metric).mean is not None and xs.get(r.config_hash) is not None
     ]
-    page.add(f"<h3>{_esc(title)}</h3>")
+    page.add(f"<h3>{esc(title)}</h3>")
     if not usable:
         page.note(f"{label}: not measured in this study (no GPU energy counter).")
         return
@@ -309,7 +314,8 @@ def _axis_order(value: Any) -> tuple[int, float, str]:
     return (1, 0.0, str(value))
 
 
-def _thin(values: list[Any], step: int) -> list[Any]:
+def thin(values: list[Any], step: int) -> list[Any]:
+    """Every ``step``-th value (all of them for a step of 1 or less)."""
     return values[::step] if step > 1 else values
 
 
@@ -341,7 +347,7 @@ def phase_windows(
     return out
 
 
-def _shade_phases(fig: Any, windows: dict[str, list[float]], t0: float) -> list[str]:
+def shade_phases(fig: Any, windows: dict[str, list[float]], t0: float) -> list[str]:
     """Shade each phase on every panel; returns the legend sentences."""
     said = []
     for name, label, colour in PHASES:

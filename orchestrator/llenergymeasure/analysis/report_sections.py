@@ -14,19 +14,19 @@ from llenergymeasure.analysis.report_plots import (
     MAX_POINTS_PER_TRACE,
     MAX_TIMESERIES_RUNS,
     NOT_AN_AXIS,
-    _concurrency_keys,
-    _esc,
-    _line_chart,
-    _Page,
-    _plotly,
-    _scatter,
-    _shade_phases,
-    _thin,
-    _varying,
+    Page,
+    concurrency_keys,
     concurrency_of,
+    esc,
     experiment_configs,
+    line_chart,
+    load_plotly,
     phase_windows,
     row_labels,
+    scatter,
+    shade_phases,
+    thin,
+    varying_keys,
 )
 from llenergymeasure.analysis.table import (
     ExperimentRow,
@@ -41,27 +41,27 @@ from llenergymeasure_contract.experiment import ExperimentConfig
 from llenergymeasure_contract.registry import REGISTRY
 
 
-def _section_concurrency(page: _Page, study: LoadedStudy) -> None:
+def _section_concurrency(page: Page, study: LoadedStudy) -> None:
     """J/output token and throughput against each backend's concurrency, a line per backend."""
     rows = study.rows
     configs = experiment_configs(study)
     xs = {r.config_hash: concurrency_of(r, configs) for r in rows}
     if len({v for v in xs.values() if v is not None}) < 2:
         return  # one concurrency: nothing to draw against it
-    conc = _concurrency_keys()
-    others = [k for k in _varying(rows) if k not in conc and k not in NOT_AN_AXIS]
+    conc = concurrency_keys()
+    others = [k for k in varying_keys(rows) if k not in conc and k not in NOT_AN_AXIS]
     backends = {r.backend for r in rows if r.backend is not None and r.backend in REGISTRY}
     keys = sorted({REGISTRY.get(b).concurrency_path for b in backends})
     page.add("<h2>Against concurrency</h2>")
     page.add(
         "<p>Concurrency: the sequences each backend keeps in flight, its own key ("
-        + ", ".join(f"<code>{_esc(k)}</code>" for k in keys)
+        + ", ".join(f"<code>{esc(k)}</code>" for k in keys)
         + "). One line per backend"
         + (f" and value of {', '.join(others)}" if others else "")
         + ".</p>"
     )
     for metric, label in AXIS_METRICS:
-        _line_chart(
+        line_chart(
             page,
             rows,
             xs=xs,
@@ -74,11 +74,11 @@ def _section_concurrency(page: _Page, study: LoadedStudy) -> None:
         )
 
 
-def _section_other_axes(page: _Page, study: LoadedStudy) -> None:
+def _section_other_axes(page: Page, study: LoadedStudy) -> None:
     """Each other swept key against the two figures, over the experiments that have it."""
     rows = study.rows
-    conc = _concurrency_keys()
-    varying = _varying(rows)
+    conc = concurrency_keys()
+    varying = varying_keys(rows)
     axes = [k for k in varying if k not in conc and k not in NOT_AN_AXIS]
     if not varying:
         page.note("The study sweeps no parameter (a single configuration): no per-axis charts.")
@@ -94,7 +94,7 @@ def _section_other_axes(page: _Page, study: LoadedStudy) -> None:
         xs = {r.config_hash: r.params[axis] for r in having}
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in xs.values())
         for metric, label in AXIS_METRICS:
-            _line_chart(
+            line_chart(
                 page,
                 having,
                 xs=xs,
@@ -107,8 +107,8 @@ def _section_other_axes(page: _Page, study: LoadedStudy) -> None:
             )
 
 
-def _timeseries(page: _Page, study: LoadedStudy) -> None:
-    go = _plotly()
+def _timeseries(page: Page, study: LoadedStudy) -> None:
+    go = load_plotly()
     from plotly.subplots import make_subplots
 
     labels = row_labels(study.rows)
@@ -142,7 +142,7 @@ def _timeseries(page: _Page, study: LoadedStudy) -> None:
         for g in gpus:
             idx = [i for i, v in enumerate(cols.get("gpu", [None] * len(t))) if v == g]
             step = max(1, len(idx) // MAX_POINTS_PER_TRACE)
-            idx = _thin(idx, step)
+            idx = thin(idx, step)
             xs = [t[i] - t0 for i in idx]
             for row, col in ((1, "power_w"), (2, "sm_clock_mhz"), (3, "temperature_c")):
                 ys = [cols.get(col, [None] * len(t))[i] for i in idx]
@@ -159,7 +159,7 @@ def _timeseries(page: _Page, study: LoadedStudy) -> None:
                     row=row,
                     col=1,
                 )
-        shaded = _shade_phases(fig, phase_windows(study.run_result(run), cols), t0)
+        shaded = shade_phases(fig, phase_windows(study.run_result(run), cols), t0)
         label = labels.get(run.config_hash, params_label(run.params))
         fig.update_layout(
             title=f"{run.run_id}: {label}, cycle {run.cycle}",
@@ -167,10 +167,10 @@ def _timeseries(page: _Page, study: LoadedStudy) -> None:
             template="plotly_white",
         )
         fig.update_xaxes(title_text="time since the first sample, s", row=3, col=1)
-        page.add(f"<h3>{_esc(run.run_id)}</h3>")
+        page.add(f"<h3>{esc(run.run_id)}</h3>")
         page.plot(fig, n_points)
         if shaded:
-            page.add(f'<p class="phases">shaded: {_esc("; ".join(shaded))}</p>')
+            page.add(f'<p class="phases">shaded: {esc("; ".join(shaded))}</p>')
         drawn += 1
     if missing:
         page.note(
@@ -186,7 +186,7 @@ def _summary_table(rows: list[ExperimentRow]) -> str:
     columns = show_metrics(rows)
     labels = row_labels(rows)
     head = "".join(
-        f"<th>{_esc(h)}</th>"
+        f"<th>{esc(h)}</th>"
         for h in ["#", "experiment", "backend", "varies", "parameters", "cycles"]
         + [f"{t} mean [95 % CI]" for _, t in columns]
         + ["CV J/tok", "flags"]
@@ -205,7 +205,7 @@ def _summary_table(rows: list[ExperimentRow]) -> str:
             "—" if cv is None else f"{cv:.1%}",
             ", ".join(r.flags) or "—",
         ]
-        body.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+        body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     return (
         f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
     )
@@ -268,19 +268,19 @@ def _cycles(study: LoadedStudy) -> int:
     return max((r.cycle for r in study.result.runs), default=0)
 
 
-def _section_header(page: _Page, study: LoadedStudy) -> None:
+def _section_header(page: Page, study: LoadedStudy) -> None:
     res = study.result
-    page.add(f"<h1>{_esc(res.study_name)}</h1>")
+    page.add(f"<h1>{esc(res.study_name)}</h1>")
     page.add(
-        f"<p>study <code>{_esc(res.study_id)}</code> · {_esc(res.state)} · "
-        f"{res.n_completed}/{res.n_runs} runs completed · runner {_esc(res.runner)} · "
-        f"{_esc(res.started_at)} → {_esc(res.finished_at)} · llem {_esc(res.llem_version)}</p>"
+        f"<p>study <code>{esc(res.study_id)}</code> · {esc(res.state)} · "
+        f"{res.n_completed}/{res.n_runs} runs completed · runner {esc(res.runner)} · "
+        f"{esc(res.started_at)} → {esc(res.finished_at)} · llem {esc(res.llem_version)}</p>"
     )
-    body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in study_facts(study))
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in study_facts(study))
     page.add(f'<table id="study"><tbody>{body}</tbody></table>')
 
 
-def _section_summary(page: _Page, study: LoadedStudy) -> None:
+def _section_summary(page: Page, study: LoadedStudy) -> None:
     page.add("<h2>Summary</h2>")
     page.add(
         '<p class="note">Rows are numbered as in the dry run (<code>llem run --dry-run</code>) '
@@ -290,10 +290,10 @@ def _section_summary(page: _Page, study: LoadedStudy) -> None:
     page.add(_summary_table(study.rows))
 
 
-def _section_pareto(page: _Page, study: LoadedStudy) -> None:
+def _section_pareto(page: Page, study: LoadedStudy) -> None:
     no_energy = "J/output token: not measured in this study (no GPU energy counter)."
     page.add("<h2>Pareto plots</h2>")
-    _scatter(
+    scatter(
         page,
         study,
         x="output_tokens_per_s",
@@ -304,7 +304,7 @@ def _section_pareto(page: _Page, study: LoadedStudy) -> None:
         maximise_x=True,
         why_empty=no_energy,
     )
-    _scatter(
+    scatter(
         page,
         study,
         x="ttft_p99_s",
@@ -315,7 +315,7 @@ def _section_pareto(page: _Page, study: LoadedStudy) -> None:
         maximise_x=False,
         why_empty=no_energy,
     )
-    _scatter(
+    scatter(
         page,
         study,
         x="ttft_p99_s",
@@ -328,13 +328,13 @@ def _section_pareto(page: _Page, study: LoadedStudy) -> None:
     )
 
 
-def _section_quality(page: _Page, study: LoadedStudy) -> None:
+def _section_quality(page: Page, study: LoadedStudy) -> None:
     """Accuracy (quality: sections) against J/output token, with the efficient set: the
     configs no other beats on both (more accurate and no more energy per token)."""
     if not any(r.interval("accuracy").n > 0 for r in study.rows):
         return
     page.add("<h2>Quality per joule</h2>")
-    _scatter(
+    scatter(
         page,
         study,
         x="accuracy",
@@ -347,33 +347,33 @@ def _section_quality(page: _Page, study: LoadedStudy) -> None:
     )
 
 
-def _section_lora(page: _Page, study: LoadedStudy) -> None:
+def _section_lora(page: Page, study: LoadedStudy) -> None:
     from llenergymeasure.analysis.lora import lora_report_section
 
     page.add(lora_report_section(study))
 
 
-def _section_timeseries(page: _Page, study: LoadedStudy) -> None:
+def _section_timeseries(page: Page, study: LoadedStudy) -> None:
     page.add("<h2>Time series: power, SM clock, temperature</h2>")
     _timeseries(page, study)
 
 
-def _section_flags(page: _Page, study: LoadedStudy) -> None:
+def _section_flags(page: Page, study: LoadedStudy) -> None:
     page.add("<h2>Quality flags</h2>")
     page.add(_flags_table(study))
 
 
-def _section_method(page: _Page, study: LoadedStudy) -> None:
+def _section_method(page: Page, study: LoadedStudy) -> None:
     page.add("<h2>Method</h2>")
     page.add(_method(study))
 
 
-def _section_environment(page: _Page, study: LoadedStudy) -> None:
+def _section_environment(page: Page, study: LoadedStudy) -> None:
     page.add("<h2>Environment</h2>")
     page.add(_environment(study))
 
 
-Section = Callable[[_Page, LoadedStudy], None]
+Section = Callable[[Page, LoadedStudy], None]
 
 
 #: The report, top to bottom. A new section is a function ``(page, study) -> None`` put in
@@ -405,7 +405,7 @@ def _flags_table(study: LoadedStudy) -> str:
             rows.append((run.run_id, run.state, "error", run.message or run.failure_kind or ""))
     if not rows:
         return '<p class="note">No quality flags.</p>'
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
     return (
         '<table id="flags"><thead><tr><th>run</th><th>flag</th><th>severity</th>'
         f"<th>message</th></tr></thead><tbody>{body}</tbody></table>"
@@ -419,7 +419,7 @@ def _method(study: LoadedStudy) -> str:
         impact = "<p>No carbon or cost inputs were given, so no gCO2e or cost figure is shown.</p>"
     else:
         items = "".join(
-            f"<li><code>{_esc(k)}</code> = {_esc(v)} ({_esc(imp.sources.get(k, '?'))})</li>"
+            f"<li><code>{esc(k)}</code> = {esc(v)} ({esc(imp.sources.get(k, '?'))})</li>"
             for k, v in (
                 ("carbon.grid_gco2_per_kwh", imp.carbon.grid_gco2_per_kwh),
                 ("carbon.pue", imp.carbon.pue),
@@ -453,5 +453,5 @@ def _environment(study: LoadedStudy) -> str:
     env = study.environment()
     if not env:
         return '<p class="note">No completed run: environment unknown.</p>'
-    body = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in env.items())
+    body = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in env.items())
     return f'<table id="environment"><tbody>{body}</tbody></table>'

@@ -78,14 +78,14 @@ def workload_lines(study: LoadedStudy, width: int = WIDTH) -> list[str]:
 
 def workload_histograms(page: Any, study: LoadedStudy) -> None:
     """A report section: input and output length histograms per experiment (plotly bars)."""
-    from llenergymeasure.analysis.report_plots import _esc, _plotly
+    from llenergymeasure.analysis.report_plots import esc, load_plotly
 
     found = experiment_workloads(study)
     page.add("<h2>Request lengths</h2>")
     if not found:
         page.note("No result records request lengths (results from before llem recorded them).")
         return
-    go = _plotly()
+    go = load_plotly()
     from plotly.subplots import make_subplots
 
     for i, config_hash, w in found:
@@ -112,8 +112,8 @@ def workload_histograms(page: Any, study: LoadedStudy) -> None:
         page.plot(fig, n_points)
         if w.provenance is not None:
             page.add(
-                f"<p>profile <b>{_esc(w.provenance.name)}</b> ({_esc(w.provenance.date)}): "
-                f"{_esc(w.provenance.source)}</p>"
+                f"<p>profile <b>{esc(w.provenance.name)}</b> ({esc(w.provenance.date)}): "
+                f"{esc(w.provenance.source)}</p>"
             )
         if w.static_batch_waste_fraction is not None:
             page.note(

@@ -14,9 +14,9 @@ import yaml
 
 from llenergymeasure.config.loader import (
     COMMAND_LINE,
-    _read_with_bases,
     expand_study,
     load_study,
+    read_with_bases,
 )
 from llenergymeasure.config.study import StudyConfig
 from llenergymeasure.config.user import load_user_defaults, user_config_path
@@ -89,7 +89,7 @@ def collect_overrides(
     if batch_size is not None:
         effective = backend
         if effective is None and config is not None:
-            raw = _read_with_bases(config)  # the backend may come from a base: file
+            raw = read_with_bases(config)  # the backend may come from a base: file
             if "backend" in (raw.get("sweep") or {}):
                 raise UsageError(
                     "--batch-size is ambiguous when the study sweeps backend",

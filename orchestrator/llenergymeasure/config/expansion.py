@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from llenergymeasure.config.datasets import dataset_problems
-from llenergymeasure.config.host_paths import _resolve_paths
+from llenergymeasure.config.host_paths import resolve_paths
 from llenergymeasure.config.inputs import (
     echo,
     expand_path,
@@ -28,17 +28,17 @@ from llenergymeasure.config.keys import (
     DEFAULT_MAX_EXPERIMENTS,
     RUNNER_KEYS,
     STUDY_KEYS,
-    _dotted_outside_sweep,
-    _flatten_keys,
-    _flatten_leaves,
-    _set_dotted,
     check_key_path,
     deep_merge,
+    dotted_outside_sweep,
+    flatten_keys,
+    flatten_leaves,
+    set_dotted,
 )
-from llenergymeasure.config.problems import _Candidate, _format_validation, _section_problems
+from llenergymeasure.config.problems import Candidate, format_section_validation, format_validation
 from llenergymeasure.config.quality import lm_eval_problems, quality_problems
-from llenergymeasure.config.result_keys import _impact_inputs, _notify
-from llenergymeasure.config.shared_sections import _SharedSections
+from llenergymeasure.config.result_keys import impact_inputs, notify_config
+from llenergymeasure.config.shared_sections import SharedSections
 from llenergymeasure.config.study import (
     DuplicateExperiment,
     ExecutionConfig,
@@ -99,10 +99,10 @@ class _Expansion:
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     entries: list[dict[str, Any]] = field(default_factory=list)
     default_backend: Any = None
-    candidates: list[_Candidate] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
     shared_prov: dict[Any, dict[str, str]] = field(default_factory=dict)  # per backend
 
-    def new_candidate(self, label: str, backend: Any) -> _Candidate:
+    def new_candidate(self, label: str, backend: Any) -> Candidate:
         """A candidate holding the shared fields (other backends' sections left out)."""
         base = {
             k: (copy.deepcopy(v) if isinstance(v, dict | list) else v)
@@ -111,10 +111,10 @@ class _Expansion:
         }
         key = backend if isinstance(backend, str) else repr(backend)
         if key not in self.shared_prov:  # computed once per backend, copied
-            self.shared_prov[key] = {k: k for k in _flatten_keys(base)}
-        return _Candidate(data=base, label=label, provenance=dict(self.shared_prov[key]))
+            self.shared_prov[key] = {k: k for k in flatten_keys(base)}
+        return Candidate(data=base, label=label, provenance=dict(self.shared_prov[key]))
 
-    def backend_of(self, cand: _Candidate) -> str:
+    def backend_of(self, cand: Candidate) -> str:
         """The backend ``cand`` runs, a ``--backend`` override first."""
         return str(self.overrides.get("backend", cand.data.get("backend", DEFAULT_BACKEND)))
 
@@ -158,8 +158,8 @@ def expand_study(
     runner = _runner(x, runner_overrides)
     name = _study_name(x)
     results = _results_dir(x, results_dir)
-    impact = _impact_inputs(raw, x.user, source, x.problems)
-    notify = _notify(raw, x.problems)
+    impact = impact_inputs(raw, x.user, source, x.problems)
+    notify = notify_config(raw, x.problems)
     x.problems.extend(lm_eval_problems(experiments, runner.runner))
 
     problems = x.problems
@@ -203,7 +203,7 @@ def _read_shared(x: _Expansion) -> None:
                 "on/off/yes/no/null and numbers as non-strings)"
             )
             continue
-        msg = check_key_path(key) or _dotted_outside_sweep(key)
+        msg = check_key_path(key) or dotted_outside_sweep(key)
         if msg:
             x.problems.append(f"{key}: {msg}")
     for key in x.overrides:
@@ -281,7 +281,7 @@ def _read_entries(x: _Expansion) -> None:
             problems.append(f"experiments[{i}].{k}: study key {k!r} belongs at the top level")
         for k in entry:
             msg = (
-                check_key_path(str(k)) or _dotted_outside_sweep(str(k))
+                check_key_path(str(k)) or dotted_outside_sweep(str(k))
                 if k not in STUDY_KEYS
                 else None
             )
@@ -323,9 +323,9 @@ def _build_candidates(x: _Expansion) -> None:
         backend = overrides.get("backend", entry.get("backend", default_backend))
         cand = x.new_candidate(f"experiments[{i}]", backend)
         cand.data = deep_merge(cand.data, entry)
-        for k in _flatten_keys(entry):
+        for k in flatten_keys(entry):
             cand.provenance[k] = f"experiments[{i}].{k}"
-        cand.params.update(_flatten_leaves(entry))
+        cand.params.update(flatten_leaves(entry))
         x.candidates.append(cand)
     if not sweep and x.raw.get("experiments") is None:
         x.candidates.append(x.new_candidate(Path(x.source).name, default_backend))
@@ -353,7 +353,7 @@ def _sweep_points(x: _Expansion) -> None:
             n += 1
             cand = x.new_candidate(_label_point(assignments, n), backend)
             for k, val, src in assignments:
-                _set_dotted(cand.data, k, val)
+                set_dotted(cand.data, k, val)
                 cand.provenance[k] = src
                 cand.params[k] = val
             x.candidates.append(cand)
@@ -394,9 +394,9 @@ def _apply_overrides(x: _Expansion) -> None:
             head = k.split(".")[0]
             if head in REGISTRY and head != own_backend:
                 continue  # scoped, like a scoped sweep key: only that backend's experiments
-            _set_dotted(cand.data, k, v)
+            set_dotted(cand.data, k, v)
             cand.provenance[k] = f"{COMMAND_LINE} {k}"
-        _resolve_paths(cand, x.base_dir, x.problems, memo)
+        resolve_paths(cand, x.base_dir, x.problems, memo)
 
 
 def _validate_experiments(
@@ -411,13 +411,13 @@ def _validate_experiments(
     seen: dict[str, str] = {}
     if problems:
         return experiments, sources, params, duplicates
-    sections = _SharedSections()
+    sections = SharedSections()
     dataset_checks: dict[str, str | None] = {}
     for cand in x.candidates:
         try:
             exp = ExperimentConfig.model_validate(sections.intern(cand.data))
         except ValidationError as exc:
-            for p in _format_validation(exc, cand):
+            for p in format_validation(exc, cand):
                 if p not in problems:
                     problems.append(p)
             continue
@@ -463,7 +463,7 @@ def _execution(x: _Expansion, execution_overrides: Mapping[str, Any] | None) -> 
     try:
         execution = ExecutionConfig.model_validate(execution_data)
     except ValidationError as exc:
-        x.problems.extend(_section_problems(exc, "execution"))
+        x.problems.extend(format_section_validation(exc, "execution"))
     return execution
 
 
@@ -490,7 +490,7 @@ def _runner(x: _Expansion, runner_overrides: Mapping[str, Any] | None) -> Runner
     try:
         runner = RunnerSettings.model_validate(runner_data)
     except ValidationError as exc:
-        problems.extend(_section_problems(exc, ""))
+        problems.extend(format_section_validation(exc, ""))
     chosen = runner_data.get("runner", runner.runner)
     from llenergymeasure.runners.kinds import section_problems  # lazy: runners import config
 

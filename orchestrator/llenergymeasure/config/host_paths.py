@@ -10,15 +10,15 @@ from pathlib import Path
 
 from llenergymeasure.config.inputs import echo, jsonl_problem
 from llenergymeasure.config.lora_paths import resolve_adapter_paths
-from llenergymeasure.config.problems import _Candidate
+from llenergymeasure.config.problems import Candidate
 from llenergymeasure.config.workloads import resolve_workload_files
 from llenergymeasure_contract.architecture import builtin_name_for, is_local_path
 from llenergymeasure_contract.evaluation import is_task_file
 from llenergymeasure_contract.strict import MAX_TEXT_LEN, control_chars
 
 
-def _resolve_paths(
-    cand: _Candidate, base_dir: Path, problems: list[str], memo: dict[tuple[str, bool], str]
+def resolve_paths(
+    cand: Candidate, base_dir: Path, problems: list[str], memo: dict[tuple[str, bool], str]
 ) -> None:
     """Make local model/tokenizer/dataset paths absolute and check they exist."""
     data = cand.data

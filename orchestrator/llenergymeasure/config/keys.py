@@ -89,7 +89,7 @@ def check_key_path(dotted: str) -> str | None:
     return None
 
 
-def _dotted_outside_sweep(key: str) -> str | None:
+def dotted_outside_sweep(key: str) -> str | None:
     """A valid dotted key where only nested mappings are read (shared fields, entries)."""
     if "." not in key:
         return None
@@ -97,7 +97,8 @@ def _dotted_outside_sweep(key: str) -> str | None:
     return f"dotted keys work only in sweep: and --set; nest it instead ({head}: {{{rest}: ...}})"
 
 
-def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in ``target``, creating the mappings on the way."""
     parts = dotted.split(".")
     node = target
     for part in parts[:-1]:
@@ -111,19 +112,21 @@ def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = copy.deepcopy(value)
 
 
-def _flatten_leaves(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_leaves(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key path -> value, for every leaf (an empty mapping is a leaf)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, Mapping) and value:
-            out.update(_flatten_leaves(value, f"{prefix}{key}."))
+            out.update(flatten_leaves(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
 
 
-def _flatten_keys(data: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
+def flatten_keys(data: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
+    """Every dotted key path in ``data``, mappings included, parents first."""
     for key, value in data.items():
         path = f"{prefix}{key}"
         yield path
         if isinstance(value, Mapping):
-            yield from _flatten_keys(value, f"{path}.")
+            yield from flatten_keys(value, f"{path}.")

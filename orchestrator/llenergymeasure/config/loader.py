@@ -53,6 +53,7 @@ __all__ = [
     "expand_study",
     "load_study",
     "read_config_file",
+    "read_with_bases",
 ]
 
 
@@ -145,7 +146,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of the file at ``path`` merged over its ``base:`` files (a cycle is an error)."""
     check_regular_file(path)  # before resolve(): a symlink loop is a message, not a crash
     path = path.resolve()
     if path in chain:
@@ -164,7 +166,7 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]
             source=str(path),
             hint="base: paths are relative to the file that names them",
         )
-    parent = _read_with_bases(base_path, (*chain, path))
+    parent = read_with_bases(base_path, (*chain, path))
     return deep_merge(parent, data)
 
 
@@ -185,7 +187,7 @@ def load_study(
 ) -> StudyConfig:
     """Read, merge (``base:``), expand and validate a study file. See the module docstring."""
     p = Path(path).expanduser()
-    data = _read_with_bases(p)
+    data = read_with_bases(p)
     study = expand_study(
         data,
         source=str(path),  # error messages name the file as the user typed it

@@ -16,7 +16,7 @@ from llenergymeasure_contract.lengths import DIST_NAMES
 
 
 @dataclass
-class _Candidate:
+class Candidate:
     """One experiment before validation, with where each of its keys came from."""
 
     data: dict[str, Any]
@@ -50,7 +50,8 @@ def _clean_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     return tuple(out)
 
 
-def _format_validation(exc: ValidationError, cand: _Candidate) -> list[str]:
+def format_validation(exc: ValidationError, cand: Candidate) -> list[str]:
+    """Problem lines of an experiment's validation errors, each at the key's source."""
     problems = []
     for err in exc.errors():
         loc = _clean_loc(tuple(err["loc"]))
@@ -66,7 +67,8 @@ def _format_validation(exc: ValidationError, cand: _Candidate) -> list[str]:
     return problems
 
 
-def _section_problems(exc: ValidationError, prefix: str) -> list[str]:
+def format_section_validation(exc: ValidationError, prefix: str) -> list[str]:
+    """Problem lines of one section's validation errors, each key under ``prefix``."""
     out = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])

@@ -10,11 +10,11 @@ from pydantic import ValidationError
 from llenergymeasure.config.impact import CarbonConfig, CostConfig, ImpactInputs
 from llenergymeasure.config.inputs import echo
 from llenergymeasure.config.notify import NotifyConfig
-from llenergymeasure.config.problems import _section_problems
+from llenergymeasure.config.problems import format_section_validation
 from llenergymeasure.config.user import UserDefaults
 
 
-def _impact_inputs(
+def impact_inputs(
     raw: Mapping[str, Any], user: UserDefaults, source: str, problems: list[str]
 ) -> ImpactInputs:
     """``carbon:`` and ``cost:``: the study file over the user defaults, key by key."""
@@ -40,7 +40,7 @@ def _impact_inputs(
         try:
             sections[key] = model.model_validate(merged)
         except ValidationError as exc:
-            problems.extend(_section_problems(exc, key))
+            problems.extend(format_section_validation(exc, key))
             sections[key] = model()
     return ImpactInputs(carbon=sections["carbon"], cost=sections["cost"], sources=sources)
 
@@ -49,7 +49,8 @@ def _impact_inputs(
 WEBHOOKS_EXTRA = "llenergymeasure[webhooks]"
 
 
-def _notify(raw: Mapping[str, Any], problems: list[str]) -> NotifyConfig:
+def notify_config(raw: Mapping[str, Any], problems: list[str]) -> NotifyConfig:
+    """``notify:`` validated (the default where absent or invalid, with problems added)."""
     given = raw.get("notify")
     if given is None:
         return NotifyConfig()
@@ -61,7 +62,7 @@ def _notify(raw: Mapping[str, Any], problems: list[str]) -> NotifyConfig:
     try:
         cfg = NotifyConfig.model_validate(given)
     except ValidationError as exc:
-        problems.extend(_section_problems(exc, "notify"))
+        problems.extend(format_section_validation(exc, "notify"))
         return NotifyConfig()
     if cfg.webhooks:
         import importlib.util

@@ -26,7 +26,7 @@ def _frozen(value: Any) -> Any:
     return (type(value), value)  # 1 and True and 1.0 stay apart
 
 
-class _SharedSections:
+class SharedSections:
     """One frozen section object per distinct section, shared by the experiments that set it.
 
     A 10,000-point sweep over ten batch sizes then holds ten ``PyTorchConfig`` objects, not

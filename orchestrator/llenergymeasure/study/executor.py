@@ -10,13 +10,11 @@ from llenergymeasure.runners.factory import dry_run_job_scripts
 from llenergymeasure.study.api import resume, run_experiment, run_study
 from llenergymeasure.study.directory import PLAN_FILE
 from llenergymeasure.study.options import ENV_NO_GPU, StudyRunOptions
-from llenergymeasure.study.options import container_settings as _container_settings
 
 __all__ = [
     "ENV_NO_GPU",
     "PLAN_FILE",
     "StudyRunOptions",
-    "_container_settings",
     "dry_run_job_scripts",
     "resume",
     "run_experiment",

@@ -185,7 +185,7 @@ def apply_overrides(
     from pydantic import ValidationError
 
     from llenergymeasure.config.keys import COMMAND_LINE
-    from llenergymeasure.config.problems import _section_problems
+    from llenergymeasure.config.problems import format_section_validation
     from llenergymeasure.config.study import ExecutionConfig, RunnerSettings
 
     problems: list[str] = []
@@ -194,11 +194,11 @@ def apply_overrides(
     try:
         ex = ExecutionConfig.model_validate({**ex.model_dump(), **execution})
     except ValidationError as exc:
-        problems.extend(_section_problems(exc, "execution"))
+        problems.extend(format_section_validation(exc, "execution"))
     try:
         rs = RunnerSettings.model_validate({**rs.model_dump(), **runner})
     except ValidationError as exc:
-        problems.extend(_section_problems(exc, ""))
+        problems.extend(format_section_validation(exc, ""))
     if problems:
         raise ConfigError(
             f"invalid override{'s' if len(problems) != 1 else ''} for the resumed study",
