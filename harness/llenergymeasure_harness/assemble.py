@@ -213,7 +213,6 @@ def _energy_block(
 def _compute_block(run: MeasuredRun) -> dict[str, Any]:
     """The ``compute`` block: FLOPs from the architecture, parameters, peak memory."""
     from llenergymeasure_contract.architecture import ArchitectureSpec, resolve_architecture
-
     from llenergymeasure_harness.prompts import architecture_source
 
     cfg, info = run.cfg, run.info
