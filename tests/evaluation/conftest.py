@@ -5,12 +5,14 @@ converted once to a local safetensors folder (cached under ~/.cache/llem, or
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +72,43 @@ def reference_server(smollm2_dir: Path) -> Iterator[str]:
         proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def endpoint_quality_study(name: str, model: str, url: str, limit: int) -> dict[str, Any]:
+    """A study of one endpoint run scoring the two local tasks (``tasks/facts_mc.yaml``: by
+    log-likelihood, ``tasks/facts_gen.yaml``: generation) on ``limit`` items each, with
+    ``endpoint.completions_logprobs: true``."""
+    return {
+        "name": name,
+        "model": model,
+        "backend": "endpoint",
+        "endpoint": {"url": url, "completions_logprobs": True},
+        "gpus": [],
+        "n_prompts": 2,
+        "max_input_tokens": 16,
+        "max_output_tokens": 4,
+        "warmup": {"n_batches": 1},
+        "baseline": {"enabled": False},
+        "quality": {
+            "tasks": ["tasks/facts_mc.yaml", "tasks/facts_gen.yaml"],
+            "limit": limit,
+            "batch_size": 4,
+        },
+    }
+
+
+def assert_scores_equal_hf(result: dict[str, Any], smollm2_dir: Path, limit: int) -> str:
+    """Every task metric of ``result`` (a result.json) equals lm-eval's hf model's on the same
+    items; returns the figures as JSON (ours, hf) for the test's output."""
+    from tests.evaluation.test_quality_smollm2 import hf_scores
+
+    ev = result["evaluation"]
+    assert {t["task"] for t in ev["tasks"]} == {"llem_facts_mc", "llem_facts_gen"}
+    hf = hf_scores(smollm2_dir, "float32", limit=limit)
+    figures = {}
+    for task in ev["tasks"]:
+        assert task["n_items"] == limit
+        for key, value in task["metrics"].items():
+            figures[f"{task['task']}/{key}"] = (value, hf[task["task"]][key])
+            assert value == pytest.approx(hf[task["task"]][key]), (task["task"], key)
+    return json.dumps(figures)

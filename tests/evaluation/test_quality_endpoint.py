@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.evaluation.conftest import assert_scores_equal_hf, endpoint_quality_study
 from tests.evaluation.test_quality_smollm2 import EXAMPLES, REPO, hf_scores
 
 from llenergymeasure.cli import main
@@ -160,23 +161,9 @@ def test_llem_run_scores_multiple_choice_through_an_endpoint_like_lm_eval(
     scores (multiple choice by log-likelihood, generation) equal lm-eval's hf model's on the
     same model, items and few-shot setting."""
     (tmp_path / "tasks").symlink_to(EXAMPLES)
-    study = {
-        "name": "quality-endpoint",
-        "model": str(smollm2_dir),
-        "backend": "endpoint",
-        "endpoint": {"url": reference_server, "completions_logprobs": True},
-        "gpus": [],
-        "n_prompts": 2,
-        "max_input_tokens": 16,
-        "max_output_tokens": 4,
-        "warmup": {"n_batches": 1},
-        "baseline": {"enabled": False},
-        "quality": {
-            "tasks": ["tasks/facts_mc.yaml", "tasks/facts_gen.yaml"],
-            "limit": LIMIT,
-            "batch_size": 4,
-        },
-    }
+    study = endpoint_quality_study(
+        "quality-endpoint", str(smollm2_dir), reference_server, limit=LIMIT
+    )
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
     env = {
         **os.environ,
@@ -198,17 +185,9 @@ def test_llem_run_scores_multiple_choice_through_an_endpoint_like_lm_eval(
     (path,) = sorted((tmp_path / "results").glob("*/runs/*/result.json"))
     r = json.loads(path.read_text())
     ev = r["evaluation"]
-    assert {t["task"] for t in ev["tasks"]} == {"llem_facts_mc", "llem_facts_gen"}
     assert r["timings"]["evaluation_s"] == ev["duration_s"] > 0
     assert ev["input_tokens"] > 0 and ev["output_tokens"] > 0
-    hf = hf_scores(smollm2_dir, "float32", limit=LIMIT)
-    figures = {}
-    for task in ev["tasks"]:
-        assert task["n_items"] == LIMIT
-        for key, value in task["metrics"].items():
-            figures[f"{task['task']}/{key}"] = (value, hf[task["task"]][key])
-            assert value == pytest.approx(hf[task["task"]][key]), (task["task"], key)
-    print("endpoint vs lm-eval hf:", json.dumps(figures))
+    print("endpoint vs lm-eval hf:", assert_scores_equal_hf(r, smollm2_dir, LIMIT))
 
 
 @pytest.mark.torch

@@ -63,9 +63,15 @@ def test_timeout_terminates(make_request: Callable[..., RunRequest]) -> None:
 
 def test_ctrl_c_is_forwarded(make_request: Callable[..., RunRequest]) -> None:
     """Ctrl-C in the orchestrator stops the child and yields an interrupted outcome."""
-    req = make_request()
-    runner = local(req, "hang")
-    threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-    t0 = time.monotonic()
-    out = runner.run(req)
+    # Python's own Ctrl-C handler, also where pytest started with SIGINT ignored (a background
+    # job of a non-interactive shell, which Python then leaves ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        req = make_request()
+        runner = local(req, "hang")
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t0 = time.monotonic()
+        out = runner.run(req)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert out.status == "interrupted" and time.monotonic() - t0 < 5
