@@ -13,6 +13,21 @@ from llenergymeasure_harness.experiment import Deps
 from llenergymeasure_harness.testing import FakeBackend, FakeNvml, ManualClock
 
 
+def endpoint_lora_config(url: str) -> ExperimentConfig:
+    """backend: endpoint at ``url`` (token-id prompts) serving the adapters ``sql`` and
+    ``chat`` beside the base model ``base``: four requests of 4 tokens in, 3 out."""
+    return ExperimentConfig(
+        model="base",
+        backend="endpoint",
+        n_prompts=4,
+        max_input_tokens=4,
+        max_output_tokens=3,
+        gpus=[],
+        endpoint={"url": url, "prompt_format": "token_ids"},
+        lora={"adapters": [{"served": "sql"}, {"served": "chat"}]},
+    )
+
+
 def make_config(**over: Any) -> ExperimentConfig:
     base: dict[str, Any] = {
         "model": "tiny-llama",

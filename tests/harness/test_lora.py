@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from tests.harness.conftest import endpoint_lora_config
 
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.contract import HarnessEnv
@@ -374,16 +375,7 @@ def test_endpoint_sends_each_adapter_name_as_the_model() -> None:
 
     behaviour = FakeSSEBehaviour(model="base", lora_models=("sql", "chat"))
     with FakeSSEServer(behaviour) as srv:
-        cfg = ExperimentConfig(
-            model="base",
-            backend="endpoint",
-            n_prompts=4,
-            max_input_tokens=4,
-            max_output_tokens=3,
-            gpus=[],
-            endpoint={"url": srv.base_url, "prompt_format": "token_ids"},
-            lora={"adapters": [{"served": "sql"}, {"served": "chat"}]},
-        )
+        cfg = endpoint_lora_config(srv.base_url)
         backend = EndpointBackend()
         backend.load(cfg)
         requests = [GenerationRequest(i, [5, 6, 7, 8], 3) for i in range(4)]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from tests.harness.conftest import endpoint_lora_config
 
 from llenergymeasure.config import ExperimentConfig
 from llenergymeasure.contract import HarnessEnv
@@ -262,16 +263,7 @@ def test_endpoint_counts_come_from_the_servers_metrics() -> None:
 
     behaviour = FakeSSEBehaviour(model="base", lora_models=("sql", "chat"), token_delay_s=0.002)
     with FakeSSEServer(behaviour) as srv:
-        cfg = ExperimentConfig(
-            model="base",
-            backend="endpoint",
-            n_prompts=4,
-            max_input_tokens=4,
-            max_output_tokens=3,
-            gpus=[],
-            endpoint={"url": srv.base_url, "prompt_format": "token_ids"},
-            lora={"adapters": [{"served": "sql"}, {"served": "chat"}]},
-        )
+        cfg = endpoint_lora_config(srv.base_url)
         backend = EndpointBackend()
         backend.load(cfg)
         probe = backend.lora_probe
