@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from llenergymeasure.analysis.table import ExperimentRow, LoadedStudy
@@ -107,6 +108,15 @@ def _row_params(r: ExperimentRow) -> dict[str, Any]:
     return {"backend": r.backend, "model": r.model, "precision": r.precision, **r.params}
 
 
+def error_bars(halves: Sequence[tuple[float | None, float | None]]) -> dict[str, Any]:
+    """A plotly error-bar spec from each point's (upper, lower) half-widths (:func:`_err`)."""
+    return {
+        "type": "data",
+        "array": [h[0] for h in halves],
+        "arrayminus": [h[1] for h in halves],
+    }
+
+
 def scatter(
     page: Page,
     study: LoadedStudy,
@@ -146,16 +156,8 @@ def scatter(
                 textposition="top center",
                 cliponaxis=False,  # a label at the edge is drawn whole
                 hovertemplate="%{text}<br>x=%{x:.4g}<br>y=%{y:.4g}<extra>%{fullData.name}</extra>",
-                error_x={
-                    "type": "data",
-                    "array": [e[0] for e in ex],
-                    "arrayminus": [e[1] for e in ex],
-                },
-                error_y={
-                    "type": "data",
-                    "array": [e[0] for e in ey],
-                    "arrayminus": [e[1] for e in ey],
-                },
+                error_x=error_bars(ex),
+                error_y=error_bars(ey),
             )
         )
     if maximise_x is not None and len(usable) > 1:
@@ -281,11 +283,7 @@ def line_chart(
                 textposition="top center",
                 cliponaxis=False,  # a label at the edge is drawn whole
                 hovertemplate="%{text}<br>x=%{x}<br>y=%{y:.4g}<extra>%{fullData.name}</extra>",
-                error_y={
-                    "type": "data",
-                    "array": [v[0] for v in e],
-                    "arrayminus": [v[1] for v in e],
-                },
+                error_y=error_bars(e),
             )
         )
     values = sorted({float(xs[r.config_hash]) for r in usable}) if numeric else []
