@@ -237,10 +237,10 @@ def _write_if_changed(path: Path, text: str) -> None:
     with contextlib.suppress(OSError):
         if path.read_text(encoding="utf-8") == text:
             return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from llenergymeasure_contract.results import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def eos_token_id(spec: ArchitectureSpec | None, default: int = 2) -> int:
